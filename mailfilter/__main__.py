@@ -1,0 +1,3 @@
+from mailfilter.cli import main
+
+main()

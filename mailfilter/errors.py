@@ -1,0 +1,50 @@
+"""The one exception tree of mailfilter.
+
+Each class has exactly one outcome, so callers decide by class, never by message:
+
+- `ConfigError`          refuse to start (exit 2) with one line naming file, key, value, expectation
+- `SkipImage`            skip that image, count it, record the reason on the result
+- `TemporaryFailure`     answer 4xx so the sender retries (or accept, if the operator chose fail-open)
+- `PermanentRejection`   answer 5xx
+- `NotBuiltYet`          a CLI command whose stage does not exist yet: say so, exit non-zero
+"""
+
+from __future__ import annotations
+
+
+class MailfilterError(Exception):
+    """Base of every error mailfilter raises on purpose."""
+
+
+class ConfigError(MailfilterError):
+    """A setting is missing, unknown or has a bad value. The message is one line."""
+
+
+class SkipImage(MailfilterError):
+    """An image cannot be fingerprinted; `reason` is a stable code used in results and metrics."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class TemporaryFailure(MailfilterError):
+    """Something outside the message failed (next hop, Redis, a worker, the disk)."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class PermanentRejection(MailfilterError):
+    def __init__(self, code: int, enhanced: str, text: str) -> None:
+        super().__init__(f"{code} {enhanced} {text}")
+        self.code = code
+        self.enhanced = enhanced
+        self.text = text
+
+
+class NotBuiltYet(MailfilterError):
+    """The stage behind a command has not been built yet."""

@@ -1,0 +1,138 @@
+"""The small frozen values that flow between stages.
+
+Every stage takes and returns these; no stage imports another stage. Hashes travel as
+lowercase hex strings because that is how lists, logs, JSON and Redis carry them.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """What the SMTP or milter front end knows about a message besides its bytes."""
+
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    mail_options: tuple[str, ...] = ()
+    rcpt_options: tuple[tuple[str, ...], ...] = ()
+    client_addr: str | None = None
+    client_name: str | None = None
+    helo: str | None = None
+    queue_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """A candidate image payload found in a message, before any decoding.
+
+    `mime_path` numbers parts the way IMAP does (`2.1.3`); members of containers
+    append `/name` (e.g. `2/photos.zip/a.jpg`). `containers` is the chain of
+    containers the payload was found in, outermost first (e.g. `message/rfc822`,
+    `application/zip`).
+    """
+
+    mime_path: str
+    filename: str | None
+    content_type: str | None
+    data: bytes
+    containers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Unscannable:
+    """A part of a message that could not be examined, and why (a stable reason code)."""
+
+    mime_path: str
+    reason: str
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ExactHashes:
+    md5: str
+    sha1: str
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class FrameFingerprint:
+    """Perceptual fingerprints of one frame of an image, in one framing.
+
+    `trimmed` is true for the copy whose near-uniform borders were cut away.
+    `pdq_dihedral` holds the PDQ hashes of the 8 rotations/flips, the original first.
+    `pdq` is None when the frame has too little information (`reason` says why);
+    `gridhist` is None when its own information gate refused the frame.
+    """
+
+    frame: int
+    trimmed: bool
+    pdq: str | None
+    pdq_quality: int
+    pdq_dihedral: tuple[str, ...]
+    gridhist: str | None
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ImageFingerprint:
+    """Everything the hash stage knows about one attachment's bytes.
+
+    Exact hashes exist for every payload, even one that failed to decode: a list
+    entry may still match it byte for byte. `skipped` holds the reason code when
+    the image could not be decoded or broke a limit; then `frames` is empty.
+    """
+
+    exact: ExactHashes
+    width: int = 0
+    height: int = 0
+    image_format: str | None = None
+    frames: tuple[FrameFingerprint, ...] = ()
+    frame_count: int = 0
+    skipped: str | None = None
+    detail: str = ""
+
+    @property
+    def primary(self) -> FrameFingerprint | None:
+        """The untrimmed first frame: what a single-hash view (`hash`, logs) shows."""
+        for fp in self.frames:
+            if not fp.trimmed:
+                return fp
+        return self.frames[0] if self.frames else None
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    list_name: str
+    algorithm: str
+    distance: float
+    labels: tuple[str, ...] = ()
+    value: str = ""
+
+
+class Verdict(enum.StrEnum):
+    CLEAN = "clean"
+    MATCH = "match"
+    UNSCANNABLE = "unscannable"
+
+
+@dataclass(frozen=True, slots=True)
+class AttachmentResult:
+    attachment_path: str
+    filename: str | None
+    content_type: str | None
+    fingerprint: ImageFingerprint
+    matches: tuple[Match, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ScanResult:
+    source: str
+    message_id: str | None
+    verdict: Verdict
+    attachments: tuple[AttachmentResult, ...] = ()
+    unscannable: tuple[Unscannable, ...] = ()
+    defects: tuple[str, ...] = field(default_factory=tuple)
+    seconds: float = 0.0

@@ -1,0 +1,422 @@
+"""Settings: read once from a TOML file and `MAILFILTER_SECTION__KEY` overrides, validated
+into frozen typed values.
+
+A bad value fails at start with one line naming where it came from (file or environment
+variable), the key, the bad value and what was expected, e.g.
+
+    /etc/mailfilter/mailfilter.toml: [match] pdq_max_distance = 300: expected an integer from 0 to 256
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+)
+
+from mailfilter.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/mailfilter/mailfilter.toml")
+ENV_PREFIX = "MAILFILTER_"
+
+# --- value types -----------------------------------------------------------------------
+
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "kib": 1024,
+    "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
+    "g": 1000**3, "gb": 1000**3, "gib": 1024**3,
+}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$")
+
+_COUNT_SUFFIX = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3}
+_COUNT_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)\s*$")
+
+
+def _parse_size(value: object) -> int:
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 50MB, 512KiB or a number of bytes")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("expected a size of 0 bytes or more")
+        return value
+    if isinstance(value, str):
+        m = _SIZE_RE.match(value)
+        if m and m.group(2).lower() in _SIZE_UNITS:
+            return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+    raise ValueError("expected a size such as 50MB, 512KiB or a number of bytes")
+
+
+def _parse_duration(value: object) -> float:
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30s, 500ms, 5m or a number of seconds")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("expected a duration of 0 or more")
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION_RE.match(value)
+        if m and m.group(2) in _DURATION_UNITS:
+            return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    raise ValueError("expected a duration such as 30s, 500ms, 5m or a number of seconds")
+
+
+def _parse_count(value: object) -> int:
+    """Whole numbers that may be written with a k/M/G suffix (pixel counts)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a whole number such as 100000000 or 100M")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        m = _COUNT_RE.match(value)
+        if m:
+            return int(float(m.group(1)) * _COUNT_SUFFIX[m.group(2).lower()])
+    raise ValueError("expected a whole number such as 100000000 or 100M")
+
+
+def _check_host_port(value: str) -> str:
+    host, port = split_host_port(value)
+    del host, port
+    return value
+
+
+def _check_optional_host_port(value: str) -> str:
+    return _check_host_port(value) if value else value
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """`host:port` or `[v6addr]:port` into its parts; ValueError with the expectation."""
+    expected = "expected host:port, e.g. 127.0.0.1:10025 or [::1]:10025"
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^\s:\[\]]+):(\d{1,5})", value.strip())
+    if not m:
+        raise ValueError(expected)
+    host = m.group(1) or m.group(3)
+    port = int(m.group(2) or m.group(4))
+    if not 0 < port < 65536:
+        raise ValueError(expected + " (port 1-65535)")
+    return host, port
+
+
+def _check_networks(value: tuple[str, ...]) -> tuple[str, ...]:
+    for net in value:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ValueError(f"expected IP networks such as 127.0.0.0/8, got {net!r}") from None
+    return value
+
+
+def _check_redis_url(value: str) -> str:
+    if value and not re.match(r"^(redis|rediss|unix)://", value):
+        raise ValueError("expected a redis://, rediss:// or unix:// URL, or empty for the local store")
+    return value
+
+
+def _check_email(value: str) -> str:
+    if value and not re.fullmatch(r"[^@\s]+@[^@\s]+", value):
+        raise ValueError("expected an email address such as abuse@example.org")
+    return value
+
+
+def _check_emails(value: tuple[str, ...]) -> tuple[str, ...]:
+    for v in value:
+        _check_email(v)
+    return value
+
+
+def _check_milter_listen(value: str) -> str:
+    if not value:
+        return value
+    if value.startswith("unix:") and len(value) > 5:
+        return value
+    if value.startswith("inet:"):
+        _check_host_port(value[5:])
+        return value
+    raise ValueError("expected inet:host:port or unix:/path, or empty to disable the milter")
+
+
+Size = Annotated[int, BeforeValidator(_parse_size)]
+Duration = Annotated[float, BeforeValidator(_parse_duration)]
+Count = Annotated[int, BeforeValidator(_parse_count)]
+HostPort = Annotated[str, AfterValidator(_check_host_port)]
+OptionalHostPort = Annotated[str, AfterValidator(_check_optional_host_port)]
+Networks = Annotated[tuple[str, ...], AfterValidator(_check_networks)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=False)
+
+
+# --- sections ---------------------------------------------------------------------------
+
+
+class SmtpSettings(_Section):
+    listen: HostPort = "127.0.0.1:10025"
+    next_hop: HostPort = "127.0.0.1:10026"
+    protocol: Literal["smtp", "lmtp"] = "smtp"
+    hostname: str = ""
+    max_message_size: Size = 50 * 1000**2
+    max_connections: int = Field(default=100, ge=1, le=100_000)
+    max_concurrent_messages: int = Field(default=32, ge=1, le=10_000)
+    allowed_clients: Networks = ("127.0.0.0/8", "::1/128")
+    command_timeout: Duration = 300.0
+    next_hop_timeout: Duration = 60.0
+    scan_timeout: Duration = 60.0
+    tls_cert: str = ""
+    tls_key: str = ""
+    next_hop_starttls: Literal["never", "opportunistic", "required"] = "opportunistic"
+    next_hop_verify: bool = True
+    add_header: bool = True
+
+
+class StoreSettings(_Section):
+    redis_url: Annotated[str, AfterValidator(_check_redis_url)] = ""
+    key_prefix: str = "mailfilter"
+    path: Path = Path("/var/lib/mailfilter")
+    reload_interval: Duration = 5.0
+    cache_ttl: Duration = 86400.0
+
+
+class MatchSettings(_Section):
+    pdq_max_distance: int = Field(default=31, ge=0, le=256)
+    pdq_min_quality: int = Field(default=50, ge=0, le=100)
+    gridhist_max_distance: float = Field(default=0.0, ge=0.0)
+    algorithms: tuple[Literal["pdq", "gridhist", "md5", "sha1", "sha256"], ...] = (
+        "pdq", "gridhist", "md5", "sha1", "sha256",
+    )
+
+
+class ImageSettings(_Section):
+    max_pixels: Count = Field(default=100_000_000, ge=1)
+    max_bytes: Size = 50 * 1000**2
+    max_frames: int = Field(default=16, ge=1, le=10_000)
+    deadline: Duration = 10.0
+    trim_borders: bool = True
+    min_dimension: int = Field(default=50, ge=1)
+
+
+class ExtractSettings(_Section):
+    max_depth: int = Field(default=10, ge=1, le=1000)
+    max_parts: int = Field(default=1000, ge=1)
+    max_decoded_bytes: Size = 200 * 1000**2
+    max_archive_members: int = Field(default=1000, ge=0)
+    max_expansion_ratio: float = Field(default=100.0, ge=1.0)
+    max_images: int = Field(default=200, ge=1)
+
+
+class WorkerSettings(_Section):
+    processes: int = Field(default=0, ge=0, le=256)  # 0: one per CPU core
+    memory_limit: Size = 1024**3
+    max_tasks_per_worker: int = Field(default=1000, ge=0)  # 0: never recycle
+
+
+class PolicySettings(_Section):
+    on_match: Literal["quarantine", "reject", "tag"] = "quarantine"
+    on_error: Literal["tempfail", "accept"] = "tempfail"
+    on_unscannable: Literal["accept", "tag", "quarantine", "tempfail"] = "accept"
+
+
+class QuarantineSettings(_Section):
+    path: Path = Path("/var/lib/mailfilter/quarantine")
+    retention_days: int = Field(default=365, ge=1)
+
+
+class ReportSettings(_Section):
+    to: Annotated[tuple[str, ...], AfterValidator(_check_emails)] = ()
+    from_: Annotated[str, AfterValidator(_check_email)] = Field(
+        default="mailfilter@localhost", alias="from"
+    )
+    dir: str = ""
+    webhook_url: str = ""
+    webhook_secret: str = ""
+    reporter_name: str = ""
+    reporter_email: Annotated[str, AfterValidator(_check_email)] = ""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class MilterSettings(_Section):
+    listen: Annotated[str, AfterValidator(_check_milter_listen)] = ""
+    default_action: Literal["tempfail", "accept", "reject"] = "tempfail"
+
+
+class MetricsSettings(_Section):
+    listen: OptionalHostPort = "127.0.0.1:9125"
+
+
+class LoggingSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+
+
+class Settings(_Section):
+    smtp: SmtpSettings = SmtpSettings()
+    store: StoreSettings = StoreSettings()
+    match: MatchSettings = MatchSettings()
+    images: ImageSettings = ImageSettings()
+    extract: ExtractSettings = ExtractSettings()
+    workers: WorkerSettings = WorkerSettings()
+    policy: PolicySettings = PolicySettings()
+    quarantine: QuarantineSettings = QuarantineSettings()
+    report: ReportSettings = ReportSettings()
+    milter: MilterSettings = MilterSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+
+# --- loading ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedSettings:
+    settings: Settings
+    source: str  # the file read, or "built-in defaults"
+
+
+def _env_value(raw: str) -> Any:
+    """An environment value is read as a TOML value when it is one (31, true, ["a", "b"]),
+    otherwise as a plain string (127.0.0.1:10025, 50MB)."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _describe_expectation(err: Mapping[str, Any]) -> str:
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "literal_error":
+        expected = str(ctx.get("expected", "")).replace("'", "")
+        return f"expected one of {expected.replace(' or ', ', ')}"
+    if kind == "value_error":
+        return str(ctx.get("error", err["msg"]))
+    if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
+        return "expected a number " + str(err["msg"]).removeprefix("Input should be ")
+    if kind.startswith("int_"):
+        return "expected an integer"
+    if kind.startswith("float_"):
+        return "expected a number"
+    if kind.startswith("bool"):
+        return "expected true or false"
+    if kind.startswith("string"):
+        return "expected a string"
+    if kind in ("tuple_type", "list_type"):
+        return "expected a list"
+    if kind == "model_type" or kind == "dict_type":
+        return "expected a [section] table"
+    return str(err["msg"])
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{...}"
+    return _toml_value(value)
+
+
+def _first_error_line(
+    exc: ValidationError, source: str, env_sources: Mapping[tuple[str, ...], str]
+) -> str:
+    err = exc.errors()[0]
+    loc = tuple(str(p) for p in err["loc"] if not isinstance(p, int))
+    origin = env_sources.get(loc[:2], source)
+    if len(loc) >= 2:
+        where = f"[{loc[0]}] {loc[1]}"
+    elif loc and err["type"] == "extra_forbidden":
+        return f"{origin}: [{loc[0]}]: unknown section"
+    elif loc:
+        where = f"[{loc[0]}]"
+    else:
+        where = "(top level)"
+    return f"{origin}: {where} = {_format_value(err.get('input'))}: {_describe_expectation(err)}"
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[tuple[str, str], Any]:
+    out: dict[tuple[str, str], Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX):].partition("__")
+        out[(section.lower(), key.lower())] = _env_value(raw)
+    return out
+
+
+def load_settings(
+    path: Path | str | None = None, environ: Mapping[str, str] | None = None
+) -> LoadedSettings:
+    """Read and validate settings; raise ConfigError with one line on any problem.
+
+    `path` None means the default file if it exists, else the built-in defaults.
+    """
+    environ = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    if path is None and DEFAULT_CONFIG_PATH.exists():
+        path = DEFAULT_CONFIG_PATH
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        try:
+            with path.open("rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"{source}: no such file") from None
+        except PermissionError:
+            raise ConfigError(f"{source}: permission denied") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    else:
+        source = "built-in defaults"
+
+    env_sources: dict[tuple[str, ...], str] = {}
+    for (section, key), value in env_overrides(environ).items():
+        table = data.setdefault(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: [{section}] is not a table")
+        table[key] = value
+        env_sources[(section, key)] = f"environment {ENV_PREFIX}{section.upper()}__{key.upper()}"
+
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_first_error_line(exc, source, env_sources)) from None
+    return LoadedSettings(settings=settings, source=source)
+
+
+def effective_toml(settings: Settings) -> str:
+    """The settings as a TOML document, every key shown (what `check-config` prints)."""
+    lines: list[str] = []
+    dumped = settings.model_dump(by_alias=True, mode="json")
+    for section, values in dumped.items():
+        lines.append(f"[{section}]")
+        for key, value in values.items():
+            lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'
