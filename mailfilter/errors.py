@@ -48,3 +48,14 @@ class PermanentRejection(MailfilterError):
 
 class NotBuiltYet(MailfilterError):
     """The stage behind a command has not been built yet."""
+
+
+class WorkerFailure(MailfilterError):
+    """A task in the worker pool did not return: the worker died (crash, memory limit) or
+    the task ran past its deadline. `reason` is `worker-crashed`, `memory-limit` or
+    `deadline`. For an image this makes the image unscannable; it never stops the server."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail

@@ -51,6 +51,18 @@ class Unscannable:
 
 
 @dataclass(frozen=True, slots=True)
+class Extraction:
+    """What the extract stage found in one message."""
+
+    attachments: tuple[Attachment, ...]
+    unscannable: tuple[Unscannable, ...] = ()
+    defects: tuple[str, ...] = ()
+    message_id: str | None = None
+    subject: str | None = None
+    parts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class ExactHashes:
     md5: str
     sha1: str
