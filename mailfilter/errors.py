@@ -4,7 +4,7 @@ Each class has exactly one outcome, so callers decide by class, never by message
 
 - `ConfigError`          refuse to start (exit 2) with one line naming file, key, value, expectation
 - `SkipImage`            skip that image, count it, record the reason on the result
-- `TemporaryFailure`     answer 4xx so the sender retries (or accept, if the operator chose fail-open)
+- `TemporaryFailure`     answer 4xx so the sender retries (or accept, if configured fail-open)
 - `PermanentRejection`   answer 5xx
 - `NotBuiltYet`          a CLI command whose stage does not exist yet: say so, exit non-zero
 """

@@ -4,7 +4,8 @@ into frozen typed values.
 A bad value fails at start with one line naming where it came from (file or environment
 variable), the key, the bad value and what was expected, e.g.
 
-    /etc/mailfilter/mailfilter.toml: [match] pdq_max_distance = 300: expected an integer from 0 to 256
+    /etc/mailfilter/mailfilter.toml: [match] pdq_max_distance = 300: expected a number less
+    than or equal to 256
 """
 
 from __future__ import annotations
@@ -42,7 +43,9 @@ _SIZE_UNITS = {
 }
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_UNITS = {
+    "ms": 0.001, "s": 1.0, "": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0,
+}
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$")
 
 _COUNT_SUFFIX = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3}
@@ -124,7 +127,9 @@ def _check_networks(value: tuple[str, ...]) -> tuple[str, ...]:
 
 def _check_redis_url(value: str) -> str:
     if value and not re.match(r"^(redis|rediss|unix)://", value):
-        raise ValueError("expected a redis://, rediss:// or unix:// URL, or empty for the local store")
+        raise ValueError(
+            "expected a redis://, rediss:// or unix:// URL, or empty for the local store"
+        )
     return value
 
 
@@ -159,6 +164,16 @@ OptionalHostPort = Annotated[str, AfterValidator(_check_optional_host_port)]
 Networks = Annotated[tuple[str, ...], AfterValidator(_check_networks)]
 
 
+def default_state_dir() -> Path:
+    """/var/lib/mailfilter for a system service (root or a dedicated user with that
+    directory); otherwise the user's XDG state directory, so a laptop run needs no setup."""
+    system = Path("/var/lib/mailfilter")
+    if os.geteuid() == 0 or (system.is_dir() and os.access(system, os.W_OK)):
+        return system
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "mailfilter"
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=False)
 
@@ -188,7 +203,7 @@ class SmtpSettings(_Section):
 class StoreSettings(_Section):
     redis_url: Annotated[str, AfterValidator(_check_redis_url)] = ""
     key_prefix: str = "mailfilter"
-    path: Path = Path("/var/lib/mailfilter")
+    path: Path = Field(default_factory=default_state_dir)
     reload_interval: Duration = 5.0
     cache_ttl: Duration = 86400.0
 
@@ -233,7 +248,7 @@ class PolicySettings(_Section):
 
 
 class QuarantineSettings(_Section):
-    path: Path = Path("/var/lib/mailfilter/quarantine")
+    path: Path = Field(default_factory=lambda: default_state_dir() / "quarantine")
     retention_days: int = Field(default=365, ge=1)
 
 

@@ -1,0 +1,175 @@
+"""Shared fixtures: a real Redis, a real SMTP sink, temp state directories.
+
+Redis: `REDIS_URL` if set, else 127.0.0.1:6379 if it answers, else a `redis-server` started
+here on a free port in a temp dir. Every test gets its own key prefix and only its own keys
+are deleted afterwards: the Redis may be shared with other users.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import redis
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+TESTS_DIR = Path(__file__).resolve().parent
+# Worker processes (forkserver/spawn) import test task modules from here.
+if str(TESTS_DIR) not in sys.path:
+    sys.path.insert(0, str(TESTS_DIR))
+
+REPO = TESTS_DIR.parent
+SHARED = REPO.parent / "shared"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _redis_answers(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    env = os.environ.get("REDIS_URL")
+    if env:
+        if not _redis_answers(env):
+            pytest.fail(f"REDIS_URL={env} does not answer PING")
+        yield env
+        return
+    local = "redis://127.0.0.1:6379/0"
+    if _redis_answers(local):
+        yield local
+        return
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.fail("no Redis: set REDIS_URL, run one on 127.0.0.1:6379 or install redis-server")
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="mailfilter-redis-") as tmp:
+        proc = subprocess.Popen(
+            [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", tmp],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        url = f"redis://127.0.0.1:{port}/0"
+        deadline = time.monotonic() + 10
+        while not _redis_answers(url):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail("the redis-server started for the tests did not answer")
+            time.sleep(0.05)
+        try:
+            yield url
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+@pytest.fixture
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix of this test's own; its keys are deleted afterwards (and only they)."""
+    prefix = f"mftest:{uuid.uuid4().hex[:12]}"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@dataclass
+class ReceivedMessage:
+    mail_from: str
+    rcpt_tos: list[str]
+    mail_options: list[str]
+    rcpt_options: list[str]
+    data: bytes
+
+
+@dataclass
+class SmtpSink:
+    """A real SMTP server standing in for the next hop; it records what it accepts."""
+
+    host: str
+    port: int
+    messages: list[ReceivedMessage] = field(default_factory=list)
+    # Recipients answered with these codes instead of 250 (to test per-recipient results).
+    refuse_rcpt: dict[str, str] = field(default_factory=dict)
+    data_reply: str = "250 2.0.0 Ok: queued"
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[ReceivedMessage]:
+        deadline = time.monotonic() + timeout
+        while len(self.messages) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.messages
+
+
+class _SinkHandler:
+    def __init__(self, sink: SmtpSink) -> None:
+        self.sink = sink
+
+    async def handle_RCPT(  # noqa: N802 (aiosmtpd's hook name)
+        self, server: SMTP, session: Session, envelope: Envelope, address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        refusal = self.sink.refuse_rcpt.get(address)
+        if refusal:
+            return refusal
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 Ok"
+
+    async def handle_DATA(  # noqa: N802
+        self, server: SMTP, session: Session, envelope: Envelope
+    ) -> str:
+        if self.sink.data_reply.startswith("250"):
+            self.sink.messages.append(ReceivedMessage(
+                mail_from=str(envelope.mail_from),
+                rcpt_tos=list(envelope.rcpt_tos),
+                mail_options=list(envelope.mail_options),
+                rcpt_options=list(envelope.rcpt_options),
+                data=bytes(envelope.original_content or b""),
+            ))
+        return self.sink.data_reply
+
+
+@pytest.fixture
+def smtp_sink() -> Iterator[SmtpSink]:
+    sink = SmtpSink(host="127.0.0.1", port=free_port())
+    controller = Controller(
+        _SinkHandler(sink), hostname=sink.host, port=sink.port,
+        decode_data=False, enable_SMTPUTF8=True, data_size_limit=200 * 1024 * 1024,
+    )
+    controller.start()
+    try:
+        yield sink
+    finally:
+        controller.stop()
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "state"
+    path.mkdir(mode=0o700)
+    return path

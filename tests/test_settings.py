@@ -1,0 +1,153 @@
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from mailfilter.errors import ConfigError
+from mailfilter.settings import Settings, effective_toml, load_settings, split_host_port
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "config" / "mailfilter.example.toml"
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "mf.toml"
+    path.write_text(text)
+    return path
+
+
+def _error(tmp_path: Path, text: str, environ: dict[str, str] | None = None) -> str:
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, environ or {})
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_defaults_need_no_file() -> None:
+    loaded = load_settings(None, {})
+    assert loaded.settings.smtp.listen == "127.0.0.1:10025"
+    assert loaded.settings.store.redis_url == ""
+    assert loaded.settings.match.pdq_max_distance == 31
+
+
+def test_example_file_is_valid_and_matches_defaults() -> None:
+    loaded = load_settings(EXAMPLE, {})
+    assert loaded.source == str(EXAMPLE)
+    # The example documents the defaults; it must not silently change them.
+    assert loaded.settings == load_settings(None, {}).settings
+
+
+def test_example_file_documents_every_key() -> None:
+    text = EXAMPLE.read_text()
+    for section, model in Settings.model_fields.items():
+        assert f"[{section}]" in text, f"[{section}] missing from the example config"
+        sub = model.annotation
+        assert sub is not None
+        for name, field in sub.model_fields.items():
+            key = field.alias or name
+            assert re.search(rf"^#? ?{key} = ", text, re.M), f"[{section}] {key} undocumented"
+
+
+def test_wrong_type_names_file_key_value_and_expectation(tmp_path: Path) -> None:
+    message = _error(tmp_path, '[match]\npdq_max_distance = "many"\n')
+    where = tmp_path / "mf.toml"
+    assert message == f'{where}: [match] pdq_max_distance = "many": expected an integer'
+
+
+def test_out_of_range(tmp_path: Path) -> None:
+    message = _error(tmp_path, "[match]\npdq_max_distance = 300\n")
+    assert "[match] pdq_max_distance = 300" in message
+    assert "256" in message
+
+
+def test_unknown_key(tmp_path: Path) -> None:
+    message = _error(tmp_path, '[smtp]\nlisten = "127.0.0.1:25"\nlisen = "x"\n')
+    assert message.endswith('[smtp] lisen = "x": unknown key')
+
+
+def test_unknown_section(tmp_path: Path) -> None:
+    assert _error(tmp_path, "[smpt]\nlisten = 1\n").endswith("[smpt]: unknown section")
+
+
+def test_unknown_enumeration_value(tmp_path: Path) -> None:
+    message = _error(tmp_path, '[policy]\non_match = "drop"\n')
+    assert message.endswith('[policy] on_match = "drop": expected one of quarantine, reject, tag')
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('[smtp]\nlisten = "localhost"\n', "expected host:port"),
+        ('[smtp]\nnext_hop = "127.0.0.1:70000"\n', "port 1-65535"),
+        ('[images]\nmax_bytes = "12XB"\n', "expected a size"),
+        ('[smtp]\ncommand_timeout = "soon"\n', "expected a duration"),
+        ('[smtp]\nallowed_clients = ["10.0.0.0/33"]\n', "expected IP networks"),
+        ('[store]\nredis_url = "http://x"\n', "redis://"),
+        ('[report]\nto = ["nobody"]\n', "expected an email address"),
+        ('[milter]\nlisten = "127.0.0.1:8891"\n', "inet:host:port or unix:/path"),
+        ("[smtp]\nadd_header = 3\n", "expected true or false"),
+    ],
+)
+def test_bad_values(tmp_path: Path, text: str, expected: str) -> None:
+    assert expected in _error(tmp_path, text)
+
+
+def test_units() -> None:
+    s = load_settings(None, {
+        "MAILFILTER_IMAGES__MAX_BYTES": "2MiB",
+        "MAILFILTER_SMTP__COMMAND_TIMEOUT": "500ms",
+        "MAILFILTER_IMAGES__MAX_PIXELS": "40M",
+        "MAILFILTER_STORE__CACHE_TTL": "2h",
+    }).settings
+    assert s.images.max_bytes == 2 * 1024 * 1024
+    assert s.smtp.command_timeout == pytest.approx(0.5)
+    assert s.images.max_pixels == 40_000_000
+    assert s.store.cache_ttl == 7200
+
+
+def test_environment_overrides_file(tmp_path: Path) -> None:
+    path = _write(tmp_path, "[match]\npdq_max_distance = 20\n")
+    env = {
+        "MAILFILTER_MATCH__PDQ_MAX_DISTANCE": "25",
+        "MAILFILTER_REPORT__TO": '["a@example.org", "b@example.org"]',
+        "MAILFILTER_SMTP__NEXT_HOP": "[::1]:2525",
+        "UNRELATED": "x",
+    }
+    s = load_settings(path, env).settings
+    assert s.match.pdq_max_distance == 25
+    assert s.report.to == ("a@example.org", "b@example.org")
+    assert split_host_port(s.smtp.next_hop) == ("::1", 2525)
+
+
+def test_bad_environment_value_names_the_variable(tmp_path: Path) -> None:
+    message = _error(tmp_path, "", {"MAILFILTER_POLICY__ON_ERROR": "panic"})
+    assert message.startswith("environment MAILFILTER_POLICY__ON_ERROR: [policy] on_error")
+
+
+def test_unknown_environment_key_is_refused(tmp_path: Path) -> None:
+    message = _error(tmp_path, "", {"MAILFILTER_SMTP__LISTN": "127.0.0.1:1"})
+    assert message.startswith("environment MAILFILTER_SMTP__LISTN") and "unknown key" in message
+
+
+def test_missing_and_broken_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such file"):
+        load_settings(tmp_path / "absent.toml", {})
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(_write(tmp_path, "[smtp\n"), {})
+
+
+def test_settings_are_frozen() -> None:
+    s = load_settings(None, {}).settings
+    with pytest.raises(ValueError):
+        s.smtp.listen = "0.0.0.0:25"  # type: ignore[misc]
+
+
+def test_effective_toml_round_trips() -> None:
+    s = load_settings(EXAMPLE, {}).settings
+    again = Settings.model_validate(tomllib.loads(effective_toml(s)))
+    assert again == s
