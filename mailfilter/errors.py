@@ -11,6 +11,8 @@ Each class has exactly one outcome, so callers decide by class, never by message
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class MailfilterError(Exception):
     """Base of every error mailfilter raises on purpose."""
@@ -44,6 +46,10 @@ class PermanentRejection(MailfilterError):
         self.code = code
         self.enhanced = enhanced
         self.text = text
+
+    def __reduce__(self) -> tuple[type[PermanentRejection], tuple[int, str, str], dict[str, Any]]:
+        # Pickled by worker processes; the default would call __init__ with the one message.
+        return (type(self), (self.code, self.enhanced, self.text), self.__dict__)
 
 
 class NotBuiltYet(MailfilterError):

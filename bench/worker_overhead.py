@@ -1,0 +1,161 @@
+"""What the worker pool itself costs per task, next to concurrent.futures.ProcessPoolExecutor.
+
+    python bench/worker_overhead.py [--tasks 5000] [--processes 2]
+
+For each pool: start (constructor until the first no-op result; for ours also until every
+worker is ready, and how long one replacement worker takes to come up), the round trip of a
+no-op task one at a time (submit -> result, p50/p99 in µs), the same through asyncio, with a
+256 KiB argument, and the cost per task with many in flight (all submitted, then all
+awaited). The target: the whole decode + hash of a 1 MP JPEG in <= 5 ms, so the pool should
+add well under 1 ms per task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from contextlib import contextmanager, suppress
+from typing import Any
+
+from mailfilter.errors import WorkerFailure
+from mailfilter.workers import StartMethod, WorkerPool
+
+PAYLOAD = os.urandom(256 * 1024)
+
+
+def noop() -> None:
+    return None
+
+
+def size(data: bytes) -> int:
+    return len(data)
+
+
+def die() -> None:
+    os._exit(1)
+
+
+Submit = Callable[..., "Future[Any]"]
+
+
+def percentiles(samples: list[float]) -> str:
+    samples = sorted(samples)
+    p50 = statistics.median(samples) * 1e6
+    p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))] * 1e6
+    return f"p50 {p50:7.1f} µs   p99 {p99:7.1f} µs"
+
+
+def serial(submit: Submit, n: int, *args: Any) -> list[float]:
+    fn = size if args else noop
+    for _ in range(200):  # warm up
+        submit(fn, *args).result()
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        submit(fn, *args).result()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def in_flight(submit: Submit, n: int) -> float:
+    t = time.perf_counter()
+    futures = [submit(noop) for _ in range(n)]
+    for f in futures:
+        f.result()
+    return (time.perf_counter() - t) / n
+
+
+def via_asyncio(run: Callable[[], Any], n: int) -> list[float]:
+    async def main() -> list[float]:
+        for _ in range(200):
+            await run()
+        out = []
+        for _ in range(n):
+            t = time.perf_counter()
+            await run()
+            out.append(time.perf_counter() - t)
+        return out
+
+    return asyncio.run(main())
+
+
+@contextmanager
+def timed(label: str) -> Iterator[None]:
+    t = time.perf_counter()
+    yield
+    print(f"  {label:<34}{(time.perf_counter() - t) * 1e3:8.1f} ms")
+
+
+def bench_ours(processes: int, tasks: int, start_method: StartMethod) -> None:
+    print(f"\nWorkerPool ({start_method}, {processes} workers)")
+    t = time.perf_counter()
+    pool = WorkerPool(processes, memory_limit=0, max_tasks_per_worker=0,
+                      start_method=start_method)
+    pool.submit(noop, deadline=30).result()
+    print(f"  {'start: first result':<34}{(time.perf_counter() - t) * 1e3:8.1f} ms")
+    pool.wait_ready(60)
+    print(f"  {'start: all workers ready':<34}{(time.perf_counter() - t) * 1e3:8.1f} ms")
+    with suppress(WorkerFailure):
+        pool.submit(die, deadline=30).result()
+    t = time.perf_counter()
+    pool.wait_ready(60)
+    print(f"  {'crash -> replacement ready':<34}{(time.perf_counter() - t) * 1e3:8.1f} ms"
+          f"   (worker start itself {pool.stats().last_start_seconds * 1e3:.1f} ms)")
+
+    def submit(fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        return pool.submit(fn, *args, deadline=30)
+
+    if start_method == "forkserver":
+        print(f"  {'no-op round trip':<34}{percentiles(serial(submit, tasks))}")
+        print(f"  {'no-op via asyncio run()':<34}"
+              f"{percentiles(via_asyncio(lambda: pool.run(noop, deadline=30), tasks))}")
+        print(f"  {'256 KiB argument round trip':<34}{percentiles(serial(submit, tasks, PAYLOAD))}")
+        print(f"  {'no-op, many in flight':<34}{in_flight(submit, tasks * 4) * 1e6:7.1f} µs/task")
+    with timed("close"):
+        pool.close()
+
+
+def bench_executor(processes: int, tasks: int, start_method: str) -> None:
+    print(f"\nProcessPoolExecutor ({start_method}, {processes} workers)")
+    ctx = multiprocessing.get_context(start_method)
+    t = time.perf_counter()
+    executor: Executor = ProcessPoolExecutor(processes, mp_context=ctx)
+    executor.submit(noop).result()
+    print(f"  {'start: first result':<34}{(time.perf_counter() - t) * 1e3:8.1f} ms")
+    submit = executor.submit
+    print(f"  {'no-op round trip':<34}{percentiles(serial(submit, tasks))}")
+
+    async def run_in_executor() -> None:
+        await asyncio.get_running_loop().run_in_executor(executor, noop)
+
+    print(f"  {'no-op via run_in_executor()':<34}"
+          f"{percentiles(via_asyncio(run_in_executor, tasks))}")
+    print(f"  {'256 KiB argument round trip':<34}{percentiles(serial(submit, tasks, PAYLOAD))}")
+    print(f"  {'no-op, many in flight':<34}{in_flight(submit, tasks * 4) * 1e6:7.1f} µs/task")
+    print(f"  {'crash -> replacement':<34}     n/a   (a dead worker breaks the executor)")
+    with timed("close"):
+        executor.shutdown()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", type=int, default=5000)
+    parser.add_argument("--processes", type=int, default=min(4, os.cpu_count() or 1))
+    args = parser.parse_args()
+    print(f"Python {platform.python_version()}, {os.cpu_count()} CPUs, {platform.machine()}, "
+          f"{args.tasks} tasks per measurement")
+    bench_ours(args.processes, args.tasks, "forkserver")
+    bench_ours(args.processes, args.tasks, "spawn")
+    bench_executor(args.processes, args.tasks, "forkserver")
+    bench_executor(args.processes, args.tasks, "fork")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""Task functions for tests/test_workers.py. They run inside worker processes, so they live in
+a module the workers can import (tests/ is on sys.path via conftest.py, and workers get the
+parent's sys.path)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from mailfilter.errors import PermanentRejection, SkipImage
+
+
+def noop() -> None:
+    return None
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def echo(value: object) -> object:
+    return value
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def pid() -> int:
+    return os.getpid()
+
+
+def sleep_then_pid(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def sleep_then(seconds: float, value: object) -> object:
+    time.sleep(seconds)
+    return value
+
+
+def spin(seconds: float) -> int:
+    """Busy CPU loop, no syscalls: only SIGKILL stops it."""
+    end = time.monotonic() + seconds
+    n = 0
+    while time.monotonic() < end:
+        n += 1
+    return n
+
+
+def raise_skip(reason: str, detail: str) -> None:
+    raise SkipImage(reason, detail)
+
+
+def raise_rejection() -> None:
+    raise PermanentRejection(550, "5.7.1", "rejected")
+
+
+def raise_value_error(text: str) -> None:
+    raise ValueError(text)
+
+
+class _Unpicklable(Exception):
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.lock = __import__("threading").Lock()
+
+
+def raise_unpicklable() -> None:
+    raise _Unpicklable("cannot cross processes")
+
+
+def return_unpicklable() -> object:
+    return lambda: None
+
+
+def call_exit() -> None:
+    sys.exit(3)
+
+
+def segfault() -> None:
+    os.kill(os.getpid(), signal.SIGSEGV)
+    time.sleep(10)
+
+
+def hard_exit() -> None:
+    os._exit(1)
+
+
+def allocate(nbytes: int) -> int:
+    block = bytearray(nbytes)
+    return len(block)
+
+
+def allocate_numpy(nbytes: int) -> int:
+    import numpy as np
+
+    block = np.ones(nbytes, dtype=np.uint8)
+    return int(block.size)
+
+
+def sys_path() -> list[str]:
+    return list(sys.path)
+
+
+def environment(name: str) -> str | None:
+    return os.environ.get(name)
+
+
+def address_space_limit() -> int:
+    import resource
+
+    return resource.getrlimit(resource.RLIMIT_AS)[0]
+
+
+_initialized: list[int] = []
+
+
+def initializer() -> None:
+    _initialized.append(os.getpid())
+
+
+def was_initialized() -> bool:
+    return _initialized == [os.getpid()]
+
+
+def address_space_in_use() -> int:
+    return int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[20])
+
+
+def crash_if(x: int) -> int:
+    if x < 0:
+        os._exit(1)
+    return x
+
+
+def mark_once(directory: str, name: str, seconds: float) -> str:
+    """Creates directory/name, failing if it exists: proves a task never runs twice."""
+    with (Path(directory) / name).open("x"):
+        pass
+    time.sleep(seconds)
+    return name
+
+
+def write_pid_then_sleep(path: str, seconds: float) -> None:
+    tmp = Path(path + ".tmp")
+    tmp.write_text(str(os.getpid()))
+    tmp.replace(path)
+    time.sleep(seconds)
+
+
+def concat(a: bytes, b: bytes) -> bytes:
+    assert type(a) is bytes and type(b) is bytes
+    return a + b
