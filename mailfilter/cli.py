@@ -8,6 +8,7 @@ to stdout, logs and progress to stderr.
 from __future__ import annotations
 
 import functools
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -55,12 +56,14 @@ config_option = click.option(
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON lines.")
 
 
-def _load(config_path: Path | None) -> LoadedSettings:
+def _load(config_path: Path | None, service: bool = False) -> LoadedSettings:
+    """Settings, and logging set up from them. Only the service logs at the configured
+    level by default; one-shot commands log warnings unless --log-level asks for more."""
     loaded = load_settings(config_path)
     ctx = click.get_current_context()
     opts: dict[str, Any] = ctx.find_root().meta
     setup_logging(
-        opts.get("log_level") or loaded.settings.logging.level,
+        opts.get("log_level") or (loaded.settings.logging.level if service else "warning"),
         opts.get("log_format") or loaded.settings.logging.format,
     )
     return loaded
@@ -99,7 +102,7 @@ def check_config(config_path: Path | None) -> None:
 @_handles_errors
 def serve(config_path: Path | None) -> None:
     """Run the SMTP proxy (and the milter listener if configured)."""
-    _load(config_path)
+    _load(config_path, service=True)
     _not_built("serve", "the SMTP proxy")
 
 
@@ -109,9 +112,19 @@ def serve(config_path: Path | None) -> None:
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @_handles_errors
 def hash_command(as_json: bool, config_path: Path | None, files: tuple[Path, ...]) -> None:
-    """Fingerprint image files (exact hashes, PDQ, gridhist)."""
-    _load(config_path)
-    _not_built("hash", "image fingerprints")
+    """Fingerprint image files (exact hashes, PDQ, gridhist).
+
+    Exit 0 when every file was fingerprinted, 2 when any could not be read or decoded.
+    """
+    from mailfilter.frontend.hash_command import fingerprint_files, hash_record, hash_text
+
+    settings = _load(config_path).settings
+    failed = False
+    for path, outcome in fingerprint_files(files, settings):
+        record = hash_record(path, outcome)
+        failed = failed or "error" in record
+        click.echo(json.dumps(record) if as_json else hash_text(record))
+    sys.exit(EXIT_ERROR if failed else EXIT_OK)
 
 
 @cli.command()

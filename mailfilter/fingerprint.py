@@ -1,0 +1,81 @@
+"""The CPU task a worker runs for one attachment: decode, then every hash.
+
+Decode and hash are two stages; they are wired together here, in one function, because
+they run together in one worker process (the pixels never cross a process boundary, only
+the small `ImageFingerprint` does). Callers (scanner, CLI) submit `fingerprint_image` to
+the worker pool; nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mailfilter.borders import content_box
+from mailfilter.errors import SkipImage
+from mailfilter.hashing.exact import exact_hashes
+from mailfilter.hashing.gridhist import gridhist_from_luma
+from mailfilter.hashing.pdq import pdq_from_luma
+from mailfilter.images import decode
+from mailfilter.model import FrameFingerprint, ImageFingerprint
+from mailfilter.settings import ImageSettings, Settings
+
+
+@dataclass(frozen=True, slots=True)
+class FingerprintParams:
+    """What the task needs from the settings (small, so it pickles cheaply per task)."""
+
+    images: ImageSettings
+    pdq_min_quality: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FingerprintParams:
+        return cls(images=settings.images, pdq_min_quality=settings.match.pdq_min_quality)
+
+
+def _frame(index: int, luma: np.ndarray, trimmed: bool, params: FingerprintParams,
+           too_small: bool) -> FrameFingerprint:
+    pdq = pdq_from_luma(luma)
+    reason: str | None = None
+    if too_small:
+        reason = "too-small"
+    elif pdq.quality < params.pdq_min_quality:
+        reason = "low-quality"
+    return FrameFingerprint(
+        frame=index,
+        trimmed=trimmed,
+        pdq=None if reason else pdq.hash,
+        pdq_quality=pdq.quality,
+        pdq_dihedral=() if reason else pdq.dihedral,
+        gridhist=None if too_small else gridhist_from_luma(luma),
+        reason=reason,
+    )
+
+
+def fingerprint_image(data: bytes, params: FingerprintParams) -> ImageFingerprint:
+    """Exact hashes always; perceptual hashes of each distinct frame, untrimmed and (when
+    the frame has near-uniform borders) trimmed. Never raises for bad image data."""
+    exact = exact_hashes(data)
+    try:
+        decoded = decode(data, params.images)
+    except SkipImage as exc:
+        return ImageFingerprint(exact=exact, skipped=exc.reason, detail=exc.detail)
+
+    too_small = min(decoded.width, decoded.height) < params.images.min_dimension
+    frames: list[FrameFingerprint] = []
+    for index, luma in enumerate(decoded.frames):
+        frames.append(_frame(index, luma, False, params, too_small))
+        if params.images.trim_borders and not too_small:
+            box = content_box(luma)
+            if box is not None:
+                top, left, bottom, right = box
+                frames.append(_frame(index, luma[top:bottom, left:right], True, params, False))
+    return ImageFingerprint(
+        exact=exact,
+        width=decoded.width,
+        height=decoded.height,
+        image_format=decoded.image_format,
+        frames=tuple(frames),
+        frame_count=decoded.frame_count,
+    )
