@@ -1,0 +1,63 @@
+"""The extract stage: raw message bytes → every candidate image payload in it.
+
+    extract(raw, limits) -> Extraction
+
+Walks the MIME tree (numbering parts the way IMAP does: `2.1.3`), decodes transfer
+encodings (forgiving broken base64 the way mail clients do), and opens what the bytes turn out
+to be, whatever they are called: forwarded messages (`message/rfc822`, saved .eml files),
+opaque S/MIME, ZIP (so OOXML and ODF too), TAR, gzip, bzip2, xz, 7z, RAR, TNEF (winmail.dat)
+and PDF files, uuencoded blocks, `data:` URIs and bare base64 in text.
+
+Paths: a container that is a MIME part adds its filename, and each member its name:
+`2/photos.zip/a.jpg` is a.jpg inside photos.zip, which is part 2; `2/photos.zip/in.zip/b.png`
+is b.png inside in.zip inside it. A forwarded message continues IMAP numbering (`3.2`); a
+message found inside a container numbers its parts after a `/` (`2/mail.zip/fwd.eml/1.2`).
+Payloads found in a text body are named after it: `1.1/uu.gif` (a uuencoded block),
+`1.2/data-uri-1` (a `data:` URI). `containers` lists the container types outermost first
+(`message/rfc822`, `application/zip`, ...; `text/plain` or `text/html` for text-borne ones).
+
+Images are recognised by their magic bytes; a part that only claims to be an image (type
+image/*, or an image filename) is passed on too, and the decode stage decides. Text is never
+passed on as a candidate.
+
+Parsing never raises. RFC violations are tolerated and listed in `defects`; what could not be
+examined is listed in `unscannable` with one of these reason codes:
+
+    max-depth            containers (or multiparts within one message) nested past max_depth
+    max-parts            more MIME parts than max_parts (the walk stops there)
+    max-decoded-bytes    decoding or expanding would pass max_decoded_bytes for the message
+    max-archive-members  more container members in the message than max_archive_members
+    max-expansion-ratio  a member or stream expands more than max_expansion_ratio (zip bombs)
+    max-images           more images than max_images (the walk stops there)
+    zip-bomb             an archive whose structure is a bomb (overlapping entries, a member
+                         that expands past its declared size)
+    encrypted-archive    an archive (or PDF) that needs a password
+    encrypted-message    S/MIME enveloped data or PGP/MIME multipart/encrypted
+    corrupt-archive      a container whose bytes say what it is but which cannot be read
+    unsupported-archive  a container format or method we cannot read (e.g. compressed RAR
+                         without an extraction tool installed, zstd, deflate64)
+    unsupported-image-encoding  a PDF image in a colour space we cannot rebuild
+    partial-message      message/partial (a fragment of a message split over several mails)
+    parse-error          anything unexpected while reading a part (the rest is still walked)
+"""
+
+from __future__ import annotations
+
+from mailfilter.extract.core import PARSE_ERROR
+from mailfilter.model import Extraction, Unscannable
+from mailfilter.settings import ExtractSettings
+
+__all__ = ["extract"]
+
+
+def extract(raw: bytes, limits: ExtractSettings) -> Extraction:
+    """Every candidate image payload of a message, what could not be examined, and why."""
+    from mailfilter.extract.walk import run
+
+    try:
+        return run(bytes(raw), limits)
+    except Exception as exc:  # last resort: the walk contains its own errors
+        return Extraction(
+            attachments=(),
+            unscannable=(Unscannable("", PARSE_ERROR, f"{type(exc).__name__}: {exc}"[:300]),),
+        )

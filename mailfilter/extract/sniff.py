@@ -1,0 +1,259 @@
+"""What bytes are, by their magic numbers, whatever a message claims they are.
+
+Images are recognised by content (JPEG, PNG, GIF, WebP, BMP, TIFF, HEIC/AVIF, ICO, JPEG 2000,
+JPEG XL, PSD); so are the containers the walk opens. Declared types and filename extensions
+are only a fallback (`declared_container`, `declared_image`).
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+
+# Canonical container types: the `containers` chain of an Attachment uses these.
+ZIP = "application/zip"
+TAR = "application/x-tar"
+GZIP = "application/gzip"
+BZIP2 = "application/x-bzip2"
+XZ = "application/x-xz"
+SEVEN_ZIP = "application/x-7z-compressed"
+RAR = "application/vnd.rar"
+PDF = "application/pdf"
+TNEF = "application/ms-tnef"
+PKCS7 = "application/pkcs7-mime"
+MESSAGE = "message/rfc822"
+ZSTD = "application/zstd"
+
+_HEIF_BRANDS = {
+    b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1",
+}
+_AVIF_BRANDS = {b"avif", b"avis"}
+
+_BMP_DIB_SIZES = {12, 16, 40, 52, 56, 64, 108, 124}
+
+
+def image_type(data: bytes) -> str | None:
+    """The image type the bytes start with, as a MIME type, or None."""
+    head = data[:32]
+    if head.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "image/gif"
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "image/webp"
+    if head.startswith(b"BM") and len(head) >= 18:
+        (dib,) = struct.unpack_from("<I", head, 14)
+        if dib in _BMP_DIB_SIZES:
+            return "image/bmp"
+    if head.startswith((b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")):
+        return "image/tiff"
+    if head[4:8] == b"ftyp":
+        return _ftyp_image(data)
+    if head.startswith(b"\x00\x00\x01\x00") and _plausible_ico(head):
+        return "image/vnd.microsoft.icon"
+    if head.startswith((b"\x00\x00\x00\x0cjP  \r\n\x87\n", b"\xff\x4f\xff\x51")):
+        return "image/jp2"
+    if head.startswith((b"\xff\x0a", b"\x00\x00\x00\x0cJXL \r\n\x87\n")):
+        return "image/jxl"
+    if head.startswith(b"8BPS\x00\x01"):
+        return "image/vnd.adobe.photoshop"
+    return None
+
+
+def _ftyp_image(data: bytes) -> str | None:
+    (size,) = struct.unpack_from(">I", data, 0)
+    size = min(max(size, 16), 256, len(data))
+    major = data[8:12]
+    brands = {major} | {data[i : i + 4] for i in range(16, size - 3, 4)}
+    if major in _AVIF_BRANDS:
+        return "image/avif"
+    if major in _HEIF_BRANDS:
+        return "image/heic"
+    if brands & _AVIF_BRANDS:
+        return "image/avif"
+    if brands & _HEIF_BRANDS:
+        return "image/heic"
+    return None
+
+
+def _plausible_ico(head: bytes) -> bool:
+    if len(head) < 22:
+        return False
+    count, width, height, colours, reserved, planes, bpp = struct.unpack_from(
+        "<H4BHH", head, 4
+    )
+    del width, height, colours
+    return (
+        0 < count < 256 and reserved == 0 and planes in (0, 1) and bpp in (0, 1, 4, 8, 16, 24, 32)
+    )
+
+
+def container_type(data: bytes, text: bool = False) -> str | None:
+    """The container format the bytes start with (canonical type), or None.
+
+    A PDF may have up to 1 KiB of junk before `%PDF-` (readers accept it), except in a part
+    declared as text, where `%PDF-` has to come first.
+    """
+    head = data[:16]
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")):
+        return ZIP
+    if head.startswith(b"\x1f\x8b"):
+        return GZIP
+    if head.startswith(b"BZh") and len(head) >= 10 and head[3:4].isdigit() and head[4:10] in (
+        b"1AY&SY",
+        b"\x17rE8P\x90",
+    ):
+        return BZIP2
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return XZ
+    if head.startswith(b"7z\xbc\xaf\x27\x1c"):
+        return SEVEN_ZIP
+    if head.startswith(b"Rar!\x1a\x07"):
+        return RAR
+    if head.startswith(b"\x78\x9f\x3e\x22"):
+        return TNEF
+    if head.startswith(b"\x28\xb5\x2f\xfd"):
+        return ZSTD
+    if data[:64].lstrip()[:5] == b"%PDF-" or (not text and _PDF_LATE.search(data, 0, 1040)):
+        return PDF
+    if _is_tar(data):
+        return TAR
+    if _is_cms(data):
+        return PKCS7
+    return None
+
+
+_PDF_LATE = re.compile(rb"%PDF-[12]\.[0-9]")
+
+
+def _is_tar(data: bytes) -> bool:
+    if len(data) < 512:
+        return False
+    if data[257:262] == b"ustar":
+        return True
+    # Old (v7) tar headers have no magic; their checksum has to agree.
+    field = data[148:156].replace(b"\x00", b" ").strip()
+    if not field or not all(48 <= c <= 55 for c in field):
+        return False
+    header = data[:148] + b" " * 8 + data[156:512]
+    return int(field, 8) == sum(header) and data[0] != 0
+
+
+_CMS_OID_PREFIX = b"\x06\x09\x2a\x86\x48\x86\xf7\x0d\x01\x07"  # 1.2.840.113549.1.7.x
+_CMS_COMPRESSED_OID = b"\x06\x0b\x2a\x86\x48\x86\xf7\x0d\x01\x09\x10\x01\x09"
+
+
+def _is_cms(data: bytes) -> bool:
+    if not data.startswith(b"\x30"):
+        return False
+    first = data[1] if len(data) > 1 else 0
+    if first == 0x80:
+        offset = 2
+    elif first & 0x80:
+        offset = 2 + (first & 0x7F)
+    else:
+        offset = 2
+    return data.startswith((_CMS_OID_PREFIX, _CMS_COMPRESSED_OID), offset)
+
+
+_HEADER_LINE = re.compile(rb"[!-9;-~]+[ \t]*:")
+_MESSAGE_HEADERS = {
+    b"from", b"to", b"cc", b"subject", b"date", b"message-id", b"mime-version",
+    b"content-type", b"received", b"return-path", b"reply-to", b"sender", b"delivered-to",
+    b"x-mailer", b"user-agent", b"content-transfer-encoding", b"in-reply-to", b"references",
+}
+
+
+def looks_like_message(data: bytes) -> bool:
+    """Whether the bytes begin with an RFC 5322 header block (a saved .eml, an MHTML page)."""
+    seen: set[bytes] = set()
+    for n, line in enumerate(data[:16384].splitlines()):
+        if not line:
+            break
+        if n >= 200:
+            break
+        if line[:1] in (b" ", b"\t"):
+            if n == 0:
+                return False
+            continue
+        if n == 0 and line.startswith(b"From "):  # an mbox separator line
+            continue
+        m = _HEADER_LINE.match(line)
+        if not m:
+            return False
+        seen.add(m.group(0).rstrip(b": \t").lower())
+    return len(seen & _MESSAGE_HEADERS) >= 2
+
+
+# --- declared types and extensions -----------------------------------------------------
+
+_DECLARED_CONTAINERS = {
+    "application/zip": ZIP,
+    "application/x-zip": ZIP,
+    "application/x-zip-compressed": ZIP,
+    "application/x-tar": TAR,
+    "application/x-gtar": TAR,
+    "application/gzip": GZIP,
+    "application/x-gzip": GZIP,
+    "application/x-gtar-compressed": GZIP,
+    "application/x-bzip2": BZIP2,
+    "application/x-bzip": BZIP2,
+    "application/x-xz": XZ,
+    "application/x-7z-compressed": SEVEN_ZIP,
+    "application/vnd.rar": RAR,
+    "application/x-rar": RAR,
+    "application/x-rar-compressed": RAR,
+    "application/pdf": PDF,
+    "application/x-pdf": PDF,
+    "application/ms-tnef": TNEF,
+    "application/vnd.ms-tnef": TNEF,
+    "application/pkcs7-mime": PKCS7,
+    "application/x-pkcs7-mime": PKCS7,
+    "message/rfc822": MESSAGE,
+    "message/global": MESSAGE,
+    "message/news": MESSAGE,
+    "text/rfc822-headers": MESSAGE,
+}
+
+_CONTAINER_EXTENSIONS = {
+    "zip": ZIP, "docx": ZIP, "docm": ZIP, "xlsx": ZIP, "xlsm": ZIP, "pptx": ZIP, "pptm": ZIP,
+    "odt": ZIP, "ods": ZIP, "odp": ZIP, "odg": ZIP, "epub": ZIP, "cbz": ZIP, "jar": ZIP,
+    "tar": TAR, "gz": GZIP, "tgz": GZIP, "bz2": BZIP2, "tbz2": BZIP2, "xz": XZ, "txz": XZ,
+    "7z": SEVEN_ZIP, "rar": RAR, "cbr": RAR, "pdf": PDF, "p7m": PKCS7,
+    "eml": MESSAGE, "mht": MESSAGE, "mhtml": MESSAGE,
+}
+
+IMAGE_EXTENSIONS = frozenset({
+    "jpg", "jpeg", "jpe", "jfif", "pjpeg", "png", "apng", "gif", "webp", "bmp", "dib",
+    "tif", "tiff", "heic", "heif", "avif", "ico", "jp2", "j2k", "jpx", "jxl", "psd",
+})
+
+
+def extension(filename: str | None) -> str:
+    if not filename or "." not in filename:
+        return ""
+    return filename.rsplit(".", 1)[-1].strip().lower()
+
+
+def declared_container(content_type: str | None, filename: str | None) -> str | None:
+    """The container a part claims to be, by type or by name (`winmail.dat` is TNEF)."""
+    if content_type and content_type in _DECLARED_CONTAINERS:
+        return _DECLARED_CONTAINERS[content_type]
+    if filename and filename.strip().lower() == "winmail.dat":
+        return TNEF
+    return _CONTAINER_EXTENSIONS.get(extension(filename))
+
+
+def declared_image(content_type: str | None, filename: str | None) -> bool:
+    """Whether a part claims to be an image, by type or by name."""
+    if content_type and content_type.startswith("image/"):
+        return True
+    return extension(filename) in IMAGE_EXTENSIONS
+
+
+def find_appended_zip(data: bytes) -> bool:
+    """Whether a zip end-of-central-directory record sits in the last 64 KiB (a zip appended
+    to an image or another file)."""
+    return data.rfind(b"PK\x05\x06", max(0, len(data) - 65557)) >= 0

@@ -1,0 +1,128 @@
+"""The driver: what to do with each node, and the trampoline that walks them all.
+
+A payload is an image if its bytes say so (whatever it is called), a candidate image if it
+only claims to be one (the decode stage decides), a container if its bytes (or, failing
+that, its declared type or name) say so, and otherwise text to search for hidden payloads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import replace
+
+from mailfilter.extract import archives, core, mime, pdf, smime, sniff, textscan, tnef
+from mailfilter.extract.core import Context, EntityNode, Node, PayloadNode
+from mailfilter.model import Extraction
+from mailfilter.settings import ExtractSettings
+
+
+def _message(ctx: Context, node: PayloadNode) -> Iterator[Node]:
+    """A saved message (.eml, MHTML) met as a payload: walk it as a MIME message."""
+    yield EntityNode(
+        node.path, (*node.containers, sniff.MESSAGE), node.data, 0, len(node.data), root=True
+    )
+
+
+def _container(ctx: Context, node: PayloadNode, kind: str, quiet: bool) -> Iterator[Node]:
+    if kind == sniff.ZIP:
+        return archives.zip_members(ctx, node, quiet)
+    if kind == sniff.TAR:
+        return archives.tar_members(ctx, node, quiet)
+    if kind in (sniff.GZIP, sniff.BZIP2, sniff.XZ):
+        return archives.compressed_stream(ctx, node, kind, quiet)
+    if kind == sniff.SEVEN_ZIP:
+        return archives.sevenzip_members(ctx, node, quiet)
+    if kind == sniff.RAR:
+        return archives.rar_members(ctx, node, quiet)
+    if kind == sniff.PDF:
+        return pdf.images(ctx, node, quiet)
+    if kind == sniff.TNEF:
+        return tnef.attachments(ctx, node, quiet)
+    if kind == sniff.PKCS7:
+        return smime.content(ctx, node, quiet)
+    if kind == sniff.MESSAGE:
+        return _message(ctx, node)
+    ctx.skip(node.path, core.UNSUPPORTED_ARCHIVE, f"{kind} is not supported")
+    return iter(())
+
+
+def payload(ctx: Context, node: PayloadNode) -> Iterator[Node]:
+    data = node.data
+    ctype = node.content_type
+    texty = bool(ctype and ctype.startswith("text/"))
+    image = sniff.image_type(data)
+    if image is not None:
+        ctx.add_image(node)
+        if sniff.find_appended_zip(data):
+            yield from archives.appended_zip(
+                ctx, replace(node, path=core.container_path(node.path, node.filename))
+            )
+        return
+    if sniff.declared_image(ctype, node.filename):
+        ctx.add_image(node)  # claims to be an image: the decode stage decides
+    kind = sniff.container_type(data, text=texty)
+    quiet = False
+    if kind is None:
+        declared = sniff.declared_container(ctype, node.filename)
+        if declared == sniff.MESSAGE or (not texty and sniff.looks_like_message(data)):
+            kind = sniff.MESSAGE
+        elif declared is not None and data:
+            kind, quiet = declared, True
+    if kind is not None:
+        if ctx.container_allowed(node, kind):
+            inner = node
+            if kind not in (sniff.MESSAGE, sniff.PKCS7):
+                inner = replace(node, path=core.container_path(node.path, node.filename))
+            try:
+                yield from _container(ctx, inner, kind, quiet)
+            except Exception as exc:  # contained here, so it is filed under the container
+                ctx.skip(inner.path, core.PARSE_ERROR, f"{type(exc).__name__}: {exc}"[:300])
+        if not quiet:
+            return
+    if data:
+        yield from textscan.scan(
+            ctx, replace(node, path=core.container_path(node.path, node.filename))
+        )
+
+
+def open_node(ctx: Context, node: Node) -> Iterator[Node]:
+    if isinstance(node, EntityNode):
+        return mime.entity(ctx, node)
+    assert isinstance(node, PayloadNode)
+    return payload(ctx, node)
+
+
+def run(raw: bytes, limits: ExtractSettings) -> Extraction:
+    ctx = Context(limits)
+    root = EntityNode("", (), raw, 0, len(raw), root=True)
+    stack: list[tuple[Iterator[Node], str]] = [(open_node(ctx, root), "")]
+    try:
+        while stack:
+            gen, path = stack[-1]
+            try:
+                child = next(gen)
+            except StopIteration:
+                stack.pop()
+                continue
+            except Exception as exc:
+                stack.pop()
+                ctx.skip(path, core.PARSE_ERROR, f"{type(exc).__name__}: {exc}"[:300])
+                continue
+            stack.append((open_node(ctx, child), child.path))
+    except core.Stop:
+        pass
+    finally:
+        for gen, _path in reversed(stack):
+            close = getattr(gen, "close", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    close()
+    return Extraction(
+        attachments=tuple(ctx.attachments),
+        unscannable=tuple(ctx.unscannable),
+        defects=tuple(ctx.defects),
+        message_id=ctx.message_id,
+        subject=ctx.subject,
+        parts=ctx.parts,
+    )
