@@ -16,12 +16,9 @@ Each original gets every edit in ``EDITS``. Methods:
 - our PDQ: ``mailfilter.images.decode`` + ``mailfilter.hashing.pdq.pdq_from_luma``, all
   8 dihedral hashes of the query, plus a second fingerprint of the frame trimmed by
   ``mailfilter.borders.content_box``.
-- our PDQ px-dih: the same, but the 7 other orientations are hashed from rotated/flipped
-  luminance arrays (``np.rot90``...) instead of ``PdqResult.dihedral`` (which derives them
-  from the one DCT and, at the decoder's working size, lands 10-100 bits away).
-- gridhist: ``mailfilter.hashing.gridhist`` on the same decode, untrimmed and trimmed
-  (what ``mailfilter.fingerprint`` produces; no dihedral).
-- gridhist+dih: the same plus ``gridhist_dihedral`` of each query hash.
+- gridhist: ``mailfilter.hashing.gridhist`` on the same decode, untrimmed and trimmed,
+  with ``gridhist_dihedral`` of each query hash (what ``mailfilter.fingerprint`` produces
+  and the match stage compares).
 
 The list side is always the original's (untrimmed) hash. As in the product, a PDQ hash of
 quality under ``[match] pdq_min_quality`` (50) is not used, for the reference too, and
@@ -99,14 +96,12 @@ MATCH_SETTINGS = MatchSettings()
 PDQ_MIN_QUALITY = MATCH_SETTINGS.pdq_min_quality
 PDQ_DEFAULT_THRESHOLD = MATCH_SETTINGS.pdq_max_distance
 
-METHODS = ("plain PDQ", "our PDQ", "our PDQ px-dih", "gridhist", "gridhist+dih")
-PDQ_METHODS = ("plain PDQ", "our PDQ", "our PDQ px-dih")
+METHODS = ("plain PDQ", "our PDQ", "gridhist")
+PDQ_METHODS = ("plain PDQ", "our PDQ")
 METHOD_DEFAULTS: dict[str, float] = {
     "plain PDQ": PDQ_DEFAULT_THRESHOLD,
     "our PDQ": PDQ_DEFAULT_THRESHOLD,
-    "our PDQ px-dih": PDQ_DEFAULT_THRESHOLD,
-    "gridhist": DEFAULT_MAX_DISTANCE,
-    "gridhist+dih": DEFAULT_MAX_DISTANCE,
+    "gridhist": MATCH_SETTINGS.gridhist_max_distance,
 }
 
 # --- edits ------------------------------------------------------------------------------
@@ -289,19 +284,11 @@ class Fingerprints:
 
     plain: list[npt.NDArray[np.uint8]] = field(default_factory=list)  # 32-byte rows
     ours: list[str] = field(default_factory=list)
-    ours_px: list[str] = field(default_factory=list)
     grid: list[str] = field(default_factory=list)
-    grid_dih: list[str] = field(default_factory=list)
     plain_list: npt.NDArray[np.uint8] | None = None
     ours_list: str | None = None
     grid_list: str | None = None
     trimmed: bool = False
-
-
-_TRANSFORMS: tuple[Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]], ...] = (
-    lambda a: np.rot90(a, 1), lambda a: np.rot90(a, 2), lambda a: np.rot90(a, 3),
-    np.flipud, np.fliplr, np.transpose, lambda a: np.rot90(a, 2).T,
-)
 
 
 def fingerprint(data: bytes) -> Fingerprints:
@@ -329,15 +316,11 @@ def fingerprint(data: bytes) -> Fingerprints:
         pdq = pdq_from_luma(frame)
         if pdq.quality >= PDQ_MIN_QUALITY:
             fp.ours.extend(pdq.dihedral)
-            fp.ours_px.append(pdq.hash)
-            fp.ours_px.extend(pdq_from_luma(np.ascontiguousarray(t(frame))).hash
-                              for t in _TRANSFORMS)
             if n == 0:
                 fp.ours_list = pdq.hash
         grid = gridhist_from_luma(frame)
         if grid is not None:
-            fp.grid.append(grid)
-            fp.grid_dih.extend(gridhist_dihedral(grid))
+            fp.grid.extend(gridhist_dihedral(grid))
             if n == 0:
                 fp.grid_list = grid
     return fp
@@ -396,9 +379,7 @@ def distance_matrices(results: list[SourceResult]) -> dict[str, dict[str, npt.ND
     list_sides: dict[str, list[Any]] = {
         "plain PDQ": [r.original.plain_list for r in results],
         "our PDQ": [r.original.ours_list for r in results],
-        "our PDQ px-dih": [r.original.ours_list for r in results],
         "gridhist": [r.original.grid_list for r in results],
-        "gridhist+dih": [r.original.grid_list for r in results],
     }
     for method in METHODS:
         entries = list_sides[method]
@@ -417,8 +398,7 @@ def distance_matrices(results: list[SourceResult]) -> dict[str, dict[str, npt.ND
                         continue
                     d = _hamming_matrix(np.stack(fp.plain), lst)
                 else:
-                    queries = {"our PDQ": fp.ours, "our PDQ px-dih": fp.ours_px,
-                               "gridhist": fp.grid, "gridhist+dih": fp.grid_dih}[method]
+                    queries = {"our PDQ": fp.ours, "gridhist": fp.grid}[method]
                     if not queries or not have:
                         continue
                     qb = _hex_bytes(queries)
@@ -532,11 +512,9 @@ def markdown(results: list[SourceResult], summary: dict[str, MethodSummary],
 
 def check_targets(summary: dict[str, MethodSummary]) -> list[tuple[bool, str]]:
     ours, plain = summary["our PDQ"].rates, summary["plain PDQ"].rates
-    px = summary["our PDQ px-dih"].rates
     out = []
     for edit, want in TARGETS.items():
-        out.append((ours[edit] >= want, f"{edit}: {ours[edit]:.2f} >= {want:.2f} "
-                    f"(with dihedral hashes from transformed pixels: {px[edit]:.2f})"))
+        out.append((ours[edit] >= want, f"{edit}: {ours[edit]:.2f} >= {want:.2f}"))
     below = [e for e in EDITS if ours[e] < plain[e]]
     out.append((not below, "no edit below plain PDQ"
                 + (f" (below on: {', '.join(below)})" if below else "")))
@@ -638,7 +616,7 @@ def calibration_hashes(src: Source) -> list[tuple[str, str]]:
 
 def calibrate(sources: list[Source], jobs: int) -> dict[str, Any]:
     """Distances between gridhists of different photos (and tiles of different photos):
-    how close do unrelated pictures come? DEFAULT_MAX_DISTANCE is 0.8 x the nearest,
+    how close do unrelated pictures come? DEFAULT_MAX_DISTANCE is ~0.65 x the nearest,
     rounded down to a multiple of 10."""
     if jobs > 1:
         with ProcessPoolExecutor(max_workers=jobs) as pool:

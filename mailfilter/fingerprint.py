@@ -15,7 +15,7 @@ import numpy as np
 from mailfilter.borders import content_box
 from mailfilter.errors import SkipImage
 from mailfilter.hashing.exact import exact_hashes
-from mailfilter.hashing.gridhist import gridhist_from_luma
+from mailfilter.hashing.gridhist import gridhist_dihedral, gridhist_from_luma
 from mailfilter.hashing.pdq import pdq_from_luma
 from mailfilter.images import decode
 from mailfilter.model import FrameFingerprint, ImageFingerprint
@@ -42,14 +42,16 @@ def _frame(index: int, luma: np.ndarray, trimmed: bool, params: FingerprintParam
         reason = "too-small"
     elif pdq.quality < params.pdq_min_quality:
         reason = "low-quality"
+    gridhist = None if too_small else gridhist_from_luma(luma)
     return FrameFingerprint(
         frame=index,
         trimmed=trimmed,
         pdq=None if reason else pdq.hash,
         pdq_quality=pdq.quality,
         pdq_dihedral=() if reason else pdq.dihedral,
-        gridhist=None if too_small else gridhist_from_luma(luma),
+        gridhist=gridhist,
         reason=reason,
+        gridhist_dihedral=gridhist_dihedral(gridhist) if gridhist else (),
     )
 
 

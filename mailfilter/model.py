@@ -74,7 +74,8 @@ class FrameFingerprint:
     """Perceptual fingerprints of one frame of an image, in one framing.
 
     `trimmed` is true for the copy whose near-uniform borders were cut away.
-    `pdq_dihedral` holds the PDQ hashes of the 8 rotations/flips, the original first.
+    `pdq_dihedral` and `gridhist_dihedral` hold the hashes of the 8 rotations/flips, the
+    original first (the order of `mailfilter.hashing.pdq.DIHEDRAL_NAMES` for PDQ).
     `pdq` is None when the frame has too little information (`reason` says why);
     `gridhist` is None when its own information gate refused the frame.
     """
@@ -86,6 +87,7 @@ class FrameFingerprint:
     pdq_dihedral: tuple[str, ...]
     gridhist: str | None
     reason: str | None = None
+    gridhist_dihedral: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,11 +134,12 @@ class Verdict(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class AttachmentResult:
-    attachment_path: str
+    mime_path: str
     filename: str | None
     content_type: str | None
     fingerprint: ImageFingerprint
     matches: tuple[Match, ...] = ()
+    containers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -211,7 +211,7 @@ class StoreSettings(_Section):
 class MatchSettings(_Section):
     pdq_max_distance: int = Field(default=31, ge=0, le=256)
     pdq_min_quality: int = Field(default=50, ge=0, le=100)
-    gridhist_max_distance: float = Field(default=0.0, ge=0.0)
+    gridhist_max_distance: float = Field(default=300.0, ge=0.0)  # 0: gridhist off
     algorithms: tuple[Literal["pdq", "gridhist", "md5", "sha1", "sha256"], ...] = (
         "pdq", "gridhist", "md5", "sha1", "sha256",
     )
