@@ -60,13 +60,12 @@ import numpy.typing as npt
 import pdqhash
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
-from mailfilter.borders import content_box
+from mailfilter.fingerprint import FingerprintParams, fingerprint_image
 from mailfilter.hashing.gridhist import (
     DEFAULT_MAX_DISTANCE,
     gridhist_dihedral,
     gridhist_from_luma,
 )
-from mailfilter.hashing.pdq import pdq_from_luma
 from mailfilter.images import decode
 from mailfilter.settings import ImageSettings, MatchSettings
 
@@ -92,6 +91,8 @@ MATPLOTLIB_PHOTOS = ("grace_hopper.jpg",)  # matplotlib's sample data (public do
 MAX_SIDE = 1024
 
 IMAGE_SETTINGS = ImageSettings()
+FINGERPRINT_PARAMS = FingerprintParams(images=IMAGE_SETTINGS,
+                                       pdq_min_quality=MatchSettings().pdq_min_quality)
 MATCH_SETTINGS = MatchSettings()
 PDQ_MIN_QUALITY = MATCH_SETTINGS.pdq_min_quality
 PDQ_DEFAULT_THRESHOLD = MATCH_SETTINGS.pdq_max_distance
@@ -301,28 +302,21 @@ def fingerprint(data: bytes) -> Fingerprints:
         packed = np.packbits(np.asarray(bits, dtype=np.uint8))
         fp.plain.append(packed)
         fp.plain_list = packed
-    # Ours: mailfilter's decode (EXIF applied, reduced), dihedral, trimmed copy.
-    decoded = decode(data, IMAGE_SETTINGS)
-    if min(decoded.width, decoded.height) < IMAGE_SETTINGS.min_dimension:
-        return fp
-    luma = decoded.frames[0]
-    frames = [luma]
-    box = content_box(luma)
-    if box is not None:
-        top, left, bottom, right = box
-        frames.append(luma[top:bottom, left:right])
-        fp.trimmed = True
-    for n, frame in enumerate(frames):
-        pdq = pdq_from_luma(frame)
-        if pdq.quality >= PDQ_MIN_QUALITY:
-            fp.ours.extend(pdq.dihedral)
-            if n == 0:
-                fp.ours_list = pdq.hash
-        grid = gridhist_from_luma(frame)
-        if grid is not None:
-            fp.grid.extend(gridhist_dihedral(grid))
-            if n == 0:
-                fp.grid_list = grid
+    # Ours: exactly what the product computes (decode with EXIF, reduced; PDQ and gridhist
+    # with their 8 dihedral variants; a second fingerprint with borders trimmed).
+    ours = fingerprint_image(data, FINGERPRINT_PARAMS)
+    for frame in ours.frames:
+        if frame.frame != 0:
+            continue
+        if frame.pdq is not None:
+            fp.ours.extend(frame.pdq_dihedral)
+            if not frame.trimmed:
+                fp.ours_list = frame.pdq
+        if frame.gridhist is not None:
+            fp.grid.extend(frame.gridhist_dihedral)
+            if not frame.trimmed:
+                fp.grid_list = frame.gridhist
+        fp.trimmed = fp.trimmed or frame.trimmed
     return fp
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
 from mailfilter.borders import content_box
 from mailfilter.errors import SkipImage
@@ -20,6 +21,20 @@ from mailfilter.hashing.pdq import pdq_from_luma
 from mailfilter.images import decode
 from mailfilter.model import FrameFingerprint, ImageFingerprint
 from mailfilter.settings import ImageSettings, Settings
+
+PREVIEW_SHORT_SIDE = 160
+"""gridhist area-averages to 32 x 32 and border detection looks at row and column
+statistics: neither needs the >= 512 px that PDQ's agreement with the reference does, so
+they run on a copy box-reduced to about this short side (5-10x cheaper on a 1 MP frame)."""
+
+
+def _preview(luma: np.ndarray) -> tuple[np.ndarray, int]:
+    """A box-reduced copy of the frame and the reduction factor (1: the frame itself)."""
+    factor = min(luma.shape) // PREVIEW_SHORT_SIDE
+    if factor < 2:
+        return luma, 1
+    small = Image.fromarray(np.ascontiguousarray(luma, dtype=np.float32), "F").reduce(factor)
+    return np.asarray(small, dtype=np.float32), factor
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,15 +49,15 @@ class FingerprintParams:
         return cls(images=settings.images, pdq_min_quality=settings.match.pdq_min_quality)
 
 
-def _frame(index: int, luma: np.ndarray, trimmed: bool, params: FingerprintParams,
-           too_small: bool) -> FrameFingerprint:
+def _frame(index: int, luma: np.ndarray, preview: np.ndarray, trimmed: bool,
+           params: FingerprintParams, too_small: bool) -> FrameFingerprint:
     pdq = pdq_from_luma(luma)
     reason: str | None = None
     if too_small:
         reason = "too-small"
     elif pdq.quality < params.pdq_min_quality:
         reason = "low-quality"
-    gridhist = None if too_small else gridhist_from_luma(luma)
+    gridhist = None if too_small else gridhist_from_luma(preview)
     return FrameFingerprint(
         frame=index,
         trimmed=trimmed,
@@ -67,12 +82,19 @@ def fingerprint_image(data: bytes, params: FingerprintParams) -> ImageFingerprin
     too_small = min(decoded.width, decoded.height) < params.images.min_dimension
     frames: list[FrameFingerprint] = []
     for index, luma in enumerate(decoded.frames):
-        frames.append(_frame(index, luma, False, params, too_small))
+        preview, factor = _preview(luma)
+        frames.append(_frame(index, luma, preview, False, params, too_small))
         if params.images.trim_borders and not too_small:
-            box = content_box(luma)
+            # Most images have no border: the cheap look at the preview says so. When it
+            # finds one, the cut is made at full size: PDQ moves by many bits when a few
+            # more pixels of content are cut away than the border.
+            box = content_box(preview) if factor > 1 else content_box(luma)
+            if box is not None and factor > 1:
+                box = content_box(luma)
             if box is not None:
                 top, left, bottom, right = box
-                frames.append(_frame(index, luma[top:bottom, left:right], True, params, False))
+                trimmed = luma[top:bottom, left:right]
+                frames.append(_frame(index, trimmed, _preview(trimmed)[0], True, params, False))
     return ImageFingerprint(
         exact=exact,
         width=decoded.width,
