@@ -3,6 +3,7 @@
 Each class has exactly one outcome, so callers decide by class, never by message:
 
 - `ConfigError`          refuse to start (exit 2) with one line naming file, key, value, expectation
+- `ListFormatError`      refuse a hash list import as a whole (exit 2), nothing changed
 - `SkipImage`            skip that image, count it, record the reason on the result
 - `TemporaryFailure`     answer 4xx so the sender retries (or accept, if configured fail-open)
 - `PermanentRejection`   answer 5xx
@@ -20,6 +21,12 @@ class MailfilterError(Exception):
 
 class ConfigError(MailfilterError):
     """A setting is missing, unknown or has a bad value. The message is one line."""
+
+
+class ListFormatError(MailfilterError):
+    """A hash list file cannot be read as the format asked for (or as any format, when
+    detecting): unknown format, not well-formed XML, a CSV without its header. The whole
+    import is refused; nothing is changed in the store."""
 
 
 class SkipImage(MailfilterError):

@@ -1,0 +1,68 @@
+"""What every `mailfilter` subcommand shares: options, settings loading, exit codes and the
+one-line error report that replaces a traceback."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn, ParamSpec, TypeVar
+
+import click
+
+from mailfilter.errors import ConfigError, ListFormatError, NotBuiltYet, TemporaryFailure
+from mailfilter.logs import setup_logging
+from mailfilter.settings import LoadedSettings, load_settings
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+EXIT_OK = 0
+EXIT_MATCH = 1
+EXIT_ERROR = 2
+
+config_option = click.option(
+    "--config", "-c", "config_path", type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="TOML settings file (default /etc/mailfilter/mailfilter.toml if present, "
+    "else built-in defaults). MAILFILTER_SECTION__KEY variables override it.",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON.")
+
+
+def fail(message: str) -> NoReturn:
+    click.echo(f"mailfilter: {message}", err=True)
+    sys.exit(EXIT_ERROR)
+
+
+def handles_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Bad settings or input files, an unreachable store, unreadable files: one line on
+    stderr and exit 2, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except (ConfigError, NotBuiltYet, ListFormatError) as exc:
+            fail(str(exc))
+        except TemporaryFailure as exc:
+            reason = exc.reason.replace("-", " ")  # store-unavailable -> store unavailable
+            fail(f"{reason}: {exc.detail}" if exc.detail else reason)
+        except OSError as exc:
+            name = f"{exc.filename}: " if exc.filename else ""
+            fail(f"{name}{exc.strerror or exc}")
+
+    return wrapper
+
+
+def load_for_command(config_path: Path | None, service: bool = False) -> LoadedSettings:
+    """Settings, and logging set up from them. Only the service logs at the configured
+    level by default; one-shot commands log warnings unless --log-level asks for more."""
+    loaded = load_settings(config_path)
+    opts: dict[str, Any] = click.get_current_context().find_root().meta
+    setup_logging(
+        opts.get("log_level") or (loaded.settings.logging.level if service else "warning"),
+        opts.get("log_format") or loaded.settings.logging.format,
+    )
+    return loaded

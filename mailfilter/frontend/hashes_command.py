@@ -1,0 +1,413 @@
+"""`mailfilter hashes …`: manage the hash lists (import, add, stats, export, remove).
+
+Wired into the CLI with ``cli.add_command(hashes)``. Settings are loaded the way cli.py
+does it (the root group's --log-* options win over the file); the few option declarations
+are repeated here rather than imported, since cli.py imports this module.
+
+Exit codes: 0 done; 2 an error (unreadable file, unknown format, store unreachable, unknown
+list). `import` exits 0 when lines were skipped but something was loaded, 2 when nothing
+at all could be loaded (then the list is left as it was).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import click
+import numpy as np
+import numpy.typing as npt
+
+from mailfilter.frontend.command_line import (
+    EXIT_ERROR,
+    EXIT_OK,
+    config_option,
+    fail,
+    handles_errors,
+    json_option,
+    load_for_command,
+)
+from mailfilter.matching.formats import FORMATS, detect_format, parse_file
+from mailfilter.matching.store import (
+    BaseHashStore,
+    ImportProgress,
+    ImportReport,
+    StoreStats,
+    UnknownList,
+    open_store,
+)
+from mailfilter.settings import Settings
+
+CROP_FRACTIONS = (0.05, 0.10)
+"""Centre crops enrolled by `add`: this fraction of each side's length is cut away, half
+on each side, so lists made from the originals also catch slightly cropped copies."""
+
+list_option = click.option("--list", "list_name", required=True, help="Name of the list.")
+
+
+def _settings(config_path: Path | None) -> Settings:
+    return load_for_command(config_path).settings
+
+
+def _store(settings: Settings) -> BaseHashStore:
+    return open_store(settings.store)
+
+
+def _counts(counts: dict[str, int] | Any) -> str:
+    parts = [f"{alg} {n:,}" for alg, n in sorted(dict(counts).items()) if n]
+    return ", ".join(parts) if parts else "nothing"
+
+
+@click.group("hashes")
+def hashes() -> None:
+    """Manage hash lists: import, add, stats, export, remove."""
+
+
+# --- import ----------------------------------------------------------------------------------
+
+
+class _Progress:
+    """Progress on stderr when it is a terminal: lines, lines/s, counts. Quiet otherwise."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+        self.enabled = stream.isatty()
+        self.last = 0.0
+        self.shown = False
+
+    def __call__(self, p: ImportProgress) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if p.phase == "parse" and now - self.last < 0.2:
+            return
+        self.last = now
+        rate = p.lines / p.seconds if p.seconds > 0 else 0.0
+        phase = {"parse": "reading", "merge": "merging", "write": "writing",
+                 "done": "done"}.get(p.phase, p.phase)
+        self.stream.write(
+            f"\r{phase}: {p.lines:,} lines, {rate:,.0f} lines/s, loaded {p.loaded:,}, "
+            f"skipped {p.skipped:,}   "
+        )
+        self.stream.flush()
+        self.shown = True
+
+    def finish(self) -> None:
+        if self.shown:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def import_text(report: ImportReport, fmt: str, location: str) -> list[str]:
+    verb = "replaced" if report.replace else "merged into"
+    lines = [
+        f"{report.source}: {fmt}, {report.lines:,} lines: loaded {report.loaded_total:,} "
+        f"({_counts(report.loaded)}), skipped {report.skipped_total:,}"
+    ]
+    for reason, n in sorted(report.skipped.items(), key=lambda kv: (-kv[1], kv[0])):
+        lines.append(f"  skipped {n:,}: {reason}")
+    if report.examples:
+        shown = ", ".join(f"{line} ({reason})" for line, reason in report.examples[:5])
+        lines.append(f"  first bad lines: {shown}")
+    if report.degenerate:
+        lines.append(f"  warning: {report.degenerate:,} degenerate hashes refused "
+                     "(all zeros, all ones or below the minimum PDQ quality)")
+    if report.tombstones:
+        lines.append(f"  deletions: {report.tombstones:,} in the file, {report.removed:,} "
+                     "entries removed")
+    if report.committed:
+        dup = f" ({report.duplicates:,} duplicates merged)" if report.duplicates else ""
+        lines.append(
+            f"list {report.list_name!r} {verb}: now {sum(report.totals.values()):,} entries "
+            f"({_counts(report.totals)}){dup}; store version {report.version} ({location})"
+        )
+    else:
+        lines.append(f"list {report.list_name!r} unchanged: {report.not_committed}")
+    return lines
+
+
+@hashes.command("import")
+@config_option
+@list_option
+@click.option("--format", "fmt", default=None, type=click.Choice(list(FORMATS)),
+              help="Input format (auto-detected when left out).")
+@click.option("--replace", is_flag=True,
+              help="Replace the list with the file's entries (default: merge into it).")
+@json_option
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@handles_errors
+def hashes_import(config_path: Path | None, list_name: str, fmt: str | None, replace: bool,
+                  as_json: bool, file: Path) -> None:
+    """Load a hash list file into the store (atomically: filters see the old list or the
+    new one). Formats: pdq, te-csv, md5, sha1, sha256, hma, ncmec-xml, jsonl."""
+    settings = _settings(config_path)
+    fmt = fmt or detect_format(file)
+    progress = _Progress(sys.stderr)
+    with _store(settings) as store:
+        try:
+            report = store.import_list(
+                list_name, f"{file.name} ({fmt})",
+                parse_file(file, fmt, pdq_min_quality=settings.match.pdq_min_quality),
+                replace=replace, progress_cb=progress,
+            )
+        finally:
+            progress.finish()
+        location = f"{store.backend} {store.location}"
+    if as_json:
+        click.echo(json.dumps({"file": str(file), "format": fmt, **report.to_json()}))
+    else:
+        click.echo("\n".join(import_text(report, fmt, location)))
+    loaded_something = report.committed or report.loaded_total > 0 or report.tombstones > 0
+    sys.exit(EXIT_OK if loaded_something else EXIT_ERROR)
+
+
+# --- add -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Enrolled:
+    """One list entry made from an image, and what it was made from."""
+
+    algorithm: str
+    value: str
+    variant: str  # "file", "original", "trimmed", "crop 5%", ...
+    frame: int = 0
+
+
+@dataclass
+class Enrollment:
+    path: Path
+    entries: list[Enrolled] = field(default_factory=list)
+    error: str | None = None
+    note: str | None = None
+
+
+def centre_crop(luma: npt.NDArray[np.float32], fraction: float) -> npt.NDArray[np.float32]:
+    """The centre of a frame with `fraction` of each side cut away (half on each side)."""
+    h, w = luma.shape
+    dy = round(h * fraction / 2)
+    dx = round(w * fraction / 2)
+    return luma[dy:h - dy, dx:w - dx]
+
+
+def enroll_image(path: Path, settings: Settings) -> Enrollment:
+    """Every entry `hashes add` stores for one image file: exact hashes of the file; PDQ
+    (the original orientation only: queries try all 8) and gridhist of each frame, of its
+    trimmed-borders copy and of centre crops (`CROP_FRACTIONS`). PDQ of frames with too
+    little information (quality under `pdq_min_quality`) is left out."""
+    from mailfilter.errors import SkipImage
+    from mailfilter.fingerprint import FingerprintParams, fingerprint_image
+    from mailfilter.hashing.gridhist import gridhist_from_luma
+    from mailfilter.hashing.pdq import pdq_from_luma
+    from mailfilter.images import decode
+
+    result = Enrollment(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        result.error = f"cannot read: {exc.strerror or exc}"
+        return result
+    fp = fingerprint_image(data, FingerprintParams.from_settings(settings))
+    for algorithm in ("md5", "sha1", "sha256"):
+        result.entries.append(Enrolled(algorithm, getattr(fp.exact, algorithm), "file"))
+    if fp.skipped:
+        detail = f": {fp.detail}" if fp.detail else ""
+        result.note = f"not decoded ({fp.skipped}{detail}); exact hashes only"
+        return result
+    for frame in fp.frames:
+        variant = "trimmed" if frame.trimmed else "original"
+        if frame.pdq:
+            result.entries.append(Enrolled("pdq", frame.pdq, variant, frame.frame))
+        if frame.gridhist:
+            result.entries.append(Enrolled("gridhist", frame.gridhist, variant, frame.frame))
+    low = [f for f in fp.frames if not f.trimmed and f.pdq is None]
+    if low:
+        result.note = f"no PDQ for {len(low)} frame(s): {low[0].reason or 'low quality'}"
+    try:
+        decoded = decode(data, settings.images)
+    except SkipImage:
+        return result
+    if min(decoded.width, decoded.height) < settings.images.min_dimension:
+        return result
+    for index, luma in enumerate(decoded.frames):
+        for fraction in CROP_FRACTIONS:
+            crop = centre_crop(luma, fraction)
+            if min(crop.shape) < 8:
+                continue
+            variant = f"crop {fraction:.0%}"
+            pdq = pdq_from_luma(crop)
+            if pdq.quality >= settings.match.pdq_min_quality:
+                result.entries.append(Enrolled("pdq", pdq.hash, variant, index))
+            grid = gridhist_from_luma(crop)
+            if grid:
+                result.entries.append(Enrolled("gridhist", grid, variant, index))
+    return result
+
+
+def _enrollment_text(e: Enrollment) -> str:
+    if e.error:
+        return f"{e.path}: error: {e.error}"
+    lines = [f"{e.path}:"]
+    for entry in e.entries:
+        where = f" frame {entry.frame}" if entry.frame else ""
+        lines.append(f"  {entry.algorithm:<9}{entry.value[:64]}"
+                     f"{'…' if len(entry.value) > 64 else ''}  {entry.variant}{where}")
+    if e.note:
+        lines.append(f"  note: {e.note}")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    algorithm: str
+    value: str
+    labels: tuple[str, ...]
+
+
+@hashes.command("add")
+@config_option
+@list_option
+@click.option("--label", "labels", multiple=True,
+              help="Label for the added entries (repeatable).")
+@json_option
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@handles_errors
+def hashes_add(config_path: Path | None, list_name: str, labels: tuple[str, ...],
+               as_json: bool, images: tuple[Path, ...]) -> None:
+    """Enroll images the operator holds into a list: exact hashes, PDQ and gridhist of each
+    image, its trimmed-borders copy and 5% / 10% centre crops."""
+    settings = _settings(config_path)
+    enrollments = [enroll_image(path, settings) for path in images]
+    entries = [
+        _Entry(en.algorithm, en.value, labels)
+        for e in enrollments for en in e.entries
+    ]
+    failed = any(e.error for e in enrollments)
+    report: ImportReport | None = None
+    before = 0
+    location = ""
+    if entries:
+        with _store(settings) as store:
+            existing = {info.name: info for info in store.lists()}
+            before = existing[list_name].total if list_name in existing else 0
+            report = store.add(list_name, entries)
+            location = f"{store.backend} {store.location}"
+    after = sum(report.totals.values()) if report else before
+    if as_json:
+        for e in enrollments:
+            click.echo(json.dumps({
+                "file": str(e.path),
+                "error": e.error,
+                "note": e.note,
+                "entries": [{"algorithm": en.algorithm, "value": en.value,
+                             "variant": en.variant, "frame": en.frame} for en in e.entries],
+            }))
+        click.echo(json.dumps({
+            "list": list_name, "added": after - before, "total": after,
+            "version": report.version if report else None,
+        }))
+    else:
+        for e in enrollments:
+            click.echo(_enrollment_text(e))
+        if report is not None:
+            click.echo(
+                f"list {list_name!r}: {after - before:,} new entries "
+                f"({len(entries) - (after - before):,} already there); now {after:,} entries "
+                f"({_counts(report.totals)}); store version {report.version} ({location})"
+            )
+    sys.exit(EXIT_ERROR if failed or report is None else EXIT_OK)
+
+
+# --- stats, export, remove -------------------------------------------------------------------
+
+
+def stats_text(stats: StoreStats) -> list[str]:
+    lines = [f"backend: {stats.backend} ({stats.location})", f"version: {stats.version}"]
+    if not stats.lists:
+        lines.append("no lists")
+        return lines
+    algorithms = ("pdq", "gridhist", "md5", "sha1", "sha256")
+    width = max(4, *(len(info.name) for info in stats.lists))
+    header = f"{'list':<{width}}  {'entries':>11}" + "".join(f"  {a:>10}" for a in algorithms)
+    lines.append(header + "  updated               source")
+    for info in stats.lists:
+        cells = "".join(f"  {info.counts.get(a, 0):>10,}" for a in algorithms)
+        updated = info.to_json()["updated"] or "-"
+        lines.append(f"{info.name:<{width}}  {info.total:>11,}{cells}  {updated:<20}  "
+                     f"{info.source}")
+    totals = stats.totals()
+    cells = "".join(f"  {totals.get(a, 0):>10,}" for a in algorithms)
+    lines.append(f"{'(all)':<{width}}  {sum(totals.values()):>11,}{cells}")
+    return lines
+
+
+@hashes.command("stats")
+@config_option
+@json_option
+@handles_errors
+def hashes_stats(config_path: Path | None, as_json: bool) -> None:
+    """Sizes per list and algorithm, the store's version and backend."""
+    settings = _settings(config_path)
+    with _store(settings) as store:
+        stats = store.stats()
+    if as_json:
+        click.echo(json.dumps(stats.to_json()))
+    else:
+        click.echo("\n".join(stats_text(stats)))
+
+
+def _export_lines(store: BaseHashStore, list_name: str | None) -> Iterator[str]:
+    for entry in store.export(list_name):
+        yield json.dumps(entry.to_json(), separators=(",", ":")) + "\n"
+
+
+@hashes.command("export")
+@config_option
+@click.option("--list", "list_name", default=None, help="Only this list.")
+@handles_errors
+def hashes_export(config_path: Path | None, list_name: str | None) -> None:
+    """Dump lists as JSON lines (the `jsonl` import format) on stdout."""
+    settings = _settings(config_path)
+    out = sys.stdout
+    with _store(settings) as store:
+        buffer: list[str] = []
+        try:
+            for line in _export_lines(store, list_name):
+                buffer.append(line)
+                if len(buffer) >= 4096:
+                    out.write("".join(buffer))
+                    buffer.clear()
+            out.write("".join(buffer))
+            out.flush()
+        except BrokenPipeError:
+            # `export | head`: the reader is gone; that is not an error.
+            sys.stderr.close()
+            sys.exit(EXIT_OK)
+
+
+@hashes.command("remove")
+@config_option
+@list_option
+@json_option
+@handles_errors
+def hashes_remove(config_path: Path | None, list_name: str, as_json: bool) -> None:
+    """Delete a list from the store."""
+    settings = _settings(config_path)
+    with _store(settings) as store:
+        try:
+            removed = store.remove(list_name)
+        except UnknownList as exc:
+            fail(str(exc))
+        version = store.version()
+    if as_json:
+        click.echo(json.dumps({"list": list_name, "removed": removed, "version": version}))
+    else:
+        click.echo(f"list {list_name!r} removed ({removed:,} entries); store version {version}")
+
+
+__all__ = ["centre_crop", "enroll_image", "hashes"]

@@ -1,0 +1,139 @@
+"""The scanner wiring, through the real worker pool: verdicts, and hostile messages that must
+end quickly as `unscannable` with the right reason (hang guards, not speed targets)."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import sys
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from factories import jpeg, message, message_bytes
+
+from mailfilter.fingerprint import FingerprintParams, fingerprint_image
+from mailfilter.matching.index import HashIndex, IndexEntry
+from mailfilter.model import ScanResult, Verdict
+from mailfilter.scanner import Scanner
+from mailfilter.settings import Settings, load_settings
+from mailfilter.workers import WorkerPool
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "extract"))
+import extract_corpus as ec
+
+SETTINGS: Settings = load_settings(None, {}).settings
+KNOWN = jpeg(42)
+HANG_GUARD = 20.0  # seconds: far above the real figures; only a hang or a blow-up fails
+
+
+def known_index() -> HashIndex:
+    fp = fingerprint_image(KNOWN, FingerprintParams.from_settings(SETTINGS))
+    assert fp.primary is not None and fp.primary.pdq is not None
+    return HashIndex.build([IndexEntry("stand-ins", "pdq", fp.primary.pdq, ("test",))])
+
+
+@pytest.fixture(scope="module")
+def scanner() -> Iterator[Scanner]:
+    with WorkerPool(processes=2, memory_limit=1024**3) as pool:
+        index = known_index()
+        yield Scanner(SETTINGS, pool, lambda: index)
+
+
+def scan(scanner: Scanner, raw: bytes) -> tuple[ScanResult, float]:
+    start = time.perf_counter()
+    result = asyncio.run(scanner.scan(raw, "test"))
+    return result, time.perf_counter() - start
+
+
+def reasons(result: ScanResult) -> set[str]:
+    found = {u.reason for u in result.unscannable}
+    found |= {a.fingerprint.skipped for a in result.attachments if a.fingerprint.skipped}
+    return found
+
+
+def test_clean_and_matching(scanner: Scanner) -> None:
+    clean, _ = scan(scanner, message_bytes(message(attachments=[("a.jpg", "image/jpeg",
+                                                                  jpeg(1))])))
+    assert clean.verdict is Verdict.CLEAN and len(clean.attachments) == 1
+    hit, _ = scan(scanner, message_bytes(message(attachments=[("k.jpg", "image/jpeg", KNOWN)])))
+    assert hit.verdict is Verdict.MATCH
+    [match] = hit.attachments[0].matches
+    assert (match.list_name, match.algorithm, match.labels) == ("stand-ins", "pdq", ("test",))
+
+
+def test_match_wins_over_unscannable_parts(scanner: Scanner) -> None:
+    raw = message_bytes(message(attachments=[("k.jpg", "image/jpeg", KNOWN),
+                                             ("broken.jpg", "image/jpeg", KNOWN[:300])]))
+    result, _ = scan(scanner, raw)
+    assert result.verdict is Verdict.MATCH
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return (struct.pack(">I", len(body)) + kind + body
+            + struct.pack(">I", zlib.crc32(kind + body)))
+
+
+def decompression_bomb_png() -> bytes:
+    """30000 x 30000 1-bit PNG of zeros: 900 megapixels in about 110 KB."""
+    row = b"\x00" * (1 + 30000 // 8)
+    packer = zlib.compressobj(9)
+    idat = b"".join(packer.compress(row) for _ in range(30000)) + packer.flush()
+    header = struct.pack(">IIBBBBB", 30000, 30000, 1, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", idat)
+            + _png_chunk(b"IEND", b""))
+
+
+def test_decompression_bomb_png(scanner: Scanner) -> None:
+    raw = message_bytes(message(attachments=[("big.png", "image/png", decompression_bomb_png())]))
+    result, seconds = scan(scanner, raw)
+    assert result.verdict is Verdict.UNSCANNABLE
+    assert reasons(result) == {"too-many-pixels"}
+    assert seconds < HANG_GUARD
+
+
+def test_truncated_jpeg(scanner: Scanner) -> None:
+    raw = message_bytes(message(attachments=[("cut.jpg", "image/jpeg", jpeg(3)[:2000])]))
+    result, seconds = scan(scanner, raw)
+    assert result.verdict is Verdict.UNSCANNABLE
+    assert reasons(result) & {"truncated", "corrupt"}
+    assert seconds < HANG_GUARD
+
+
+def test_one_gigabyte_zip(scanner: Scanner) -> None:
+    stream, crc = ec.zeros_deflate(1 << 30)
+    bomb = ec.raw_zip([("zeros.bin", stream, crc, 1 << 30, len(stream))])
+    raw = message_bytes(message(attachments=[("bomb.zip", "application/zip", bomb),
+                                             ("k.jpg", "image/jpeg", KNOWN)]))
+    result, seconds = scan(scanner, raw)
+    assert result.verdict is Verdict.MATCH  # the rest of the message is still scanned
+    assert "max-expansion-ratio" in reasons(result)
+    assert seconds < HANG_GUARD
+
+
+def test_hundred_thousand_parts(scanner: Scanner) -> None:
+    parts = b"".join(b"--b\r\nContent-Type: text/plain\r\n\r\nx\r\n" for _ in range(100_000))
+    raw = (b"From: a@example.org\r\nSubject: many\r\nMIME-Version: 1.0\r\n"
+           b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n' + parts + b"--b--\r\n")
+    result, seconds = scan(scanner, raw)
+    assert result.verdict is Verdict.UNSCANNABLE
+    assert reasons(result) == {"max-parts"}
+    assert seconds < HANG_GUARD
+
+
+def test_fifty_deep_forwards(scanner: Scanner) -> None:
+    raw = message_bytes(message(attachments=[("k.jpg", "image/jpeg", jpeg(5))]))
+    for depth in range(50):
+        raw = (f"From: a@example.org\r\nSubject: fwd {depth}\r\nMIME-Version: 1.0\r\n"
+               "Content-Type: message/rfc822\r\n\r\n").encode() + raw
+    result, seconds = scan(scanner, raw)
+    assert result.verdict is Verdict.UNSCANNABLE
+    assert reasons(result) == {"max-depth"}
+    assert seconds < HANG_GUARD
+
+
+def test_garbage_bytes_are_not_an_error(scanner: Scanner) -> None:
+    result, _ = scan(scanner, bytes(range(256)) * 100)
+    assert result.verdict in (Verdict.CLEAN, Verdict.UNSCANNABLE)
