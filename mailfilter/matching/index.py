@@ -22,14 +22,15 @@ Gridhist
     so float32 arithmetic is exact here and no match near the radius is lost to rounding.
 PDQ
     ``words``: the unique 256-bit hashes as an ``(N, 4)`` uint64 array (the hex's bytes,
-    viewed), sorted by word 0. Searched either by brute force (XOR + popcount) or by
+    viewed), in table-0 order. Searched either by brute force (XOR + popcount) or by
     multi-index hashing (Norouzi, Punjani, Fleet: "Fast search in Hamming space with
     multi-index hashing", CVPR 2012) with the general pigeonhole bound of Qin et al.
     ("GPH: similarity search in Hamming space", ICDE 2018):
 
     * ``m`` disjoint chunks of the 256 bits, ``b_i`` bits each; table ``i`` lists the rows
-      by the value of chunk ``i``. Chunk 0 is the top of word 0, so ``words`` sorted by
-      word 0 is already in table-0 order and table 0 needs no id array.
+      by the value of chunk ``i``. Chunk 0 is the top of word 0 and ``words`` is sorted by
+      it (then by a mix of all bits, which also puts identical hashes side by side for
+      collapsing duplicates), so table 0 needs no id array.
     * Per table, bucket offsets (``2**b_i + 1``) in two levels: a uint32 base every
       ``2**s`` buckets plus a uint8 offset from it (``s`` as large as lets every block of
       buckets hold <= 255 rows: s = 0 for a crowded table). Tables 1..m-1 hold the row ids
@@ -41,13 +42,14 @@ PDQ
       within ``t_i`` bits of the query's chunk finds every row within ``r``: nothing is
       missed whatever ``r``; candidates are verified on all 256 bits (words 0 and 1 first).
       The ``t_i`` are spent greedily where a cost model says probing grows least.
-    * Default shape for N hashes: 10 tables, ``b = log2(N) - 2`` bits (~4 rows a bucket),
-      and the 2 tables that get ``t = 3`` at r = 31 (``t = 3, 3, 2, ..., 2``) 2 bits wider:
-      at 10M, 23, 23, 21 x 8 bits, 63.6 bytes per hash in all (32 hash, 1 group id, 27 ids,
-      3.6 offsets). Eleven 22-bit tables (``pdq_tables=11, pdq_chunk_bits=22``) probe and
-      verify about half as much for ~68 bytes per hash: ``bench/index_speed.py`` measures
-      both. Random access to memory (bucket offsets, id runs, candidate rows) is what a
-      query costs; at 10M a set of 8 queries touches ~50K buckets and ~110K candidates.
+    * Default shape for N hashes: 11 tables of ``b = log2(N) - 1`` bits (~2 rows a
+      bucket), probed with ``t = 2, ..., 2, 1`` at r = 31: at 10M, 11 x 22 bits, 67.9 bytes
+      per hash (32 hash, 1 group id, 30 ids, 4.9 offsets), p99 ~3.4 ms for 8 queries.
+      ``pdq_tables=10`` gives 23, 23, 21 x 8 bits (``t = 3, 3, 2, ..., 2``): 63.6 bytes per
+      hash but about twice the probes and candidates (p99 ~9 ms). Random access to memory
+      (bucket offsets, id runs, candidate rows) is what a query costs; with 11 tables a
+      set of 8 queries at 10M touches ~20K buckets and ~65K candidates.
+      ``bench/index_speed.py`` measures both shapes.
     * All queries (the 8 dihedral hashes, trimmed variants) are probed in one vectorised
       pass; the cost model picks brute force instead when that is cheaper (lists below
       ~100K hashes, where no tables are built either, and large radii).
@@ -57,7 +59,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -346,6 +347,8 @@ def _chunk_keys(words: U64, start: int, bits: int) -> I64:
 def _place_chunks(widths: Sequence[int]) -> tuple[int, ...]:
     """Disjoint chunk positions: chunk 0 is the top of word 0 (the rows' sort key), the
     others follow it upwards, wrapping round from bit 255 to bit 0."""
+    if not widths:
+        raise ValueError("at least one table")
     if any(not 1 <= w <= 32 for w in widths):
         raise ValueError(f"chunk widths {list(widths)}: each must be 1..32 bits")
     if sum(widths) > 256:
@@ -357,16 +360,16 @@ def _place_chunks(widths: Sequence[int]) -> tuple[int, ...]:
 DESIGN_RADIUS = 31
 """The radius the default table shapes are tuned for (``[match] pdq_max_distance``)."""
 
-DEFAULT_TABLES = 10
+DEFAULT_TABLES = 11
 
 
 def _default_widths(n: int, tables: int | None = None) -> tuple[int, ...]:
-    """Chunk widths for ``n`` hashes in ``tables`` tables (default 10).
+    """Chunk widths for ``n`` hashes in ``tables`` tables (default 11).
 
     Base width ``b = log2(n) - 2`` (~4 rows a bucket). At ``DESIGN_RADIUS`` some tables get
-    one bit more probe radius than the others; where those are few (2 of 10 at r = 31)
-    they are 2 bits wider, which cuts their candidates where the probe balls are largest
-    for little memory; where they are many (10 of 11) every table is 1 bit wider."""
+    one bit more probe radius than the others: where those are many (10 of 11 at r = 31)
+    every table is 1 bit wider; where they are few (2 of 10) just those are 2 bits wider,
+    which cuts candidates where the probe balls are largest for little memory."""
     m = tables or DEFAULT_TABLES
     if m < 1:
         raise ValueError("at least one table")
@@ -441,7 +444,7 @@ class _Mih:
             keys = _chunk_keys(words, starts[i], bits)
             off = np.zeros((1 << bits) + 1, dtype=np.int64)
             np.cumsum(np.bincount(keys, minlength=1 << bits), out=off[1:])
-            if i > 0:  # words are sorted by word 0, hence by chunk 0: table 0 needs no ids
+            if i > 0:  # words are sorted by chunk 0: table 0 needs no ids
                 order = _stable_order(keys, bits)
                 del keys
                 seg = slice((i - 1) * n, i * n)
@@ -451,7 +454,7 @@ class _Mih:
                     id_bytes[seg] = order.astype("<u4").view(np.uint8).reshape(-1, 4)[:, :3]
             return off
 
-        if threads > 1 and m > 1:  # numpy sorts release the GIL
+        if threads > 1 and m > 1 and n >= 1 << 20:  # numpy sorts release the GIL
             with ThreadPoolExecutor(max_workers=threads) as pool:
                 offsets = list(pool.map(table, range(m)))
         else:
@@ -610,7 +613,7 @@ def _two_level(
 
 @dataclass(frozen=True, slots=True)
 class _Pdq:
-    words: U64  # (N, 4) sorted by word 0
+    words: U64  # (N, 4), sorted by chunk 0 when there are tables
     gids: AnyArray  # (N,)
     mih: _Mih | None
 
@@ -835,8 +838,9 @@ class HashIndex:
         ``gridhist`` is one :class:`EntryArrays` per vector length. ``pdq_mih`` forces the
         multi-index tables on or off (None: on from ``MIH_MIN_ENTRIES`` hashes);
         ``pdq_chunk_bits`` (one width, or one per table) and ``pdq_tables`` override their
-        shape; ``threads`` sorts tables in parallel (default: up to 4 cores). Input arrays
-        are not modified or kept.
+        shape. ``threads`` sorts the tables in parallel (default 1: at 10M, 2 threads build
+        in ~7 s instead of ~9-10 s, but ~5 bytes per entry of freed memory then stays in
+        the threads' malloc arenas). Input arrays are not modified or kept.
         """
         lists_t = tuple(lists)
         label_sets_t = tuple(tuple(ls) for ls in label_sets)
@@ -857,7 +861,18 @@ class HashIndex:
             pdq_pairs = registry.pair_keys(pdq_list, pdq_labels, n_lists)
             if pdq_pairs.shape[0] != pdq_arr.shape[0]:
                 raise ValueError("pdq_list/pdq_labels length differs from pdq")
-        words, pdq_gids = _collapse_pdq(pdq_arr, pdq_pairs, registry)
+        n_rows = pdq_arr.shape[0]
+        use_mih = n_rows >= MIH_MIN_ENTRIES if pdq_mih is None else pdq_mih
+        widths: tuple[int, ...] = ()
+        if use_mih and n_rows > 0:
+            if pdq_chunk_bits is None:
+                widths = _default_widths(n_rows, pdq_tables)
+            elif isinstance(pdq_chunk_bits, int):
+                widths = (pdq_chunk_bits,) * (pdq_tables or DEFAULT_TABLES)
+            else:
+                widths = tuple(pdq_chunk_bits)
+            _place_chunks(widths)  # refuse a shape that does not fit before the work
+        words, pdq_gids = _collapse_pdq(pdq_arr, pdq_pairs, registry, widths[0] if widths else 0)
 
         # Exact
         exact_built: dict[str, tuple[AnyArray, I64]] = {}
@@ -932,19 +947,9 @@ class HashIndex:
         stats["entries"] = int(per_list[:n_lists].sum())
 
         # Assemble.
-        n_pdq = words.shape[0]
-        use_mih = n_pdq >= MIH_MIN_ENTRIES if pdq_mih is None else pdq_mih
         mih: _Mih | None = None
-        if use_mih and n_pdq > 0:
-            if pdq_chunk_bits is None:
-                widths = _default_widths(n_pdq, pdq_tables)
-            elif isinstance(pdq_chunk_bits, int):
-                widths = (pdq_chunk_bits,) * (pdq_tables or DEFAULT_TABLES)
-            else:
-                widths = tuple(pdq_chunk_bits)
-            if not widths:
-                raise ValueError("at least one table")
-            mih = _Mih.build(words, widths, threads or min(4, os.cpu_count() or 1))
+        if widths and words.shape[0] > 0:
+            mih = _Mih.build(words, widths, threads or 1)
         pdq_index = _Pdq(words, pdq_gids.astype(gdt), mih)
         exact_idx = {a: _Exact(v, g.astype(gdt)) for a, (v, g) in exact_built.items()}
         grid_idx: dict[int, _Grid] = {}
@@ -1109,40 +1114,71 @@ def _exact_arrays(
     )
 
 
-def _collapse_pdq(pdq: U8, pairs: I64, registry: _GroupRegistry) -> tuple[U64, I64]:
-    """Unique PDQ rows sorted by word 0 (as uint64 words) and their group ids."""
+def _rotl(x: U64, k: int) -> U64:
+    return (x << np.uint64(k)) | (x >> np.uint64(64 - k))
+
+
+def _sort_key(words: U64, top_bits: int) -> U64:
+    """The PDQ rows' order: the top ``top_bits`` bits of word 0 (table 0's chunk), then bits
+    of a mix of all four words, so that two rows tie on 40 bits almost only if identical."""
+    mix = words[:, 0] ^ _rotl(words[:, 1], 17)
+    mix ^= _rotl(words[:, 2], 31)
+    mix ^= _rotl(words[:, 3], 47)
+    mix *= np.uint64(0x9E3779B97F4A7C15)  # odd: a bijection that spreads every bit upwards
+    if top_bits <= 0:
+        return mix
+    high = np.uint64(((1 << top_bits) - 1) << (64 - top_bits))
+    mix >>= np.uint64(top_bits)
+    mix |= words[:, 0] & high
+    return mix
+
+
+def _collapse_pdq(pdq: U8, pairs: I64, registry: _GroupRegistry, top_bits: int) -> tuple[U64, I64]:
+    """Unique PDQ rows as uint64 words in table-0 order (``_sort_key``), and group ids."""
     n = pdq.shape[0]
     if n == 0:
         return np.zeros((0, 4), np.uint64), np.zeros(0, np.int64)
     words_in = np.ascontiguousarray(pdq).view(np.uint64).reshape(n, 4)
-    w0 = words_in[:, 0]
+    key = _sort_key(words_in, top_bits)
     if n <= _ROWS_24BIT:
-        # Sort (top 40 bits of word 0, row number) packed in one uint64: faster than argsort.
+        # Sort (top 40 bits of the key, row number) packed in one uint64: faster than argsort.
         tie_mask = np.uint64((2**64 - 1) ^ ((1 << 24) - 1))
-        packed = w0 & tie_mask
+        packed = key & tie_mask
         packed |= np.arange(n, dtype=np.uint64)
         packed.sort()
         order = (packed & np.uint64((1 << 24) - 1)).astype(np.int64)
         del packed
     else:
-        order = np.argsort(w0, kind="stable").astype(np.int64)
+        order = np.argsort(key, kind="stable").astype(np.int64)
         tie_mask = np.uint64(2**64 - 1)
     words = np.take(words_in, order, axis=0)
     pairs_s = np.take(pairs, order)
+    key = np.take(key, order)
+    key &= tie_mask
     del order
-    # Rows that tie on the sort key: order them by all words and then the pair.
-    key = words[:, 0] & tie_mask
+    # Rows that tie on the sort key (identical ones among them): order each run of ties by
+    # all words and then the pair, so identical rows are adjacent with their pairs sorted.
     same = np.flatnonzero(key[1:] == key[:-1])  # row same+1 ties with row same
-    del key
     new_value = np.ones(n, dtype=bool)
     if same.size:
-        tied = np.union1d(same, same + 1)
-        sub = words[tied]
-        sub_pairs = pairs_s[tied]
-        sub_order = np.lexsort((sub_pairs, sub[:, 3], sub[:, 2], sub[:, 1], sub[:, 0]))
-        words[tied] = sub[sub_order]
-        pairs_s[tied] = sub_pairs[sub_order]
-        equal = (words[same] == words[same + 1]).all(axis=1)
+        tie = np.zeros(n, dtype=bool)
+        tie[same] = True
+        tie[same + 1] = True
+        tied = np.flatnonzero(tie)
+        del tie
+        records = words.view("S32").reshape(-1)  # move rows as 32-byte records: fast
+        sub = np.take(words, tied, axis=0)
+        sub_pairs = np.take(pairs_s, tied)
+        sub_order = np.lexsort(
+            (sub_pairs, sub[:, 3], sub[:, 2], sub[:, 1], sub[:, 0], np.take(key, tied))
+        )
+        records[tied] = np.take(sub.view("S32").reshape(-1), sub_order)
+        pairs_s[tied] = np.take(sub_pairs, sub_order)
+        del sub, sub_pairs, sub_order
+        equal = (np.take(words, same, axis=0) == np.take(words, same + 1, axis=0)).all(axis=1)
         new_value[same[equal] + 1] = False
+    del key
     first, gids = registry.collapse(new_value, pairs_s)
-    return np.ascontiguousarray(words[first]), gids
+    if first.size == n:
+        return words, gids
+    return np.take(words, first, axis=0), gids
