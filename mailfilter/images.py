@@ -43,6 +43,7 @@ import numpy.typing as npt
 from PIL import Image, features
 
 from mailfilter.errors import SkipImage
+from mailfilter.magic import image_format
 from mailfilter.settings import ImageSettings
 
 __all__ = ["WORKING_SHORT_SIDE", "DecodedImage", "decode", "sniff_format"]
@@ -71,51 +72,15 @@ class DecodedImage:
 
 # --- sniffing ----------------------------------------------------------------------------
 
-_BMP_DIB_HEADER_SIZES = frozenset({12, 16, 40, 52, 56, 64, 108, 124})
-_HEIF_BRANDS = frozenset(
-    {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1"}
-)
-_AVIF_BRANDS = frozenset({b"avif", b"avis"})
-
-
-def _sniff_isobmff(data: bytes) -> str | None:
-    """HEIF / AVIF: an ISO-BMFF `ftyp` box first, classified by its major/compatible brands."""
-    if len(data) < 16 or data[4:8] != b"ftyp":
-        return None
-    box_size = int.from_bytes(data[0:4], "big")
-    if box_size < 16 or box_size > 4096:
-        return None
-    brands = [data[8:12]] + [
-        data[i : i + 4] for i in range(16, min(box_size, len(data)) - 3, 4)
-    ]
-    if any(b in _AVIF_BRANDS for b in brands):
-        return "AVIF"
-    if any(b in _HEIF_BRANDS for b in brands):
-        return "HEIF"
-    return None
+# Formats the decoder may hand to Pillow; other images (ICO, JPEG 2000, JPEG XL, PSD) are
+# recognised by `mailfilter.magic` but refused here as unsupported.
+_DECODABLE = frozenset({"JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "HEIF", "AVIF"})
 
 
 def sniff_format(data: bytes) -> str | None:
     """The image format from the leading magic bytes (never a declared type or file name),
     or None when the bytes are not an image format we know."""
-    head = bytes(data[:64])
-    if head.startswith(b"\xff\xd8\xff"):
-        return "JPEG"
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "PNG"
-    if head.startswith((b"GIF87a", b"GIF89a")):
-        return "GIF"
-    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
-        return "WEBP"
-    if head.startswith((b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")):
-        return "TIFF"
-    if (
-        head.startswith(b"BM")
-        and len(head) >= 18
-        and int.from_bytes(head[14:18], "little") in _BMP_DIB_HEADER_SIZES
-    ):
-        return "BMP"
-    return _sniff_isobmff(bytes(data[:4096]))
+    return image_format(data)
 
 
 # --- Pillow plugins ----------------------------------------------------------------------
@@ -406,6 +371,8 @@ def decode(data: bytes, limits: ImageSettings) -> DecodedImage:
     fmt = sniff_format(data)
     if fmt is None:
         raise SkipImage("not-an-image", "no known image signature")
+    if fmt not in _DECODABLE:
+        raise SkipImage("unsupported-format", f"{fmt}: not decoded by mailfilter")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

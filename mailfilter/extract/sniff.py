@@ -8,7 +8,8 @@ are only a fallback (`declared_container`, `declared_image`).
 from __future__ import annotations
 
 import re
-import struct
+
+from mailfilter.magic import MIME_TYPES, image_format
 
 # Canonical container types: the `containers` chain of an Attachment uses these.
 ZIP = "application/zip"
@@ -24,70 +25,10 @@ PKCS7 = "application/pkcs7-mime"
 MESSAGE = "message/rfc822"
 ZSTD = "application/zstd"
 
-_HEIF_BRANDS = {
-    b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1",
-}
-_AVIF_BRANDS = {b"avif", b"avis"}
-
-_BMP_DIB_SIZES = {12, 16, 40, 52, 56, 64, 108, 124}
-
-
 def image_type(data: bytes) -> str | None:
     """The image type the bytes start with, as a MIME type, or None."""
-    head = data[:32]
-    if head.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if head.startswith((b"GIF87a", b"GIF89a")):
-        return "image/gif"
-    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
-        return "image/webp"
-    if head.startswith(b"BM") and len(head) >= 18:
-        (dib,) = struct.unpack_from("<I", head, 14)
-        if dib in _BMP_DIB_SIZES:
-            return "image/bmp"
-    if head.startswith((b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")):
-        return "image/tiff"
-    if head[4:8] == b"ftyp":
-        return _ftyp_image(data)
-    if head.startswith(b"\x00\x00\x01\x00") and _plausible_ico(head):
-        return "image/vnd.microsoft.icon"
-    if head.startswith((b"\x00\x00\x00\x0cjP  \r\n\x87\n", b"\xff\x4f\xff\x51")):
-        return "image/jp2"
-    if head.startswith((b"\xff\x0a", b"\x00\x00\x00\x0cJXL \r\n\x87\n")):
-        return "image/jxl"
-    if head.startswith(b"8BPS\x00\x01"):
-        return "image/vnd.adobe.photoshop"
-    return None
-
-
-def _ftyp_image(data: bytes) -> str | None:
-    (size,) = struct.unpack_from(">I", data, 0)
-    size = min(max(size, 16), 256, len(data))
-    major = data[8:12]
-    brands = {major} | {data[i : i + 4] for i in range(16, size - 3, 4)}
-    if major in _AVIF_BRANDS:
-        return "image/avif"
-    if major in _HEIF_BRANDS:
-        return "image/heic"
-    if brands & _AVIF_BRANDS:
-        return "image/avif"
-    if brands & _HEIF_BRANDS:
-        return "image/heic"
-    return None
-
-
-def _plausible_ico(head: bytes) -> bool:
-    if len(head) < 22:
-        return False
-    count, width, height, colours, reserved, planes, bpp = struct.unpack_from(
-        "<H4BHH", head, 4
-    )
-    del width, height, colours
-    return (
-        0 < count < 256 and reserved == 0 and planes in (0, 1) and bpp in (0, 1, 4, 8, 16, 24, 32)
-    )
+    fmt = image_format(data)
+    return MIME_TYPES[fmt] if fmt else None
 
 
 def container_type(data: bytes, text: bool = False) -> str | None:

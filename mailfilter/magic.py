@@ -1,0 +1,93 @@
+"""Which image format bytes are in, by their magic numbers: the one table both the extract
+stage (is this payload an image?) and the decode stage (which decoder?) read, so they never
+disagree. Declared types and file names are never consulted here.
+"""
+
+from __future__ import annotations
+
+import struct
+
+# Formats we recognise: Pillow's names, so the decode stage can restrict Pillow to them.
+# Those Pillow cannot decode here (ICO is deliberately left out of decoding, JPEG 2000 and
+# JPEG XL depend on the build, PSD is a layered document) are still images: the extract
+# stage passes them on and the decode stage reports them as `unsupported-format`.
+MIME_TYPES: dict[str, str] = {
+    "JPEG": "image/jpeg",
+    "PNG": "image/png",
+    "GIF": "image/gif",
+    "WEBP": "image/webp",
+    "BMP": "image/bmp",
+    "TIFF": "image/tiff",
+    "HEIF": "image/heic",
+    "AVIF": "image/avif",
+    "ICO": "image/vnd.microsoft.icon",
+    "JPEG2000": "image/jp2",
+    "JXL": "image/jxl",
+    "PSD": "image/vnd.adobe.photoshop",
+}
+
+_HEIF_BRANDS = frozenset(
+    {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1"}
+)
+_AVIF_BRANDS = frozenset({b"avif", b"avis"})
+_BMP_DIB_HEADER_SIZES = frozenset({12, 16, 40, 52, 56, 64, 108, 124})
+
+
+def image_format(data: bytes) -> str | None:
+    """The image format the bytes start with (a key of MIME_TYPES), or None."""
+    head = bytes(data[:32])
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "GIF"
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "WEBP"
+    if head.startswith((b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")):
+        return "TIFF"
+    if head.startswith(b"BM") and len(head) >= 18:
+        (dib,) = struct.unpack_from("<I", head, 14)
+        if dib in _BMP_DIB_HEADER_SIZES:
+            return "BMP"
+    if head[4:8] == b"ftyp":
+        return _isobmff_image(bytes(data[:4096]))
+    if head.startswith(b"\x00\x00\x01\x00") and _plausible_ico(head):
+        return "ICO"
+    if head.startswith((b"\x00\x00\x00\x0cjP  \r\n\x87\n", b"\xff\x4f\xff\x51")):
+        return "JPEG2000"
+    if head.startswith((b"\xff\x0a", b"\x00\x00\x00\x0cJXL \r\n\x87\n")):
+        return "JXL"
+    if head.startswith(b"8BPS\x00\x01"):
+        return "PSD"
+    return None
+
+
+def _isobmff_image(data: bytes) -> str | None:
+    """HEIF / AVIF: an ISO-BMFF `ftyp` box, classified by its major and compatible brands
+    (AVIF first: AVIF files also list the generic `mif1`). Videos (`isom`, `mp42`) are not
+    images."""
+    if len(data) < 16:
+        return None
+    (size,) = struct.unpack_from(">I", data, 0)
+    if size < 16 or size > 4096:
+        return None
+    brands = {data[8:12]} | {data[i : i + 4] for i in range(16, min(size, len(data)) - 3, 4)}
+    if brands & _AVIF_BRANDS:
+        return "AVIF"
+    if brands & _HEIF_BRANDS:
+        return "HEIF"
+    return None
+
+
+def _plausible_ico(head: bytes) -> bool:
+    """ICO's 4-byte signature is short and common: also require a sane image count and a
+    first directory entry with reserved byte 0, 0 or 1 colour planes and a real bit depth."""
+    if len(head) < 22:
+        return False
+    count, _width, _height, _colours, reserved, planes, bpp = struct.unpack_from(
+        "<H4BHH", head, 4
+    )
+    return (
+        0 < count < 256 and reserved == 0 and planes in (0, 1) and bpp in (0, 1, 4, 8, 16, 24, 32)
+    )
