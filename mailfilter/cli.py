@@ -64,8 +64,11 @@ def check_config(config_path: Path | None) -> None:
 @handles_errors
 def serve(config_path: Path | None) -> None:
     """Run the SMTP proxy (and the milter listener if configured)."""
-    load_for_command(config_path, service=True)
-    _not_built("serve", "the SMTP proxy")
+    from mailfilter.app import serve as run_service
+
+    loaded = load_for_command(config_path, service=True)
+    opts = click.get_current_context().find_root().meta
+    sys.exit(run_service(loaded, config_path, opts.get("log_level"), opts.get("log_format")))
 
 
 @cli.command("hash")

@@ -197,7 +197,10 @@ class SmtpSettings(_Section):
     tls_key: str = ""
     next_hop_starttls: Literal["never", "opportunistic", "required"] = "opportunistic"
     next_hop_verify: bool = True
+    next_hop_pool_size: int = Field(default=4, ge=0, le=1000)
+    next_hop_idle_time: Duration = 30.0
     add_header: bool = True
+    shutdown_timeout: Duration = 60.0
 
 
 class StoreSettings(_Section):

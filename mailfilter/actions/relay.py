@@ -1,0 +1,454 @@
+"""Relaying to the next hop (aiosmtplib), one next-hop transaction per client transaction.
+
+The SMTP front end mirrors the client's envelope to the next hop as it arrives: the client's
+MAIL FROM opens a `NextHopTransaction` (XFORWARD, then MAIL FROM with the client's
+parameters), each RCPT TO is sent on and the next hop's answer is what the client gets.
+So a recipient the next hop refuses is refused to the client with the next hop's own code
+(4xx: the client retries it; 5xx: the client bounces it), and no recipient is acknowledged
+that the next hop did not accept. After DATA the message is sent (`send`) or the
+transaction is dropped (`abort`: quarantine, reject, tempfail).
+
+Connection reuse: `RelayPool` keeps up to `next_hop_pool_size` idle connections for
+`next_hop_idle_time`. A connection taken from the pool is checked with RSET (which also
+clears any transaction left on it); one that fails any command, times out or was in the
+middle of a command when its user went away is closed, never reused.
+
+If the connection held for a transaction is found closed when the message is ready (the
+next hop dropped it while the message was being scanned), the envelope is replayed on a new
+connection; the message is only sent when the next hop accepts MAIL and every recipient the
+client was told was accepted, otherwise the client gets 451 and retries the whole message.
+
+Message bytes go out with aiosmtplib's `SMTP.data`, which turns every bare CR or LF into
+CRLF and dot-stuffs every line that begins with a dot: a message whose lines all end in CRLF
+(all mail Postfix sends) is relayed byte for byte, and a bare LF before a dot can never end
+the DATA at the next hop early (SMTP smuggling).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import socket
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+import aiosmtplib
+
+from mailfilter.policy import Reply
+from mailfilter.settings import SmtpSettings, split_host_port
+
+__all__ = [
+    "NextHopConnection",
+    "NextHopTransaction",
+    "NextHopUnavailable",
+    "RelayPool",
+    "xtext_decode",
+    "xtext_encode",
+]
+
+log = logging.getLogger("mailfilter.relay")
+
+XFORWARD_MAX_LINE: Final = 512
+UNAVAILABLE_REPLY: Final = Reply(451, "4.4.1", "Next hop not reachable, try again later")
+DROPPED_REPLY: Final = Reply(451, "4.4.2", "Connection to the next hop lost, try again later")
+CHANGED_REPLY: Final = Reply(451, "4.4.2", "Next hop changed its answer, try again later")
+_ENHANCED: Final = re.compile(r"^([245])\.\d{1,3}\.\d{1,3}$")
+
+
+class NextHopUnavailable(Exception):
+    """The next hop could not be reached or the connection failed: answer `reply` (4xx)."""
+
+    def __init__(self, reply: Reply, detail: str = "") -> None:
+        super().__init__(f"{reply}: {detail}" if detail else str(reply))
+        self.reply = reply
+        self.detail = detail
+
+
+def xtext_encode(value: str) -> str:
+    """RFC 3461 xtext: '+', '=', controls, space and non-ASCII as +HH (of the UTF-8)."""
+    out = []
+    for byte in value.encode("utf-8", "surrogateescape"):
+        if 33 <= byte <= 126 and byte not in (0x2B, 0x3D):
+            out.append(chr(byte))
+        else:
+            out.append(f"+{byte:02X}")
+    return "".join(out)
+
+
+def xtext_decode(value: str) -> str:
+    def one(m: re.Match[str]) -> str:
+        return chr(int(m.group(1), 16))
+
+    decoded = re.sub(r"\+([0-9A-Fa-f]{2})", one, value)
+    return decoded.encode("latin-1", "replace").decode("utf-8", "replace")
+
+
+def mirror(code: int, message: str, fallback_enhanced: str = "") -> Reply:
+    """The next hop's reply as ours: its code, its enhanced code (or one derived from the
+    class), its first line of text."""
+    text = (message or "").splitlines()[0] if message else ""
+    enhanced, _, rest = text.partition(" ")
+    if _ENHANCED.match(enhanced) and enhanced[0] == str(code)[0]:
+        text = rest
+    else:
+        enhanced = fallback_enhanced or f"{str(code)[0]}.0.0"
+    text = "".join(c for c in text if c.isprintable())[:200] or "next hop"
+    return Reply(code, enhanced, text)
+
+
+@dataclass
+class NextHopConnection:
+    smtp: aiosmtplib.SMTP
+    created: float
+    last_used: float
+    messages: int = 0
+    busy: bool = False  # a command is in flight: if its user goes away, it cannot be reused
+    broken: bool = False
+
+    @property
+    def extensions(self) -> Mapping[str, str]:
+        return self.smtp.esmtp_extensions
+
+    def supports(self, name: str) -> bool:
+        return self.smtp.supports_extension(name)
+
+    @property
+    def usable(self) -> bool:
+        return not self.broken and not self.busy and self.smtp.is_connected
+
+    def close(self) -> None:
+        self.broken = True
+        with contextlib.suppress(Exception):
+            self.smtp.close()
+
+
+@dataclass
+class RelayStats:
+    opened: int = 0
+    reused: int = 0
+    discarded: int = 0
+    last_ok: float = 0.0  # monotonic time of the last successful exchange
+    last_failure: float = 0.0
+    last_error: str = ""
+
+
+class RelayPool:
+    def __init__(self, settings: SmtpSettings, local_hostname: str) -> None:
+        self.settings = settings
+        self.host, self.port = split_host_port(settings.next_hop)
+        self.local_hostname = local_hostname
+        self._idle: list[NextHopConnection] = []
+        self.stats = RelayStats()
+        self._closed = False
+
+    def configure(self, settings: SmtpSettings) -> None:
+        """New settings (SIGHUP). Idle connections to an old next hop are dropped."""
+        if settings.next_hop != self.settings.next_hop or (
+            settings.next_hop_starttls != self.settings.next_hop_starttls
+            or settings.next_hop_verify != self.settings.next_hop_verify
+        ):
+            self.drop_idle()
+        self.settings = settings
+        self.host, self.port = split_host_port(settings.next_hop)
+
+    @property
+    def timeout(self) -> float:
+        return self.settings.next_hop_timeout
+
+    def _ok(self) -> None:
+        self.stats.last_ok = time.monotonic()
+
+    def failed(self, detail: str) -> None:
+        self.stats.last_failure = time.monotonic()
+        self.stats.last_error = detail
+
+    async def _open(self) -> NextHopConnection:
+        starttls = {"never": False, "opportunistic": None, "required": True}[
+            self.settings.next_hop_starttls
+        ]
+        smtp = aiosmtplib.SMTP(
+            hostname=self.host, port=self.port, timeout=self.timeout,
+            local_hostname=self.local_hostname, start_tls=starttls,
+            validate_certs=self.settings.next_hop_verify,
+        )
+        try:
+            await smtp.connect()
+            if smtp.is_ehlo_or_helo_needed:
+                await smtp.ehlo()
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            with contextlib.suppress(Exception):
+                smtp.close()
+            detail = f"{type(exc).__name__}: {exc}"
+            self.failed(detail)
+            raise NextHopUnavailable(UNAVAILABLE_REPLY, detail) from exc
+        self.stats.opened += 1
+        self._ok()
+        now = time.monotonic()
+        return NextHopConnection(smtp, now, now)
+
+    async def acquire(self) -> NextHopConnection:
+        """A connection ready for MAIL FROM: an idle one that answers RSET, else a new one."""
+        now = time.monotonic()
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.usable or now - conn.last_used > self.settings.next_hop_idle_time:
+                conn.close()
+                self.stats.discarded += 1
+                continue
+            try:
+                conn.busy = True
+                response = await conn.smtp.rset()
+                conn.busy = False
+            except (aiosmtplib.SMTPException, OSError, TimeoutError):
+                conn.close()
+                self.stats.discarded += 1
+                continue
+            if response.code != 250:
+                conn.close()
+                self.stats.discarded += 1
+                continue
+            self.stats.reused += 1
+            self._ok()
+            return conn
+        return await self._open()
+
+    def release(self, conn: NextHopConnection) -> None:
+        """Give a connection back; it is kept only if it is healthy and there is room.
+        A transaction left open on it is cleared by the RSET of the next `acquire`."""
+        conn.last_used = time.monotonic()
+        if (self._closed or not conn.usable
+                or len(self._idle) >= self.settings.next_hop_pool_size):
+            self._discard(conn)
+            return
+        self._idle.append(conn)
+
+    def _discard(self, conn: NextHopConnection) -> None:
+        self.stats.discarded += 1
+        if conn.usable:
+            # Say goodbye politely in the background; closing is enough if that fails.
+            task = asyncio.get_running_loop().create_task(self._quit(conn))
+            _background.add(task)
+            task.add_done_callback(_background.discard)
+        else:
+            conn.close()
+
+    async def _quit(self, conn: NextHopConnection) -> None:
+        try:
+            await asyncio.wait_for(conn.smtp.quit(), 5.0)
+        except Exception:  # a goodbye that failed changes nothing
+            pass
+        finally:
+            conn.close()
+
+    def drop_idle(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            self._discard(conn)
+
+    async def close(self) -> None:
+        self._closed = True
+        self.drop_idle()
+        if _background:
+            await asyncio.wait(set(_background), timeout=5.0)
+
+    @property
+    def idle(self) -> int:
+        return len(self._idle)
+
+    async def probe(self, timeout: float = 2.0) -> bool:
+        """Whether the next hop accepts TCP connections now (for /readyz)."""
+        try:
+            _reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(self.host, self.port), timeout
+            )
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True
+
+    def begin(self, xforward: Mapping[str, str], mail_from: str,
+              mail_params: Sequence[str]) -> NextHopTransaction:
+        return NextHopTransaction(self, dict(xforward), mail_from, tuple(mail_params))
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+def _params_for(conn: NextHopConnection, params: Sequence[str]) -> list[str]:
+    """The client's ESMTP parameters the next hop can take. DSN parameters are dropped when
+    it lacks DSN (as Postfix does), BODY= when it lacks 8BITMIME (the body is sent as is,
+    like Postfix with disable_mime_output_conversion), SIZE= when it lacks SIZE."""
+    out = []
+    for p in params:
+        key = p.partition("=")[0].upper()
+        if key in ("RET", "ENVID", "NOTIFY", "ORCPT") and not conn.supports("dsn"):
+            continue
+        if key == "BODY" and not conn.supports("8bitmime"):
+            continue
+        if key == "SIZE" and not conn.supports("size"):
+            continue
+        out.append(p)
+    return out
+
+
+@dataclass
+class NextHopTransaction:
+    """The next-hop side of one client transaction (see the module's docstring)."""
+
+    pool: RelayPool
+    xforward: dict[str, str]
+    mail_from: str
+    mail_params: tuple[str, ...]
+    conn: NextHopConnection | None = None
+    accepted: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
+    started: bool = False
+
+    async def _command(self, conn: NextHopConnection, *parts: str
+                       ) -> aiosmtplib.SMTPResponse:
+        conn.busy = True
+        try:
+            response = await conn.smtp.execute_command(
+                *(p.encode("utf-8", "surrogateescape") for p in parts)
+            )
+        except (aiosmtplib.SMTPException, OSError, TimeoutError, ValueError) as exc:
+            conn.close()
+            detail = f"{type(exc).__name__}: {exc}"
+            self.pool.failed(detail)
+            raise NextHopUnavailable(DROPPED_REPLY, detail) from exc
+        finally:
+            conn.busy = False
+        if response.code == 421:
+            conn.close()
+        return response
+
+    async def _xforward(self, conn: NextHopConnection) -> None:
+        offered = conn.extensions.get("xforward")
+        if offered is None or not self.xforward:
+            return
+        names = {n.upper() for n in offered.split()}
+        attrs = [f"{k}={xtext_encode(v)}" for k, v in self.xforward.items() if k in names]
+        line: list[str] = []
+        for attr in attrs:
+            if line and len("XFORWARD " + " ".join([*line, attr])) > XFORWARD_MAX_LINE - 2:
+                await self._command(conn, "XFORWARD", *line)
+                line = []
+            line.append(attr)
+        if line:
+            await self._command(conn, "XFORWARD", *line)
+
+    async def _mail(self, conn: NextHopConnection) -> aiosmtplib.SMTPResponse:
+        if self.mail_from and "SMTPUTF8" in (p.upper() for p in self.mail_params) \
+                and not conn.supports("smtputf8"):
+            # The next hop could not take this message; a configuration to fix, so the
+            # client keeps the message and retries rather than bouncing it.
+            raise NextHopUnavailable(
+                Reply(451, "4.6.7", "Next hop does not support SMTPUTF8, try again later"))
+        await self._xforward(conn)
+        return await self._command(conn, "MAIL", f"FROM:<{self.mail_from}>",
+                                   *_params_for(conn, self.mail_params))
+
+    async def start(self) -> Reply | None:
+        """Open the transaction at the next hop: None when it accepted MAIL FROM, else its
+        refusal to mirror. NextHopUnavailable when it cannot be reached."""
+        conn = await self.pool.acquire()
+        try:
+            response = await self._mail(conn)
+        except BaseException:
+            self._drop(conn)
+            raise
+        if response.code != 250:
+            self.pool.release(conn)
+            return mirror(response.code, response.message, f"{str(response.code)[0]}.1.0")
+        self.conn = conn
+        self.started = True
+        self.pool._ok()
+        return None
+
+    async def rcpt(self, address: str, params: Sequence[str]) -> Reply:
+        """Send RCPT TO on; the next hop's answer as the reply for the client."""
+        conn = self.conn
+        if conn is None or not conn.usable:
+            self.conn = conn = await self._replay()
+        response = await self._command(conn, "RCPT", f"TO:<{address}>",
+                                       *_params_for(conn, params))
+        if response.code in (250, 251):
+            self.accepted.append((address, tuple(params)))
+            return Reply(250, "2.1.5", "Ok")
+        return mirror(response.code, response.message, f"{str(response.code)[0]}.1.0")
+
+    async def _replay(self) -> NextHopConnection:
+        """A fresh connection with this transaction's envelope on it, or NextHopUnavailable
+        when the next hop now answers differently."""
+        if self.conn is not None:
+            self._drop(self.conn)
+            self.conn = None
+        conn = await self.pool.acquire()
+        try:
+            response = await self._mail(conn)
+            if response.code != 250:
+                raise NextHopUnavailable(CHANGED_REPLY, f"MAIL FROM: {response.code}")
+            for address, params in self.accepted:
+                response = await self._command(conn, "RCPT", f"TO:<{address}>",
+                                               *_params_for(conn, params))
+                if response.code not in (250, 251):
+                    raise NextHopUnavailable(CHANGED_REPLY, f"RCPT TO: {response.code}")
+        except BaseException:
+            self._drop(conn)
+            raise
+        log.info("next-hop transaction replayed on a new connection",
+                 extra={"fields": {"recipients": len(self.accepted)}})
+        return conn
+
+    async def send(self, message: bytes) -> Reply:
+        """DATA: the next hop's final answer, mirrored. NextHopUnavailable (451) when the
+        connection fails; the transaction is over either way."""
+        conn = self.conn
+        try:
+            if conn is None or not conn.usable:
+                self.conn = conn = await self._replay()
+            conn.busy = True
+            try:
+                response = await conn.smtp.data(message)
+                code, text = response.code, response.message
+            except aiosmtplib.SMTPDataError as exc:
+                code, text = exc.code, exc.message
+            except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+                conn.close()
+                detail = f"{type(exc).__name__}: {exc}"
+                self.pool.failed(detail)
+                raise NextHopUnavailable(DROPPED_REPLY, detail) from exc
+            finally:
+                conn.busy = False
+            if code == 421:
+                conn.close()
+            conn.messages += 1
+            self.pool._ok()
+            return mirror(code, text, "2.0.0" if code < 300 else f"{str(code)[0]}.3.0")
+        finally:
+            self.finish()
+
+    def finish(self) -> None:
+        """End the transaction without sending: the connection goes back to the pool (its
+        next user's RSET clears the transaction)."""
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            self.pool.release(conn)
+
+    abort = finish
+
+    def _drop(self, conn: NextHopConnection) -> None:
+        if conn.busy or conn.broken:
+            conn.close()
+            self.pool.stats.discarded += 1
+        else:
+            self.pool.release(conn)
+
+
+def local_hostname(configured: str) -> str:
+    return configured or socket.getfqdn()

@@ -1,0 +1,221 @@
+"""`mailfilter serve`: settings -> worker pool, hash store + live index, verdict cache,
+scanner, SMTP proxy, metrics; then signals.
+
+- SIGTERM / SIGINT: stop accepting connections, let messages in flight finish (up to
+  `smtp.shutdown_timeout`), close everything, exit 0.
+- SIGHUP: read the settings file again; policy, quarantine, match thresholds, limits,
+  allowed clients, next hop and logging take effect for the next message (a bad file is
+  logged and ignored, the old settings stay); the hash lists are checked for a new version
+  at once. Listening addresses, protocol, TLS files and worker settings need a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from pathlib import Path
+from typing import Final
+
+from mailfilter.actions.quarantine import QuarantineStore
+from mailfilter.actions.relay import RelayPool, local_hostname
+from mailfilter.errors import ConfigError
+from mailfilter.frontend.smtp import SmtpProxy
+from mailfilter.logs import setup_logging
+from mailfilter.matching.cache import VerdictCache, open_cache, settings_namespace
+from mailfilter.matching.live import LiveIndex
+from mailfilter.matching.store import BaseHashStore, open_store
+from mailfilter.metrics import HealthSource, Metrics, MetricsServer
+from mailfilter.scanner import Scanner
+from mailfilter.settings import LoadedSettings, Settings, load_settings
+from mailfilter.workers import PoolStats, WorkerPool
+
+__all__ = ["App", "serve"]
+
+log = logging.getLogger("mailfilter.app")
+
+FIRST_LOAD_WAIT: Final = 30.0  # seconds to wait for the lists before listening anyway
+RESTART_KEYS: Final = (("smtp", "listen"), ("smtp", "protocol"), ("smtp", "tls_cert"),
+                       ("smtp", "tls_key"), ("smtp", "hostname"), ("metrics", "listen"),
+                       ("workers", "processes"), ("workers", "memory_limit"),
+                       ("workers", "max_tasks_per_worker"))
+
+
+class App:
+    def __init__(self, loaded: LoadedSettings, config_path: Path | None,
+                 log_level: str | None = None, log_format: str | None = None) -> None:
+        self.settings: Settings = loaded.settings
+        self.source = loaded.source
+        self.config_path = config_path
+        self.log_level = log_level
+        self.log_format = log_format
+        self.stopping = asyncio.Event()
+        self.pool: WorkerPool | None = None
+        self.store: BaseHashStore | None = None
+        self.live: LiveIndex | None = None
+        self.cache: VerdictCache | None = None
+        self.proxy: SmtpProxy | None = None
+        self.relay: RelayPool | None = None
+        self.metrics = Metrics()
+        self.metrics_server: MetricsServer | None = None
+        self._reloading = False
+
+    # --- building ----------------------------------------------------------------------
+
+    def _scanner(self) -> Scanner:
+        assert self.pool is not None and self.live is not None
+        return Scanner(self.settings, self.pool, self.live.current, cache=self.cache)
+
+    async def _open_index(self, settings: Settings) -> tuple[BaseHashStore, LiveIndex]:
+        store = await asyncio.to_thread(open_store, settings.store)
+        live = LiveIndex(store, settings.store.reload_interval)
+        await live.start(wait=FIRST_LOAD_WAIT)
+        return store, live
+
+    async def start(self) -> None:
+        s = self.settings
+        self.pool = WorkerPool.from_settings(s.workers)
+        self.store, self.live = await self._open_index(s)
+        if not self.live.loaded:
+            log.error("hash lists not loaded yet: messages are answered per on_error until "
+                      "they are", extra={"fields": {"error": self.live.last_error}})
+        self.cache = open_cache(s.store, settings_namespace(s))
+        quarantine = QuarantineStore(s.quarantine)
+        try:
+            await asyncio.to_thread(quarantine.check_writable)
+        except OSError as exc:
+            log.error("quarantine directory not writable: quarantined messages will be "
+                      "answered 451", extra={"fields": {"path": str(quarantine.root),
+                                                        "error": str(exc)}})
+        self.relay = RelayPool(s.smtp, local_hostname(s.smtp.hostname))
+        self.proxy = SmtpProxy(s, self._scanner(), self.relay, quarantine, self.metrics)
+        self._attach_metrics()
+        await self.proxy.start()
+        if s.metrics.listen:
+            self.metrics_server = MetricsServer(self.metrics, s.metrics.listen,
+                                                before_scrape=self._before_scrape)
+            await self.metrics_server.start()
+
+    def _attach_metrics(self) -> None:
+        def pool_stats() -> PoolStats:
+            assert self.pool is not None
+            return self.pool.stats()
+
+        def entries() -> int:
+            assert self.live is not None
+            return len(self.live.current()) if self.live.loaded else 0
+
+        def relay() -> RelayPool:
+            assert self.relay is not None
+            return self.relay
+
+        self.metrics.attach(HealthSource(
+            pool_stats=pool_stats,
+            index_loaded=lambda: self.live is not None and self.live.loaded,
+            index_entries=entries,
+            index_version=lambda: self.live.version if self.live is not None else 0,
+            index_stale=lambda: self.live is not None and self.live.stale,
+            next_hop_last_ok=lambda: relay().stats.last_ok,
+            next_hop_probe=lambda: relay().probe(),
+            connections=lambda: len(self.proxy.sessions) if self.proxy is not None else 0,
+            idle_next_hop=lambda: relay().idle,
+        ))
+
+    def _before_scrape(self) -> None:
+        if self.relay is not None:
+            self.metrics.next_hop_totals(self.relay.stats.opened, self.relay.stats.reused)
+
+    # --- signals ------------------------------------------------------------------------
+
+    async def reload(self) -> None:
+        """SIGHUP (see the module's docstring)."""
+        if self._reloading:
+            return
+        self._reloading = True
+        try:
+            try:
+                loaded = await asyncio.to_thread(load_settings, self.config_path)
+            except ConfigError as exc:
+                log.error("reload refused, keeping the running settings",
+                          extra={"fields": {"error": str(exc)}})
+                return
+            new, old = loaded.settings, self.settings
+            for section, key in RESTART_KEYS:
+                if getattr(getattr(new, section), key) != getattr(getattr(old, section), key):
+                    log.warning("setting changed but needs a restart",
+                                extra={"fields": {"key": f"[{section}] {key}"}})
+            setup_logging(self.log_level or new.logging.level,
+                          self.log_format or new.logging.format)  # type: ignore[arg-type]
+            if new.store != old.store:
+                store, live = await self._open_index(new)
+                old_store, old_live = self.store, self.live
+                self.store, self.live = store, live
+                if old_live is not None:
+                    await old_live.stop()
+                if old_store is not None:
+                    old_store.close()
+            elif self.live is not None:
+                await self.live.stop()  # restarting it checks the store's version at once
+                await self.live.start(wait=FIRST_LOAD_WAIT)
+            if new.store != old.store or new.images != old.images or new.match != old.match:
+                if self.cache is not None:
+                    self.cache.close()
+                self.cache = open_cache(new.store, settings_namespace(new))
+            self.settings = new
+            if self.proxy is not None:
+                self.proxy.reconfigure(new, self._scanner())
+            log.info("settings reloaded", extra={"fields": {"source": loaded.source}})
+        finally:
+            self._reloading = False
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        reloads: set[asyncio.Task[None]] = set()
+
+        def on_hup() -> None:
+            task = loop.create_task(self.reload())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+        try:
+            await self.start()
+            log.info("mailfilter serving", extra={"fields": {"settings": self.source}})
+            await self.stopping.wait()
+            log.info("shutting down: draining messages in flight")
+        finally:
+            await self.close()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+        log.info("stopped")
+        return 0
+
+    async def close(self) -> None:
+        if self.proxy is not None:
+            await self.proxy.drain(self.settings.smtp.shutdown_timeout)
+        if self.metrics_server is not None:
+            await self.metrics_server.close()
+        if self.relay is not None:
+            await self.relay.close()
+        if self.live is not None:
+            await self.live.stop()
+        if self.store is not None:
+            with contextlib.suppress(Exception):
+                self.store.close()
+        if self.cache is not None:
+            self.cache.close()
+        if self.pool is not None:
+            await asyncio.to_thread(self.pool.close)
+
+
+def serve(loaded: LoadedSettings, config_path: Path | None,
+          log_level: str | None = None, log_format: str | None = None) -> int:
+    """Run until SIGTERM; the exit status."""
+
+    async def main() -> int:
+        return await App(loaded, config_path, log_level, log_format).run()
+
+    return asyncio.run(main())

@@ -1,0 +1,1 @@
+"""Proxy tests (a package, so its conftest does not shadow tests/conftest.py)."""
