@@ -24,9 +24,21 @@ def _fields(record: logging.LogRecord) -> Mapping[str, Any]:
     return fields if isinstance(fields, Mapping) else {}
 
 
+_NEEDS_QUOTES = frozenset(' "=\n\r\t')
+
+
 def _text_value(value: Any) -> str:
+    # One line per message is logged on the hot path: plain values skip json.dumps.
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):  # recipients, matches: to=a@x,b@y
+        return ",".join(_text_value(v) for v in value) or '""'
     text = value if isinstance(value, str) else json.dumps(value, default=str)
-    if not text or any(c in text for c in ' "=\n'):
+    if not text or not _NEEDS_QUOTES.isdisjoint(text):
         return json.dumps(text)
     return text
 
