@@ -9,19 +9,26 @@ that the next hop did not accept. After DATA the message is sent (`send`) or the
 transaction is dropped (`abort`: quarantine, reject, tempfail).
 
 Connection reuse: `RelayPool` keeps up to `next_hop_pool_size` idle connections for
-`next_hop_idle_time`. A connection taken from the pool is checked with RSET (which also
-clears any transaction left on it); one that fails any command, times out or was in the
-middle of a command when its user went away is closed, never reused.
+`next_hop_idle_time`; more (as many as were in use at once) only for `SURPLUS_IDLE_TIME`, so
+a burst of concurrent messages reuses connections instead of opening and closing one per
+message, and the surplus is closed soon after the burst. A connection whose last transaction
+ended cleanly (its DATA was answered, or an RSET was) is reused as it is; one left with a
+transaction open (MAIL refused, or aborted after MAIL) is first checked and cleared with
+RSET. One that fails any command, times out or was in the middle of a command when its user
+went away is closed, never reused. Since an unchecked idle connection may have been closed
+by the next hop just as it is taken (its idle timeout), a transaction that fails to open on
+one (the connection drops, or the next hop says 421) is opened once more on a new
+connection: that is never a failure the client sees when a new connection would work.
 
 If the connection held for a transaction is found closed when the message is ready (the
 next hop dropped it while the message was being scanned), the envelope is replayed on a new
 connection; the message is only sent when the next hop accepts MAIL and every recipient the
 client was told was accepted, otherwise the client gets 451 and retries the whole message.
 
-Message bytes go out with aiosmtplib's `SMTP.data`, which turns every bare CR or LF into
-CRLF and dot-stuffs every line that begins with a dot: a message whose lines all end in CRLF
-(all mail Postfix sends) is relayed byte for byte, and a bare LF before a dot can never end
-the DATA at the next hop early (SMTP smuggling).
+Message bytes go out as aiosmtplib's `SMTP.data` would send them (`wire_data`), every bare
+CR or LF turned into CRLF and every line that begins with a dot dot-stuffed: a message whose
+lines all end in CRLF (all mail Postfix sends) is relayed byte for byte, and a bare LF
+before a dot can never end the DATA at the next hop early (SMTP smuggling).
 """
 
 from __future__ import annotations
@@ -56,6 +63,7 @@ XFORWARD_MAX_LINE: Final = 512
 UNAVAILABLE_REPLY: Final = Reply(451, "4.4.1", "Next hop not reachable, try again later")
 DROPPED_REPLY: Final = Reply(451, "4.4.2", "Connection to the next hop lost, try again later")
 CHANGED_REPLY: Final = Reply(451, "4.4.2", "Next hop changed its answer, try again later")
+SURPLUS_IDLE_TIME: Final = 1.0
 _ENHANCED: Final = re.compile(r"^([245])\.\d{1,3}\.\d{1,3}$")
 
 
@@ -108,6 +116,8 @@ class NextHopConnection:
     messages: int = 0
     busy: bool = False  # a command is in flight: if its user goes away, it cannot be reused
     broken: bool = False
+    # No transaction is open on it (new, DATA answered, or RSET done): reusable without RSET
+    clean: bool = True
 
     @property
     def extensions(self) -> Mapping[str, str]:
@@ -141,7 +151,8 @@ class RelayPool:
         self.settings = settings
         self.host, self.port = split_host_port(settings.next_hop)
         self.local_hostname = local_hostname
-        self._idle: list[NextHopConnection] = []
+        self._idle: list[NextHopConnection] = []  # oldest first; reuse takes the newest
+        self._trim_handle: asyncio.TimerHandle | None = None
         self.stats = RelayStats()
         self._closed = False
 
@@ -191,7 +202,14 @@ class RelayPool:
         return NextHopConnection(smtp, now, now)
 
     async def acquire(self) -> NextHopConnection:
-        """A connection ready for MAIL FROM: an idle one that answers RSET, else a new one."""
+        """A connection ready for MAIL FROM: an idle clean one as it is (`checked` False),
+        an idle one that answers RSET, else a new one."""
+        conn, _checked = await self.acquire_checked()
+        return conn
+
+    async def acquire_checked(self) -> tuple[NextHopConnection, bool]:
+        """`acquire`, and whether the connection is known to work now (new, or it just
+        answered RSET). One that is not may turn out closed at its first command."""
         now = time.monotonic()
         while self._idle:
             conn = self._idle.pop()
@@ -199,6 +217,9 @@ class RelayPool:
                 conn.close()
                 self.stats.discarded += 1
                 continue
+            if conn.clean:
+                self.stats.reused += 1
+                return conn, False
             try:
                 conn.busy = True
                 response = await conn.smtp.rset()
@@ -211,20 +232,37 @@ class RelayPool:
                 conn.close()
                 self.stats.discarded += 1
                 continue
+            conn.clean = True
             self.stats.reused += 1
             self._ok()
-            return conn
-        return await self._open()
+            return conn, True
+        return await self._open(), True
 
     def release(self, conn: NextHopConnection) -> None:
         """Give a connection back; it is kept only if it is healthy and there is room.
-        A transaction left open on it is cleared by the RSET of the next `acquire`."""
-        conn.last_used = time.monotonic()
-        if (self._closed or not conn.usable
-                or len(self._idle) >= self.settings.next_hop_pool_size):
+        A transaction left open on it (`clean` False) is cleared by the RSET of the next
+        `acquire`."""
+        now = conn.last_used = time.monotonic()
+        if self._closed or not conn.usable or self.settings.next_hop_pool_size <= 0:
             self._discard(conn)
             return
         self._idle.append(conn)
+        self._trim(now)
+
+    def _trim(self, now: float) -> None:
+        """Close idle connections beyond `next_hop_pool_size` that have been idle for
+        SURPLUS_IDLE_TIME (oldest first); look again later while there is a surplus."""
+        surplus = len(self._idle) - self.settings.next_hop_pool_size
+        while surplus > 0 and now - self._idle[0].last_used >= SURPLUS_IDLE_TIME:
+            self._discard(self._idle.pop(0))
+            surplus -= 1
+        if surplus > 0 and self._trim_handle is None:
+            self._trim_handle = asyncio.get_running_loop().call_later(
+                SURPLUS_IDLE_TIME, self._trim_later)
+
+    def _trim_later(self) -> None:
+        self._trim_handle = None
+        self._trim(time.monotonic())
 
     def _discard(self, conn: NextHopConnection) -> None:
         self.stats.discarded += 1
@@ -245,6 +283,9 @@ class RelayPool:
             conn.close()
 
     def drop_idle(self) -> None:
+        if self._trim_handle is not None:
+            self._trim_handle.cancel()
+            self._trim_handle = None
         idle, self._idle = self._idle, []
         for conn in idle:
             self._discard(conn)
@@ -349,19 +390,45 @@ class NextHopTransaction:
             # client keeps the message and retries rather than bouncing it.
             raise NextHopUnavailable(
                 Reply(451, "4.6.7", "Next hop does not support SMTPUTF8, try again later"))
+        # From here until DATA is answered (or RSET), a transaction may be open on it.
+        conn.clean = False
         await self._xforward(conn)
         return await self._command(conn, "MAIL", f"FROM:<{self.mail_from}>",
                                    *_params_for(conn, self.mail_params))
 
-    async def start(self) -> Reply | None:
-        """Open the transaction at the next hop: None when it accepted MAIL FROM, else its
-        refusal to mirror. NextHopUnavailable when it cannot be reached."""
-        conn = await self.pool.acquire()
+    async def _open_mail(self) -> tuple[NextHopConnection, aiosmtplib.SMTPResponse]:
+        """A connection and the next hop's answer to our XFORWARD + MAIL FROM on it. An
+        unchecked idle connection that turns out closed (dropped, or 421) is replaced once
+        by a new connection."""
+        conn, checked = await self.pool.acquire_checked()
         try:
             response = await self._mail(conn)
+        except NextHopUnavailable as exc:
+            self._drop(conn)
+            if checked or exc.reply is not DROPPED_REPLY:
+                raise
+            retry_why = exc.detail
         except BaseException:
             self._drop(conn)
             raise
+        else:
+            if checked or response.code != 421:
+                return conn, response
+            self._drop(conn)
+            retry_why = f"{response.code} {response.message}"
+        log.info("idle next-hop connection found closed, opening a new one",
+                 extra={"fields": {"error": retry_why[:200]}})
+        conn = await self.pool._open()
+        try:
+            return conn, await self._mail(conn)
+        except BaseException:
+            self._drop(conn)
+            raise
+
+    async def start(self) -> Reply | None:
+        """Open the transaction at the next hop: None when it accepted MAIL FROM, else its
+        refusal to mirror. NextHopUnavailable when it cannot be reached."""
+        conn, response = await self._open_mail()
         if response.code != 250:
             self.pool.release(conn)
             return mirror(response.code, response.message, f"{str(response.code)[0]}.1.0")
@@ -388,9 +455,8 @@ class NextHopTransaction:
         if self.conn is not None:
             self._drop(self.conn)
             self.conn = None
-        conn = await self.pool.acquire()
+        conn, response = await self._open_mail()
         try:
-            response = await self._mail(conn)
             if response.code != 250:
                 raise NextHopUnavailable(CHANGED_REPLY, f"MAIL FROM: {response.code}")
             for address, params in self.accepted:
@@ -414,10 +480,7 @@ class NextHopTransaction:
                 self.conn = conn = await self._replay()
             conn.busy = True
             try:
-                response = await conn.smtp.data(message)
-                code, text = response.code, response.message
-            except aiosmtplib.SMTPDataError as exc:
-                code, text = exc.code, exc.message
+                code, text, sent = await self._data(conn, message)
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
                 conn.close()
                 detail = f"{type(exc).__name__}: {exc}"
@@ -427,11 +490,34 @@ class NextHopTransaction:
                 conn.busy = False
             if code == 421:
                 conn.close()
+            elif sent:
+                # The message was answered: the transaction is over. (A refusal of the
+                # DATA command itself may leave it open: RSET before reuse.)
+                conn.clean = True
             conn.messages += 1
             self.pool._ok()
             return mirror(code, text, "2.0.0" if code < 300 else f"{str(code)[0]}.3.0")
         finally:
             self.finish()
+
+    async def _data(self, conn: NextHopConnection, message: bytes) -> tuple[int, str, bool]:
+        """DATA, then the message: the next hop's last answer, and whether the message was
+        sent (False: DATA itself was refused). What goes out is what aiosmtplib's
+        `SMTP.data` sends (`wire_data`), built without its regular expressions."""
+        smtp = conn.smtp
+        response = await smtp.execute_command(b"DATA", timeout=self.pool.timeout)
+        if response.code != 354:
+            return response.code, response.message, False
+        protocol = smtp.protocol
+        if protocol is None:
+            raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+        try:
+            protocol.write(wire_data(message))
+            response = await protocol.read_response(timeout=self.pool.timeout)
+        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
+            smtp.close()
+            raise
+        return response.code, response.message, True
 
     def finish(self) -> None:
         """End the transaction without sending: the connection goes back to the pool (its
@@ -448,6 +534,26 @@ class NextHopTransaction:
             self.pool.stats.discarded += 1
         else:
             self.pool.release(conn)
+
+
+_LINE_ENDS: Final = re.compile(rb"(?:\r\n|\n|\r(?!\n))")
+
+
+def wire_data(message: bytes) -> bytes:
+    """The message as sent after DATA, end-of-data line included: every bare CR or LF as
+    CRLF, a CRLF at the end, every line that begins with a dot with one more (exactly what
+    aiosmtplib's `data` sends). A message whose line ends are all CRLF already (all mail
+    Postfix sends) takes a few byte scans instead of a regular expression per line."""
+    crlf = message.count(b"\r\n")
+    if message.count(b"\n") != crlf or message.count(b"\r") != crlf:
+        message = _LINE_ENDS.sub(b"\r\n", message)
+    if not message.endswith(b"\r\n"):
+        message += b"\r\n"
+    # Every line end is CRLF now, so a line begins at the start or right after "\r\n".
+    message = message.replace(b"\r\n.", b"\r\n..")
+    if message.startswith(b"."):
+        message = b"." + message
+    return message + b".\r\n"
 
 
 def local_hostname(configured: str) -> str:
