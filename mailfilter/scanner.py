@@ -4,6 +4,17 @@ Only this module knows the order of the stages. Extraction and fingerprinting ru
 worker pool (hostile MIME, archives and images are CPU and memory hazards); matching is an
 in-memory lookup in the current index. The front ends (SMTP proxy, milter, `scan` command)
 call `Scanner.scan` and turn the result into replies or output.
+
+Two ways through the pool:
+
+- without a verdict cache, one task per message (`extract_and_fingerprint`): the worker
+  extracts and fingerprints every attachment itself, each image under its own deadline
+  (`images.deadline`, `workers.time_limit`), and only the small fingerprints come back, never
+  the image bytes. Should that task fail as a whole (a worker crash, the memory limit, its
+  deadline), the message is scanned again the second way, where each image is its own task,
+  so one bad image costs only itself;
+- with the cache, the attachments come back from an extract task, are looked up by SHA-256
+  here, and only the misses are fingerprinted, one task each.
 """
 
 from __future__ import annotations
@@ -12,7 +23,7 @@ import asyncio
 import hashlib
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from mailfilter.errors import WorkerFailure
 from mailfilter.extract import extract
@@ -31,8 +42,8 @@ from mailfilter.model import (
     Unscannable,
     Verdict,
 )
-from mailfilter.settings import Settings
-from mailfilter.workers import WorkerPool
+from mailfilter.settings import ExtractSettings, Settings
+from mailfilter.workers import TimeLimitExceeded, WorkerPool, time_limit
 
 IndexProvider = Callable[[], HashIndex]
 
@@ -73,6 +84,34 @@ def verdict_of(attachments: Iterable[AttachmentResult],
     return Verdict.CLEAN
 
 
+WorkerScan = tuple[Extraction, tuple[ImageFingerprint, ...], tuple[int, ...], float]
+"""What `extract_and_fingerprint` returns: the extraction with the attachments' `data`
+left empty, a fingerprint per attachment, their sizes, seconds spent fingerprinting."""
+
+
+def extract_and_fingerprint(raw: bytes, limits: ExtractSettings,
+                            params: FingerprintParams) -> WorkerScan:
+    """A worker task: extract, then fingerprint each attachment in this process, each
+    within `params.images.deadline` (else skipped with reason `deadline`, as a task of its
+    own would be)."""
+    extraction = extract(raw, limits)
+    started = time.perf_counter()
+    fingerprints = []
+    for a in extraction.attachments:
+        try:
+            with time_limit(params.images.deadline):
+                fp = fingerprint_image(a.data, params)
+        except TimeLimitExceeded as exc:
+            fp = ImageFingerprint(exact=exact_hashes(a.data), skipped="deadline",
+                                  detail=f"no result within {exc}")
+        fingerprints.append(fp)
+    seconds = time.perf_counter() - started
+    sizes = tuple(len(a.data) for a in extraction.attachments)
+    light = replace(extraction, attachments=tuple(
+        replace(a, data=b"") for a in extraction.attachments))
+    return light, tuple(fingerprints), sizes, seconds
+
+
 class Scanner:
     """`cache`: the verdict cache (attachment SHA-256 -> fingerprint + matches against the
     current index version), so an image seen before is neither decoded nor matched again."""
@@ -82,7 +121,8 @@ class Scanner:
         self._settings = settings
         self._pool = pool
         self._index = index
-        self._cache = cache
+        # A cache that stores nothing (TTL 0) is no cache: one worker task per message.
+        self._cache = cache if cache is not None and getattr(cache, "ttl", 1.0) > 0 else None
         self._params = FingerprintParams.from_settings(settings)
 
     async def _extract(self, raw: bytes) -> Extraction:
@@ -119,17 +159,37 @@ class Scanner:
                 return hit.fingerprint, hit.matches
         return await self._fingerprint(attachment), None
 
+    async def _in_one_task(self, raw: bytes) -> WorkerScan | None:
+        """`extract_and_fingerprint` in a worker; None when the task failed as a whole."""
+        try:
+            return await self._pool.run(
+                extract_and_fingerprint, raw, self._settings.extract, self._params,
+                deadline=self._settings.smtp.scan_timeout,
+            )
+        except WorkerFailure:
+            return None
+
     async def scan(self, raw: bytes, source: str = "",
                    trace: ScanTrace | None = None) -> ScanResult:
         """Raises TemporaryFailure (before any work) when no index can be had."""
         started = time.perf_counter()
         index = self._index()
-        extraction = await self._extract(raw)
-        extracted = time.perf_counter()
-        found = await asyncio.gather(
-            *(self._cached_fingerprint(a, index.version) for a in extraction.attachments)
-        )
-        fingerprinted = time.perf_counter()
+        scanned = None if self._cache is not None else await self._in_one_task(raw)
+        sizes: tuple[int, ...]
+        if scanned is not None:
+            extraction, fingerprints, sizes, fp_seconds = scanned
+            found: list[tuple[ImageFingerprint, tuple[Match, ...] | None]] = [
+                (fp, None) for fp in fingerprints]
+            fingerprinted = time.perf_counter()
+            extracted = fingerprinted - fp_seconds
+        else:
+            extraction = await self._extract(raw)
+            extracted = time.perf_counter()
+            found = await asyncio.gather(
+                *(self._cached_fingerprint(a, index.version) for a in extraction.attachments)
+            )
+            fingerprinted = time.perf_counter()
+            sizes = tuple(len(a.data) for a in extraction.attachments)
         results = []
         for a, (fp, cached) in zip(extraction.attachments, found, strict=True):
             matches = cached
@@ -149,7 +209,8 @@ class Scanner:
         if trace is not None:
             trace.stages.update(extract=extracted - started,
                                 fingerprint=fingerprinted - extracted, match=done - fingerprinted)
-            trace.sizes.update((a.mime_path, len(a.data)) for a in extraction.attachments)
+            trace.sizes.update(
+                (a.mime_path, size) for a, size in zip(extraction.attachments, sizes, strict=True))
             trace.cache_hits += sum(1 for _fp, cached in found if cached is not None)
             trace.subject = extraction.subject
         return ScanResult(

@@ -68,7 +68,7 @@ if TYPE_CHECKING:
 
     from mailfilter.settings import WorkerSettings
 
-__all__ = ["PoolStats", "RemoteError", "WorkerPool"]
+__all__ = ["PoolStats", "RemoteError", "TimeLimitExceeded", "WorkerPool", "time_limit"]
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,8 @@ FORKSERVER_PRELOAD = (
     "mailfilter.images",
     "mailfilter.hashing.pdq",
     "mailfilter.fingerprint",
+    "mailfilter.extract.walk",
+    "mailfilter.scanner",  # extract_and_fingerprint: the task of every message
 )
 
 # Workers get their parallelism from being processes; a BLAS thread pool per worker would
@@ -161,6 +163,44 @@ class PoolStats:
 
 
 # --- the worker side ---------------------------------------------------------------------
+
+
+class TimeLimitExceeded(BaseException):  # not an Exception: nothing may swallow it
+    """Raised inside a worker task when a `time_limit` block runs out of time."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Inside a worker task: raise TimeLimitExceeded in this block once it has run for
+    `seconds`, so one task can give each of several pieces of work its own deadline (one
+    image of a message) and go on with the next. The exception comes when Python code runs
+    (between decoder chunks, between frames); a C call that never returns is still ended by
+    the task's own deadline. The task's backstop timer is suspended meanwhile and re-armed
+    after; when it would fire first, the block runs under it alone. Worker main thread only.
+    """
+    backstop = signal.getitimer(signal.ITIMER_REAL)[0]
+    if seconds <= 0 or (backstop and backstop <= seconds):
+        yield
+        return
+    started = time.monotonic()
+    armed = [True]
+
+    def on_alarm(_signum: int, _frame: object) -> None:
+        if armed[0]:  # (an alarm handled only once the block is over is ignored)
+            raise TimeLimitExceeded(f"more than {seconds:g}s")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        armed[0] = False  # first: nothing may interrupt the restoring below
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        if backstop:
+            left = backstop - (time.monotonic() - started)
+            signal.setitimer(signal.ITIMER_REAL, max(left, 0.001))
+
 
 # glibc serves allocations above a dynamic threshold (128 KiB at start) with fresh mmap()s
 # and gives them back on free(), so every decoded frame (a few MB) is page-faulted in anew.

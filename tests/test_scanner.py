@@ -9,6 +9,7 @@ import sys
 import time
 import zlib
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -137,3 +138,47 @@ def test_fifty_deep_forwards(scanner: Scanner) -> None:
 def test_garbage_bytes_are_not_an_error(scanner: Scanner) -> None:
     result, _ = scan(scanner, bytes(range(256)) * 100)
     assert result.verdict in (Verdict.CLEAN, Verdict.UNSCANNABLE)
+
+
+# --- one worker task per message (no verdict cache) ------------------------------------------
+
+
+def test_one_task_per_message_gives_each_image_its_own_deadline() -> None:
+    """With a deadline no image can meet, every image is skipped as `deadline` by the task
+    that extracts them, and the worker is not killed for it."""
+    tight = SETTINGS.model_copy(update={"images": SETTINGS.images.model_copy(
+        update={"deadline": 0.001})})
+    raw = message_bytes(message(attachments=[
+        ("a.jpg", "image/jpeg", jpeg(3, 1200, 860)), ("b.jpg", "image/jpeg", jpeg(4))]))
+    with WorkerPool(processes=1, memory_limit=1024**3) as pool:
+        result = asyncio.run(Scanner(tight, pool, known_index).scan(raw, "test"))
+        assert pool.stats().timeouts == 0 and pool.stats().crashes == 0
+    assert [a.fingerprint.skipped for a in result.attachments] == ["deadline", "deadline"]
+    assert all(a.fingerprint.exact.sha256 for a in result.attachments)
+    assert result.verdict is Verdict.UNSCANNABLE
+
+
+class _TwoTaskScanner(Scanner):
+    """As if the one task of every message had failed: the per-image way."""
+
+    async def _in_one_task(self, raw: bytes) -> None:
+        return None
+
+
+def test_one_task_and_per_image_tasks_agree(scanner: Scanner) -> None:
+    raw = message_bytes(message(attachments=[
+        ("known.jpg", "image/jpeg", KNOWN), ("other.jpg", "image/jpeg", jpeg(5)),
+        ("bad.jpg", "image/jpeg", b"\xff\xd8\xff" + b"\0" * 100)]))
+    one, _ = scan(scanner, raw)
+    with WorkerPool(processes=1, memory_limit=1024**3) as pool:
+        index = known_index()
+        two = asyncio.run(_TwoTaskScanner(SETTINGS, pool, lambda: index).scan(raw, "test"))
+    assert one.verdict is Verdict.MATCH
+
+    def same(r: ScanResult) -> list[object]:  # (a decoder's error text names an address)
+        return [(a.mime_path, replace(a.fingerprint, detail=None), a.matches)
+                for a in r.attachments]
+
+    assert same(one) == same(two)
+    assert one.attachments[2].fingerprint.skipped == "corrupt"
+    assert (one.unscannable, one.message_id) == (two.unscannable, two.message_id)

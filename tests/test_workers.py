@@ -398,3 +398,22 @@ def test_close_without_waiting_fails_what_is_unfinished() -> None:
     for future in (running, queued):
         with pytest.raises(WorkerFailure, match="worker-crashed"):
             future.result(timeout=0)
+
+
+# --- time limits inside a task -------------------------------------------------------------
+
+
+def test_time_limit_ends_one_piece_of_a_task_not_the_task(pool: WorkerPool) -> None:
+    got = pool.submit(wt.spin_in_time_limits, 0.1, 3, 0.3, deadline=5).result(timeout=10)
+    assert got == ["limit", "limit", "limit"]
+    got = pool.submit(wt.spin_in_time_limits, 1.0, 2, 0.05, deadline=5).result(timeout=10)
+    assert got == ["done", "done"]
+    assert pool.stats().timeouts == 0 and pool.stats().crashes == 0
+
+
+def test_task_deadline_still_applies_after_a_time_limit(pool: WorkerPool) -> None:
+    start = time.monotonic()
+    with pytest.raises(WorkerFailure) as info:
+        pool.submit(wt.time_limit_then_spin, 5.0, 30, deadline=0.5).result(timeout=10)
+    assert info.value.reason == "deadline"
+    assert time.monotonic() - start < 2.0

@@ -156,3 +156,28 @@ def write_pid_then_sleep(path: str, seconds: float) -> None:
 def concat(a: bytes, b: bytes) -> bytes:
     assert type(a) is bytes and type(b) is bytes
     return a + b
+
+
+def spin_in_time_limits(limit: float, pieces: int, seconds: float) -> list[str]:
+    """`pieces` busy loops of `seconds`, each in its own `time_limit(limit)`."""
+    from mailfilter.workers import TimeLimitExceeded, time_limit
+
+    out = []
+    for _ in range(pieces):
+        try:
+            with time_limit(limit):
+                spin(seconds)
+            out.append("done")
+        except TimeLimitExceeded:
+            out.append("limit")
+    return out
+
+
+def time_limit_then_spin(limit: float, seconds: float) -> int:
+    """A `time_limit` block that ends early, then a busy loop: the task's own deadline
+    (backstop included) must still apply after the block."""
+    from mailfilter.workers import time_limit
+
+    with time_limit(limit):
+        pass
+    return spin(seconds)
