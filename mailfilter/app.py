@@ -156,8 +156,16 @@ class App:
                 if old_store is not None:
                     old_store.close()
             elif self.live is not None:
-                await self.live.stop()  # restarting it checks the store's version at once
-                await self.live.start(wait=FIRST_LOAD_WAIT)
+                # Restarting it checks the store's version at once. Wait for that only when
+                # there is a new version to load: an unchanged one is not loaded again, so
+                # the wait would last all of FIRST_LOAD_WAIT before the settings apply.
+                try:
+                    assert self.store is not None
+                    changed = await asyncio.to_thread(self.store.version) != self.live.version
+                except Exception:
+                    changed = True  # let the watcher find out (and log) what is wrong
+                await self.live.stop()
+                await self.live.start(wait=FIRST_LOAD_WAIT if changed else 0)
             if new.store != old.store or new.images != old.images or new.match != old.match:
                 if self.cache is not None:
                     self.cache.close()
