@@ -7,9 +7,11 @@ are deleted afterwards: the Redis may be shared with other users.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -101,6 +103,7 @@ class ReceivedMessage:
     mail_options: list[str]
     rcpt_options: list[str]
     data: bytes
+    tls: bool = False  # the message came over a STARTTLS-protected connection
 
 
 @dataclass
@@ -150,22 +153,31 @@ class _SinkHandler:
                 mail_options=list(envelope.mail_options),
                 rcpt_options=list(envelope.rcpt_options),
                 data=bytes(envelope.original_content or b""),
+                tls=session.ssl is not None,
             ))
         return self.sink.data_reply
 
 
-@pytest.fixture
-def smtp_sink() -> Iterator[SmtpSink]:
+@contextlib.contextmanager
+def running_smtp_sink(tls_context: ssl.SSLContext | None = None) -> Iterator[SmtpSink]:
+    """An aiosmtpd sink; with `tls_context` it offers STARTTLS (not required)."""
     sink = SmtpSink(host="127.0.0.1", port=free_port())
     controller = Controller(
         _SinkHandler(sink), hostname=sink.host, port=sink.port,
         decode_data=False, enable_SMTPUTF8=True, data_size_limit=200 * 1024 * 1024,
+        tls_context=tls_context,
     )
     controller.start()
     try:
         yield sink
     finally:
         controller.stop()
+
+
+@pytest.fixture
+def smtp_sink() -> Iterator[SmtpSink]:
+    with running_smtp_sink() as sink:
+        yield sink
 
 
 @pytest.fixture

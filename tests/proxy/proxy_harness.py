@@ -202,6 +202,9 @@ class RecordingSink:
     messages: list[SinkMessage] = field(default_factory=list)
     rcpt_replies: dict[str, str] = field(default_factory=dict)
     data_reply: str = "250 2.0.0 Ok: queued as SINK1"
+    data_delay: float = 0.0  # seconds before answering the end of DATA (a slow next hop)
+    in_data: int = 0  # connections between DATA and its answer now, and the most seen
+    peak_in_data: int = 0
     ehlo: tuple[str, ...] = ("PIPELINING", "SIZE 100000000", "8BITMIME", "SMTPUTF8", "DSN",
                              "ENHANCEDSTATUSCODES", "XFORWARD NAME ADDR PROTO HELO IDENT "
                              "SOURCE PORT")
@@ -223,6 +226,35 @@ def _sink_handler(sink: RecordingSink) -> type[socketserver.StreamRequestHandler
         def reply(self, line: str) -> None:
             self.wfile.write(line.encode() + b"\r\n")
             self.wfile.flush()
+
+        def data(self, mail: str, rcpts: list[str], xforward: list[str]) -> bool:
+            """DATA to its answer; False when the client went away. Counted in `in_data`
+            until just before the answer is sent (so the count is never behind what the
+            client can see)."""
+            with sink.lock:
+                sink.in_data += 1
+                sink.peak_in_data = max(sink.peak_in_data, sink.in_data)
+            try:
+                self.reply("354 go ahead")
+                lines_in: list[bytes] = []
+                while True:
+                    d = self.rfile.readline()
+                    if not d:
+                        return False
+                    if d in (b".\r\n", b".\n"):
+                        break
+                    lines_in.append(d[1:] if d.startswith(b".") else d)
+                if sink.data_delay:
+                    time.sleep(sink.data_delay)
+            finally:
+                with sink.lock:
+                    sink.in_data -= 1
+            if sink.data_reply.startswith("250"):
+                with sink.lock:
+                    sink.messages.append(SinkMessage(mail, rcpts, xforward,
+                                                     b"".join(lines_in)))
+            self.reply(sink.data_reply)
+            return True
 
         def handle(self) -> None:
             with sink.lock:
@@ -255,20 +287,8 @@ def _sink_handler(sink: RecordingSink) -> type[socketserver.StreamRequestHandler
                         rcpts.append(line)
                     self.reply(answer)
                 elif verb == "DATA":
-                    self.reply("354 go ahead")
-                    lines_in: list[bytes] = []
-                    while True:
-                        d = self.rfile.readline()
-                        if not d:
-                            return
-                        if d in (b".\r\n", b".\n"):
-                            break
-                        lines_in.append(d[1:] if d.startswith(b".") else d)
-                    if sink.data_reply.startswith("250"):
-                        with sink.lock:
-                            sink.messages.append(SinkMessage(mail, rcpts, xforward,
-                                                             b"".join(lines_in)))
-                    self.reply(sink.data_reply)
+                    if not self.data(mail, rcpts, xforward):
+                        return
                     mail, rcpts, xforward = "", [], []
                 elif verb == "RSET":
                     mail, rcpts, xforward = "", [], []
@@ -340,6 +360,24 @@ class RawClient:
             self.sock.close()
 
 
+# --- TLS: a throwaway self-signed certificate (openssl CLI) ------------------------------
+
+
+def self_signed_cert(directory: Path, name: str = "localhost") -> tuple[Path, Path]:
+    """(cert, key) PEM files of a fresh self-signed EC certificate for `name` and
+    127.0.0.1, valid for a day."""
+    import subprocess
+
+    cert, key = directory / f"{name}.crt", directory / f"{name}.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
+                    "-subj", f"/CN={name}", "-addext",
+                    f"subjectAltName=DNS:{name},IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=30)
+    return cert, key
+
+
 # --- `mailfilter serve` as a subprocess -----------------------------------------------------
 
 
@@ -356,7 +394,8 @@ def wait_port(host: str, port: int, timeout: float = 30.0,
 
 
 def write_config(tmp_path: Path, next_hop: str, listen_port: int, metrics_port: int,
-                 extra: str = "") -> Path:
+                 extra: str = "", sections: str = "", reload_interval: str = "1s") -> Path:
+    """`extra`: more [smtp] keys; `sections`: more tables ([policy] ...)."""
     config = tmp_path / "mailfilter.toml"
     config.write_text(f"""
 [smtp]
@@ -368,14 +407,14 @@ shutdown_timeout = "20s"
 {extra}
 [store]
 path = "{tmp_path / 'store'}"
-reload_interval = "1s"
+reload_interval = "{reload_interval}"
 [quarantine]
 path = "{tmp_path / 'quarantine'}"
 [workers]
 processes = 1
 [metrics]
 listen = "127.0.0.1:{metrics_port}"
-""")
+{sections}""")
     return config
 
 

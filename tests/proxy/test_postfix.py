@@ -1,226 +1,53 @@
 """With a real Postfix: a private instance (its own config, queue and data directories)
 with mailfilter as its after-queue content filter, the reinjection smtpd as mailfilter's
-next hop, and a recording sink as Postfix's relayhost. Mail is sent with swaks.
+next hop, and a recording sink as Postfix's relayhost (postfix_harness.py). Mail is sent
+with swaks.
 
 Skipped when Postfix is not installed, unless CI is set (then it fails)."""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from proxy.proxy_harness import (
-    KNOWN,
-    RecordingSink,
-    enroll,
-    free_port,
-    running_sink,
-    wait_port,
-    write_config,
+from proxy.postfix_harness import (
+    Instance,
+    arrived,
+    postfix_instance,
+    require_postfix,
+    start_proxy,
+    stop_proxy,
+    wait_until,
 )
+from proxy.proxy_harness import KNOWN
 
 pytestmark = pytest.mark.postfix
-
-MISSING = [t for t in ("postfix", "postconf", "postqueue", "swaks") if shutil.which(t) is None]
-if MISSING:
-    if os.environ.get("CI"):
-        pytest.fail(f"CI is set but {', '.join(MISSING)} not installed", pytrace=False)
-    pytest.skip(f"Postfix tests need {', '.join(MISSING)} (not installed)",
-                allow_module_level=True)
-
-
-def _postconf_main(key: str) -> str:
-    return subprocess.run(["postconf", "-h", key], capture_output=True, text=True,
-                          check=True).stdout.strip()
-
-
-@dataclass
-class Instance:
-    config_dir: Path
-    smtpd_port: int
-    filter_port: int
-    reinject_port: int
-    sink: RecordingSink
-    tmp: Path
-
-    def postfix(self, *args: str) -> subprocess.CompletedProcess[str]:
-        # `postfix` prints its fatal errors only to a terminal: run it under script(1)
-        return subprocess.run(["script", "-qec", " ".join(["postfix", "-c",
-                               str(self.config_dir), *args]), "/dev/null"],
-                              capture_output=True, text=True, timeout=60)
-
-    def queue(self) -> list[dict[str, object]]:
-        out = subprocess.run(["postqueue", "-c", str(self.config_dir), "-j"],
-                             capture_output=True, text=True, timeout=30).stdout
-        return [json.loads(line) for line in out.splitlines() if line.strip()]
-
-    def flush(self) -> None:
-        subprocess.run(["postqueue", "-c", str(self.config_dir), "-f"], capture_output=True,
-                       timeout=30)
-
-    def swaks(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["swaks", "--server", f"127.0.0.1:{self.smtpd_port}",
-                               "--from", "alice@example.org", "--helo", "client.test",
-                               *args], capture_output=True, text=True, timeout=60)
-
-    def maillog(self) -> str:
-        path = self.tmp / "maillog"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-
-MAIN_CF = """\
-compatibility_level = 3.6
-queue_directory = {queue}
-data_directory = {data}
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-myhostname = postfix.test
-mydestination =
-mynetworks = 127.0.0.0/8
-relayhost = [127.0.0.1]:{sink}
-smtp_dns_support_level = disabled
-smtputf8_enable = yes
-queue_run_delay = 1s
-minimal_backoff_time = 1s
-maximal_backoff_time = 2s
-smtp_connect_timeout = 2s
-content_filter = scan:[127.0.0.1]:{filter}
-maillog_file_prefixes = {tmp}
-maillog_file = {tmp}/maillog
-"""
-
-MASTER_CF = """\
-127.0.0.1:{smtpd} inet n - n - - smtpd
-127.0.0.1:{reinject} inet n - n - 10 smtpd
-  -o content_filter=
-  -o receive_override_options=no_unknown_recipient_checks,no_header_body_checks,no_milters
-  -o smtpd_helo_restrictions=
-  -o smtpd_client_restrictions=
-  -o smtpd_sender_restrictions=
-  -o smtpd_relay_restrictions=permit_mynetworks,reject
-  -o smtpd_recipient_restrictions=permit_mynetworks,reject
-  -o smtpd_authorized_xforward_hosts=127.0.0.0/8
-scan      unix  -       -       n       -       10      smtp
-  -o smtp_send_xforward_command=yes
-  -o disable_mime_output_conversion=yes
-pickup    unix  n       -       n       1       1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-smtp      unix  -       -       n       -       -       smtp
-relay     unix  -       -       n       -       -       smtp
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-showq     unix  n       -       n       -       -       showq
-postlog   unix-dgram n  -       n       -       1       postlogd
-"""
+require_postfix()
 
 
 @pytest.fixture(scope="module")
 def instance() -> Iterator[Instance]:
-    # Postfix's daemons run as user postfix: every directory above queue and data must be
-    # traversable by it (pytest's own temp directory is 0700).
-    tmp = Path(tempfile.mkdtemp(prefix="mailfilter-postfix-"))
-    tmp.chmod(0o755)
-    config_dir, queue, data = tmp / "etc", tmp / "queue", tmp / "data"
-    for d in (config_dir, queue, data):
-        d.mkdir()
-    shutil.chown(data, "postfix")
-    with running_sink() as sink:
-        inst = Instance(config_dir, free_port(), free_port(), free_port(), sink, tmp)
-        (config_dir / "main.cf").write_text(MAIN_CF.format(
-            queue=queue, data=data, sink=sink.port, filter=inst.filter_port, tmp=tmp))
-        (config_dir / "master.cf").write_text(MASTER_CF.format(
-            smtpd=inst.smtpd_port, reinject=inst.reinject_port))
-        before = _postconf_main("alternate_config_directories")
-        entries = [e for e in before.replace(",", " ").split() if e]
-        subprocess.run(["postconf", "-e", "alternate_config_directories = "
-                        + ", ".join([*entries, str(config_dir)])], check=True)
-        try:
-            started = inst.postfix("start")
-            if started.returncode != 0:
-                pytest.fail(f"postfix start failed: {started.stdout}{started.stderr}")
-            wait_port("127.0.0.1", inst.smtpd_port)
-            yield inst
-        finally:
-            inst.postfix("stop")
-            now = _postconf_main("alternate_config_directories")
-            kept = [e for e in now.replace(",", " ").split() if e and e != str(config_dir)]
-            subprocess.run(["postconf", "-e", "alternate_config_directories = "
-                            + ", ".join(kept)], check=True)
-            shutil.rmtree(tmp, ignore_errors=True)
+    with postfix_instance("after-queue") as inst:
+        yield inst
 
 
 @pytest.fixture
 def proxy(instance: Instance, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    proc = _start_proxy(instance, tmp_path)
+    proc = start_proxy(instance, tmp_path)
     yield proc
-    _stop(proc)
-
-
-def _start_proxy(instance: Instance, tmp_path: Path) -> subprocess.Popen[bytes]:
-    config = tmp_path / "mailfilter.toml"
-    if not config.exists():
-        config = write_config(tmp_path, f"127.0.0.1:{instance.reinject_port}",
-                              instance.filter_port, free_port())
-        image = tmp_path / "known.jpg"
-        image.write_bytes(KNOWN)
-        enroll(config, image)
-    log = (tmp_path / "serve.log").open("ab")
-    proc = subprocess.Popen([sys.executable, "-m", "mailfilter", "serve", "--config",
-                             str(config)], stdout=log, stderr=subprocess.STDOUT)
-    wait_port("127.0.0.1", instance.filter_port, proc=proc)
-    return proc
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
-def _wait(predicate: object, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.1)
-    return False
-
-
-def _arrived(sink: RecordingSink, marker: bytes) -> list[bytes]:
-    return [m.data for m in sink.messages if marker in m.data]
+    stop_proxy(proc)
 
 
 def test_clean_message_reaches_the_sink(instance: Instance, proxy: object,
                                         tmp_path: Path) -> None:
     run = instance.swaks("--to", "bob@example.net", "--header", "Subject: clean-one")
     assert run.returncode == 0, run.stdout + run.stderr
-    assert _wait(lambda: _arrived(instance.sink, b"clean-one")), instance.maillog()
-    [data] = _arrived(instance.sink, b"clean-one")
+    assert wait_until(lambda: arrived(instance.sink, b"clean-one")), instance.maillog()
+    [data] = arrived(instance.sink, b"clean-one")
     assert b"X-Mailfilter: clean\r\n" in data
     log = (tmp_path / "serve.log").read_text()
     # Postfix forwarded the original client (XFORWARD) and its queue id
@@ -234,27 +61,28 @@ def test_matching_message_is_quarantined(instance: Instance, proxy: object,
     run = instance.swaks("--to", "bob@example.net", "--header", "Subject: match-one",
                          "--attach-type", "image/jpeg", "--attach", f"@{image}")
     assert run.returncode == 0, run.stdout + run.stderr
-    assert _wait(lambda: list((tmp_path / "quarantine").glob("*/*.json"))), instance.maillog()
+    assert wait_until(lambda: list((tmp_path / "quarantine").glob("*/*.json"))), \
+        instance.maillog()
     [record] = (tmp_path / "quarantine").glob("*/*.json")
     meta = json.loads(record.read_text())
     assert meta["subject"] == "match-one" and meta["verdict"] == "match"
     assert meta["queue_id"]  # Postfix's queue id, from XFORWARD IDENT
-    assert _wait(lambda: "status=sent" in instance.maillog() and not instance.queue(), 10)
-    assert not _arrived(instance.sink, b"match-one")
+    assert wait_until(lambda: "status=sent" in instance.maillog() and not instance.queue(), 10)
+    assert not arrived(instance.sink, b"match-one")
 
 
 def test_mail_waits_in_postfix_while_the_filter_is_down(instance: Instance,
                                                         tmp_path: Path) -> None:
     run = instance.swaks("--to", "bob@example.net", "--header", "Subject: deferred-one")
     assert run.returncode == 0, run.stdout + run.stderr
-    assert _wait(lambda: any(q.get("queue_name") == "deferred" for q in instance.queue())), \
-        instance.maillog()
-    assert not _arrived(instance.sink, b"deferred-one")
-    proc = _start_proxy(instance, tmp_path)
+    assert wait_until(lambda: any(q.get("queue_name") == "deferred"
+                                  for q in instance.queue())), instance.maillog()
+    assert not arrived(instance.sink, b"deferred-one")
+    proc = start_proxy(instance, tmp_path)
     try:
         instance.flush()
-        assert _wait(lambda: _arrived(instance.sink, b"deferred-one")), instance.maillog()
-        assert _wait(lambda: not instance.queue(), 10)
-        assert len(_arrived(instance.sink, b"deferred-one")) == 1
+        assert wait_until(lambda: arrived(instance.sink, b"deferred-one")), instance.maillog()
+        assert wait_until(lambda: not instance.queue(), 10)
+        assert len(arrived(instance.sink, b"deferred-one")) == 1
     finally:
-        _stop(proc)
+        stop_proxy(proc)
