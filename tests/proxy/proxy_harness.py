@@ -310,17 +310,24 @@ class _Server(socketserver.ThreadingTCPServer):
 
 
 @contextlib.contextmanager
-def running_sink() -> Iterator[RecordingSink]:
-    sink = RecordingSink()
-    server = _Server(("127.0.0.1", 0), _sink_handler(sink))
-    sink.port = server.server_address[1]
+def serving(handler: type[socketserver.BaseRequestHandler]) -> Iterator[int]:
+    """A threaded TCP server on a free loopback port for the test's duration; yields the port."""
+    server = _Server(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield sink
+        yield server.server_address[1]
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextlib.contextmanager
+def running_sink() -> Iterator[RecordingSink]:
+    sink = RecordingSink()
+    with serving(_sink_handler(sink)) as port:
+        sink.port = port
+        yield sink
 
 
 @pytest.fixture

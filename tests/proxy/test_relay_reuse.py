@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from factories import message, message_bytes
 
-from proxy.proxy_harness import RecordingSink, RunningProxy, _Server
+from proxy.proxy_harness import RecordingSink, RunningProxy, serving
 from proxy.test_proxy import send
 
 Factory = Callable[..., RunningProxy]
@@ -82,15 +82,9 @@ def _handler(state: Closer) -> type[socketserver.StreamRequestHandler]:
 @contextlib.contextmanager
 def closer(goodbye: str | None) -> Iterator[Closer]:
     state = Closer(goodbye)
-    server = _Server(("127.0.0.1", 0), _handler(state))
-    state.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(_handler(state)) as port:
+        state.port = port
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_clean_connection_reused_without_rset(proxy_factory: Factory,
