@@ -7,8 +7,8 @@ time, and reported in the order given.
 from __future__ import annotations
 
 import collections
+import functools
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -32,37 +32,38 @@ def fingerprint_files(
         memory_limit=settings.workers.memory_limit,
         max_tasks_per_worker=settings.workers.max_tasks_per_worker,
     ) as pool:
-        window: collections.deque[tuple[Path, bytes | OSError, Future[ImageFingerprint] | None]]
-        window = collections.deque()
-        limit = 2 * max(1, processes)
+        # Files are read as the pool asks for the next one; `order` keeps every file, readable
+        # or not, in the order given, so results (which come back in order) pair up with it.
+        order: collections.deque[tuple[Path, bytes | OSError]] = collections.deque()
 
-        def drain_one() -> tuple[Path, Outcome]:
-            path, data, future = window.popleft()
-            if isinstance(data, OSError):
-                return path, data
-            assert future is not None
-            try:
-                return path, future.result()
-            except WorkerFailure as exc:
+        def readable() -> Iterator[bytes]:
+            for path in files:
+                try:
+                    data = path.read_bytes()
+                except OSError as exc:
+                    order.append((path, exc))
+                    continue
+                order.append((path, data))
+                yield data
+
+        def unreadable_ahead() -> Iterator[tuple[Path, Outcome]]:
+            while order and isinstance(order[0][1], OSError):
+                path, error = order.popleft()
+                assert isinstance(error, OSError)
+                yield path, error
+
+        task = functools.partial(fingerprint_image, params=params)
+        for result in pool.map(task, readable(), deadline=settings.images.deadline):
+            yield from unreadable_ahead()
+            path, data = order.popleft()
+            assert isinstance(data, bytes)
+            if isinstance(result, WorkerFailure):
                 # The image killed its worker or ran out of time: still report exact hashes.
-                return path, ImageFingerprint(
-                    exact=exact_hashes(data), skipped=exc.reason, detail=exc.detail
+                result = ImageFingerprint(
+                    exact=exact_hashes(data), skipped=result.reason, detail=result.detail
                 )
-
-        for path in files:
-            try:
-                data: bytes | OSError = path.read_bytes()
-            except OSError as exc:
-                data = exc
-            future = (
-                None if isinstance(data, OSError)
-                else pool.submit(fingerprint_image, data, params, deadline=settings.images.deadline)
-            )
-            window.append((path, data, future))
-            if len(window) >= limit:
-                yield drain_one()
-        while window:
-            yield drain_one()
+            yield path, result
+        yield from unreadable_ahead()
 
 
 def hash_record(path: Path, outcome: Outcome) -> dict[str, Any]:
