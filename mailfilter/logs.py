@@ -16,8 +16,6 @@ from typing import Any, Literal
 
 LogFormat = Literal["text", "json"]
 
-_RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
-
 
 def _fields(record: logging.LogRecord) -> Mapping[str, Any]:
     fields = getattr(record, "fields", None)

@@ -94,8 +94,7 @@ def _parse_count(value: object) -> int:
 
 
 def _check_host_port(value: str) -> str:
-    host, port = split_host_port(value)
-    del host, port
+    split_host_port(value)  # raises ValueError with the expectation
     return value
 
 
