@@ -27,7 +27,7 @@ from prometheus_client.registry import Collector
 from mailfilter.settings import split_host_port
 
 if TYPE_CHECKING:
-    from mailfilter.frontend.smtp import MessageOutcome
+    from mailfilter.handling import MessageOutcome
     from mailfilter.model import ScanResult
     from mailfilter.scanner import ScanTrace
     from mailfilter.workers import PoolStats

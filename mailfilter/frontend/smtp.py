@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import errno
 import ipaddress
 import logging
 import re
@@ -42,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from aiosmtpd.smtp import SMTP, Session
 
-from mailfilter.actions.quarantine import QuarantineStore, build_record, new_id
+from mailfilter.actions.quarantine import QuarantineStore, new_id
 from mailfilter.actions.relay import (
     NextHopTransaction,
     NextHopUnavailable,
@@ -50,10 +49,10 @@ from mailfilter.actions.relay import (
     local_hostname,
     xtext_decode,
 )
-from mailfilter.errors import TemporaryFailure
+from mailfilter.handling import MessageHandler, MessageOutcome
 from mailfilter.model import Envelope, ScanResult
-from mailfilter.policy import Action, ActionKind, Reply, decide, decide_error
-from mailfilter.scanner import Scanner, ScanTrace
+from mailfilter.policy import Action, ActionKind, Reply, decide_error
+from mailfilter.scanner import Scanner
 from mailfilter.settings import Settings, split_host_port
 
 if TYPE_CHECKING:
@@ -155,17 +154,6 @@ class ClientTransaction:
     mail_params: list[str]
     next_hop: NextHopTransaction
     rcpts: list[tuple[str, list[str]]] = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class MessageOutcome:
-    """What happened to one message (for the log line, metrics and tests)."""
-
-    id: str
-    action: Action
-    reply: Reply
-    result: ScanResult | None
-    stages: dict[str, float]
 
 
 class _NoHooks:
@@ -571,9 +559,8 @@ class SmtpProxy:
     def __init__(self, settings: Settings, scanner: Scanner, relay: RelayPool,
                  quarantine: QuarantineStore, metrics: Metrics | None = None) -> None:
         self.settings = settings
-        self.scanner = scanner
+        self.handler = MessageHandler(settings, scanner, quarantine, metrics)
         self.relay = relay
-        self.quarantine = quarantine
         self.metrics = metrics
         self.hostname = local_hostname(settings.smtp.hostname)
         self.tls_context = _tls_context(settings)
@@ -587,10 +574,9 @@ class SmtpProxy:
     def reconfigure(self, settings: Settings, scanner: Scanner) -> None:
         """New settings for the next messages (listen address and TLS need a restart)."""
         old, self.settings = self.settings, settings
-        self.scanner = scanner
+        self.handler.reconfigure(settings, scanner)
         self.networks = _networks(settings.smtp.allowed_clients)
         self.relay.configure(settings.smtp)
-        self.quarantine = QuarantineStore(settings.quarantine)
         # (compared with the old setting: the semaphore's free count is lower while
         # messages are in flight, and replacing it then would lift the limit)
         if settings.smtp.max_concurrent_messages != old.smtp.max_concurrent_messages:
@@ -653,8 +639,15 @@ class SmtpProxy:
                 await asyncio.wait_for(self._server.wait_closed(), 5.0)
 
     def count_error(self, reason: str) -> None:
-        if self.metrics is not None:
-            self.metrics.error(reason)
+        self.handler.count_error(reason)
+
+    @property
+    def scanner(self) -> Scanner:
+        return self.handler.scanner
+
+    @property
+    def quarantine(self) -> QuarantineStore:
+        return self.handler.quarantine
 
     # --- one message -------------------------------------------------------------------------
 
@@ -666,9 +659,10 @@ class SmtpProxy:
         received = time.time()
         msg_id = new_id(received)
         envelope = session.envelope_of(txn)
+        handler = self.handler
         try:
             async with self._slots:
-                outcome = await self._process(msg_id, received, envelope, txn, raw)
+                outcome = await self._process(handler, msg_id, received, envelope, txn, raw)
         except asyncio.CancelledError:
             txn.next_hop.abort()
             raise
@@ -680,54 +674,24 @@ class SmtpProxy:
             outcome = MessageOutcome(msg_id, decide_error("internal", self.settings.policy),
                                      INTERNAL_ERROR, None, {})
         outcome.stages["total"] = time.perf_counter() - started
-        self._log(outcome, envelope, len(raw))
-        if self.metrics is not None:
-            self.metrics.message(outcome)
+        handler.finish(outcome, envelope, len(raw))
         return [outcome.reply] * (len(txn.rcpts) if session.lmtp else 1)
 
-    async def _scan(self, msg_id: str, raw: bytes, trace: ScanTrace
-                    ) -> tuple[ScanResult | None, str | None]:
-        try:
-            async with asyncio.timeout(self.settings.smtp.scan_timeout):  # (no extra task)
-                result = await self.scanner.scan(raw, msg_id, trace)
-        except TimeoutError:
-            return None, "scan-timeout"
-        except TemporaryFailure as exc:
-            return None, exc.reason
-        except Exception:
-            log.exception("scan failed", extra={"fields": {"id": msg_id}})
-            return None, "scan-failed"
-        return result, None
-
-    async def _process(self, msg_id: str, received: float, envelope: Envelope,
-                       txn: ClientTransaction, raw: bytes) -> MessageOutcome:
-        settings = self.settings
-        trace = ScanTrace()
-        result, failure = await self._scan(msg_id, raw, trace)
-        stages = dict(trace.stages)
-        if result is not None:
-            action = decide(result, settings.policy)
-        else:
-            action = decide_error(failure or "scan-failed", settings.policy)
-        if action.reason not in ("clean", "match", "unscannable"):
-            # no verdict: a failure of ours (tempfail, or relayed unscanned when fail-open)
-            self.count_error(action.reason)
-            log.warning("message not scanned", extra={"fields": {
-                "id": msg_id, "reason": action.reason, "action": action.kind.value}})
+    async def _process(self, handler: MessageHandler, msg_id: str, received: float,
+                       envelope: Envelope, txn: ClientTransaction, raw: bytes
+                       ) -> MessageOutcome:
+        decision = await handler.decide(msg_id, received, raw)
+        action, result, stages = decision.action, decision.result, decision.stages
         acted = time.perf_counter()
         if action.relays:
             reply = await self._relay(msg_id, action, result, txn, raw)
             stages["relay"] = time.perf_counter() - acted
         elif action.kind is ActionKind.QUARANTINE:
             txn.next_hop.abort()
-            reply = await self._quarantine(msg_id, received, envelope, action, result, trace,
-                                           raw)
-            stages["quarantine"] = time.perf_counter() - acted
+            reply, _ = await handler.quarantine_message(decision, envelope, raw)
         else:
             txn.next_hop.abort()
             reply = action.reply or INTERNAL_ERROR
-        if result is not None and self.metrics is not None:
-            self.metrics.scanned(result, trace)
         return MessageOutcome(msg_id, action, reply, result, stages)
 
     async def _relay(self, msg_id: str, action: Action, result: ScanResult | None,
@@ -749,49 +713,3 @@ class SmtpProxy:
         if reply.positive:
             return Reply(250, "2.0.0", f"Ok {msg_id}, next hop: {reply.text}"[:400])
         return reply
-
-    async def _quarantine(self, msg_id: str, received: float, envelope: Envelope,
-                          action: Action, result: ScanResult | None, trace: ScanTrace,
-                          raw: bytes) -> Reply:
-        record = build_record(
-            entry_id=msg_id, received=received, envelope=envelope, result=result,
-            action=action.kind.value, reason=action.reason,
-            policy=self.settings.policy.model_dump(mode="json"), size=len(raw),
-            subject=trace.subject, attachment_sizes=trace.sizes,
-        )
-        try:
-            await asyncio.to_thread(self.quarantine.write, msg_id, raw, record, received)
-        except OSError as exc:
-            log.error("quarantine write failed", extra={"fields": {
-                "id": msg_id, "path": str(self.quarantine.root), "error": str(exc)}})
-            self.count_error("quarantine-write")
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                return Reply(451, "4.3.1", "Insufficient system storage, try again later")
-            return Reply(451, "4.3.0", "Quarantine unavailable, try again later")
-        return Reply(250, "2.0.0", f"Ok {msg_id}")
-
-    def _log(self, outcome: MessageOutcome, envelope: Envelope, size: int) -> None:
-        result = outcome.result
-        fields: dict[str, Any] = {
-            "id": outcome.id,
-            "queue_id": envelope.queue_id,
-            "from": envelope.mail_from,
-            "to": list(envelope.rcpt_tos),
-            "client": envelope.client_addr,
-            "client_name": envelope.client_name,
-            "helo": envelope.helo,
-            "size": size,
-            "verdict": result.verdict.value if result is not None else None,
-            "action": outcome.action.kind.value,
-            "reason": outcome.action.reason,
-            "reply": str(outcome.reply),
-            "images": len(result.attachments) if result is not None else 0,
-        }
-        if result is not None:
-            hits = [f"{m.list_name}/{m.algorithm}" for a in result.attachments
-                    for m in a.matches]
-            if hits:
-                fields["matches"] = hits
-        for stage, seconds in outcome.stages.items():
-            fields[f"{stage}_ms"] = round(seconds * 1000, 1)
-        log.info("message", extra={"fields": fields})
