@@ -43,11 +43,13 @@ examined is listed in `unscannable` with one of these reason codes:
 
 from __future__ import annotations
 
-from mailfilter.extract.core import PARSE_ERROR
+from mailfilter.extract.core import PARSE_ERROR, NeedsWorker
 from mailfilter.model import Extraction, Unscannable
 from mailfilter.settings import ExtractSettings
 
-__all__ = ["extract"]
+__all__ = ["TEXT_ONLY_MAX_BYTES", "extract", "extract_text_only"]
+
+TEXT_ONLY_MAX_BYTES = 32 * 1024
 
 
 def extract(raw: bytes, limits: ExtractSettings) -> Extraction:
@@ -61,3 +63,24 @@ def extract(raw: bytes, limits: ExtractSettings) -> Extraction:
             attachments=(),
             unscannable=(Unscannable("", PARSE_ERROR, f"{type(exc).__name__}: {exc}"[:300]),),
         )
+
+
+def extract_text_only(raw: bytes, limits: ExtractSettings) -> Extraction | None:
+    """`extract` for a small message that turns out to be text only (most mail), else None.
+
+    Cheap enough to run where a worker round trip would cost more than the walk (the event
+    loop): the same walk, in a mode that gives up, returning None, at the first image,
+    container (attachments, forwarded messages, archives), payload found in text, or more
+    than a few parts; and only for messages up to TEXT_ONLY_MAX_BYTES, so its cost is
+    bounded by a walk over a few parts of a small message. None means: use `extract` in a
+    worker, as for any other message."""
+    if len(raw) > TEXT_ONLY_MAX_BYTES:
+        return None
+    from mailfilter.extract.walk import run
+
+    try:
+        return run(bytes(raw), limits, text_only=True)
+    except NeedsWorker:
+        return None
+    except Exception:
+        return None  # the worker's walk will record what went wrong

@@ -44,6 +44,15 @@ class Stop(BaseException):
     so that handlers catching their own errors never swallow it."""
 
 
+class NeedsWorker(BaseException):
+    """A walk in text-only mode met something that is not plain text (an image, a
+    container, a payload hidden in text, or many parts): the message must be examined in a
+    worker process. A BaseException for the same reason as Stop."""
+
+
+INLINE_MAX_PARTS = 16
+
+
 @dataclass(slots=True)
 class Node:
     """Something still to be examined, at `path`, inside `containers` (outermost first)."""
@@ -126,6 +135,8 @@ class Context:
         self.message_id: str | None = None
         self.subject: str | None = None
         self._seen_unscannable: set[tuple[str, str]] = set()
+        # Text-only mode (`extract_text_only`): anything but text raises NeedsWorker.
+        self.text_only = False
 
     # --- records ------------------------------------------------------------------------
 
@@ -149,6 +160,8 @@ class Context:
         content_type: str | None = None,
     ) -> None:
         """Hand a candidate image on to the decode stage; stop the walk past `max_images`."""
+        if self.text_only:
+            raise NeedsWorker
         if self.images >= self.limits.max_images:
             self.skip(node.path, MAX_IMAGES, f"more than {self.limits.max_images} images")
             raise Stop
@@ -168,6 +181,8 @@ class Context:
     def count_part(self, path: str) -> None:
         """Count one MIME entity; stop the walk past `max_parts`."""
         self.parts += 1
+        if self.text_only and self.parts > INLINE_MAX_PARTS:
+            raise NeedsWorker
         if self.parts > self.limits.max_parts:
             self.parts -= 1
             self.skip(path, MAX_PARTS, f"more than {self.limits.max_parts} MIME parts")
@@ -219,6 +234,8 @@ class Context:
     def container_allowed(self, node: Node, kind: str) -> bool:
         """Whether a container at `node` may be opened (its contents would be one level
         deeper); if not, it is recorded as unscannable with `max-depth`."""
+        if self.text_only:
+            raise NeedsWorker
         if len(node.containers) + 1 > self.limits.max_depth:
             self.skip(
                 node.path, MAX_DEPTH, f"{kind} nested more than {self.limits.max_depth} deep"

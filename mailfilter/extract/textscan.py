@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from urllib.parse import unquote_to_bytes
 
 from mailfilter.extract import decoders, sniff
-from mailfilter.extract.core import Context, Node, PayloadNode, member_path
+from mailfilter.extract.core import Context, NeedsWorker, Node, PayloadNode, member_path
 
 _UU_BEGIN = re.compile(rb"^begin(-base64)?[ \t]+[0-7]{1,4}[ \t]+([^\r\n]*?)[ \t]*\r?$", re.M)
 _UU_END = re.compile(rb"^end[ \t]*\r?$", re.M)
@@ -19,6 +19,7 @@ _DATA_URI = re.compile(
     rb"((?:;[A-Za-z0-9!#$&^_.+-]{1,127}(?:=[^;,\"'<>\s]{0,256})?){0,16}),",
     re.I,
 )
+_DATA_MARKER = re.compile(rb"data:", re.I)
 _BASE64_DATA = re.compile(rb"[A-Za-z0-9+/%\r\n]*=*(?:%3D)*", re.I)
 _PLAIN_DATA = re.compile(rb"[^\"'\s<>)]*")
 _B64_OR_SPACE = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/= \t\r\n"
@@ -49,11 +50,18 @@ def scan(ctx: Context, node: PayloadNode) -> Iterator[Node]:
     data = node.data
     kids = _Children(ctx, node)
     found = False
-    if b"begin" in data:
+    uu_marker = b"begin" in data
+    # (URI schemes are case-insensitive: "Data:image/png;base64,..." works in a browser)
+    uri_marker = _DATA_MARKER.search(data) is not None
+    if ctx.text_only and (uu_marker or uri_marker):
+        # Looking for payloads behind these markers can take milliseconds on hostile
+        # text; that work belongs in a worker, not in the event loop.
+        raise NeedsWorker
+    if uu_marker:
         for child in _uuencoded(ctx, kids):
             found = True
             yield child
-    if b"data:" in data or b"DATA:" in data:
+    if uri_marker:
         for child in _data_uris(ctx, kids):
             found = True
             yield child
@@ -102,16 +110,21 @@ def _uuencoded(ctx: Context, kids: _Children) -> Iterator[PayloadNode]:
 def _data_uris(ctx: Context, kids: _Children) -> Iterator[PayloadNode]:
     data = kids.node.data
     n = 0
-    for m in _DATA_URI.finditer(data):
+    pos = 0
+    while (m := _DATA_URI.search(data, pos)) is not None:
+        pos = m.end()
         mediatype = (m.group(1) or b"").decode("ascii", "replace").lower() or None
         is_base64 = b";base64" in m.group(2).lower()
+        if not is_base64 and not (mediatype or "").startswith("image/"):
+            continue  # text/plain,hello and the like
         body_re = _BASE64_DATA if is_base64 else _PLAIN_DATA
-        body_match = body_re.match(data, m.end())
+        body_match = body_re.match(data, pos)
         body = body_match.group(0) if body_match else b""
         if not body:
             continue
-        if not is_base64 and not (mediatype or "").startswith("image/"):
-            continue  # text/plain,hello and the like
+        # The next URI starts after this one's data: searching inside it again would make
+        # "data:image/gif,data:image/gif,..." quadratic (seconds for 64 KB).
+        pos += len(body)
         if not ctx.fits(kids.node.path, len(body)):
             return
         if b"%" in body:

@@ -93,8 +93,10 @@ def open_node(ctx: Context, node: Node) -> Iterator[Node]:
     return payload(ctx, node)
 
 
-def run(raw: bytes, limits: ExtractSettings) -> Extraction:
+def run(raw: bytes, limits: ExtractSettings, text_only: bool = False) -> Extraction:
+    """The walk. `text_only`: raise NeedsWorker at the first thing that is not text."""
     ctx = Context(limits)
+    ctx.text_only = text_only
     root = EntityNode("", (), raw, 0, len(raw), root=True)
     stack: list[tuple[Iterator[Node], str]] = [(open_node(ctx, root), "")]
     try:
