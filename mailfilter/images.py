@@ -27,16 +27,25 @@
   the frames decoded completely before a later frame that is broken or over the pixel limit are
   kept (viewers show them too), and that frame is not decoded.
 
-Reason codes: not-an-image, unsupported-format, too-large, too-many-pixels, truncated, corrupt,
-unsupported-mode, deadline.
+- Memory: a decoder that runs out of memory (the worker's address-space limit,
+  `workers.memory_limit`) is `memory-limit`. libjpeg keeps every DCT coefficient of a
+  progressive JPEG in memory whatever the scale it decodes at, and reports running out as a
+  broken stream; so that need is worked out from the header and compared with what the limit
+  leaves before decoding (a 100 MP progressive JPEG needs about 300 MB).
+
+Reason codes: not-an-image, unsupported-format, too-large, too-many-pixels, memory-limit,
+truncated, corrupt, unsupported-mode, deadline.
 """
 
 from __future__ import annotations
 
 import io
+import math
+import resource
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -273,6 +282,41 @@ def _check_pixels(size: tuple[int, int], limits: ImageSettings, what: str = "ima
         )
 
 
+def _address_space_left() -> int | None:
+    """Bytes this process may still map under its RLIMIT_AS (the worker memory limit); None
+    when there is no limit (or it cannot be told)."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmSize:"):
+                return soft - int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _check_jpeg_memory(im: Image.Image) -> None:
+    """SkipImage("memory-limit") when a progressive JPEG's coefficient buffers cannot fit in
+    what the memory limit leaves: 64 coefficients of 2 bytes per 8x8 block of each component,
+    held for the whole image (libjpeg's multi-scan mode, draft scaling or not)."""
+    if not im.info.get("progressive"):
+        return
+    width, height = im.size
+    # JpegImageFile.layer: (component id, horizontal sampling, vertical sampling, table)
+    layers = getattr(im, "layer", None) or [("", 1, 1, 0)] * len(im.getbands())
+    h_max = max(max(int(x[1]), 1) for x in layers)
+    v_max = max(max(int(x[2]), 1) for x in layers)
+    need = sum(math.ceil(width * max(int(x[1]), 1) / (8 * h_max))
+               * math.ceil(height * max(int(x[2]), 1) / (8 * v_max)) * 128 for x in layers)
+    left = _address_space_left()
+    if left is not None and need > left:
+        raise SkipImage("memory-limit", f"progressive JPEG {width}x{height} needs about "
+                        f"{need >> 20} MiB to decode, {max(left, 0) >> 20} MiB left under "
+                        "the memory limit")
+
+
 def _check_deadline(start: float, limits: ImageSettings, frame: int) -> None:
     elapsed = time.monotonic() - start
     if elapsed > limits.deadline:
@@ -308,6 +352,8 @@ def _decode(
     with Image.open(io.BytesIO(data), formats=[plugin]) as im:
         _check_pixels(im.size, limits)
         width, height = im.size
+        if fmt == "JPEG":
+            _check_jpeg_memory(im)
 
         _load_first_frame(im, target)
         orientation = _orientation(im)
@@ -382,13 +428,15 @@ def decode(data: bytes, limits: ImageSettings) -> DecodedImage:
     except Image.DecompressionBombError as exc:
         raise SkipImage("too-many-pixels", str(exc)) from None
     except MemoryError:
-        raise SkipImage("too-many-pixels", "out of memory while decoding") from None
+        raise SkipImage("memory-limit", "out of memory while decoding") from None
     except RecursionError:
         raise SkipImage("corrupt", "nesting too deep") from None
     except EOFError as exc:
         raise SkipImage("truncated", str(exc) or "unexpected end of data") from None
     except Exception as exc:  # anything Pillow or a codec raises on malformed data
         text = f"{type(exc).__name__}: {exc}"
+        if "out of memory" in str(exc).lower():  # a codec's own allocation failed
+            raise SkipImage("memory-limit", text) from None
         if any(hint in str(exc).lower() for hint in _TRUNCATION_HINTS):
             raise SkipImage("truncated", text) from None
         raise SkipImage("corrupt", text) from None

@@ -14,6 +14,7 @@ for the duration of the file, and never calls external programs.
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,6 +30,12 @@ _PYPDF_STREAM_CAP = 75_000_000
 _BILEVEL_FILTERS = frozenset({"/CCITTFaxDecode", "/CCF", "/JBIG2Decode"})
 _JPEG_FILTERS = frozenset({"/DCTDecode", "/DCT"})
 _JPX_FILTERS = frozenset({"/JPXDecode"})
+
+
+# pypdf logs what it finds wrong with a file, quoting the file's bytes ("invalid pdf
+# header: b'%PDF...'"), and in a worker process that goes straight to the server's log.
+# What matters is recorded by the walk (defects, unscannable); logs never carry content.
+logging.getLogger("pypdf").setLevel(logging.CRITICAL + 1)
 
 
 class _Unsupported(Exception):

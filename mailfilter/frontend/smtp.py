@@ -76,6 +76,7 @@ SHUTTING_DOWN: Final = Reply(421, "4.3.2", "Service shutting down, try again lat
 TOO_BIG: Final = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
 IDLE_TIMEOUT: Final = Reply(421, "4.4.2", "Timeout waiting for a command, closing connection")
 
+_CONTROL: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _HOOK_NAMES: dict[type, tuple[str, ...]] = {}  # session class -> its smtp_ and auth_ names
 _PATH: Final = re.compile(r"^\s*(?:<([^<>]*)>|([^<>\s]+))(?:\s+(.*))?$", re.S)
 _PARAM: Final = re.compile(
@@ -89,8 +90,9 @@ def _format(reply: Reply) -> str:
 
 def parse_path(arg: str, keyword: str) -> tuple[str, list[str]] | None:
     """`FROM:<a@b> SIZE=1 BODY=8BITMIME` -> ('a@b', ['SIZE=1', 'BODY=8BITMIME']); the
-    address and parameters exactly as given. None: bad syntax."""
-    if arg[: len(keyword)].upper() != keyword:
+    address and parameters exactly as given. None: bad syntax, and any control character
+    (a CR or NUL in an address would reach the next hop as a line end or be cut there)."""
+    if arg[: len(keyword)].upper() != keyword or _CONTROL.search(arg):
         return None
     m = _PATH.match(arg[len(keyword):])
     if not m:

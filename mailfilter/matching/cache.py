@@ -38,7 +38,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from mailfilter.matching.store_redis import KeyLayout, redact_url
+from mailfilter.matching.store_redis import KeyLayout, redact_url, redis_client
 from mailfilter.model import ExactHashes, FrameFingerprint, ImageFingerprint, Match
 from mailfilter.settings import Settings, StoreSettings
 
@@ -228,8 +228,8 @@ class RedisVerdictCache:
         self.keys = KeyLayout(settings.key_prefix)
         self.location = redact_url(settings.redis_url)
         self.backoff = backoff
-        self.client: redis.Redis = client or redis.Redis.from_url(
-            settings.redis_url,
+        self.client: redis.Redis = client or redis_client(
+            settings,
             socket_timeout=REDIS_TIMEOUT,
             socket_connect_timeout=REDIS_TIMEOUT,
             retry=Retry(NoBackoff(), 0),

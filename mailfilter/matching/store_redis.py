@@ -61,7 +61,7 @@ from mailfilter.matching.store import (
 )
 from mailfilter.settings import StoreSettings
 
-__all__ = ["KeyLayout", "RedisHashStore", "redact_url"]
+__all__ = ["KeyLayout", "RedisHashStore", "redact_url", "redis_client"]
 
 GRACE_SECONDS: Final = 120.0
 """How long a replaced list's keys live on for readers that started before the switch."""
@@ -100,18 +100,36 @@ return {version, current}
 
 
 def redact_url(url: str) -> str:
-    """The URL with its password replaced, for logs and `stats`."""
+    """The URL with its password replaced (in the user part, or a `password=` query
+    argument, which redis-py also takes), for logs and `stats`."""
     try:
         parts = urlsplit(url)
+        port = parts.port
     except ValueError:
         return "redis://?"
+    query = re.sub(r"(?i)((?:^|&)password=)[^&]*", r"\1***", parts.query)
     if parts.password is None:
-        return url
+        return url if query == parts.query else url.replace(parts.query, query, 1)
     user = parts.username or ""
     host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, ""))
+    if ":" in host:
+        host = f"[{host}]"
+    if port is not None:
+        host = f"{host}:{port}"
+    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, query, ""))
+
+
+def redis_client(settings: StoreSettings, **options: Any) -> redis.Redis:
+    """A client for `settings.redis_url` (an ACL user and password go in the URL). For
+    rediss:// the server's certificate is verified, host name included, against
+    `redis_ca_file` (a private CA) or else the system's trusted CAs: said here, not left to
+    the defaults of whichever redis-py is installed. `options`: timeouts, retries."""
+    if settings.redis_url.startswith("rediss://"):
+        options.setdefault("ssl_cert_reqs", "required")
+        options.setdefault("ssl_check_hostname", True)
+        if settings.redis_ca_file:
+            options["ssl_ca_certs"] = settings.redis_ca_file
+    return redis.Redis.from_url(settings.redis_url, **options)
 
 
 class KeyLayout:
@@ -193,8 +211,8 @@ class RedisHashStore(BaseHashStore):
         self.keys = KeyLayout(settings.key_prefix)
         self.grace_ms = max(1, int(grace * 1000))
         self.building_ttl_ms = max(1000, int(building_ttl * 1000))
-        self.client: redis.Redis = client or redis.Redis.from_url(
-            settings.redis_url,
+        self.client: redis.Redis = client or redis_client(
+            settings,
             socket_connect_timeout=5.0,
             socket_timeout=60.0,
             health_check_interval=30,
