@@ -14,10 +14,12 @@ import asyncio
 import errno
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from mailfilter.actions.quarantine import QuarantineEntry, QuarantineStore, build_record
+from mailfilter.actions.report import report_steps
 from mailfilter.errors import TemporaryFailure
 from mailfilter.model import Envelope, ScanResult
 from mailfilter.policy import Action, Reply, decide, decide_error
@@ -75,6 +77,9 @@ class MessageHandler:
         self.quarantine = quarantine
         self.metrics = metrics
         self.front_end = front_end
+        # Called after each durable quarantine write; the service sets it to wake the
+        # report sender (which also looks at the outbox every few seconds without it).
+        self.on_quarantined: Callable[[QuarantineEntry], None] | None = None
 
     def reconfigure(self, settings: Settings, scanner: Scanner) -> None:
         self.settings = settings
@@ -126,19 +131,22 @@ class MessageHandler:
             policy=self.settings.policy.model_dump(mode="json"), size=size,
             subject=decision.trace.subject, attachment_sizes=decision.trace.sizes,
             extra={"front_end": self.front_end, **(extra or {})},
+            host=self.quarantine.instance,
         )
 
     async def quarantine_message(self, decision: Decision, envelope: Envelope, raw: bytes,
                                  extra: dict[str, Any] | None = None
                                  ) -> tuple[Reply, QuarantineEntry | None]:
-        """Hold the message durably. The reply is 250 only once it is on disk; a failure
-        to write is 451 (the sender keeps the message)."""
+        """Hold the message durably, with its report job in the outbox (report.py). The
+        reply is 250 only once both are on disk; a failure to write is 451 (the sender
+        keeps the message). Reports are sent later by the service's report sender and
+        never delay this reply."""
         started = time.perf_counter()
         record = self.record(decision, envelope, len(raw), extra)
         store = self.quarantine
         try:
             entry = await asyncio.to_thread(store.write, decision.id, raw, record,
-                                            decision.received)
+                                            decision.received, report_steps(self.settings))
         except OSError as exc:
             log.error("quarantine write failed", extra={"fields": {
                 "id": decision.id, "path": str(store.root), "error": str(exc)}})
@@ -148,6 +156,8 @@ class MessageHandler:
             return reply, None
         finally:
             decision.stages["quarantine"] = time.perf_counter() - started
+        if self.on_quarantined is not None:
+            self.on_quarantined(entry)
         return Reply(250, "2.0.0", f"Ok {decision.id}"), entry
 
     def finish(self, outcome: MessageOutcome, envelope: Envelope, size: int) -> None:

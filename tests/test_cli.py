@@ -39,8 +39,15 @@ def test_check_config_refuses_bad_file_with_one_line(tmp_path: Path) -> None:
     assert lines == [expected]
 
 
-def test_quarantine_commands_say_they_are_not_built() -> None:
-    out = run("quarantine", "list")
-    assert out.returncode == 2
-    assert "not built yet" in out.stderr
+def test_quarantine_commands_on_an_empty_quarantine(tmp_path: Path) -> None:
+    config = tmp_path / "mf.toml"
+    config.write_text(f'[quarantine]\npath = "{tmp_path / "q"}"\n')
+    out = run("quarantine", "list", "--config", str(config))
+    assert (out.returncode, out.stdout) == (0, "no quarantined messages\n"), out.stderr
+    assert not (tmp_path / "q").exists()  # looking creates nothing
+    out = run("quarantine", "show", "--config", str(config), "7Q2KXGZ4M9B3RT5VW")
+    assert out.returncode == 1
+    assert out.stderr.startswith("mailfilter: no quarantine entry 7Q2KXGZ4M9B3RT5VW")
+    out = run("quarantine", "show", "--config", str(config), "../../etc/passwd")
+    assert out.returncode == 2 and "not a quarantine id" in out.stderr
     assert "Traceback" not in out.stderr

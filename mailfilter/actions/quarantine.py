@@ -1,17 +1,36 @@
 """Quarantine, the durable part: a held message's original bytes and a JSON record of what
 is known about it, written so that once `QuarantineStore.write` returns both survive a
-crash or a power cut. The SMTP front end answers 250 only after that.
+crash or a power cut. The front ends answer 250 only after that.
 
 Layout under `quarantine.path` (directories 0700, files 0600):
 
     <path>/<YYYY-MM-DD>/<id>.eml    the message exactly as received
     <path>/<YYYY-MM-DD>/<id>.json   the record (see `build_record`)
+    <path>/outbox/<id>.<n>.job      work still to do for an entry: report mail, report
+                                    directory, webhook, quarantine index (report.py)
+    <path>/audit.jsonl              operator actions, one JSON object per line
+    <path>/.lock                    taken (flock) while a record is rewritten
 
-Each file is written to a temporary name in the same directory, fsynced, renamed into place,
-and the directory fsynced. The `.eml` is written first and the `.json` last, so a record
-always has its message; a crash between the two leaves an `.eml` without a record (readers
-list entries by their `.json` and may clean such leftovers). Ids are unique (time + random),
-so a retried delivery of the same message makes a second entry, never overwrites one.
+Every file is written to a temporary name in its directory, fsynced, renamed into place,
+and the directory fsynced. An entry is written in this order: its outbox job (when there
+is anything to report), the `.eml`, the `.json`. So whatever point a crash hits:
+
+- before the `.json` is renamed into place there is no entry (readers list entries by
+  their `.json`); the sender was never told 250 and sends the message again. What may be
+  left: an outbox job whose record never appeared (the report sender drops it) and an
+  `.eml` without a record (`purge` removes it once it is an hour old);
+- after it, the entry is complete and its report job is already on disk, so the report
+  is sent even if the 250 never reached the sender. The sender then retries and the
+  message is quarantined (and reported) twice: duplicates are possible, loss is not.
+
+Ids are unique (time + random), so a retried delivery makes a second entry, never
+overwrites one. Records are only ever rewritten whole (status changes, legal hold), under
+`.lock`, by the same temp-fsync-rename steps, so a reader sees the old or the new record.
+
+Test hook: with the environment variable `MAILFILTER_TEST_CRASH_AFTER` set to
+`quarantine-message` (the `.eml` is on disk, the record is not) or `quarantine-write`
+(everything is on disk, the reply is not sent) the process kills itself with SIGKILL at
+that point. Only the crash-consistency tests set it.
 """
 
 from __future__ import annotations
@@ -19,34 +38,88 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import errno
+import fcntl
 import json
+import logging
 import os
+import re
 import secrets
+import signal
+import socket
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from mailfilter.model import Envelope, ScanResult
 from mailfilter.settings import QuarantineSettings
 
-__all__ = ["QuarantineEntry", "QuarantineStore", "build_record", "new_id"]
+__all__ = [
+    "CRASH_HOOK_ENV",
+    "STATUSES",
+    "OutboxJob",
+    "QuarantineEntry",
+    "QuarantineStore",
+    "StoredEntry",
+    "build_record",
+    "entry_summary",
+    "history_event",
+    "id_time",
+    "is_entry_id",
+    "iso_time",
+    "new_id",
+    "normalised",
+]
+
+log = logging.getLogger("mailfilter.quarantine")
 
 RECORD_FORMAT: Final = 1
+JOB_FORMAT: Final = 1
+CRASH_HOOK_ENV: Final = "MAILFILTER_TEST_CRASH_AFTER"
+STATUSES: Final = ("quarantined", "reported", "released", "deleted")
+OUTBOX_DIR: Final = "outbox"
+AUDIT_LOG: Final = "audit.jsonl"
+LOCK_FILE: Final = ".lock"
+SERVICE_ACTOR: Final = "mailfilter"
 _ALPHABET: Final = "0123456789BCDFGHJKLMNPQRSTVWXYZ"  # no vowels: ids never spell words
+_ID_RE: Final = re.compile(rf"^[{_ALPHABET}]{{8,32}}$")
+_DAY_RE: Final = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_RANDOM_BITS: Final = 40
+
+T = TypeVar("T")
 
 
 def new_id(now: float | None = None) -> str:
     """A queue-id-like id: milliseconds since the epoch then 40 random bits, in base 31;
     sorts by time (for ids of the same length), unique across processes and machines."""
     ms = int((time.time() if now is None else now) * 1000)
-    value = (ms << 40) | secrets.randbits(40)
+    value = (ms << _RANDOM_BITS) | secrets.randbits(_RANDOM_BITS)
     out = []
     while value:
         value, digit = divmod(value, len(_ALPHABET))
         out.append(_ALPHABET[digit])
     return "".join(reversed(out))
+
+
+def is_entry_id(text: str) -> bool:
+    """Whether `text` can be an id (checked before it goes anywhere near a path)."""
+    return bool(_ID_RE.match(text))
+
+
+def id_time(entry_id: str) -> float:
+    """The time an id was made (its first 41-odd bits); ValueError if it is not an id."""
+    if not is_entry_id(entry_id):
+        raise ValueError(f"not a quarantine id: {entry_id!r}")
+    value = 0
+    for char in entry_id:
+        value = value * len(_ALPHABET) + _ALPHABET.index(char)
+    return (value >> _RANDOM_BITS) / 1000
+
+
+def iso_time(ts: float) -> str:
+    """UTC, seconds, with a Z: how times appear in records, reports and the audit log."""
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +138,11 @@ def _json_envelope(envelope: Envelope) -> dict[str, Any]:
     }
 
 
+def history_event(event: str, when: float, by: str, **detail: Any) -> dict[str, Any]:
+    """One line of a record's history: what happened, when (UTC), who did it."""
+    return {"event": event, "time": iso_time(when), "by": by, **detail}
+
+
 def build_record(
     *,
     entry_id: str,
@@ -78,6 +156,7 @@ def build_record(
     subject: str | None = None,
     attachment_sizes: Mapping[str, int] | None = None,
     extra: Mapping[str, Any] | None = None,
+    host: str | None = None,
 ) -> dict[str, Any]:
     """The JSON record of a quarantined message. Never holds message or image content:
     names, sizes, types, hashes and matches only."""
@@ -102,6 +181,7 @@ def build_record(
                 "sha256": fp.exact.sha256,
                 "pdq": primary.pdq if primary else None,
                 "pdq_quality": primary.pdq_quality if primary else None,
+                "gridhist": primary.gridhist if primary else None,
                 "skipped": fp.skipped,
             })
             for m in a.matches:
@@ -114,6 +194,7 @@ def build_record(
         "id": entry_id,
         "received": dt.datetime.fromtimestamp(received, dt.UTC).isoformat(),
         "received_ts": received,
+        "host": host,
         "client": {
             "addr": envelope.client_addr, "name": envelope.client_name, "helo": envelope.helo,
         },
@@ -133,10 +214,102 @@ def build_record(
         "reason": reason,
         "policy": dict(policy),
         "legal_hold": False,
+        "status": "quarantined",
+        "history": [history_event("quarantined", received, SERVICE_ACTOR)],
     }
     if extra:
         record.update(extra)
     return record
+
+
+def normalised(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A record with the fields later versions added filled in (records written before
+    status, history and host existed are read as freshly quarantined)."""
+    out = dict(record)
+    out.setdefault("legal_hold", False)
+    out.setdefault("host", None)
+    out.setdefault("status", "quarantined")
+    if not isinstance(out.get("history"), list):
+        out["history"] = [{"event": "quarantined", "time": out.get("received"),
+                           "by": SERVICE_ACTOR}]
+    return out
+
+
+def entry_summary(record: Mapping[str, Any], *, report_pending: bool = False,
+                  has_message: bool = True) -> dict[str, Any]:
+    """What `quarantine list` shows of an entry, and what the shared index holds."""
+    envelope = record.get("envelope") or {}
+    matches = record.get("matches") or []
+    return {
+        "id": record.get("id"),
+        "host": record.get("host"),
+        "received": record.get("received"),
+        "received_ts": record.get("received_ts"),
+        "status": record.get("status", "quarantined"),
+        "legal_hold": bool(record.get("legal_hold")),
+        "from": envelope.get("mail_from"),
+        "to": list(envelope.get("rcpt_tos") or []),
+        "subject": record.get("subject"),
+        "size": record.get("size"),
+        "verdict": record.get("verdict"),
+        "reason": record.get("reason"),
+        "lists": sorted({str(m.get("list")) for m in matches}),
+        "matches": len(matches),
+        "report_pending": report_pending,
+        "message_held": has_message,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEntry:
+    """An entry as read back: its record (normalised) and where its files are."""
+
+    id: str
+    record: dict[str, Any]
+    record_path: Path
+    message_path: Path
+
+    @property
+    def has_message(self) -> bool:
+        return self.message_path.exists()
+
+
+@dataclass
+class OutboxJob:
+    """Work still to do for one entry, in `steps` order (see report.py); `done` grows as
+    steps succeed, so a retry never repeats a step that worked."""
+
+    job_id: str
+    entry_id: str
+    record: str  # the record's path relative to the quarantine root
+    steps: list[str]
+    created: float
+    done: list[str] = field(default_factory=list)
+    attempts: int = 0
+    next_attempt: float = 0.0
+    last_error: str | None = None
+    mail_pending: list[str] | None = None  # report recipients not yet accepted
+    format: int = JOB_FORMAT
+
+    @property
+    def remaining(self) -> list[str]:
+        return [s for s in self.steps if s not in self.done]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> OutboxJob:
+        return cls(
+            job_id=str(data["job_id"]), entry_id=str(data["entry_id"]),
+            record=str(data["record"]), steps=[str(s) for s in data["steps"]],
+            created=float(data["created"]), done=[str(s) for s in data.get("done", [])],
+            attempts=int(data.get("attempts", 0)),
+            next_attempt=float(data.get("next_attempt", 0.0)),
+            last_error=data.get("last_error"),
+            mail_pending=(None if data.get("mail_pending") is None
+                          else [str(r) for r in data["mail_pending"]]),
+        )
 
 
 def _fsync_dir(path: Path) -> None:
@@ -170,11 +343,33 @@ def _write_durably(directory: Path, name: str, chunks: Sequence[bytes]) -> Path:
     return final
 
 
+def write_file_durably(path: Path, data: bytes) -> None:
+    """`data` into `path` (0600) so that it is complete or absent after a crash."""
+    _write_durably(path.parent, path.name, [data])
+    _fsync_dir(path.parent)
+
+
+def _encode(record: Mapping[str, Any]) -> bytes:
+    return json.dumps(record, ensure_ascii=False, indent=1, default=str).encode() + b"\n"
+
+
 class QuarantineStore:
-    """Writes entries under `settings.path`. Blocking (fsync): call it from a thread."""
+    """Entries under `settings.path`. Blocking (fsync): call it from a thread in the
+    service; the CLI calls it directly."""
 
     def __init__(self, settings: QuarantineSettings) -> None:
         self.root = Path(settings.path)
+        self.retention_days = settings.retention_days
+        self.instance = settings.instance_name or socket.gethostname()
+        self._crash_after = os.environ.get(CRASH_HOOK_ENV, "")
+
+    @property
+    def outbox_dir(self) -> Path:
+        return self.root / OUTBOX_DIR
+
+    @property
+    def audit_path(self) -> Path:
+        return self.root / AUDIT_LOG
 
     def _ensure_dir(self, path: Path) -> None:
         created = []
@@ -189,26 +384,46 @@ class QuarantineStore:
             # New directory entries in the parents must be durable too.
             _fsync_dir(p.parent)
 
+    def _crash_point(self, name: str) -> None:
+        if self._crash_after == name:  # see the module's docstring: tests only
+            os.kill(os.getpid(), signal.SIGKILL)
+
     def day_dir(self, received: float) -> Path:
         day = dt.datetime.fromtimestamp(received, dt.UTC).strftime("%Y-%m-%d")
         return self.root / day
 
+    # --- writing a new entry --------------------------------------------------------------
+
     def write(self, entry_id: str, raw: bytes, record: Mapping[str, Any],
-              received: float | None = None) -> QuarantineEntry:
-        """Durably store the message and its record; OSError (disk full, permissions) when
-        that cannot be done, with nothing left behind that looks like an entry."""
+              received: float | None = None, report_steps: Sequence[str] = ()
+              ) -> QuarantineEntry:
+        """Durably store the message and its record, and (with `report_steps`) the outbox
+        job that reports it; OSError (disk full, permissions) when that cannot be done,
+        with nothing left behind that looks like an entry."""
         received = time.time() if received is None else received
         directory = self.day_dir(received)
         self._ensure_dir(directory)
-        message_path = _write_durably(directory, f"{entry_id}.eml", [raw])
+        job = None
+        if report_steps:
+            job = self.new_job(entry_id, f"{directory.name}/{entry_id}.json", report_steps,
+                               time.time())
+            self.save_job(job)
         try:
-            body = json.dumps(record, ensure_ascii=False, indent=1, default=str).encode()
-            record_path = _write_durably(directory, f"{entry_id}.json", [body, b"\n"])
-            _fsync_dir(directory)
+            message_path = _write_durably(directory, f"{entry_id}.eml", [raw])
+            self._crash_point("quarantine-message")
+            try:
+                record_path = _write_durably(directory, f"{entry_id}.json", [_encode(record)])
+                _fsync_dir(directory)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    message_path.unlink()
+                raise
         except BaseException:
-            with contextlib.suppress(OSError):
-                message_path.unlink()
+            if job is not None:
+                with contextlib.suppress(OSError):
+                    self.drop_job(job)
             raise
+        self._crash_point("quarantine-write")
         return QuarantineEntry(entry_id, message_path, record_path)
 
     def check_writable(self) -> None:
@@ -217,3 +432,185 @@ class QuarantineStore:
         self._ensure_dir(self.root)
         if not os.access(self.root, os.W_OK | os.X_OK):
             raise OSError(errno.EACCES, "quarantine directory is not writable", str(self.root))
+
+    # --- reading -----------------------------------------------------------------------------
+
+    def _read(self, record_path: Path) -> StoredEntry:
+        record = normalised(json.loads(record_path.read_bytes()))
+        record["host"] = record["host"] or self.instance  # (records from before hosts)
+        entry_id = record_path.stem
+        return StoredEntry(entry_id, record, record_path, record_path.with_suffix(".eml"))
+
+    def find(self, entry_id: str) -> StoredEntry | None:
+        """The entry with this id on this instance, or None. Its directory comes from the
+        time in the id; other days are searched only if it is not there."""
+        if not is_entry_id(entry_id):
+            return None
+        name = f"{entry_id}.json"
+        guess = self.day_dir(id_time(entry_id)) / name
+        candidates = [guess] if guess.exists() else sorted(self.root.glob(f"*/{name}"))
+        for path in candidates:
+            if _DAY_RE.match(path.parent.name):
+                return self._read(path)
+        return None
+
+    def day_dirs(self) -> list[Path]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p for p in self.root.iterdir() if _DAY_RE.match(p.name) and p.is_dir())
+
+    def entries(self) -> Iterator[StoredEntry]:
+        """Every entry, oldest day first. A record that cannot be read is logged and
+        skipped (the `.eml` stays where it is)."""
+        for day in self.day_dirs():
+            for path in sorted(day.glob("*.json")):
+                if path.name.startswith("."):
+                    continue
+                try:
+                    yield self._read(path)
+                except (OSError, ValueError) as exc:
+                    log.warning("unreadable quarantine record", extra={"fields": {
+                        "path": str(path), "error": str(exc)}})
+
+    # --- changing an entry -------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # (closing releases the lock)
+
+    def update(self, entry_id: str, change: Callable[[dict[str, Any]], T]
+               ) -> tuple[StoredEntry, T]:
+        """Read the record, let `change` modify it, write it back durably, all under the
+        store's lock (the report sender and operators may change one record at once).
+        KeyError when there is no such entry."""
+        with self._locked():
+            entry = self.find(entry_id)
+            if entry is None:
+                raise KeyError(entry_id)
+            record = dict(entry.record)
+            outcome = change(record)
+            write_file_durably(entry.record_path, _encode(record))
+        return StoredEntry(entry.id, record, entry.record_path, entry.message_path), outcome
+
+    def delete_message(self, entry: StoredEntry) -> bool:
+        """Remove the message bytes (the record stays until purged); False if they were
+        already gone."""
+        try:
+            entry.message_path.unlink()
+        except FileNotFoundError:
+            return False
+        _fsync_dir(entry.message_path.parent)
+        return True
+
+    def remove(self, entry: StoredEntry) -> None:
+        """Remove an entry altogether (purge): message first, record last, so a crash in
+        between leaves a record without its message, never the reverse."""
+        with contextlib.suppress(FileNotFoundError):
+            entry.message_path.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            entry.record_path.unlink()
+        directory = entry.record_path.parent
+        _fsync_dir(directory)
+        with contextlib.suppress(OSError):
+            directory.rmdir()  # only when empty
+            _fsync_dir(self.root)
+
+    def leftovers(self, older_than: float) -> list[Path]:
+        """Files of writes that never finished (a crash or a failed write), last changed
+        before `older_than`: `.eml` files without a record and temporary files."""
+        found: list[Path] = []
+        for day in self.day_dirs():
+            for path in day.iterdir():
+                if path.stat().st_mtime >= older_than:
+                    continue
+                temporary = path.name.startswith(".") and path.name.endswith(".tmp")
+                unrecorded = path.suffix == ".eml" and not path.with_suffix(".json").exists()
+                if temporary or unrecorded:
+                    found.append(path)
+        if self.outbox_dir.is_dir():
+            found += [p for p in self.outbox_dir.glob(".*.tmp")
+                      if p.stat().st_mtime < older_than]
+        return sorted(found)
+
+    # --- the outbox ------------------------------------------------------------------------
+
+    def new_job(self, entry_id: str, record: str, steps: Sequence[str], now: float
+                ) -> OutboxJob:
+        return OutboxJob(job_id=f"{entry_id}.{secrets.token_hex(3)}", entry_id=entry_id,
+                         record=record, steps=list(steps), created=now)
+
+    def save_job(self, job: OutboxJob) -> None:
+        """Write (or rewrite) a job durably."""
+        self._ensure_dir(self.outbox_dir)
+        body = json.dumps(job.to_json(), ensure_ascii=False).encode() + b"\n"
+        _write_durably(self.outbox_dir, f"{job.job_id}.job", [body])
+        _fsync_dir(self.outbox_dir)
+
+    def drop_job(self, job: OutboxJob) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.outbox_dir / f"{job.job_id}.job").unlink()
+            _fsync_dir(self.outbox_dir)
+
+    def jobs(self) -> list[OutboxJob]:
+        """The outbox, oldest entry first. A job file that cannot be read is logged and
+        left alone (an operator may inspect it)."""
+        if not self.outbox_dir.is_dir():
+            return []
+        out = []
+        for path in sorted(self.outbox_dir.glob("*.job")):
+            try:
+                out.append(OutboxJob.from_json(json.loads(path.read_bytes())))
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.warning("unreadable outbox job", extra={"fields": {
+                    "path": str(path), "error": str(exc)}})
+        return out
+
+    def pending_entry_ids(self) -> set[str]:
+        if not self.outbox_dir.is_dir():
+            return set()
+        return {p.name.split(".", 1)[0] for p in self.outbox_dir.glob("*.job")}
+
+    def add_job(self, entry: StoredEntry, steps: Sequence[str]) -> OutboxJob:
+        """Queue more work for an existing entry (e.g. an index update that failed)."""
+        rel = f"{entry.record_path.parent.name}/{entry.record_path.name}"
+        job = self.new_job(entry.id, rel, steps, time.time())
+        self.save_job(job)
+        return job
+
+    def record_path_of(self, job: OutboxJob) -> Path:
+        path = (self.root / job.record).resolve()
+        if self.root.resolve() not in path.parents:
+            raise ValueError(f"outbox job {job.job_id} points outside the quarantine")
+        return path
+
+    # --- the audit log -----------------------------------------------------------------------
+
+    def audit(self, actor: str, action: str, entry_id: str | None, result: str,
+              **details: Any) -> None:
+        """Append one operator action to the audit log and fsync it before returning."""
+        self._ensure_dir(self.root)
+        created = not self.audit_path.exists()
+        line = json.dumps({"time": iso_time(time.time()), "actor": actor, "action": action,
+                           "id": entry_id, "result": result, "host": self.instance,
+                           **details}, ensure_ascii=False, default=str) + "\n"
+        fd = os.open(self.audit_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                     0o600)
+        try:
+            # One write of a whole line with O_APPEND: lines of concurrent writers never
+            # interleave.
+            os.write(fd, line.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if created:
+            _fsync_dir(self.root)
+
+    def audit_lines(self) -> list[dict[str, Any]]:
+        if not self.audit_path.exists():
+            return []
+        return [json.loads(x) for x in self.audit_path.read_text().splitlines() if x.strip()]

@@ -1,0 +1,100 @@
+"""The shared quarantine index in Redis: a summary of every instance's entries, so that
+`mailfilter quarantine list` on any instance shows them all and commands given on the
+wrong instance can say where an entry lives.
+
+One Redis hash, ``T:quarantine`` (``T`` the deployment's hash tag, as for the hash lists:
+``{key_prefix}``, or `key_prefix` itself when it already holds a ``{…}`` tag, so every key
+of a deployment sits in one Redis Cluster slot): field = entry id, value = the JSON summary
+of `quarantine.entry_summary` (id, host, received, status, legal hold, envelope, subject,
+lists, ...). No message content, ever.
+
+The index is a convenience, never the truth: the files on disk are. It is written by the
+report sender through the durable outbox (so a Redis outage delays it, never loses it and
+never fails a quarantine write) and by operator commands; `mailfilter quarantine reindex`
+rebuilds an instance's part from its directory. Without `store.redis_url` there is no
+index: each instance's directory is its own.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
+
+import redis
+
+from mailfilter.matching.store_redis import redis_client
+from mailfilter.settings import StoreSettings
+
+__all__ = ["QuarantineIndex", "hash_tag", "open_index"]
+
+_SCAN_COUNT: Final = 1000
+
+
+def hash_tag(key_prefix: str) -> str:
+    """The key prefix as a Redis Cluster hash tag (the same rule as the hash store's)."""
+    return key_prefix if re.search(r"\{[^{}]+\}", key_prefix) else "{" + key_prefix + "}"
+
+
+class QuarantineIndex:
+    """Blocking; redis.RedisError on failure (callers decide: the service retries through
+    the outbox, commands warn and fall back to the local directory)."""
+
+    def __init__(self, client: redis.Redis, key_prefix: str) -> None:
+        self.client = client
+        self.key = f"{hash_tag(key_prefix)}:quarantine"
+
+    def put(self, summary: Mapping[str, Any]) -> None:
+        self.client.hset(self.key, str(summary["id"]), json.dumps(summary, ensure_ascii=False))
+
+    def remove(self, entry_ids: Iterable[str]) -> int:
+        ids = list(entry_ids)
+        return int(self.client.hdel(self.key, *ids)) if ids else 0
+
+    def get(self, entry_id: str) -> dict[str, Any] | None:
+        raw = self.client.hget(self.key, entry_id)
+        return None if raw is None else _decode(raw)
+
+    def all(self) -> list[dict[str, Any]]:
+        """Every summary, ordered by id (ids sort by time)."""
+        out = []
+        for _field, raw in self.client.hscan_iter(self.key, count=_SCAN_COUNT):
+            summary = _decode(raw)
+            if summary is not None:
+                out.append(summary)
+        return sorted(out, key=lambda s: (len(str(s.get("id"))), str(s.get("id"))))
+
+    def replace_host(self, host: str, summaries: Iterable[Mapping[str, Any]]
+                     ) -> tuple[int, int]:
+        """Make the index's entries of `host` exactly `summaries`: (written, removed)."""
+        fresh = {str(s["id"]): s for s in summaries}
+        stale = [str(s["id"]) for s in self.all()
+                 if s.get("host") == host and str(s.get("id")) not in fresh]
+        pipe = self.client.pipeline(transaction=False)
+        for entry_id, summary in fresh.items():
+            pipe.hset(self.key, entry_id, json.dumps(summary, ensure_ascii=False))
+        if stale:
+            pipe.hdel(self.key, *stale)
+        pipe.execute()
+        return len(fresh), len(stale)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _decode(raw: bytes | str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def open_index(settings: StoreSettings) -> QuarantineIndex | None:
+    """The index, or None without `store.redis_url`. Short timeouts: a command should not
+    hang on a dead Redis, and the service calls it from the outbox, never on the mail path."""
+    if not settings.redis_url:
+        return None
+    client = redis_client(settings, socket_connect_timeout=3.0, socket_timeout=5.0)
+    return QuarantineIndex(client, settings.key_prefix)

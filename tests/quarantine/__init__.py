@@ -1,0 +1,2 @@
+"""Quarantine, reports and the quarantine CLI (a package, so its conftest does not shadow
+tests/conftest.py)."""

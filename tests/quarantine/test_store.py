@@ -1,0 +1,196 @@
+"""The quarantine store, outbox and audit log on a real filesystem, and the report
+sender's handling of jobs whose entry never appeared."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import json
+import stat
+import threading
+import time
+from email.message import EmailMessage
+from email.policy import default
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mailfilter.actions.quarantine import (
+    QuarantineStore,
+    build_record,
+    id_time,
+    is_entry_id,
+    new_id,
+)
+from mailfilter.actions.relay import RelayPool
+from mailfilter.actions.report import ReportSender, report_mail, report_steps
+from mailfilter.errors import ConfigError
+from mailfilter.model import Envelope
+from mailfilter.settings import QuarantineSettings, Settings, load_settings
+
+
+def _store(tmp_path: Path) -> QuarantineStore:
+    return QuarantineStore(QuarantineSettings(path=tmp_path / "q", instance_name="mx-1"))
+
+
+def _record(entry_id: str, received: float, **extra: Any) -> dict[str, Any]:
+    return build_record(entry_id=entry_id, received=received,
+                        envelope=Envelope("a@example.org", ("b@example.net",)), result=None,
+                        action="quarantine", reason="unscannable", policy={}, size=3,
+                        host="mx-1", **extra)
+
+
+def test_ids_carry_their_time_and_nothing_else_passes() -> None:
+    now = time.time()
+    entry_id = new_id(now)
+    assert is_entry_id(entry_id)
+    assert abs(id_time(entry_id) - now) < 0.001
+    for bad in ("", "../etc", "7H3K/../x", "aeiou12345", "7h3kxxxxxxxx", "7" * 40):
+        assert not is_entry_id(bad)
+
+
+def test_write_puts_the_report_job_first_and_everything_private(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    now = time.time()
+    entry_id = new_id(now)
+    entry = store.write(entry_id, b"raw\r\n", _record(entry_id, now), now, ("mail", "status"))
+    [job] = store.jobs()
+    assert (job.entry_id, job.steps, job.done) == (entry_id, ["mail", "status"], [])
+    assert store.record_path_of(job) == entry.record_path
+    job_file = store.outbox_dir / f"{job.job_id}.job"
+    # The job was on disk before the entry (so a crash cannot leave an unreported entry).
+    assert job_file.stat().st_mtime_ns <= entry.message_path.stat().st_mtime_ns \
+        <= entry.record_path.stat().st_mtime_ns
+    for f in (job_file, entry.message_path, entry.record_path):
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600
+    for d in (store.root, store.outbox_dir, entry.record_path.parent):
+        assert stat.S_IMODE(d.stat().st_mode) == 0o700
+    found = store.find(entry_id)
+    assert found is not None and found.record["status"] == "quarantined"
+    assert store.pending_entry_ids() == {entry_id}
+    # No steps: no job.
+    other = new_id(now)
+    store.write(other, b"raw\r\n", _record(other, now), now)
+    assert store.pending_entry_ids() == {entry_id}
+
+
+def test_a_failed_write_leaves_no_entry_and_no_job(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    now = time.time()
+    entry_id = new_id(now)
+    # Something in the way of the record: the write fails after the message.
+    (store.day_dir(now) / f"{entry_id}.json").mkdir(parents=True)
+    with pytest.raises(OSError):
+        store.write(entry_id, b"raw\r\n", _record(entry_id, now), now, ("mail",))
+    assert store.jobs() == []
+    assert not (store.day_dir(now) / f"{entry_id}.eml").exists()
+    assert not list(store.root.rglob(".*.tmp"))
+
+
+def test_concurrent_record_updates_lose_nothing(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    now = time.time()
+    entry_id = new_id(now)
+    store.write(entry_id, b"raw\r\n", _record(entry_id, now), now)
+
+    def add(n: int) -> None:
+        for i in range(10):
+            store.update(entry_id, lambda r, n=n, i=i: r["history"].append({"event": f"{n}.{i}"}))
+
+    threads = [threading.Thread(target=add, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    entry = store.find(entry_id)
+    assert entry is not None
+    assert len(entry.record["history"]) == 41
+    with pytest.raises(KeyError):
+        store.update(new_id(), lambda r: None)
+
+
+def test_records_written_before_status_and_history_are_read(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    now = time.time()
+    entry_id = new_id(now)
+    record = _record(entry_id, now)
+    for key in ("status", "history", "host", "legal_hold"):
+        del record[key]
+    store.write(entry_id, b"raw\r\n", record, now)
+    entry = store.find(entry_id)
+    assert entry is not None
+    assert entry.record["status"] == "quarantined" and entry.record["legal_hold"] is False
+    assert entry.record["host"] == "mx-1"
+    assert entry.record["history"][0]["event"] == "quarantined"
+
+
+def test_audit_log_is_append_only_json_lines(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    store.audit("jane", "hold", "X1", "ok", reason="case 1")
+    store.audit("joe", "purge", None, "ok", purged=["A", "B"])
+    assert stat.S_IMODE(store.audit_path.stat().st_mode) == 0o600
+    lines = [json.loads(x) for x in store.audit_path.read_text().splitlines()]
+    assert [(x["actor"], x["action"], x["id"], x["result"], x["host"]) for x in lines] == [
+        ("jane", "hold", "X1", "ok", "mx-1"), ("joe", "purge", None, "ok", "mx-1")]
+    assert lines[0]["reason"] == "case 1" and lines[1]["purged"] == ["A", "B"]
+    assert lines[0]["time"].endswith("Z")
+
+
+def test_report_steps_follow_the_settings() -> None:
+    s = Settings.model_validate({})
+    assert report_steps(s) == ()
+    s = Settings.model_validate({"report": {"to": ["a@example.org"], "dir": "/r"},
+                                 "store": {"redis_url": "redis://127.0.0.1/0"}})
+    assert report_steps(s) == ("mail", "dir", "status", "index")
+
+
+def test_a_webhook_needs_a_secret(tmp_path: Path) -> None:
+    config = tmp_path / "mf.toml"
+    config.write_text('[report]\nwebhook_url = "https://hooks.example/x"\n')
+    with pytest.raises(ConfigError, match=r"\[report\] webhook_secret = \"\": expected a "
+                       "shared secret of at least 16 characters"):
+        load_settings(config, {})
+    config.write_text('[report]\nwebhook_url = "ftp://hooks.example/x"\n'
+                      'webhook_secret = "0123456789abcdef"\n')
+    with pytest.raises(ConfigError, match="expected an http:// or https:// URL"):
+        load_settings(config, {})
+
+
+def test_report_mail_passes_no_control_characters(tmp_path: Path) -> None:
+    now = time.time()
+    doc = {"id": "X1", "host": "mx-1", "reason": "match", "subject": "hi\x1b[2J\u202eevil",
+           "matches": [{"list": "l\r\nBcc: x@example.org", "mime_path": "2"}],
+           "attachments": [], "envelope": {"mail_from": "a@example.org", "rcpt_tos": []}}
+    settings = Settings.model_validate({"report": {"to": ["abuse@example.org"]}}).report
+    data = report_mail(doc, settings, "mf.example", now)
+    msg = email.message_from_bytes(data, policy=default)
+    assert isinstance(msg, EmailMessage)
+    assert msg["Bcc"] is None and msg["To"] == "abuse@example.org"
+    assert "\\r\\nBcc" in msg["Subject"]
+    body = msg.get_body(("plain",))
+    assert body is not None
+    text = body.get_content()
+    assert "\x1b" not in text and "\u202e" not in text
+    assert "hi\\x1b[2J\\u202eevil" in text
+
+
+def test_sender_drops_jobs_whose_entry_never_appeared(tmp_path: Path) -> None:
+    settings = Settings.model_validate({"quarantine": {"path": str(tmp_path / "q")},
+                                        "report": {"dir": str(tmp_path / "reports")}})
+    store = QuarantineStore(settings.quarantine)
+    old = store.new_job(new_id(), "2020-01-01/X.json", ["dir", "status"], time.time() - 10)
+    store.save_job(old)
+
+    async def run() -> tuple[str, list[str]]:
+        sender = ReportSender(settings, RelayPool(settings.smtp, "mf.test"))
+        sender.started = time.time() - 5  # the old job is from before this start
+        young = store.new_job(new_id(), "2020-01-01/Y.json", ["dir", "status"], time.time())
+        store.save_job(young)  # a write in progress: its record may still come
+        await sender.run_once()
+        await sender.stop()
+        return young.job_id, [j.job_id for j in store.jobs()]
+
+    young_id, left = asyncio.run(run())
+    assert left == [young_id]
+    assert not (tmp_path / "reports").exists()
