@@ -55,6 +55,7 @@ class HealthSource:
     next_hop_probe: Callable[[], Awaitable[bool]]
     connections: Callable[[], int]
     idle_next_hop: Callable[[], int]
+    milter_connections: Callable[[], int] | None = None  # None: no milter listener
 
 
 class _StateCollector(Collector):
@@ -95,6 +96,10 @@ class _StateCollector(Collector):
                                 value=float(s.index_stale()))
         yield GaugeMetricFamily("mailfilter_smtp_connections", "Open client connections",
                                 value=s.connections())
+        if s.milter_connections is not None:
+            yield GaugeMetricFamily("mailfilter_milter_connections",
+                                    "Open MTA connections to the milter",
+                                    value=s.milter_connections())
         yield GaugeMetricFamily("mailfilter_next_hop_idle_connections",
                                 "Idle next-hop connections kept for reuse",
                                 value=s.idle_next_hop())

@@ -1,10 +1,11 @@
 """A private Postfix instance for tests (its own config, queue and data directories, see
-/work/shared/POSTFIX-NOTES.md) with mailfilter in one of two placements:
+/work/shared/POSTFIX-NOTES.md) with mailfilter in one of three placements:
 
 - ``after-queue``: ``content_filter = scan:[127.0.0.1]:FILTER`` (mail waits in Postfix's
   queue while the filter is down);
 - ``before-queue``: ``-o smtpd_proxy_filter=127.0.0.1:FILTER`` on the public smtpd (the
-  sending client gets mailfilter's answer, or 451 while the filter is down).
+  sending client gets mailfilter's answer, or 451 while the filter is down);
+- ``milter``: ``smtpd_milters = inet:127.0.0.1:FILTER`` (the milter tests, tests/milter).
 
 Either way the reinjection smtpd on REINJECT is mailfilter's next hop and a recording sink
 is Postfix's relayhost; mail is sent to the public smtpd with swaks. `mailfilter serve`
@@ -37,7 +38,7 @@ from proxy.proxy_harness import (
     write_config,
 )
 
-Placement = Literal["after-queue", "before-queue"]
+Placement = Literal["after-queue", "before-queue", "milter"]
 
 
 def require_postfix() -> None:
@@ -116,11 +117,14 @@ maillog_file = {tmp}/maillog
 PLACEMENT_MAIN_CF = {
     "after-queue": "content_filter = scan:[127.0.0.1]:{filter}\n",
     "before-queue": "",
+    "milter": "smtpd_milters = inet:127.0.0.1:{filter}\nmilter_protocol = 6\n"
+              "milter_default_action = tempfail\n",
 }
 PLACEMENT_SMTPD = {
     "after-queue": "",
     "before-queue": "  -o smtpd_proxy_filter=127.0.0.1:{filter}\n"
                     "  -o smtpd_proxy_timeout=30s\n",
+    "milter": "",
 }
 
 MASTER_CF = """\
@@ -161,8 +165,11 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 
 
 @contextlib.contextmanager
-def postfix_instance(placement: Placement) -> Iterator[Instance]:
-    """Start a private Postfix with mailfilter in `placement`; stop and remove it after."""
+def postfix_instance(placement: Placement, extra_master: str = "",
+                     relayhost_port: int | None = None) -> Iterator[Instance]:
+    """Start a private Postfix with mailfilter in `placement`; stop and remove it after.
+    `extra_master`: more master.cf lines (e.g. a second public smtpd); `relayhost_port`:
+    relay to this port instead of the recording sink (a faster sink for benchmarks)."""
     # Postfix's daemons run as user postfix: every directory above queue and data must be
     # traversable by it (pytest's own temp directory is 0700).
     tmp = Path(tempfile.mkdtemp(prefix="mailfilter-postfix-"))
@@ -175,11 +182,12 @@ def postfix_instance(placement: Placement) -> Iterator[Instance]:
         inst = Instance(config_dir, free_port(), free_port(), free_port(), sink, tmp,
                         placement)
         (config_dir / "main.cf").write_text(
-            MAIN_CF.format(queue=queue, data=data, sink=sink.port, tmp=tmp)
+            MAIN_CF.format(queue=queue, data=data, sink=relayhost_port or sink.port, tmp=tmp)
             + PLACEMENT_MAIN_CF[placement].format(filter=inst.filter_port))
         (config_dir / "master.cf").write_text(MASTER_CF.format(
             smtpd=inst.smtpd_port, reinject=inst.reinject_port,
-            public_options=PLACEMENT_SMTPD[placement].format(filter=inst.filter_port)))
+            public_options=PLACEMENT_SMTPD[placement].format(filter=inst.filter_port))
+            + extra_master)
         before = _postconf_main("alternate_config_directories")
         entries = [e for e in before.replace(",", " ").split() if e]
         subprocess.run(["postconf", "-e", "alternate_config_directories = "

@@ -1,0 +1,110 @@
+"""`mailfilter serve` with the milter: milter only (`[smtp] listen` empty) on a unix socket,
+SIGHUP, metrics and readiness, SIGTERM; both front ends at once; nothing to serve."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from proxy.proxy_harness import KNOWN, enroll, free_port, http_get, wait_port, write_config
+
+from milter.milter_client import ACCEPT, QUARANTINE, REPLYCODE, MilterClient, wait_for
+from milter.milter_harness import clean_message, matching_message
+
+
+def _config(tmp_path: Path, milter: str, smtp_port: int, metrics_port: int,
+            policy: str = "quarantine") -> Path:
+    return write_config(tmp_path, "127.0.0.1:9", smtp_port, metrics_port, sections=f"""
+[milter]
+listen = "{milter}"
+[policy]
+on_match = "{policy}"
+""")
+
+
+def _serve(config: Path, tmp_path: Path, env: dict[str, str] | None = None
+           ) -> subprocess.Popen[bytes]:
+    log = (tmp_path / "serve.log").open("ab")
+    return subprocess.Popen([sys.executable, "-m", "mailfilter", "serve", "--config",
+                             str(config)], stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, **(env or {})})
+
+
+def _log(tmp_path: Path) -> str:
+    return (tmp_path / "serve.log").read_text(errors="replace")
+
+
+def _session(address: tuple[str, int] | str) -> MilterClient:
+    c = MilterClient(address)
+    c.negotiate()
+    c.run(c.session_packets())
+    return c
+
+
+def test_milter_only_on_a_unix_socket(tmp_path: Path) -> None:
+    sock = tmp_path / "milter.sock"
+    metrics_port = free_port()
+    config = _config(tmp_path, f"unix:{sock}", free_port(), metrics_port)
+    image = tmp_path / "known.jpg"
+    image.write_bytes(KNOWN)
+    enroll(config, image)
+    proc = _serve(config, tmp_path, {"MAILFILTER_SMTP__LISTEN": ""})
+    try:
+        wait_port("127.0.0.1", metrics_port, proc=proc)
+        assert wait_for(sock.exists, 30), _log(tmp_path)
+        assert stat.S_IMODE(sock.stat().st_mode) == 0o660
+        c = _session(str(sock))
+        assert c.send_message(clean_message())[-1] == (ACCEPT, b"")
+        assert c.send_message(matching_message())[0][0] == QUARANTINE
+        assert http_get(metrics_port, "/metrics")[0] == 200
+        text = http_get(metrics_port, "/metrics")[1]
+        assert "mailfilter_milter_connections 1.0" in text
+        assert 'mailfilter_messages_total{action="quarantine",verdict="match"} 1.0' in text
+        # no SMTP proxy, so no next hop to wait for (127.0.0.1:9 answers nothing)
+        assert http_get(metrics_port, "/readyz") == (200, "ready\n")
+        c.close()
+
+        # SIGHUP: the new policy applies to the next message
+        _config(tmp_path, f"unix:{sock}", free_port(), metrics_port, policy="reject")
+        proc.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: "settings reloaded" in _log(tmp_path), 30), _log(tmp_path)
+        c = _session(str(sock))
+        [(code, data)] = c.send_message(matching_message())
+        assert code == REPLYCODE and data.startswith(b"550 5.7.1")
+        c.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    assert not sock.exists()  # removed on shutdown
+    assert "listening" in _log(tmp_path) and "mailfilter.smtp" not in _log(tmp_path)
+
+
+def test_proxy_and_milter_together(tmp_path: Path) -> None:
+    smtp_port, metrics_port, milter_port = free_port(), free_port(), free_port()
+    config = _config(tmp_path, f"inet:127.0.0.1:{milter_port}", smtp_port, metrics_port)
+    proc = _serve(config, tmp_path)
+    try:
+        wait_port("127.0.0.1", smtp_port, proc=proc)
+        wait_port("127.0.0.1", milter_port, proc=proc)
+        c = _session(("127.0.0.1", milter_port))
+        assert c.send_message(clean_message())[-1] == (ACCEPT, b"")
+        c.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        assert proc.wait(30) == 0
+        assert time.monotonic() - started < 20
+
+
+def test_nothing_to_serve(tmp_path: Path) -> None:
+    config = _config(tmp_path, "", free_port(), free_port())
+    run = subprocess.run([sys.executable, "-m", "mailfilter", "serve", "--config", str(config)],
+                         capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "MAILFILTER_SMTP__LISTEN": ""})
+    assert run.returncode == 2
+    assert "[smtp] listen and [milter] listen are both empty" in run.stderr
