@@ -1,8 +1,9 @@
 """`mailfilter serve`: settings -> worker pool, hash store + live index, verdict cache,
-scanner, SMTP proxy, metrics; then signals.
+scanner, SMTP proxy and/or milter (`smtp.listen`, `milter.listen`; at least one), metrics;
+then signals.
 
 - SIGTERM / SIGINT: stop accepting connections, let messages in flight finish (up to
-  `smtp.shutdown_timeout`), close everything, exit 0.
+  `smtp.shutdown_timeout`, proxy and milter alike), close everything, exit 0.
 - SIGHUP: read the settings file again; policy, quarantine, match thresholds, limits,
   allowed clients, next hop and logging take effect for the next message (a bad file is
   logged and ignored, the old settings stay); the hash lists are checked for a new version
@@ -15,12 +16,15 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from pathlib import Path
 from typing import Final
 
 from mailfilter.actions.quarantine import QuarantineStore
 from mailfilter.actions.relay import RelayPool, local_hostname
+from mailfilter.actions.report import ReportSender
 from mailfilter.errors import ConfigError
+from mailfilter.frontend.milter import MilterServer
 from mailfilter.frontend.smtp import SmtpProxy
 from mailfilter.logs import setup_logging
 from mailfilter.matching.cache import VerdictCache, open_cache, settings_namespace
@@ -39,7 +43,7 @@ FIRST_LOAD_WAIT: Final = 30.0  # seconds to wait for the lists before listening 
 RESTART_KEYS: Final = (("smtp", "listen"), ("smtp", "protocol"), ("smtp", "tls_cert"),
                        ("smtp", "tls_key"), ("smtp", "hostname"), ("metrics", "listen"),
                        ("workers", "processes"), ("workers", "memory_limit"),
-                       ("workers", "max_tasks_per_worker"))
+                       ("workers", "max_tasks_per_worker"), ("milter", "listen"))
 
 
 class App:
@@ -56,7 +60,9 @@ class App:
         self.live: LiveIndex | None = None
         self.cache: VerdictCache | None = None
         self.proxy: SmtpProxy | None = None
+        self.milter: MilterServer | None = None
         self.relay: RelayPool | None = None
+        self.reports: ReportSender | None = None
         self.metrics = Metrics()
         self.metrics_server: MetricsServer | None = None
         self._reloading = False
@@ -75,6 +81,9 @@ class App:
 
     async def start(self) -> None:
         s = self.settings
+        if not s.smtp.listen and not s.milter.listen:
+            raise ConfigError(f"{self.source}: [smtp] listen and [milter] listen are both "
+                              "empty: nothing to serve")
         self.pool = WorkerPool.from_settings(s.workers)
         self.store, self.live = await self._open_index(s)
         if not self.live.loaded:
@@ -89,9 +98,22 @@ class App:
                       "answered 451", extra={"fields": {"path": str(quarantine.root),
                                                         "error": str(exc)}})
         self.relay = RelayPool(s.smtp, local_hostname(s.smtp.hostname))
-        self.proxy = SmtpProxy(s, self._scanner(), self.relay, quarantine, self.metrics)
+        if s.smtp.listen:
+            self.proxy = SmtpProxy(s, self._scanner(), self.relay, quarantine, self.metrics)
+        if s.milter.listen:
+            self.milter = MilterServer(s, self._scanner(), quarantine, self.metrics)
+        # Reports of quarantined messages go out from the durable outbox in the
+        # background; both front ends wake the sender after each quarantine write.
+        self.reports = ReportSender(s, self.relay, self.metrics)
+        for front_end in (self.proxy, self.milter):
+            if front_end is not None:
+                front_end.handler.on_quarantined = self.reports.wake
+        await self.reports.start()
         self._attach_metrics()
-        await self.proxy.start()
+        if self.proxy is not None:
+            await self.proxy.start()
+        if self.milter is not None:
+            await self.milter.start()
         if s.metrics.listen:
             self.metrics_server = MetricsServer(self.metrics, s.metrics.listen,
                                                 before_scrape=self._before_scrape)
@@ -110,16 +132,22 @@ class App:
             assert self.relay is not None
             return self.relay
 
+        def milter_connections() -> int:
+            return len(self.milter.sessions) if self.milter is not None else 0
+
         self.metrics.attach(HealthSource(
             pool_stats=pool_stats,
             index_loaded=lambda: self.live is not None and self.live.loaded,
             index_entries=entries,
             index_version=lambda: self.live.version if self.live is not None else 0,
             index_stale=lambda: self.live is not None and self.live.stale,
-            next_hop_last_ok=lambda: relay().stats.last_ok,
+            # Milter only: no next hop carries mail, so it is not a readiness condition.
+            next_hop_last_ok=lambda: relay().stats.last_ok if self.proxy is not None
+            else time.monotonic(),
             next_hop_probe=lambda: relay().probe(),
             connections=lambda: len(self.proxy.sessions) if self.proxy is not None else 0,
             idle_next_hop=lambda: relay().idle,
+            milter_connections=milter_connections if self.milter is not None else None,
         ))
 
     def _before_scrape(self) -> None:
@@ -173,6 +201,10 @@ class App:
             self.settings = new
             if self.proxy is not None:
                 self.proxy.reconfigure(new, self._scanner())
+            if self.milter is not None:
+                self.milter.reconfigure(new, self._scanner())
+            if self.reports is not None:
+                self.reports.reconfigure(new)
             log.info("settings reloaded", extra={"fields": {"source": loaded.source}})
         finally:
             self._reloading = False
@@ -202,8 +234,11 @@ class App:
         return 0
 
     async def close(self) -> None:
-        if self.proxy is not None:
-            await self.proxy.drain(self.settings.smtp.shutdown_timeout)
+        timeout = self.settings.smtp.shutdown_timeout
+        await asyncio.gather(*(f.drain(timeout) for f in (self.proxy, self.milter)
+                               if f is not None))
+        if self.reports is not None:
+            await self.reports.stop()  # (what it has not sent stays in the outbox)
         if self.metrics_server is not None:
             await self.metrics_server.close()
         if self.relay is not None:

@@ -1,7 +1,8 @@
 """The operator's command line: `mailfilter COMMAND ...` (also `python -m mailfilter`).
 
-Exit codes: 0 success; 1 `scan` found a match; 2 an error (bad config, unreadable file,
-a file that failed to hash, a command whose stage is not built yet). Command output goes
+Exit codes: 0 success; 1 `scan` found a match, or `quarantine` found no such entry on
+this instance; 2 an error (bad config, unreadable file, a file that failed to hash, a
+refused quarantine action). Command output goes
 to stdout, logs and progress to stderr.
 """
 
@@ -9,14 +10,11 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
 
 import click
 
 from mailfilter import __version__
-from mailfilter.errors import NotBuiltYet
 from mailfilter.frontend.command_line import (
     EXIT_ERROR,
     EXIT_MATCH,
@@ -26,13 +24,11 @@ from mailfilter.frontend.command_line import (
     json_option,
     load_for_command,
 )
+from mailfilter.frontend.demo_command import demo
 from mailfilter.frontend.hashes_command import hashes
+from mailfilter.frontend.quarantine_command import quarantine
 from mailfilter.logs import setup_logging
 from mailfilter.settings import effective_toml
-
-
-def _not_built(what: str, issue: str) -> NoReturn:
-    raise NotBuiltYet(f"'{what}' is not built yet ({issue}); nothing was done")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -128,35 +124,8 @@ def scan(as_json: bool, config_path: Path | None, hash_files: tuple[Path, ...],
 
 
 cli.add_command(hashes)
-
-
-@cli.group()
-def quarantine() -> None:
-    """Inspect and act on quarantined messages (never shows image content)."""
-
-
-def _quarantine_command(name: str, takes_id: bool, help_text: str) -> None:
-    def body(config_path: Path | None, **_: Any) -> None:
-        load_for_command(config_path)
-        _not_built(f"quarantine {name}", "quarantine and reports")
-
-    fn: Callable[..., None] = handles_errors(body)
-    if takes_id:
-        fn = click.argument("message_id")(fn)
-    fn = config_option(fn)
-    quarantine.command(name, help=help_text)(fn)
-
-
-for _name, _takes_id, _help in (
-    ("list", False, "List quarantined messages."),
-    ("show", True, "Show a quarantined message's metadata and matches."),
-    ("release", True, "Deliver a quarantined message to its original recipients."),
-    ("delete", True, "Delete a quarantined message."),
-    ("purge", False, "Delete entries older than the retention period."),
-    ("report", True, "Write a report (json or cybertip-xml) for a quarantined message."),
-    ("export", True, "Write the raw quarantined message to a file."),
-):
-    _quarantine_command(_name, _takes_id, _help)
+cli.add_command(demo)
+cli.add_command(quarantine)
 
 
 def main() -> None:

@@ -26,6 +26,8 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
+    field_validator,
 )
 
 from mailfilter.errors import ConfigError
@@ -144,6 +146,12 @@ def _check_emails(value: tuple[str, ...]) -> tuple[str, ...]:
     return value
 
 
+def _check_webhook_url(value: str) -> str:
+    if value and not re.match(r"^https?://[^\s/?#]+", value):
+        raise ValueError("expected an http:// or https:// URL, or empty for no webhook")
+    return value
+
+
 def _check_milter_listen(value: str) -> str:
     if not value:
         return value
@@ -181,7 +189,7 @@ class _Section(BaseModel):
 
 
 class SmtpSettings(_Section):
-    listen: HostPort = "127.0.0.1:10025"
+    listen: OptionalHostPort = "127.0.0.1:10025"  # empty: no SMTP proxy (milter only)
     next_hop: HostPort = "127.0.0.1:10026"
     protocol: Literal["smtp", "lmtp"] = "smtp"
     hostname: str = ""
@@ -204,6 +212,8 @@ class SmtpSettings(_Section):
 
 class StoreSettings(_Section):
     redis_url: Annotated[str, AfterValidator(_check_redis_url)] = ""
+    # PEM CA file a rediss:// server's certificate must chain to; empty: the system's CAs
+    redis_ca_file: str = ""
     key_prefix: str = "mailfilter"
     path: Path = Field(default_factory=default_state_dir)
     reload_interval: Duration = 5.0
@@ -252,6 +262,8 @@ class PolicySettings(_Section):
 class QuarantineSettings(_Section):
     path: Path = Field(default_factory=lambda: default_state_dir() / "quarantine")
     retention_days: int = Field(default=365, ge=1)
+    # This instance's name in records and in the shared quarantine index; empty: host name.
+    instance_name: str = Field(default="", max_length=200)
 
 
 class ReportSettings(_Section):
@@ -260,12 +272,25 @@ class ReportSettings(_Section):
         default="mailfilter@localhost", alias="from"
     )
     dir: str = ""
-    webhook_url: str = ""
-    webhook_secret: str = ""
+    webhook_url: Annotated[str, AfterValidator(_check_webhook_url)] = ""
+    # (validated even when left out: a webhook_url needs it)
+    webhook_secret: str = Field(default="", validate_default=True)
+    webhook_timeout: Duration = 10.0
     reporter_name: str = ""
     reporter_email: Annotated[str, AfterValidator(_check_email)] = ""
+    retry_min: Duration = 30.0
+    retry_max: Duration = 3600.0
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    @field_validator("webhook_secret", mode="after")
+    @classmethod
+    def _secret_for_webhook(cls, value: str, info: ValidationInfo) -> str:
+        # An unsigned webhook would let anyone who finds the URL post fake reports.
+        if info.data.get("webhook_url") and len(value) < 16:
+            raise ValueError("expected a shared secret of at least 16 characters when "
+                             "webhook_url is set")
+        return value
 
 
 class MilterSettings(_Section):
@@ -342,6 +367,24 @@ def _describe_expectation(err: Mapping[str, Any]) -> str:
     return str(err["msg"])
 
 
+# Values never shown (check-config, error lines): they end up in logs and tickets.
+SECRET_KEYS = frozenset({("report", "webhook_secret")})
+URL_KEYS = frozenset({("store", "redis_url"), ("report", "webhook_url")})
+_URL_PASSWORD = re.compile(r"^([a-z][a-z0-9+.-]*://[^/@:]*:)[^/@]*@", re.IGNORECASE)
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+
+
+def redact(section: str, key: str, value: Any) -> Any:
+    """A setting's value as it may be shown: secrets as ***, passwords in URLs as ***."""
+    if not isinstance(value, str) or not value:
+        return value
+    if (section, key) in SECRET_KEYS:
+        return "***"
+    if (section, key) in URL_KEYS:
+        return _QUERY_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", value))
+    return value
+
+
 def _format_value(value: Any) -> str:
     if isinstance(value, dict):
         return "{...}"
@@ -362,7 +405,8 @@ def _first_error_line(
         where = f"[{loc[0]}]"
     else:
         where = "(top level)"
-    return f"{origin}: {where} = {_format_value(err.get('input'))}: {_describe_expectation(err)}"
+    shown = redact(loc[0], loc[1], err.get("input")) if len(loc) >= 2 else err.get("input")
+    return f"{origin}: {where} = {_format_value(shown)}: {_describe_expectation(err)}"
 
 
 def env_overrides(environ: Mapping[str, str]) -> dict[tuple[str, str], Any]:
@@ -417,13 +461,14 @@ def load_settings(
 
 
 def effective_toml(settings: Settings) -> str:
-    """The settings as a TOML document, every key shown (what `check-config` prints)."""
+    """The settings as a TOML document, every key shown (what `check-config` prints), with
+    secrets redacted (`redact`)."""
     lines: list[str] = []
     dumped = settings.model_dump(by_alias=True, mode="json")
     for section, values in dumped.items():
         lines.append(f"[{section}]")
         for key, value in values.items():
-            lines.append(f"{key} = {_toml_value(value)}")
+            lines.append(f"{key} = {_toml_value(redact(section, key, value))}")
         lines.append("")
     return "\n".join(lines)
 
