@@ -12,13 +12,14 @@ import pickle
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 import pytest
 import worker_tasks as wt
+from waiting import wait_until
 
 from mailfilter.errors import PermanentRejection, SkipImage, WorkerFailure
 from mailfilter.settings import WorkerSettings
@@ -50,15 +51,6 @@ def gone(pid: int) -> bool:
     except FileNotFoundError:
         return True
     return stat.rsplit(")", 1)[1].split()[0] == "Z"
-
-
-def wait_until(predicate: Callable[[], object], timeout: float = 5.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 # --- results and exceptions --------------------------------------------------------------

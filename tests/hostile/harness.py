@@ -96,11 +96,4 @@ def server(hostile_server: HostileServer) -> Iterator[HostileServer]:
     hostile_server.check_bounded()
 
 
-def wait_until(predicate: Any, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return bool(predicate())
 

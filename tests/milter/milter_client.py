@@ -10,10 +10,10 @@ from __future__ import annotations
 import contextlib
 import socket
 import struct
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
+
+from waiting import wait_until
 
 # MTA -> filter
 ABORT, BODY, CONNECT, MACRO, BODYEOB = b"A", b"B", b"C", b"D", b"E"
@@ -238,10 +238,4 @@ class MilterClient:
         return self.run(self.message_packets(raw, **kwargs))  # type: ignore[arg-type]
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
+wait_for = wait_until

@@ -15,7 +15,14 @@ from typing import Any
 
 import pytest
 from factories import message, message_bytes
-from proxy.proxy_harness import KNOWN, IndexBox, free_port, known_index, make_settings
+from proxy.proxy_harness import (
+    KNOWN,
+    IndexBox,
+    free_port,
+    known_index,
+    loop_in_thread,
+    make_settings,
+)
 
 from mailfilter.actions.quarantine import QuarantineStore
 from mailfilter.frontend.milter import MilterServer
@@ -83,38 +90,17 @@ class RunningMilter:
 
 def start_milter(settings: Settings, pool: WorkerPool, index: IndexBox,
                  max_packet: int = MAX_PACKET) -> RunningMilter:
-    loop = asyncio.new_event_loop()
-    ready: dict[str, Any] = {}
-    started = threading.Event()
     metrics = Metrics()
 
-    def main() -> None:
-        asyncio.set_event_loop(loop)
+    async def setup() -> dict[str, Any]:
+        scanner = Scanner(settings, pool, index,
+                          cache=MemoryVerdictCache(settings.store.cache_ttl))
+        server = MilterServer(settings, scanner, QuarantineStore(settings.quarantine),
+                              metrics, max_packet=max_packet)
+        await server.start()
+        return {"server": server}
 
-        async def setup() -> None:
-            scanner = Scanner(settings, pool, index,
-                              cache=MemoryVerdictCache(settings.store.cache_ttl))
-            server = MilterServer(settings, scanner, QuarantineStore(settings.quarantine),
-                                  metrics, max_packet=max_packet)
-            await server.start()
-            ready["server"] = server
-
-        try:
-            loop.run_until_complete(setup())
-        except BaseException as exc:
-            ready["error"] = exc
-            started.set()
-            return
-        started.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=main, name="milter-under-test", daemon=True)
-    thread.start()
-    started.wait(20)
-    if "error" in ready:
-        thread.join(5)
-        loop.close()
-        raise ready["error"]
+    loop, thread, ready = loop_in_thread(setup, "milter-under-test")
     return RunningMilter(settings, ready["server"], loop, thread, index, metrics)
 
 

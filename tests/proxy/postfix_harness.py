@@ -20,13 +20,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import pytest
+import waiting
 
 from proxy.proxy_harness import (
     KNOWN,
@@ -237,12 +237,7 @@ def stop_proxy(proc: subprocess.Popen[bytes]) -> None:
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
+    return waiting.wait_until(predicate, timeout, step=0.1)
 
 
 def arrived(sink: RecordingSink, marker: bytes) -> list[bytes]:

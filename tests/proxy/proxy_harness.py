@@ -10,7 +10,7 @@ import socket
 import socketserver
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,26 +120,18 @@ class RunningProxy:
         self.loop.close()
 
 
-def start_proxy(settings: Settings, pool: WorkerPool, index: IndexBox) -> RunningProxy:
+def loop_in_thread(setup: Callable[[], Awaitable[dict[str, Any]]], name: str
+                   ) -> tuple[asyncio.AbstractEventLoop, threading.Thread, dict[str, Any]]:
+    """An event loop running in a daemon thread, after `setup()` ran in it; what setup
+    returned. Its exception is raised here (the loop closed)."""
     loop = asyncio.new_event_loop()
     ready: dict[str, Any] = {}
     started = threading.Event()
-    metrics = Metrics()
 
     def main() -> None:
         asyncio.set_event_loop(loop)
-
-        async def setup() -> None:
-            relay = RelayPool(settings.smtp, "mailfilter.test")
-            cache = MemoryVerdictCache(settings.store.cache_ttl)
-            scanner = Scanner(settings, pool, index, cache=cache)
-            proxy = SmtpProxy(settings, scanner, relay, QuarantineStore(settings.quarantine),
-                              metrics)
-            await proxy.start()
-            ready.update(proxy=proxy, relay=relay)
-
         try:
-            loop.run_until_complete(setup())
+            ready.update(loop.run_until_complete(setup()))
         except BaseException as exc:
             ready["error"] = exc
             started.set()
@@ -147,11 +139,29 @@ def start_proxy(settings: Settings, pool: WorkerPool, index: IndexBox) -> Runnin
         started.set()
         loop.run_forever()
 
-    thread = threading.Thread(target=main, name="proxy-under-test", daemon=True)
+    thread = threading.Thread(target=main, name=name, daemon=True)
     thread.start()
     started.wait(20)
     if "error" in ready:
+        thread.join(5)
+        loop.close()
         raise ready["error"]
+    return loop, thread, ready
+
+
+def start_proxy(settings: Settings, pool: WorkerPool, index: IndexBox) -> RunningProxy:
+    metrics = Metrics()
+
+    async def setup() -> dict[str, Any]:
+        relay = RelayPool(settings.smtp, "mailfilter.test")
+        cache = MemoryVerdictCache(settings.store.cache_ttl)
+        scanner = Scanner(settings, pool, index, cache=cache)
+        proxy = SmtpProxy(settings, scanner, relay, QuarantineStore(settings.quarantine),
+                          metrics)
+        await proxy.start()
+        return {"proxy": proxy, "relay": relay}
+
+    loop, thread, ready = loop_in_thread(setup, "proxy-under-test")
     return RunningProxy(settings, ready["proxy"], ready["relay"], loop, thread, index, metrics)
 
 

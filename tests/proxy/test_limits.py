@@ -10,19 +10,14 @@ from collections.abc import Callable
 
 import pytest
 from factories import message, message_bytes
+from waiting import wait_until
 
 from proxy.proxy_harness import RawClient, RecordingSink, RunningProxy
 
 Factory = Callable[..., RunningProxy]
 
 
-def _eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
+_eventually = wait_until
 
 
 def test_max_connections(proxy_factory: Factory, recording_sink: RecordingSink) -> None:
