@@ -159,6 +159,13 @@ def printable(value: Any) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+def distance_text(value: Any) -> str:
+    """A match distance for people: bits for PDQ (an int), one decimal for gridhist."""
+    if isinstance(value, float):
+        return f"{value:.0f}" if value.is_integer() else f"{value:.1f}"
+    return str(value)
+
+
 def _size(n: Any) -> str:
     return f"{n:,} bytes" if isinstance(n, int) else "size unknown"
 
@@ -168,7 +175,7 @@ def _match_line(m: Mapping[str, Any], names: Mapping[str, str]) -> str:
     where = m.get("mime_path")
     name = names.get(str(where)) or ""
     return (f"{printable(where)} {printable(name)}: list {printable(m.get('list'))}, "
-            f"{m.get('algorithm')}, distance {m.get('distance')}, labels {labels}")
+            f"{m.get('algorithm')}, distance {distance_text(m.get('distance'))}, labels {labels}")
 
 
 def report_text(doc: Mapping[str, Any]) -> str:
@@ -405,7 +412,7 @@ def cybertip_xml(record: Mapping[str, Any], settings: ReportSettings, generated:
 
     found = "; ".join(
         f"{m.get('mime_path')}: list {m.get('list')}, {m.get('algorithm')}, distance "
-        f"{m.get('distance')}, labels {', '.join(m.get('labels') or []) or 'none'}"
+        f"{distance_text(m.get('distance'))}, labels {', '.join(m.get('labels') or []) or 'none'}"
         for m in matches)
     _el(report, "additionalInfo",
         f"Detected automatically by hash matching (mailfilter, quarantine id "
@@ -431,7 +438,7 @@ def cybertip_xml(record: Mapping[str, Any], settings: ReportSettings, generated:
             f"MIME part {a.get('mime_path')} ({a.get('content_type')}, {a.get('size')} "
             f"bytes, {a.get('width')}x{a.get('height')} {a.get('format') or ''}). "
             + " ".join(f"Matched list {m.get('list')} by {m.get('algorithm')} at distance "
-                       f"{m.get('distance')}." for m in own)
+                       f"{distance_text(m.get('distance'))}." for m in own)
             + (f" PDQ {a.get('pdq')}." if a.get("pdq") else ""))
     ET.indent(root)
     return (b'<?xml version="1.0" encoding="UTF-8"?>\n'

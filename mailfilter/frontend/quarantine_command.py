@@ -54,7 +54,13 @@ from mailfilter.actions.quarantine import (
 )
 from mailfilter.actions.quarantine_index import QuarantineIndex, open_index
 from mailfilter.actions.relay import NextHopUnavailable, RelayPool, local_hostname
-from mailfilter.actions.report import cybertip_xml, printable, report_document, report_json
+from mailfilter.actions.report import (
+    cybertip_xml,
+    distance_text,
+    printable,
+    report_document,
+    report_json,
+)
 from mailfilter.frontend.command_line import (
     EXIT_ERROR,
     EXIT_OK,
@@ -432,7 +438,7 @@ def show_text(entry: StoredEntry, jobs: Sequence[Mapping[str, Any]]) -> list[str
         labels = ", ".join(p(x) for x in m.get("labels") or []) or "none"
         lines.append(f"  {p(m.get('mime_path'))} {p(names.get(str(m.get('mime_path')), ''))}: "
                      f"list {p(m.get('list'))}, {m.get('algorithm')}, distance "
-                     f"{m.get('distance')}, labels {labels}")
+                     f"{distance_text(m.get('distance'))}, labels {labels}")
     attachments = r.get("attachments") or []
     lines.append(f"attachments ({len(attachments)})")
     for a in attachments:
