@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from factories import message, message_bytes
 from proxy import postfix_harness as ph
-from proxy.proxy_harness import KNOWN, free_port, running_sink, wait_port
+from proxy.proxy_harness import KNOWN, free_port, running_sink
 
 from deploy import compose_layout as layout
 from deploy.serving import Served, mailfilter, purge_redis_keys, running, start, wait_until
@@ -69,22 +69,8 @@ def postfix_in_front(filter_port: int, alias: str) -> Iterator[ph.Instance]:
                 + f"content_filter = {transport}:[{alias}]:{filter_port}\n")
             (config_dir / "master.cf").write_text(master.format(
                 smtpd=inst.smtpd_port, reinject=inst.reinject_port, public_options=""))
-            before = ph._postconf_main("alternate_config_directories")
-            entries = [e for e in before.replace(",", " ").split() if e]
-            subprocess.run(["postconf", "-e", "alternate_config_directories = "
-                            + ", ".join([*entries, str(config_dir)])], check=True)
-            try:
-                started = inst.postfix("start")
-                if started.returncode != 0:
-                    pytest.fail(f"postfix start failed: {started.stdout}{started.stderr}")
-                wait_port("127.0.0.1", inst.smtpd_port)
+            with ph.started(inst):
                 yield inst
-            finally:
-                inst.postfix("stop")
-                now = ph._postconf_main("alternate_config_directories")
-                kept = [e for e in now.replace(",", " ").split() if e and e != str(config_dir)]
-                subprocess.run(["postconf", "-e", "alternate_config_directories = "
-                                + ", ".join(kept)], check=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

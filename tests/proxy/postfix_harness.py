@@ -188,23 +188,34 @@ def postfix_instance(placement: Placement, extra_master: str = "",
             smtpd=inst.smtpd_port, reinject=inst.reinject_port,
             public_options=PLACEMENT_SMTPD[placement].format(filter=inst.filter_port))
             + extra_master)
-        before = _postconf_main("alternate_config_directories")
-        entries = [e for e in before.replace(",", " ").split() if e]
-        subprocess.run(["postconf", "-e", "alternate_config_directories = "
-                        + ", ".join([*entries, str(config_dir)])], check=True)
         try:
-            started = inst.postfix("start")
-            if started.returncode != 0:
-                pytest.fail(f"postfix start failed: {started.stdout}{started.stderr}")
-            wait_port("127.0.0.1", inst.smtpd_port)
-            yield inst
+            with started(inst):
+                yield inst
         finally:
-            inst.postfix("stop")
-            now = _postconf_main("alternate_config_directories")
-            kept = [e for e in now.replace(",", " ").split() if e and e != str(config_dir)]
-            subprocess.run(["postconf", "-e", "alternate_config_directories = "
-                            + ", ".join(kept)], check=True)
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def started(inst: Instance) -> Iterator[Instance]:
+    """The instance running (its config directory allowed in /etc/postfix's
+    `alternate_config_directories` meanwhile, as `postfix -c` requires), then stopped."""
+    config_dir = str(inst.config_dir)
+    before = _postconf_main("alternate_config_directories")
+    entries = [e for e in before.replace(",", " ").split() if e]
+    subprocess.run(["postconf", "-e", "alternate_config_directories = "
+                    + ", ".join([*entries, config_dir])], check=True)
+    try:
+        result = inst.postfix("start")
+        if result.returncode != 0:
+            pytest.fail(f"postfix start failed: {result.stdout}{result.stderr}")
+        wait_port("127.0.0.1", inst.smtpd_port)
+        yield inst
+    finally:
+        inst.postfix("stop")
+        now = _postconf_main("alternate_config_directories")
+        kept = [e for e in now.replace(",", " ").split() if e and e != config_dir]
+        subprocess.run(["postconf", "-e", "alternate_config_directories = "
+                        + ", ".join(kept)], check=True)
 
 
 def start_proxy(instance: Instance, tmp_path: Path, sections: str = ""
