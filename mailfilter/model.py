@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +49,9 @@ class Unscannable:
     mime_path: str
     reason: str
     detail: str = ""
+
+    def as_json(self) -> dict[str, Any]:
+        return {"mime_path": self.mime_path, "reason": self.reason, "detail": self.detail}
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +129,10 @@ class Match:
     labels: tuple[str, ...] = ()
     value: str = ""
 
+    def as_json(self) -> dict[str, Any]:
+        return {"list": self.list_name, "algorithm": self.algorithm,
+                "distance": self.distance, "labels": list(self.labels), "value": self.value}
+
 
 class Verdict(enum.StrEnum):
     CLEAN = "clean"
@@ -140,6 +148,28 @@ class AttachmentResult:
     fingerprint: ImageFingerprint
     matches: tuple[Match, ...] = ()
     containers: tuple[str, ...] = ()
+
+    def as_json(self) -> dict[str, Any]:
+        """What is known about the attachment, for `scan --json` and quarantine records:
+        names, types, sizes and hashes, never content (matches are the caller's to add)."""
+        fp = self.fingerprint
+        primary = fp.primary
+        return {
+            "mime_path": self.mime_path,
+            "filename": self.filename,
+            "content_type": self.content_type,
+            "containers": list(self.containers),
+            "width": fp.width,
+            "height": fp.height,
+            "format": fp.image_format,
+            "md5": fp.exact.md5,
+            "sha1": fp.exact.sha1,
+            "sha256": fp.exact.sha256,
+            "pdq": primary.pdq if primary else None,
+            "pdq_quality": primary.pdq_quality if primary else None,
+            "gridhist": primary.gridhist if primary else None,
+            "skipped": fp.skipped,
+        }
 
 
 @dataclass(frozen=True, slots=True)

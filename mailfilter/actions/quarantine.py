@@ -161,34 +161,12 @@ def build_record(
     """The JSON record of a quarantined message. Never holds message or image content:
     names, sizes, types, hashes and matches only."""
     sizes = attachment_sizes or {}
-    attachments = []
-    matches = []
+    attachments: list[dict[str, Any]] = []
+    matches: list[dict[str, Any]] = []
     if result is not None:
         for a in result.attachments:
-            fp = a.fingerprint
-            primary = fp.primary
-            attachments.append({
-                "mime_path": a.mime_path,
-                "filename": a.filename,
-                "content_type": a.content_type,
-                "containers": list(a.containers),
-                "size": sizes.get(a.mime_path),
-                "width": fp.width,
-                "height": fp.height,
-                "format": fp.image_format,
-                "md5": fp.exact.md5,
-                "sha1": fp.exact.sha1,
-                "sha256": fp.exact.sha256,
-                "pdq": primary.pdq if primary else None,
-                "pdq_quality": primary.pdq_quality if primary else None,
-                "gridhist": primary.gridhist if primary else None,
-                "skipped": fp.skipped,
-            })
-            for m in a.matches:
-                matches.append({
-                    "mime_path": a.mime_path, "list": m.list_name, "algorithm": m.algorithm,
-                    "distance": m.distance, "labels": list(m.labels), "value": m.value,
-                })
+            attachments.append({**a.as_json(), "size": sizes.get(a.mime_path)})
+            matches.extend({"mime_path": a.mime_path, **m.as_json()} for m in a.matches)
     record: dict[str, Any] = {
         "format": RECORD_FORMAT,
         "id": entry_id,
@@ -206,8 +184,7 @@ def build_record(
         "verdict": result.verdict.value if result is not None else None,
         "attachments": attachments,
         "unscannable": [
-            {"mime_path": u.mime_path, "reason": u.reason, "detail": u.detail}
-            for u in (result.unscannable if result is not None else ())
+            u.as_json() for u in (result.unscannable if result is not None else ())
         ],
         "matches": matches,
         "action": action,

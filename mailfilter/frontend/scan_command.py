@@ -59,32 +59,14 @@ class ScanSummary:
 
 def scan_record(result: ScanResult) -> dict[str, Any]:
     """The contract's `scan --json` object."""
-    attachments = []
-    for a in result.attachments:
-        fp = a.fingerprint
-        primary = fp.primary
-        attachments.append({
-            "mime_path": a.mime_path,
-            "filename": a.filename,
-            "content_type": a.content_type,
-            "containers": list(a.containers),
-            "sha256": fp.exact.sha256,
-            "pdq": primary.pdq if primary else None,
-            "pdq_quality": primary.pdq_quality if primary else None,
-            "matches": [
-                {"list": m.list_name, "algorithm": m.algorithm, "distance": m.distance,
-                 "labels": list(m.labels)}
-                for m in a.matches
-            ],
-            "skipped": fp.skipped,
-        })
+    attachments = [{**a.as_json(), "matches": [m.as_json() for m in a.matches]}
+                   for a in result.attachments]
     return {
         "source": result.source,
         "message_id": result.message_id,
         "verdict": result.verdict.value,
         "attachments": attachments,
-        "unscannable": [{"mime_path": u.mime_path, "reason": u.reason, "detail": u.detail}
-                        for u in result.unscannable],
+        "unscannable": [u.as_json() for u in result.unscannable],
         "defects": list(result.defects),
         "seconds": round(result.seconds, 4),
     }
