@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import socket
 import stat
@@ -48,6 +47,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from mailfilter.actions.quarantine import QuarantineStore, new_id
 from mailfilter.frontend import milter_protocol as mp
+from mailfilter.frontend.clients import AllowedClients
 from mailfilter.handling import Decision, MessageHandler, MessageOutcome
 from mailfilter.model import Envelope
 from mailfilter.policy import Action, ActionKind, Reply
@@ -574,7 +574,7 @@ class MilterServer:
         self.sessions: set[MilterSession] = set()
         self.draining = False
         self.slots = asyncio.Semaphore(settings.smtp.max_concurrent_messages)
-        self.networks = _networks(settings.smtp.allowed_clients)
+        self.clients = AllowedClients(settings.smtp.allowed_clients)
         self._server: asyncio.Server | None = None
         self._socket: tuple[Path, int, int] | None = None  # unix: path, st_dev, st_ino
         self.tasks: set[asyncio.Task[None]] = set()  # ends of message being handled
@@ -583,7 +583,7 @@ class MilterServer:
     def reconfigure(self, settings: Settings, scanner: Scanner) -> None:
         old, self.settings = self.settings, settings
         self.handler.reconfigure(settings, scanner)
-        self.networks = _networks(settings.smtp.allowed_clients)
+        self.clients = AllowedClients(settings.smtp.allowed_clients)
         # (compared with the old setting: replacing a semaphore in use would lift the limit)
         if settings.smtp.max_concurrent_messages != old.smtp.max_concurrent_messages:
             self.slots = asyncio.Semaphore(settings.smtp.max_concurrent_messages)
@@ -623,16 +623,10 @@ class MilterServer:
         """Why a new connection is refused, or None."""
         if self.draining:
             return "shutting down"
-        if isinstance(peer, tuple) and peer:  # inet; a unix peer is checked by the file mode
-            try:
-                addr = ipaddress.ip_address(str(peer[0]).split("%")[0])
-            except ValueError:
-                addr = None
-            if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-                addr = addr.ipv4_mapped
-            if addr is None or not any(addr in net for net in self.networks):
-                self.count_error("client-not-allowed")
-                return "client not allowed"
+        # inet; a unix peer is checked by the socket file's mode
+        if isinstance(peer, tuple) and peer and not self.clients.allows(str(peer[0])):
+            self.count_error("client-not-allowed")
+            return "client not allowed"
         if len(self.sessions) >= self.settings.smtp.max_connections:
             self.count_error("too-many-connections")
             return "too many connections"
@@ -673,10 +667,6 @@ class MilterServer:
             st = path.lstat()
             if (st.st_dev, st.st_ino) == (dev, ino):
                 path.unlink()
-
-
-def _networks(values: tuple[str, ...]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-    return [ipaddress.ip_network(v, strict=False) for v in values]
 
 
 def _bind_unix(path: Path) -> socket.socket:

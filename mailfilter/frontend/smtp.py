@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import ipaddress
 import logging
 import re
 import ssl
@@ -49,6 +48,7 @@ from mailfilter.actions.relay import (
     local_hostname,
     xtext_decode,
 )
+from mailfilter.frontend.clients import AllowedClients
 from mailfilter.handling import MessageHandler, MessageOutcome
 from mailfilter.model import Envelope, ScanResult
 from mailfilter.policy import Action, ActionKind, Reply, decide_error
@@ -135,10 +135,6 @@ def unstuff(data: bytes) -> bytes:
     """RFC 5321 4.5.2: drop the first dot of every line that starts with one."""
     data = data.replace(b"\r\n.", b"\r\n")
     return data[1:] if data.startswith(b".") else data
-
-
-def _networks(values: Iterable[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-    return [ipaddress.ip_network(v, strict=False) for v in values]
 
 
 def _tls_context(settings: Settings) -> ssl.SSLContext | None:
@@ -566,7 +562,7 @@ class SmtpProxy:
         self.metrics = metrics
         self.hostname = local_hostname(settings.smtp.hostname)
         self.tls_context = _tls_context(settings)
-        self.networks = _networks(settings.smtp.allowed_clients)
+        self.clients = AllowedClients(settings.smtp.allowed_clients)
         self.sessions: set[ProxySession] = set()
         self.draining = False
         self._slots = asyncio.Semaphore(settings.smtp.max_concurrent_messages)
@@ -577,7 +573,7 @@ class SmtpProxy:
         """New settings for the next messages (listen address and TLS need a restart)."""
         old, self.settings = self.settings, settings
         self.handler.reconfigure(settings, scanner)
-        self.networks = _networks(settings.smtp.allowed_clients)
+        self.clients = AllowedClients(settings.smtp.allowed_clients)
         self.relay.configure(settings.smtp)
         # (compared with the old setting: the semaphore's free count is lower while
         # messages are in flight, and replacing it then would lift the limit)
@@ -603,13 +599,7 @@ class SmtpProxy:
         """Why a new connection is refused, or None."""
         if self.draining:
             return SHUTTING_DOWN
-        try:
-            addr = ipaddress.ip_address((peer or "").split("%")[0])
-        except ValueError:
-            addr = None
-        if addr is not None and isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-            addr = addr.ipv4_mapped
-        if addr is None or not any(addr in net for net in self.networks):
+        if not self.clients.allows(peer):
             log.warning("connection refused: client not allowed",
                         extra={"fields": {"client": peer}})
             self.count_error("client-not-allowed")
