@@ -166,24 +166,48 @@ def distance_text(value: Any) -> str:
     return str(value)
 
 
-def _size(n: Any) -> str:
+def size_text(n: Any) -> str:
     return f"{n:,} bytes" if isinstance(n, int) else "size unknown"
 
 
-def _match_line(m: Mapping[str, Any], names: Mapping[str, str]) -> str:
-    labels = ", ".join(printable(x) for x in m.get("labels") or []) or "none"
-    where = m.get("mime_path")
-    name = names.get(str(where)) or ""
-    return (f"{printable(where)} {printable(name)}: list {printable(m.get('list'))}, "
-            f"{m.get('algorithm')}, distance {distance_text(m.get('distance'))}, labels {labels}")
+def findings_text(record: Mapping[str, Any]) -> list[str]:
+    """The matches, the attachments (names, types, sizes, hashes; never content) and the
+    parts not examined, as text lines: what the report mail and `quarantine show` share."""
+    p = printable
+    attachments = record.get("attachments") or []
+    names = {str(a.get("mime_path")): str(a.get("filename") or "") for a in attachments}
+    matches = record.get("matches") or []
+    matched = {str(m.get("mime_path")) for m in matches}
+    lines = [f"Matches ({len(matches)})"]
+    for m in matches:
+        where = str(m.get("mime_path"))
+        labels = ", ".join(p(x) for x in m.get("labels") or []) or "none"
+        lines.append(f"  {p(where)} {p(names.get(where, ''))}: list {p(m.get('list'))}, "
+                     f"{m.get('algorithm')}, distance {distance_text(m.get('distance'))}, "
+                     f"labels {labels}")
+    if not matches:
+        lines.append("  none")
+    lines.append(f"Attachments ({len(attachments)})")
+    for a in attachments:
+        shape = f"{a.get('width')}x{a.get('height')} {a.get('format') or ''}".strip()
+        flag = "  MATCHED" if str(a.get("mime_path")) in matched else ""
+        lines.append(f"  {p(a.get('mime_path'))} {p(a.get('filename') or '-')} "
+                     f"{p(a.get('content_type') or '-')} {size_text(a.get('size'))} {shape}{flag}")
+        for key in ("md5", "sha1", "sha256", "pdq"):
+            if a.get(key):
+                extra = f"  quality {a.get('pdq_quality')}" if key == "pdq" else ""
+                lines.append(f"    {key:<7}{a[key]}{extra}")
+        if a.get("skipped"):
+            lines.append(f"    not decoded: {p(a['skipped'])}")
+    for u in record.get("unscannable") or []:
+        lines.append(f"  {p(u.get('mime_path'))} not examined: {p(u.get('reason'))}")
+    return lines
 
 
 def report_text(doc: Mapping[str, Any]) -> str:
     """The plain-text part of the report mail."""
     client = doc.get("client") or {}
     envelope = doc.get("envelope") or {}
-    names = {str(a.get("mime_path")): str(a.get("filename") or "")
-             for a in doc.get("attachments") or []}
     who = printable(client.get("name") or "unknown")
     addr = printable(client.get("addr") or "unknown address")
     lines = [
@@ -198,26 +222,12 @@ def report_text(doc: Mapping[str, Any]) -> str:
         f"  recipients   {', '.join(printable(r) for r in envelope.get('rcpt_tos') or [])}",
         f"  message-id   {printable(doc.get('message_id') or '-')}",
         f"  subject      {printable(doc.get('subject') or '')}",
-        f"  size         {_size(doc.get('size'))}",
+        f"  size         {size_text(doc.get('size'))}",
         f"  verdict      {doc.get('verdict')} (action {doc.get('action')}: "
         f"{doc.get('reason')})",
         "",
     ]
-    matches = doc.get("matches") or []
-    lines.append(f"Matches ({len(matches)})")
-    lines += [f"  {_match_line(m, names)}" for m in matches] or ["  none"]
-    lines += ["", "Attachments"]
-    for a in doc.get("attachments") or []:
-        shape = f"{a.get('width')}x{a.get('height')} {a.get('format') or ''}".strip()
-        lines.append(f"  {printable(a.get('mime_path'))} {printable(a.get('filename') or '-')}"
-                     f" {printable(a.get('content_type') or '-')} {_size(a.get('size'))}"
-                     f" {shape}{'  MATCHED' if a.get('matched') else ''}")
-        for key in ("md5", "sha1", "sha256", "pdq"):
-            if a.get(key):
-                lines.append(f"    {key:<7}{a[key]}")
-    for u in doc.get("unscannable") or []:
-        lines.append(f"  {printable(u.get('mime_path'))} not examined: "
-                     f"{printable(u.get('reason'))}")
+    lines += findings_text(doc)
     lines += [
         "",
         "The message is held in the quarantine; neither it nor its images are part of",

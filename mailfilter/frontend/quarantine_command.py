@@ -56,10 +56,11 @@ from mailfilter.actions.quarantine_index import QuarantineIndex, open_index
 from mailfilter.actions.relay import NextHopUnavailable, RelayPool, local_hostname
 from mailfilter.actions.report import (
     cybertip_xml,
-    distance_text,
+    findings_text,
     printable,
     report_document,
     report_json,
+    size_text,
 )
 from mailfilter.frontend.command_line import (
     EXIT_ERROR,
@@ -396,18 +397,11 @@ def _received(record: Mapping[str, Any]) -> str:
     return iso_time(ts) if isinstance(ts, int | float) else str(record.get("received"))
 
 
-def _bytes(n: Any) -> str:
-    return f"{n:,} bytes" if isinstance(n, int) else "? bytes"
-
-
 def show_text(entry: StoredEntry, jobs: Sequence[Mapping[str, Any]]) -> list[str]:
     r = entry.record
     client = r.get("client") or {}
     envelope = r.get("envelope") or {}
     policy = r.get("policy") or {}
-    names = {str(a.get("mime_path")): str(a.get("filename") or "")
-             for a in r.get("attachments") or []}
-    matched = {str(m.get("mime_path")) for m in r.get("matches") or []}
     p = printable
     hold = "yes" if r.get("legal_hold") else "no"
     lines = [
@@ -420,7 +414,7 @@ def show_text(entry: StoredEntry, jobs: Sequence[Mapping[str, Any]]) -> list[str
         f"  recipients  {', '.join(p(x) for x in envelope.get('rcpt_tos') or [])}",
         f"  message-id  {p(r.get('message_id') or '-')}",
         f"  subject     {p(r.get('subject') or '')}",
-        f"  size        {_bytes(r.get('size'))}; message held: "
+        f"  size        {size_text(r.get('size'))}; message held: "
         f"{'yes' if entry.has_message else 'no (deleted)'}",
         f"  verdict     {r.get('verdict')}: {r.get('action')} ({r.get('reason')}; policy "
         + ", ".join(f"{k} = {v}" for k, v in policy.items()) + ")",
@@ -432,28 +426,7 @@ def show_text(entry: StoredEntry, jobs: Sequence[Mapping[str, Any]]) -> list[str
             state += (f" (attempt {job['attempts']} failed: {p(job['last_error'])}; next "
                       f"try {job['next_attempt']})")
         lines.append(f"  report      {state}")
-    matches = r.get("matches") or []
-    lines.append(f"matches ({len(matches)})")
-    for m in matches:
-        labels = ", ".join(p(x) for x in m.get("labels") or []) or "none"
-        lines.append(f"  {p(m.get('mime_path'))} {p(names.get(str(m.get('mime_path')), ''))}: "
-                     f"list {p(m.get('list'))}, {m.get('algorithm')}, distance "
-                     f"{distance_text(m.get('distance'))}, labels {labels}")
-    attachments = r.get("attachments") or []
-    lines.append(f"attachments ({len(attachments)})")
-    for a in attachments:
-        shape = f"{a.get('width')}x{a.get('height')} {a.get('format') or ''}".strip()
-        flag = "  MATCHED" if str(a.get("mime_path")) in matched else ""
-        lines.append(f"  {p(a.get('mime_path'))} {p(a.get('filename') or '-')} "
-                     f"{p(a.get('content_type') or '-')} {_bytes(a.get('size'))} {shape}{flag}")
-        for key in ("md5", "sha1", "sha256", "pdq"):
-            if a.get(key):
-                extra = f"  quality {a.get('pdq_quality')}" if key == "pdq" else ""
-                lines.append(f"    {key:<7}{a[key]}{extra}")
-        if a.get("skipped"):
-            lines.append(f"    not decoded: {p(a['skipped'])}")
-    for u in r.get("unscannable") or []:
-        lines.append(f"  {p(u.get('mime_path'))} not examined: {p(u.get('reason'))}")
+    lines += findings_text(r)
     lines.append("history")
     for h in r.get("history") or []:
         detail = " ".join(f"{k}={p(v if not isinstance(v, list) else ','.join(map(str, v)))}"
