@@ -26,7 +26,8 @@ from typing import Final
 from mailfilter.model import ScanResult, Verdict
 from mailfilter.settings import PolicySettings
 
-__all__ = ["Action", "ActionKind", "Reply", "decide", "decide_error", "failure_of"]
+__all__ = ["Action", "ActionKind", "Reply", "decide", "decide_error", "failure_of",
+           "header_value"]
 
 TRANSIENT_REASONS: Final = frozenset({
     "deadline", "worker-crashed", "extract-deadline", "extract-worker-crashed",
@@ -135,3 +136,14 @@ def decide(result: ScanResult, policy: PolicySettings) -> Action:
             return Action(ActionKind.TEMPFAIL, "unscannable", reply=UNSCANNABLE_TEMPFAIL)
         return Action(ActionKind.RELAY, "unscannable")
     return Action(ActionKind.RELAY, "clean")
+
+
+def header_value(action: Action, result: ScanResult | None, add_header: bool) -> str | None:
+    """The `X-Mailfilter` header a relayed (or, by the milter, accepted) message carries:
+    the tag a TAG action asks for; else, with `add_header`, the verdict, or "unscanned"
+    when the message passes without one (fail-open); else none."""
+    if action.tag is not None:
+        return action.tag
+    if not add_header:
+        return None
+    return result.verdict.value if result is not None and action.scanned else "unscanned"

@@ -49,8 +49,8 @@ from mailfilter.actions.quarantine import QuarantineStore, new_id
 from mailfilter.frontend import milter_protocol as mp
 from mailfilter.frontend.clients import AllowedClients
 from mailfilter.handling import Decision, MessageHandler, MessageOutcome
-from mailfilter.model import Envelope
-from mailfilter.policy import Action, ActionKind, Reply
+from mailfilter.model import Envelope, ScanResult
+from mailfilter.policy import Action, ActionKind, Reply, header_value
 from mailfilter.scanner import Scanner
 from mailfilter.settings import Settings, split_host_port
 
@@ -498,7 +498,7 @@ class MilterSession(asyncio.Protocol):
         decision = await handler.decide(msg_id, received, raw)
         action = decision.action
         if action.relays:
-            out = self._accept(decision)
+            out = self._accept(msg_id, action, decision.result)
             reply = ACCEPTED
         elif action.kind is ActionKind.QUARANTINE:
             out, reply = await self._quarantine(handler, decision, envelope, raw)
@@ -507,24 +507,16 @@ class MilterSession(asyncio.Protocol):
             out = self._refuse(reply)
         return out, MessageOutcome(msg_id, action, reply, decision.result, decision.stages)
 
-    def _accept(self, decision: Decision) -> bytes:
-        assert self.agreed is not None
-        action, result = decision.action, decision.result
-        if action.tag is not None:
-            value: str | None = action.tag
-        elif self.server.settings.smtp.add_header:
-            value = result.verdict.value if result is not None and action.scanned \
-                else "unscanned"
-        else:
-            value = None
+    def _accept(self, msg_id: str, action: Action, result: ScanResult | None) -> bytes:
+        value = header_value(action, result, self.server.settings.smtp.add_header)
         out = b""
         if value is not None:
-            if self.agreed.may(mp.SMFIF_ADDHDRS):
+            if self.agreed is not None and self.agreed.may(mp.SMFIF_ADDHDRS):
                 out = mp.add_header("X-Mailfilter", value,
                                     self.agreed.has(mp.SMFIP_HDR_LEADSPC))
             elif action.tag is not None:
                 log.warning("the MTA does not let the milter add headers: tag not added",
-                            extra={"fields": {"id": decision.id, "tag": value}})
+                            extra={"fields": {"id": msg_id, "tag": value}})
         return out + mp.ACCEPT
 
     async def _quarantine(self, handler: MessageHandler, decision: Decision,
@@ -549,11 +541,7 @@ class MilterSession(asyncio.Protocol):
         choice = self.server.settings.milter.default_action
         if choice == "accept":
             action = Action(ActionKind.RELAY, "internal", scanned=False)
-            out = mp.ACCEPT
-            if self.server.settings.smtp.add_header and self.agreed is not None \
-                    and self.agreed.may(mp.SMFIF_ADDHDRS):
-                out = mp.add_header("X-Mailfilter", "unscanned",
-                                    self.agreed.has(mp.SMFIP_HDR_LEADSPC)) + out
+            out = self._accept(msg_id, action, None)
             return out, MessageOutcome(msg_id, action, ACCEPTED, None, {})
         reply = REFUSED_ON_ERROR if choice == "reject" else INTERNAL_ERROR
         kind = ActionKind.REJECT if choice == "reject" else ActionKind.TEMPFAIL

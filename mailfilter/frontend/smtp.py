@@ -51,7 +51,7 @@ from mailfilter.actions.relay import (
 from mailfilter.frontend.clients import AllowedClients
 from mailfilter.handling import MessageHandler, MessageOutcome
 from mailfilter.model import Envelope, ScanResult
-from mailfilter.policy import Action, ActionKind, Reply, decide_error
+from mailfilter.policy import Action, ActionKind, Reply, decide_error, header_value
 from mailfilter.scanner import Scanner
 from mailfilter.settings import Settings, split_host_port
 
@@ -688,13 +688,7 @@ class SmtpProxy:
 
     async def _relay(self, msg_id: str, action: Action, result: ScanResult | None,
                      txn: ClientTransaction, raw: bytes) -> Reply:
-        if action.tag is not None:
-            header = action.tag
-        elif self.settings.smtp.add_header:
-            header = result.verdict.value if result is not None and action.scanned \
-                else "unscanned"
-        else:
-            header = None
+        header = header_value(action, result, self.settings.smtp.add_header)
         message = raw if header is None else b"X-Mailfilter: " + header.encode() + b"\r\n" + raw
         try:
             reply = await txn.next_hop.send(message)
