@@ -77,12 +77,18 @@ class MessageHandler:
         self.quarantine = quarantine
         self.metrics = metrics
         self.front_end = front_end
+        # At most `max_concurrent_messages` messages between end of data and reply.
+        self.slots = asyncio.Semaphore(settings.smtp.max_concurrent_messages)
         # Called after each durable quarantine write; the service sets it to wake the
         # report sender (which also looks at the outbox every few seconds without it).
         self.on_quarantined: Callable[[QuarantineEntry], None] | None = None
 
     def reconfigure(self, settings: Settings, scanner: Scanner) -> None:
-        self.settings = settings
+        old, self.settings = self.settings, settings
+        # (compared with the old setting: the semaphore's free count is lower while
+        # messages are in flight, and replacing it then would lift the limit)
+        if settings.smtp.max_concurrent_messages != old.smtp.max_concurrent_messages:
+            self.slots = asyncio.Semaphore(settings.smtp.max_concurrent_messages)
         self.scanner = scanner
         self.quarantine = QuarantineStore(settings.quarantine)
 

@@ -478,7 +478,7 @@ class MilterSession(asyncio.Protocol):
             raw = bytes(msg.headers) + b"\r\n" + bytes(msg.body)
             del msg.headers[:], msg.body[:]  # (one copy of a large message is enough)
             try:
-                async with server.slots:
+                async with handler.slots:
                     out, outcome = await self._process(handler, msg_id, received, envelope,
                                                        raw)
             except Exception:
@@ -561,7 +561,6 @@ class MilterServer:
         self.max_packet = max_packet
         self.sessions: set[MilterSession] = set()
         self.draining = False
-        self.slots = asyncio.Semaphore(settings.smtp.max_concurrent_messages)
         self.clients = AllowedClients(settings.smtp.allowed_clients)
         self._server: asyncio.Server | None = None
         self._socket: tuple[Path, int, int] | None = None  # unix: path, st_dev, st_ino
@@ -569,12 +568,9 @@ class MilterServer:
         self.address: str | None = None  # what we listen on, as inet:host:port / unix:path
 
     def reconfigure(self, settings: Settings, scanner: Scanner) -> None:
-        old, self.settings = self.settings, settings
+        self.settings = settings
         self.handler.reconfigure(settings, scanner)
         self.clients = AllowedClients(settings.smtp.allowed_clients)
-        # (compared with the old setting: replacing a semaphore in use would lift the limit)
-        if settings.smtp.max_concurrent_messages != old.smtp.max_concurrent_messages:
-            self.slots = asyncio.Semaphore(settings.smtp.max_concurrent_messages)
 
     def count_error(self, reason: str) -> None:
         self.handler.count_error(reason)

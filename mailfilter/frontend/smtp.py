@@ -565,20 +565,15 @@ class SmtpProxy:
         self.clients = AllowedClients(settings.smtp.allowed_clients)
         self.sessions: set[ProxySession] = set()
         self.draining = False
-        self._slots = asyncio.Semaphore(settings.smtp.max_concurrent_messages)
         self._server: asyncio.Server | None = None
         self.address: tuple[str, int] | None = None
 
     def reconfigure(self, settings: Settings, scanner: Scanner) -> None:
         """New settings for the next messages (listen address and TLS need a restart)."""
-        old, self.settings = self.settings, settings
+        self.settings = settings
         self.handler.reconfigure(settings, scanner)
         self.clients = AllowedClients(settings.smtp.allowed_clients)
         self.relay.configure(settings.smtp)
-        # (compared with the old setting: the semaphore's free count is lower while
-        # messages are in flight, and replacing it then would lift the limit)
-        if settings.smtp.max_concurrent_messages != old.smtp.max_concurrent_messages:
-            self._slots = asyncio.Semaphore(settings.smtp.max_concurrent_messages)
 
     # --- serving ---------------------------------------------------------------------------
 
@@ -653,7 +648,7 @@ class SmtpProxy:
         envelope = session.envelope_of(txn)
         handler = self.handler
         try:
-            async with self._slots:
+            async with handler.slots:
                 outcome = await self._process(handler, msg_id, received, envelope, txn, raw)
         except asyncio.CancelledError:
             txn.next_hop.abort()
