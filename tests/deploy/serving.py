@@ -20,6 +20,7 @@ from pathlib import Path
 
 import redis
 from prometheus_client.parser import text_string_to_metric_families
+from proxy.proxy_harness import spawn_serve
 
 from mailfilter.matching.store_redis import KeyLayout
 
@@ -115,10 +116,7 @@ def start(name: str, directory: Path, env: Mapping[str, str]) -> Served:
     metrics_port = int(env["MAILFILTER_METRICS__LISTEN"].rpartition(":")[2])
     log_path = directory / "serve.log"
     full_env = {"MAILFILTER_LOGGING__FORMAT": "json", **env}
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mailfilter", "serve", "--config", str(config)],
-            stdout=log, stderr=subprocess.STDOUT, env={**clean_environ(), **full_env})
+    proc = spawn_serve(config, log_path, full_env, base_env=clean_environ())
     return Served(name, proc, full_env, config, host.strip("[]"), int(port), metrics_port,
                   Path(env["MAILFILTER_QUARANTINE__PATH"]), log_path)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from proxy.proxy_harness import KNOWN, free_port, wait_port, write_config
+from proxy.proxy_harness import KNOWN, free_port, spawn_serve, wait_port, write_config
 
 from faults import procs
 
@@ -105,10 +105,7 @@ def serving(tmp_path: Path, next_hop: str, *, smtp: str = "", sections: str = ""
         image.write_bytes(KNOWN)
         hashes_add(config, image, variables)
     log_path = tmp_path / "serve.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "mailfilter", "serve", "--config",
-                                 str(config)], stdout=log, stderr=subprocess.STDOUT,
-                                env={**os.environ, **variables}, preexec_fn=preexec)
+    proc = spawn_serve(config, log_path, variables, preexec_fn=preexec)
     served = Served(proc, port, metrics_port, config, log_path, tmp_path / "quarantine",
                     variables)
     try:

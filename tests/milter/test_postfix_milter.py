@@ -8,9 +8,7 @@ Skipped when Postfix is not installed, unless CI is set (then it fails)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,7 @@ from proxy.postfix_harness import (
     stop_proxy,
     wait_until,
 )
-from proxy.proxy_harness import KNOWN, enroll, free_port, wait_port, write_config
+from proxy.proxy_harness import KNOWN, enroll, free_port, spawn_serve, wait_port, write_config
 
 pytestmark = pytest.mark.postfix
 require_postfix()
@@ -50,10 +48,8 @@ listen = "inet:127.0.0.1:{instance.filter_port}"
     image = tmp_path / "known.jpg"
     image.write_bytes(KNOWN)
     enroll(config, image)
-    env = {**os.environ, "MAILFILTER_SMTP__LISTEN": ""}  # milter only
-    log = (tmp_path / "serve.log").open("ab")
-    proc = subprocess.Popen([sys.executable, "-m", "mailfilter", "serve", "--config",
-                             str(config)], stdout=log, stderr=subprocess.STDOUT, env=env)
+    proc = spawn_serve(config, tmp_path / "serve.log",
+                       {"MAILFILTER_SMTP__LISTEN": ""})  # milter only
     wait_port("127.0.0.1", instance.filter_port, proc=proc)
     return proc
 

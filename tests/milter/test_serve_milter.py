@@ -11,7 +11,15 @@ import sys
 import time
 from pathlib import Path
 
-from proxy.proxy_harness import KNOWN, enroll, free_port, http_get, wait_port, write_config
+from proxy.proxy_harness import (
+    KNOWN,
+    enroll,
+    free_port,
+    http_get,
+    spawn_serve,
+    wait_port,
+    write_config,
+)
 
 from milter.milter_client import ACCEPT, QUARANTINE, REPLYCODE, MilterClient, wait_for
 from milter.milter_harness import clean_message, matching_message
@@ -29,10 +37,7 @@ on_match = "{policy}"
 
 def _serve(config: Path, tmp_path: Path, env: dict[str, str] | None = None
            ) -> subprocess.Popen[bytes]:
-    log = (tmp_path / "serve.log").open("ab")
-    return subprocess.Popen([sys.executable, "-m", "mailfilter", "serve", "--config",
-                             str(config)], stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, **(env or {})})
+    return spawn_serve(config, tmp_path / "serve.log", env)
 
 
 def _log(tmp_path: Path) -> str:

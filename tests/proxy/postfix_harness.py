@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from proxy.proxy_harness import (
     enroll,
     free_port,
     running_sink,
+    spawn_serve,
     wait_port,
     write_config,
 )
@@ -230,9 +230,7 @@ def start_proxy(instance: Instance, tmp_path: Path, sections: str = ""
         image = tmp_path / "known.jpg"
         image.write_bytes(KNOWN)
         enroll(config, image)
-    log = (tmp_path / "serve.log").open("ab")
-    proc = subprocess.Popen([sys.executable, "-m", "mailfilter", "serve", "--config",
-                             str(config)], stdout=log, stderr=subprocess.STDOUT)
+    proc = spawn_serve(config, tmp_path / "serve.log")
     wait_port("127.0.0.1", instance.filter_port, proc=proc)
     return proc
 

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import socketserver
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -396,6 +399,19 @@ def self_signed_cert(directory: Path, name: str = "localhost") -> tuple[Path, Pa
 
 
 # --- `mailfilter serve` as a subprocess -----------------------------------------------------
+
+
+def spawn_serve(config: Path, log: Path, env: Mapping[str, str] | None = None,
+                base_env: Mapping[str, str] | None = None, **popen: Any
+                ) -> subprocess.Popen[bytes]:
+    """`mailfilter serve --config CONFIG` as a subprocess, stdout and stderr appended to
+    `log`; its environment `base_env` (default: ours) with `env` over it. `popen`: more
+    subprocess.Popen arguments (start_new_session, preexec_fn)."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "mailfilter", "serve", "--config", str(config)],
+            stdout=out, stderr=subprocess.STDOUT,
+            env={**(os.environ if base_env is None else base_env), **(env or {})}, **popen)
 
 
 def wait_port(host: str, port: int, timeout: float = 30.0,

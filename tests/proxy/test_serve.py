@@ -5,10 +5,8 @@ SIGTERM that lets the message in flight finish."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +21,7 @@ from proxy.proxy_harness import (
     enroll,
     free_port,
     http_get,
+    spawn_serve,
     wait_port,
     write_config,
 )
@@ -35,10 +34,7 @@ def served(tmp_path: Path, smtp_sink: Any) -> Iterator[tuple[subprocess.Popen[by
     image = tmp_path / "known.jpg"
     image.write_bytes(KNOWN)
     enroll(config, image)
-    log = (tmp_path / "serve.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "mailfilter", "serve", "--config",
-                             str(config)], stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "MAILFILTER_LOGGING__FORMAT": "json"})
+    proc = spawn_serve(config, tmp_path / "serve.log", {"MAILFILTER_LOGGING__FORMAT": "json"})
     try:
         wait_port("127.0.0.1", port, proc=proc)
         yield proc, port, metrics_port
@@ -46,7 +42,6 @@ def served(tmp_path: Path, smtp_sink: Any) -> Iterator[tuple[subprocess.Popen[by
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
-        log.close()
 
 
 def _session(port: int, raw: bytes) -> RawClient:

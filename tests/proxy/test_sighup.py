@@ -5,10 +5,8 @@ is refused with one error line and the running settings stay."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +17,15 @@ import pytest
 from conftest import SmtpSink
 from factories import jpeg, message, message_bytes
 
-from proxy.proxy_harness import KNOWN, RawClient, enroll, free_port, wait_port, write_config
+from proxy.proxy_harness import (
+    KNOWN,
+    RawClient,
+    enroll,
+    free_port,
+    spawn_serve,
+    wait_port,
+    write_config,
+)
 
 OTHER = jpeg(77)  # enrolled only while the server runs
 
@@ -62,10 +68,7 @@ def served(tmp_path: Path, smtp_sink: SmtpSink) -> Iterator[Served]:
     image.write_bytes(KNOWN)
     enroll(config, image)
     log = tmp_path / "serve.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "mailfilter", "serve", "--config",
-                                 str(config)], stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, "MAILFILTER_LOGGING__FORMAT": "json"})
+    proc = spawn_serve(config, log, {"MAILFILTER_LOGGING__FORMAT": "json"})
     try:
         wait_port("127.0.0.1", port, proc=proc)
         yield Served(proc, port, write, log)

@@ -14,13 +14,20 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from proxy.proxy_harness import KNOWN, RawClient, enroll, free_port, wait_port, write_config
+from proxy.proxy_harness import (
+    KNOWN,
+    RawClient,
+    enroll,
+    free_port,
+    spawn_serve,
+    wait_port,
+    write_config,
+)
 
 from mailfilter.actions.quarantine import CRASH_HOOK_ENV, QuarantineStore
 from mailfilter.settings import load_settings
@@ -31,23 +38,20 @@ from quarantine.quarantine_harness import json_lines, known_message, mf, wait_un
 def serving(config: Path, log: Path, env: dict[str, str] | None = None
             ) -> Iterator[subprocess.Popen[bytes]]:
     port = int(load_settings(config, {}).settings.smtp.listen.rsplit(":", 1)[1])
-    with log.open("ab") as out:
-        # Its own process group: the worker processes go with it however it ends.
-        proc = subprocess.Popen([sys.executable, "-m", "mailfilter", "serve", "--config",
-                                 str(config)], stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, "MAILFILTER_LOGGING__FORMAT": "json",
-                                     **(env or {})}, start_new_session=True)
-        try:
-            wait_port("127.0.0.1", port, proc=proc)
-            yield proc
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(20)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+    # Its own process group: the worker processes go with it however it ends.
+    proc = spawn_serve(config, log, {"MAILFILTER_LOGGING__FORMAT": "json", **(env or {})},
+                       start_new_session=True)
+    try:
+        wait_port("127.0.0.1", port, proc=proc)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(20)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
 
 
 def deliver(port: int, raw: bytes) -> str:
