@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import (
     AfterValidator,
@@ -369,19 +370,49 @@ def _describe_expectation(err: Mapping[str, Any]) -> str:
 
 # Values never shown (check-config, error lines): they end up in logs and tickets.
 SECRET_KEYS = frozenset({("report", "webhook_secret")})
-URL_KEYS = frozenset({("store", "redis_url"), ("report", "webhook_url")})
-_URL_PASSWORD = re.compile(r"^([a-z][a-z0-9+.-]*://[^/@:]*:)[^/@]*@", re.IGNORECASE)
-_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced (in the user part, or a `password=` query
+    argument, which redis-py also takes), for logs, `check-config` and `stats`."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "?"
+    query = re.sub(r"(?i)((?:^|&)password=)[^&]*", r"\1***", parts.query)
+    if parts.password is None:
+        return url if query == parts.query else url.replace(parts.query, query, 1)
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    if port is not None:
+        host = f"{host}:{port}"
+    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, query, ""))
+
+
+def url_without_credentials(url: str) -> str:
+    """Scheme, host, port and path only: a webhook may carry its token in any query
+    argument, so no user, password or query is shown."""
+    try:
+        parts = urlsplit(url)
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "?"
+    return f"{parts.scheme}://{parts.hostname}{port}{parts.path}"
 
 
 def redact(section: str, key: str, value: Any) -> Any:
-    """A setting's value as it may be shown: secrets as ***, passwords in URLs as ***."""
+    """A setting's value as it may be shown: secrets as ***, credentials in URLs hidden."""
     if not isinstance(value, str) or not value:
         return value
     if (section, key) in SECRET_KEYS:
         return "***"
-    if (section, key) in URL_KEYS:
-        return _QUERY_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", value))
+    if (section, key) == ("store", "redis_url"):
+        return redact_url(value)
+    if (section, key) == ("report", "webhook_url"):
+        return url_without_credentials(value)
     return value
 
 

@@ -67,7 +67,7 @@ from mailfilter.actions.quarantine import (
 )
 from mailfilter.actions.quarantine_index import QuarantineIndex, open_index
 from mailfilter.actions.relay import RelayPool, local_hostname
-from mailfilter.settings import ReportSettings, Settings
+from mailfilter.settings import ReportSettings, Settings, url_without_credentials
 
 if TYPE_CHECKING:
     from mailfilter.metrics import Metrics
@@ -321,13 +321,6 @@ def post_webhook(url: str, body: bytes, headers: Mapping[str, str], timeout: flo
     if not 200 <= status < 300:
         raise DeliveryFailed(f"webhook answered HTTP {status}")
     return status
-
-
-def _redact_url(url: str) -> str:
-    """Scheme, host, port and path: no user, password or query (they may hold secrets)."""
-    parts = urllib.parse.urlsplit(url)
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{parts.hostname}{port}{parts.path}"
 
 
 # --- CyberTipline-shaped XML ---------------------------------------------------------------
@@ -684,7 +677,7 @@ class ReportSender:
         if "dir" in job.steps:
             done["dir"] = r.dir
         if "webhook" in job.steps and r.webhook_url:
-            done["webhook"] = _redact_url(r.webhook_url)
+            done["webhook"] = url_without_credentials(r.webhook_url)
         return done
 
     def _mark_reported(self, job: OutboxJob) -> None:

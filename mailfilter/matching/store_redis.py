@@ -42,7 +42,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, Final
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -59,7 +58,7 @@ from mailfilter.matching.store import (
     encode_chunks,
     meta_for,
 )
-from mailfilter.settings import StoreSettings
+from mailfilter.settings import StoreSettings, redact_url
 
 __all__ = ["KeyLayout", "RedisHashStore", "redact_url", "redis_client"]
 
@@ -97,26 +96,6 @@ local version = redis.call('INCR', KEYS[2])
 redis.call('PUBLISH', ARGV[6], version)
 return {version, current}
 """
-
-
-def redact_url(url: str) -> str:
-    """The URL with its password replaced (in the user part, or a `password=` query
-    argument, which redis-py also takes), for logs and `stats`."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        return "redis://?"
-    query = re.sub(r"(?i)((?:^|&)password=)[^&]*", r"\1***", parts.query)
-    if parts.password is None:
-        return url if query == parts.query else url.replace(parts.query, query, 1)
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    if port is not None:
-        host = f"{host}:{port}"
-    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, query, ""))
 
 
 def redis_client(settings: StoreSettings, **options: Any) -> redis.Redis:
