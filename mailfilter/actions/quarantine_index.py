@@ -18,23 +18,17 @@ index: each instance's directory is its own.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 import redis
 
-from mailfilter.matching.store_redis import redis_client
+from mailfilter.matching.store_redis import KeyLayout, redis_client
 from mailfilter.settings import StoreSettings
 
-__all__ = ["QuarantineIndex", "hash_tag", "open_index"]
+__all__ = ["QuarantineIndex", "open_index"]
 
 _SCAN_COUNT: Final = 1000
-
-
-def hash_tag(key_prefix: str) -> str:
-    """The key prefix as a Redis Cluster hash tag (the same rule as the hash store's)."""
-    return key_prefix if re.search(r"\{[^{}]+\}", key_prefix) else "{" + key_prefix + "}"
 
 
 class QuarantineIndex:
@@ -43,7 +37,7 @@ class QuarantineIndex:
 
     def __init__(self, client: redis.Redis, key_prefix: str) -> None:
         self.client = client
-        self.key = f"{hash_tag(key_prefix)}:quarantine"
+        self.key = KeyLayout(key_prefix).quarantine
 
     def put(self, summary: Mapping[str, Any]) -> None:
         self.client.hset(self.key, str(summary["id"]), json.dumps(summary, ensure_ascii=False))

@@ -120,6 +120,7 @@ class KeyLayout:
         self.lists = f"{self.tag}:lists"
         self.generation = f"{self.tag}:generation"
         self.channel = f"{self.tag}:changed"
+        self.quarantine = f"{self.tag}:quarantine"  # the shared quarantine index (a hash)
 
     def meta(self, generation: str) -> str:
         return f"{self.tag}:list:{generation}:meta"

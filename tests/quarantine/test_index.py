@@ -14,7 +14,7 @@ import redis
 from proxy.proxy_harness import free_port
 
 from mailfilter.actions.quarantine import QuarantineStore
-from mailfilter.actions.quarantine_index import hash_tag
+from mailfilter.actions.quarantine_index import QuarantineIndex
 from mailfilter.matching.store_redis import KeyLayout
 from mailfilter.settings import QuarantineSettings
 from quarantine.quarantine_harness import (
@@ -43,7 +43,8 @@ instance_name = "{name}"
 
 def test_hash_tag_is_the_hash_stores() -> None:
     for prefix in ("mailfilter", "mf:{prod}:x", "a{b"):
-        assert hash_tag(prefix) == KeyLayout(prefix).tag
+        key = QuarantineIndex(redis.Redis(), prefix).key
+        assert key.startswith(KeyLayout(prefix).tag + ":")
 
 
 def test_every_instance_sees_every_entry_and_is_told_where_it_lives(
@@ -76,7 +77,7 @@ def test_every_instance_sees_every_entry_and_is_told_where_it_lives(
 
     # The index lost (flushed, a new Redis): reindex rebuilds this instance's part.
     client = redis.Redis.from_url(redis_url)
-    key = f"{hash_tag(redis_prefix)}:quarantine"
+    key = KeyLayout(redis_prefix).quarantine
     stale = {"id": "7ZZZZZZZZZZZZZZZ", "host": "mx-a", "received_ts": 1}
     client.delete(key)
     client.hset(key, stale["id"], json.dumps(stale))

@@ -22,8 +22,8 @@ import redis
 from factories import message, message_bytes
 from proxy.proxy_harness import KNOWN, free_port
 
-from mailfilter.actions.quarantine_index import hash_tag
 from mailfilter.actions.report import verify_webhook
+from mailfilter.matching.store_redis import KeyLayout
 from quarantine.quarantine_harness import (
     ReportingProxy,
     WebhookReceiver,
@@ -127,7 +127,7 @@ def test_quarantined_message_reported_by_mail_dir_webhook_and_index(
 
     # The shared index: a summary with the host that holds the entry.
     client = redis.Redis.from_url(redis_url)
-    summary = json.loads(client.hget(f"{hash_tag(redis_prefix)}:quarantine", record["id"]))
+    summary = json.loads(client.hget(KeyLayout(redis_prefix).quarantine, record["id"]))
     client.close()
     assert summary["host"] == "mx-test" and summary["status"] == "reported"
     assert summary["lists"] == ["stand-ins"] and summary["report_pending"] is False
