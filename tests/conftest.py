@@ -34,6 +34,10 @@ if str(TESTS_DIR) not in sys.path:
 REPO = TESTS_DIR.parent
 SHARED = REPO.parent / "shared"
 
+# Every key prefix of this run starts with RUN_PREFIX, so the run can check at its end that
+# it left nothing behind in a shared Redis (and touch no other run's keys doing so).
+RUN_PREFIX = f"mftest:{uuid.uuid4().hex[:8]}"
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -48,6 +52,26 @@ def _redis_answers(url: str) -> bool:
         return False
 
 
+def leftover_keys(url: str) -> list[bytes]:
+    """This run's keys still in the Redis at `url`: plain (`mftest:…`) or hash-tagged
+    (`{mftest:…}:…`), the way the store lays them out."""
+    client = redis.Redis.from_url(url)
+    try:
+        return [key for pattern in (f"{RUN_PREFIX}*", f"{{{RUN_PREFIX}*")
+                for key in client.scan_iter(match=pattern, count=1000)]
+    finally:
+        client.close()
+
+
+def _fail_on_leftover_keys(url: str) -> None:
+    left = leftover_keys(url)
+    if left:
+        client = redis.Redis.from_url(url)
+        client.delete(*left)
+        client.close()
+        pytest.fail(f"the tests left {len(left)} keys in the shared Redis, e.g. {left[:3]}")
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     env = os.environ.get("REDIS_URL")
@@ -55,10 +79,12 @@ def redis_url() -> Iterator[str]:
         if not _redis_answers(env):
             pytest.fail(f"REDIS_URL={env} does not answer PING")
         yield env
+        _fail_on_leftover_keys(env)
         return
     local = "redis://127.0.0.1:6379/0"
     if _redis_answers(local):
         yield local
+        _fail_on_leftover_keys(local)
         return
     server = shutil.which("redis-server")
     if server is None:
@@ -87,10 +113,12 @@ def redis_url() -> Iterator[str]:
 @pytest.fixture
 def redis_prefix(redis_url: str) -> Iterator[str]:
     """A key prefix of this test's own; its keys are deleted afterwards (and only they)."""
-    prefix = f"mftest:{uuid.uuid4().hex[:12]}"
+    prefix = f"{RUN_PREFIX}:{uuid.uuid4().hex[:12]}"
     yield prefix
+    # The store puts every key under the hash tag `{prefix}`; match both spellings.
     client = redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+    keys = [key for pattern in (f"{prefix}*", f"{{{prefix}}}*")
+            for key in client.scan_iter(match=pattern, count=1000)]
     if keys:
         client.delete(*keys)
     client.close()
