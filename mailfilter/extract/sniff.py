@@ -24,6 +24,14 @@ TNEF = "application/ms-tnef"
 PKCS7 = "application/pkcs7-mime"
 MESSAGE = "message/rfc822"
 ZSTD = "application/zstd"
+ISO9660 = "application/x-iso9660-image"
+CAB = "application/vnd.ms-cab-compressed"
+CPIO = "application/x-cpio"
+XAR = "application/x-xar"
+COMPRESS = "application/x-compress"
+LZIP = "application/x-lzip"
+LZ4 = "application/x-lz4"
+OPENPGP = "application/pgp-encrypted"
 
 def image_type(data: bytes) -> str | None:
     """The image type the bytes start with, as a MIME type, or None."""
@@ -57,6 +65,9 @@ def container_type(data: bytes, text: bool = False) -> str | None:
         return TNEF
     if head.startswith(b"\x28\xb5\x2f\xfd"):
         return ZSTD
+    more = _more_containers(data)
+    if more is not None:
+        return more
     if data[:64].lstrip()[:5] == b"%PDF-" or (not text and _PDF_LATE.search(data, 0, 1040)):
         return PDF
     if _is_tar(data):
@@ -67,6 +78,93 @@ def container_type(data: bytes, text: bool = False) -> str | None:
 
 
 _PDF_LATE = re.compile(rb"%PDF-[12]\.[0-9]")
+
+
+def _more_containers(data: bytes) -> str | None:
+    """ISO 9660, CAB, cpio, xar, compress, lzip, lz4 and OpenPGP (binary or armored)."""
+    head = data[:16]
+    if head.startswith(b"MSCF\x00\x00\x00\x00"):
+        return CAB
+    if head.startswith(b"xar!") and len(head) >= 8 and head[4:6] == b"\x00\x1c":
+        return XAR
+    if head.startswith(b"\x1f\x9d") and len(head) > 2 and 9 <= head[2] & 0x1F <= 16:
+        return COMPRESS
+    if head.startswith(b"LZIP") and len(head) > 4 and head[4] in (0, 1):
+        return LZIP
+    if head.startswith((b"\x04\x22\x4d\x18", b"\x02\x21\x4c\x18")):  # frame, legacy
+        return LZ4
+    if any(data[at : at + 5] == b"CD001" for at in (0x8001, 0x8801, 0x9001)):
+        return ISO9660
+    if _is_cpio(data):
+        return CPIO
+    if _is_openpgp(data):
+        return OPENPGP
+    return None
+
+
+_CPIO_ASCII = {b"070707": (76, 8), b"070701": (110, 16), b"070702": (110, 16)}
+
+
+def _is_cpio(data: bytes) -> bool:
+    ascii_form = _CPIO_ASCII.get(data[:6])
+    if ascii_form is not None:  # odc (octal fields) or newc/crc (hex fields)
+        size, base = ascii_form
+        fields = data[6:size]
+        if len(fields) < size - 6:
+            return False
+        try:
+            int(fields, base)
+        except ValueError:
+            return False
+        return True
+    if len(data) < 28 or data[:2] not in (b"\xc7\x71", b"\x71\xc7"):
+        return False
+    # binary: a two-byte magic only, so the name (length at offset 20) must end in NUL
+    if data[:2] == b"\xc7\x71":
+        namesize = int.from_bytes(data[20:22], "little")
+    else:
+        namesize = int.from_bytes(data[20:22], "big")
+    return 2 <= namesize <= 4096 and 26 + namesize <= len(data) and data[25 + namesize] == 0
+
+
+ARMOR_MESSAGE = b"-----BEGIN PGP MESSAGE-----"
+
+# First packets of an OpenPGP message, by tag, with the first body bytes they allow:
+# PKESK (1) and SKESK (3) start encrypted messages, one-pass signature (4) and compressed
+# data (8) signed ones, literal data (11) `gpg --store`, marker (10) old PGP, SEIPD (18).
+_PGP_FIRST = {
+    1: (3, 6), 3: (4, 5, 6), 4: (3, 6), 8: (0, 1, 2, 3), 10: (ord("P"),),
+    11: tuple(b"btul1m"), 18: (1, 2),
+}
+
+
+def _is_openpgp(data: bytes) -> bool:
+    if data[:64].lstrip().startswith(ARMOR_MESSAGE):
+        return True
+    if len(data) < 3 or not data[0] & 0x80:
+        return False
+    first = data[0]
+    if first & 0x40:  # new packet format
+        tag = first & 0x3F
+        octet = data[1]
+        if octet < 192:
+            length: int | None = octet
+            body = 2
+        elif octet < 224:
+            length, body = ((octet - 192) << 8) + data[2] + 192, 3
+        elif octet == 255:
+            length, body = int.from_bytes(data[2:6], "big"), 6
+        else:
+            length, body = None, 2  # a partial body length
+    else:
+        tag = (first >> 2) & 0x0F
+        width = (1, 2, 4, 0)[first & 3]
+        length = int.from_bytes(data[1 : 1 + width], "big") if width else None
+        body = 1 + width
+    allowed = _PGP_FIRST.get(tag)
+    if allowed is None or body >= len(data) or data[body] not in allowed:
+        return False
+    return length is None or (length > 0 and body + length <= len(data))
 
 
 def _is_tar(data: bytes) -> bool:
@@ -156,6 +254,21 @@ _DECLARED_CONTAINERS = {
     "message/global": MESSAGE,
     "message/news": MESSAGE,
     "text/rfc822-headers": MESSAGE,
+    "application/x-iso9660-image": ISO9660,
+    "application/x-cd-image": ISO9660,
+    "application/vnd.ms-cab-compressed": CAB,
+    "application/x-cpio": CPIO,
+    "application/x-bcpio": CPIO,
+    "application/x-sv4cpio": CPIO,
+    "application/x-sv4crc": CPIO,
+    "application/x-xar": XAR,
+    "application/x-compress": COMPRESS,
+    "application/x-lzip": LZIP,
+    "application/x-lz4": LZ4,
+    "application/zstd": ZSTD,
+    "application/x-zstd": ZSTD,
+    "application/pgp": OPENPGP,
+    "application/x-pgp-message": OPENPGP,
 }
 
 _CONTAINER_EXTENSIONS = {
@@ -164,6 +277,9 @@ _CONTAINER_EXTENSIONS = {
     "tar": TAR, "gz": GZIP, "tgz": GZIP, "bz2": BZIP2, "tbz2": BZIP2, "xz": XZ, "txz": XZ,
     "7z": SEVEN_ZIP, "rar": RAR, "cbr": RAR, "pdf": PDF, "p7m": PKCS7,
     "eml": MESSAGE, "mht": MESSAGE, "mhtml": MESSAGE,
+    "iso": ISO9660, "cab": CAB, "cpio": CPIO, "xar": XAR, "pkg": XAR, "z": COMPRESS,
+    "taz": COMPRESS, "lz": LZIP, "tlz": LZIP, "lz4": LZ4, "zst": ZSTD, "tzst": ZSTD,
+    "gpg": OPENPGP, "pgp": OPENPGP,
 }
 
 IMAGE_EXTENSIONS = frozenset({

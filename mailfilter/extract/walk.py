@@ -11,7 +11,18 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import replace
 
-from mailfilter.extract import archives, core, mime, pdf, smime, sniff, textscan, tnef
+from mailfilter.extract import (
+    archives,
+    core,
+    libarchive_reader,
+    mime,
+    openpgp,
+    pdf,
+    smime,
+    sniff,
+    textscan,
+    tnef,
+)
 from mailfilter.extract.core import Context, EntityNode, Node, PayloadNode
 from mailfilter.model import Extraction
 from mailfilter.settings import ExtractSettings
@@ -35,6 +46,12 @@ def _container(ctx: Context, node: PayloadNode, kind: str, quiet: bool) -> Itera
         return archives.sevenzip_members(ctx, node, quiet)
     if kind == sniff.RAR:
         return archives.rar_members(ctx, node, quiet)
+    if kind in libarchive_reader.ARCHIVE_FORMATS:
+        return libarchive_reader.archive_members(ctx, node, kind, quiet)
+    if kind in libarchive_reader.STREAM_FILTERS:
+        return libarchive_reader.compressed_stream(ctx, node, kind, quiet)
+    if kind == sniff.OPENPGP:
+        return openpgp.contents(ctx, node, quiet)
     if kind == sniff.PDF:
         return pdf.images(ctx, node, quiet)
     if kind == sniff.TNEF:
