@@ -246,6 +246,13 @@ class ExtractSettings(_Section):
     max_archive_members: int = Field(default=1000, ge=0)
     max_expansion_ratio: float = Field(default=100.0, ge=1.0)
     max_images: int = Field(default=200, ge=1)
+    # PDF pages are rendered (PDFium) where images are drawn, to see what a viewer shows:
+    # at most this many pages with images per document (0: no rendering), each region at
+    # most max_side pixels on its long side, within a pixel total and a deadline per document.
+    pdf_render_max_pages: int = Field(default=50, ge=0, le=10_000)
+    pdf_render_max_side: int = Field(default=1024, ge=64, le=8192)
+    pdf_render_max_pixels: Count = Field(default=50_000_000, ge=1)
+    pdf_render_deadline: Duration = 10.0
 
 
 class WorkerSettings(_Section):

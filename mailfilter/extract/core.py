@@ -37,6 +37,7 @@ UNSUPPORTED_ARCHIVE = "unsupported-archive"
 UNSUPPORTED_IMAGE = "unsupported-image-encoding"
 PARTIAL_MESSAGE = "partial-message"
 PARSE_ERROR = "parse-error"
+PAGES_PAST_LIMIT = "pages-past-limit"  # PDF pages with images not rendered (a render limit)
 
 
 class Stop(BaseException):
