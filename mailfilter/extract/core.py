@@ -37,6 +37,7 @@ UNSUPPORTED_ARCHIVE = "unsupported-archive"
 UNSUPPORTED_IMAGE = "unsupported-image-encoding"
 PARTIAL_MESSAGE = "partial-message"
 PARSE_ERROR = "parse-error"
+CARVE_LIMIT = "carve-limit"  # more signatures carved out of payloads than MAX_CARVED
 PAGES_PAST_LIMIT = "pages-past-limit"  # PDF pages with images not rendered (a render limit)
 
 
@@ -138,6 +139,12 @@ class Context:
         self._seen_unscannable: set[tuple[str, str]] = set()
         # Text-only mode (`extract_text_only`): anything but text raises NeedsWorker.
         self.text_only = False
+        # The raw message and the spans of it that the MIME walk decoded and handed on
+        # (`cover`): the raw sweep (sweep.raw_message) leaves those to the walk.
+        self.raw: bytes | None = None
+        self.covered: list[tuple[int, int]] = []
+        # Candidates carved out of payloads at an offset (sweep.MAX_CARVED per message).
+        self.carved = 0
 
     # --- records ------------------------------------------------------------------------
 
@@ -176,6 +183,12 @@ class Context:
                 containers=node.containers,
             )
         )
+
+    def cover(self, buf: bytes, start: int, end: int) -> None:
+        """Record that `buf[start:end]` was decoded and handed on to the walk. Only spans of
+        the raw message count (other buffers are decoded payloads the sweep never sees)."""
+        if buf is self.raw and end > start:
+            self.covered.append((start, end))
 
     # --- limits -------------------------------------------------------------------------
 
