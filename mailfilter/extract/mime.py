@@ -181,6 +181,7 @@ def decode_body(
     ctx: Context, path: str, buf: bytes, start: int, end: int, cte: str
 ) -> bytes | None:
     """The decoded body, charged to the budget; None (and unscannable) if it does not fit."""
+    ctx.cover(buf, start, end)  # the raw sweep leaves what the walk decodes to the walk
     size = end - start
     if cte == "base64":
         if not ctx.fits(path, size * 3 // 4 + 3):
