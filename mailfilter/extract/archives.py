@@ -1,4 +1,12 @@
 """Archives and compressed streams: ZIP (and so OOXML/ODF/EPUB), TAR, gzip, bzip2, xz, 7z, RAR.
+(ISO 9660, CAB, cpio, xar and the compress, lzip, lz4 and zstd streams: `libarchive_reader`,
+whose docstring says why each format is read where it is.)
+
+ZIP is read the way unarchivers do, not only the way zipfile does: members zipfile has no
+decompressor for (Deflate64, through `inflate64`; zstd; xz) are read from their local headers,
+and entries whose local header is missing from the central directory (or a zip with no
+directory at all) are found by walking the local headers; bsdtar, 7z and streaming unzippers
+show them.
 
 Bombs are caught before anything is expanded: declared sizes are held against the decoded-byte
 budget and the expansion ratio, and every read is capped anyway (declared sizes can lie). A
@@ -29,6 +37,15 @@ from mailfilter.extract.core import Context, Node, PayloadNode, member_path, rea
 _ZIP_METHODS = frozenset(
     {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
 )
+
+# Methods zipfile lacks that are read here from the member's local header.
+ZIP_DEFLATE64, ZIP_ZSTD, ZIP_XZ = 9, 93, 95
+_OWN_METHODS = frozenset({ZIP_DEFLATE64, ZIP_ZSTD, ZIP_XZ})
+_ZIP_READABLE = _ZIP_METHODS | _OWN_METHODS
+
+# inflate64 has no output limit per call: feed it this much at a time (a Deflate64 match
+# of 64 KiB costs about 20 bits, so one call can give at most a few MB before the cap check).
+_DEFLATE64_FEED = 512
 
 ZIP_DIRECTORY_FLOOR = 1 << 20
 ZIP_DIRECTORY_PER_MEMBER = 1024
@@ -112,6 +129,290 @@ def _zip_directory_size(data: bytes) -> int:
     return size
 
 
+class _LocalHeader:
+    """A zip local file header (PK\\x03\\x04) and where its data starts."""
+
+    __slots__ = ("compress_size", "crc", "data_start", "file_size", "flags", "method", "name",
+                 "offset")
+
+    def __init__(self, data: bytes, offset: int) -> None:
+        (_version, flags, method, _time, _date, crc, csize, usize, n, m) = struct.unpack_from(
+            "<HHHHHIIIHH", data, offset + 4
+        )
+        self.offset, self.flags, self.method, self.crc = offset, flags, method, crc
+        raw_name = data[offset + 30 : offset + 30 + n]
+        self.name = raw_name.decode("utf-8" if flags & 0x800 else "cp437", "replace")
+        extra = data[offset + 30 + n : offset + 30 + n + m]
+        self.data_start = offset + 30 + n + m
+        if 0xFFFFFFFF in (csize, usize):  # zip64: the sizes that overflowed are in extra 0x0001
+            pos = 0
+            while pos + 4 <= len(extra):
+                tag, size = struct.unpack_from("<HH", extra, pos)
+                if tag == 0x0001:
+                    field = extra[pos + 4 : pos + 4 + size]
+                    at = 0
+                    if usize == 0xFFFFFFFF and at + 8 <= len(field):
+                        usize = int.from_bytes(field[at : at + 8], "little")
+                        at += 8
+                    if csize == 0xFFFFFFFF and at + 8 <= len(field):
+                        csize = int.from_bytes(field[at : at + 8], "little")
+                    break
+                pos += 4 + size
+        self.compress_size, self.file_size = csize, usize
+
+    @property
+    def streamed(self) -> bool:
+        """Sizes in a data descriptor after the data (bit 3), not here."""
+        return bool(self.flags & 0x08) and not self.compress_size
+
+
+def _local_header(data: bytes, offset: int) -> _LocalHeader | None:
+    if offset < 0 or offset + 30 > len(data) or data[offset : offset + 4] != b"PK\x03\x04":
+        return None
+    header = _LocalHeader(data, offset)
+    return header if header.data_start <= len(data) else None
+
+
+def _inflate_stream(
+    dec: Any, data: bytes, cap: int, tail: bool
+) -> tuple[bytes | None, int | None, str]:
+    """Run a zlib / bz2 / lzma decompressor over `data` up to `cap` bytes of output: (output
+    or None past the cap, input bytes consumed if it ended, error text)."""
+    out = bytearray()
+    src = data
+    while True:
+        try:
+            out += dec.decompress(src, cap + 1 - len(out))
+        except (zlib.error, OSError, lzma.LZMAError, EOFError, ValueError) as exc:
+            return bytes(out), None, str(exc) or type(exc).__name__
+        if len(out) > cap:
+            return None, None, ""
+        if dec.eof:
+            return bytes(out), len(data) - len(dec.unused_data), ""
+        if tail:  # zlib keeps what it did not take in unconsumed_tail
+            src = dec.unconsumed_tail
+            if not src:
+                return bytes(out), None, "truncated"
+        else:
+            src = b""
+            if dec.needs_input:
+                return bytes(out), None, "truncated"
+
+
+def _zip_decompress(
+    method: int, raw: bytes, cap: int, size: int | None
+) -> tuple[bytes | None, int | None, str]:
+    """A zip member's compressed bytes (`raw`, possibly followed by more) decompressed up to
+    `cap` bytes: (output or None past the cap, compressed length if known, error text)."""
+    if method == zipfile.ZIP_DEFLATED:
+        return _inflate_stream(zlib.decompressobj(-15), raw, cap, tail=True)
+    if method == zipfile.ZIP_BZIP2:
+        return _inflate_stream(bz2.BZ2Decompressor(), raw, cap, tail=False)
+    if method == ZIP_XZ:
+        return _inflate_stream(lzma.LZMADecompressor(lzma.FORMAT_XZ), raw, cap, tail=False)
+    if method == zipfile.ZIP_LZMA:  # 2-byte version, 2-byte properties size, properties
+        if len(raw) < 4:
+            return b"", None, "truncated"
+        props_end = 4 + int.from_bytes(raw[2:4], "little")
+        decode = getattr(lzma, "_decode_filter_properties")  # noqa: B009 - as zipfile does
+        try:
+            lzma1 = decode(lzma.FILTER_LZMA1, raw[4:props_end])
+        except (lzma.LZMAError, ValueError) as exc:
+            return b"", None, str(exc)
+        dec = lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=[lzma1])
+        out, used, error = _inflate_stream(dec, raw[props_end:], cap, tail=False)
+        if error == "truncated" and out is not None and size is not None and len(out) == size:
+            error = ""  # no end marker: the size says where it stops
+        return out, (props_end + used if used is not None else None), error
+    if method == ZIP_DEFLATE64:
+        import inflate64
+
+        inflater = inflate64.Inflater()
+        parts: list[bytes] = []
+        total = 0
+        for at in range(0, len(raw), _DEFLATE64_FEED):
+            try:
+                block = inflater.inflate(raw[at : at + _DEFLATE64_FEED])
+            except (ValueError, OSError, RuntimeError) as exc:
+                return b"".join(parts), None, str(exc) or type(exc).__name__
+            parts.append(block)
+            total += len(block)
+            if total > cap:
+                return None, None, ""
+            if inflater.eof:
+                return b"".join(parts), None, ""
+        return b"".join(parts), None, "truncated"
+    if method == ZIP_ZSTD:
+        from mailfilter.extract import libarchive_reader
+
+        out, error = libarchive_reader.decompress(raw, sniff.ZSTD, cap)
+        return out, None, error
+    return None, None, f"zip method {method}"
+
+
+def _read_own_method(data: bytes, info: zipfile.ZipInfo) -> tuple[bytes | None, str]:
+    """A listed member zipfile cannot decompress, read from its local header: its bytes (None
+    past the declared size) and a defect. Raises ValueError if it cannot be read."""
+    header = _local_header(data, info.header_offset)
+    if header is None:
+        raise ValueError("no local header where the directory points")
+    raw = data[header.data_start : header.data_start + info.compress_size]
+    out, _used, error = _zip_decompress(info.compress_type, raw, info.file_size, info.file_size)
+    if out is None:
+        if error:
+            raise ValueError(error)
+        return None, ""
+    if error:
+        raise ValueError(error)
+    return out, ("" if zlib.crc32(out) == info.CRC else "zip-bad-crc")
+
+
+def _stored_end(data: bytes, start: int) -> int | None:
+    """Where a stored member with a data descriptor ends: at a signed descriptor whose size
+    agrees, else before the next header (less an unsigned descriptor that agrees)."""
+    pos = start
+    while True:
+        hit = data.find(b"PK\x07\x08", pos)
+        if hit < 0:
+            break
+        if hit + 12 <= len(data):
+            if int.from_bytes(data[hit + 8 : hit + 12], "little") == hit - start:
+                return hit
+            if hit + 16 <= len(data) and int.from_bytes(data[hit + 8 : hit + 16], "little") == (
+                hit - start
+            ):
+                return hit
+        pos = hit + 1
+    ends = [e for sig in (b"PK\x03\x04", b"PK\x01\x02", b"PK\x05\x06")
+            if (e := data.find(sig, start)) >= 0]
+    if not ends:
+        return None
+    nxt = min(ends)
+    for size in (12, 20):  # crc + sizes, 32-bit or zip64
+        at = nxt - size
+        if at >= start and int.from_bytes(data[at + 4 : at + 8], "little") == at - start:
+            return at
+    return None
+
+
+def _listed_extents(data: bytes, infos: list[zipfile.ZipInfo]) -> list[tuple[int, int]]:
+    """The byte ranges the central directory's entries cover (header and data)."""
+    extents = []
+    for info in infos:
+        header = _local_header(data, info.header_offset)
+        end = (header.data_start if header else info.header_offset + 30) + info.compress_size
+        extents.append((info.header_offset, end))
+    return sorted(extents)
+
+
+def _unlisted_members(
+    ctx: Context,
+    node: PayloadNode,
+    fail: Fail,
+    listed: list[tuple[int, int]],
+    no_directory: str,
+) -> Iterator[Node]:
+    """Entries found by walking the local headers outside the ranges the central directory
+    lists (all of them when there is no readable directory: `no_directory` says why)."""
+    data = node.data
+    found: list[PayloadNode] = []
+    encrypted = truncated = entries = 0
+    pos = 0
+    extent = 0
+    candidates = 0
+    max_candidates = 4 * ctx.limits.max_archive_members + 16
+    while candidates < max_candidates:
+        at = data.find(b"PK\x03\x04", pos)
+        if at < 0:
+            break
+        candidates += 1
+        while extent < len(listed) and listed[extent][1] <= at:
+            extent += 1
+        if extent < len(listed) and listed[extent][0] <= at:
+            pos = listed[extent][1]  # inside a listed member (a stored zip in a zip, say)
+            continue
+        header = _local_header(data, at)
+        if header is None:
+            pos = at + 4
+            continue
+        pos = header.data_start
+        if header.name.endswith("/"):
+            pos = header.data_start + header.compress_size
+            continue
+        entries += 1
+        if not ctx.count_member(node.path):
+            break
+        path = member_path(node.path, header.name)
+        if header.flags & 0x1:
+            encrypted += 1
+            if not header.streamed:
+                pos = header.data_start + header.compress_size
+            continue
+        if header.method not in _ZIP_READABLE:
+            ctx.skip(path, core.UNSUPPORTED_ARCHIVE, f"zip method {header.method}")
+            if not header.streamed:
+                pos = header.data_start + header.compress_size
+            continue
+        size: int | None = None if header.streamed else header.file_size
+        if size is not None:
+            if ctx.ratio_exceeded(size, header.compress_size):
+                detail = f"{header.compress_size} bytes declare {size}"
+                ctx.skip(path, core.MAX_EXPANSION_RATIO, detail)
+                pos = header.data_start + header.compress_size
+                continue
+            if not ctx.fits(path, size):
+                pos = header.data_start + header.compress_size
+                continue
+        if header.method == zipfile.ZIP_STORED:
+            end = (_stored_end(data, header.data_start) if header.streamed
+                   else header.data_start + header.compress_size)
+            if end is None or end > len(data):
+                truncated += 1
+                continue
+            out: bytes | None = data[header.data_start : end]
+            used: int | None = end - header.data_start
+            error = ""
+            if size is not None and out is not None and len(out) != size:
+                error = "stored size disagrees"
+        else:
+            raw = (data[header.data_start :] if header.streamed
+                   else data[header.data_start : header.data_start + header.compress_size])
+            by_ratio = ctx.expansion_cap(header.compress_size or len(raw))
+            cap = min(size if size is not None else by_ratio, ctx.remaining)
+            out, used, error = _zip_decompress(header.method, raw, cap, size)
+            if out is None and not error:
+                ctx.charge(cap)  # the work done counts
+                if size is not None and cap == size:
+                    ctx.skip(path, core.ZIP_BOMB, _PAST_DECLARED)
+                elif cap == by_ratio:
+                    ctx.skip(path, core.MAX_EXPANSION_RATIO, f"expands past {by_ratio}")
+                else:
+                    ctx.fits(path, ctx.remaining + 1)
+                if not header.streamed:
+                    pos = header.data_start + header.compress_size
+                continue
+        if not header.streamed:
+            pos = header.data_start + header.compress_size
+        elif used is not None:
+            pos = header.data_start + used
+        if error or out is None:
+            truncated += 1
+            continue
+        ctx.charge(len(out))
+        found.append(_child(node, sniff.ZIP, header.name, out))
+    if no_directory and not found and not encrypted:
+        fail(core.CORRUPT_ARCHIVE, no_directory)
+        return
+    if entries:
+        ctx.defect(node.path, "zip-without-directory" if no_directory else "zip-unlisted-entry")
+    if truncated:
+        ctx.skip(node.path, core.CORRUPT_ARCHIVE, f"{truncated} zip entries cut short or corrupt")
+    if encrypted:
+        detail = f"{encrypted} zip entries outside the directory need a password"
+        ctx.skip(node.path, core.ENCRYPTED_ARCHIVE, detail)
+    yield from found
+
+
 def zip_members(ctx: Context, node: PayloadNode, quiet: bool = False) -> Iterator[Node]:
     fail = Fail(ctx, node, quiet)
     # zipfile reads the whole central directory at once: refuse one far bigger than the
@@ -131,10 +432,10 @@ def zip_members(ctx: Context, node: PayloadNode, quiet: bool = False) -> Iterato
         if "overlap" in str(exc).lower():
             ctx.skip(node.path, core.ZIP_BOMB, str(exc))
         else:
-            fail(core.CORRUPT_ARCHIVE, f"zip: {exc}")
+            yield from _unlisted_members(ctx, node, fail, [], f"zip: {exc}")
         return
     except (ValueError, OSError, EOFError, struct.error, NotImplementedError) as exc:
-        fail(core.CORRUPT_ARCHIVE, f"zip: {exc}")
+        yield from _unlisted_members(ctx, node, fail, [], f"zip: {exc}")
         return
     with zf:
         files = [i for i in zf.infolist() if not i.is_dir()]
@@ -148,7 +449,7 @@ def zip_members(ctx: Context, node: PayloadNode, quiet: bool = False) -> Iterato
             if info.flag_bits & 0x1:
                 encrypted += 1
                 continue
-            if info.compress_type not in _ZIP_METHODS:
+            if info.compress_type not in _ZIP_READABLE:
                 ctx.skip(path, core.UNSUPPORTED_ARCHIVE, f"zip method {info.compress_type}")
                 continue
             if ctx.ratio_exceeded(info.file_size, info.compress_size):
@@ -161,7 +462,10 @@ def zip_members(ctx: Context, node: PayloadNode, quiet: bool = False) -> Iterato
             if not ctx.fits(path, info.file_size):
                 continue
             try:
-                data, defect = _read_zip_member(zf, info)
+                if info.compress_type in _OWN_METHODS:
+                    data, defect = _read_own_method(node.data, info)
+                else:
+                    data, defect = _read_zip_member(zf, info)
             except RuntimeError as exc:  # zipfile: "encrypted, password required"
                 encrypted += 1
                 del exc
@@ -183,6 +487,8 @@ def zip_members(ctx: Context, node: PayloadNode, quiet: bool = False) -> Iterato
                 core.ENCRYPTED_ARCHIVE,
                 f"{encrypted} of {len(files)} zip members need a password",
             )
+        listed = _listed_extents(node.data, zf.infolist())
+    yield from _unlisted_members(ctx, node, fail, listed, "")
 
 
 def appended_zip(ctx: Context, node: PayloadNode) -> Iterator[Node]:
