@@ -37,6 +37,8 @@ UNSUPPORTED_ARCHIVE = "unsupported-archive"
 UNSUPPORTED_IMAGE = "unsupported-image-encoding"
 PARTIAL_MESSAGE = "partial-message"
 PARSE_ERROR = "parse-error"
+# More alternative readings of a message's structure than the walk bounds itself to (mime.py).
+MAX_READINGS = "max-readings"
 CARVE_LIMIT = "carve-limit"  # more signatures carved out of payloads than MAX_CARVED
 PAGES_PAST_LIMIT = "pages-past-limit"  # PDF pages with images not rendered (a render limit)
 
@@ -79,6 +81,9 @@ class EntityNode(Node):
     root: bool = False
     mp_depth: int = 0
     default_type: str = "text/plain"
+    # Part of a second reading of an ambiguous structure: leaves seen in another reading
+    # are not handed on twice.
+    alternate: bool = False
 
 
 @dataclass(slots=True)
@@ -129,6 +134,7 @@ class Context:
         self.attachments: list[Attachment] = []
         self.unscannable: list[Unscannable] = []
         self.defects: list[str] = []
+        self.ambiguities: list[str] = []
         self.parts = 0
         self.members = 0
         self.decoded = 0
@@ -153,6 +159,17 @@ class Context:
             self.defects.append(f"{code} at {path or 'message'}")
         elif len(self.defects) == MAX_DEFECTS:
             self.defects.append("more-defects-dropped")
+
+    def ambiguity(self, path: str, code: str) -> None:
+        """Record that readers disagree about the structure at `path` (the walk scans every
+        reading); once per code and path."""
+        entry = f"{code} at {path or 'message'}"
+        if entry in self.ambiguities:
+            return
+        if len(self.ambiguities) < MAX_DEFECTS:
+            self.ambiguities.append(entry)
+        elif len(self.ambiguities) == MAX_DEFECTS:
+            self.ambiguities.append("more-ambiguities-dropped")
 
     def skip(self, path: str, reason: str, detail: str = "") -> None:
         """Record that the part at `path` could not be (completely) examined."""
