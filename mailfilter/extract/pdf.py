@@ -13,12 +13,14 @@ for the duration of the file, and never calls external programs.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
+import re
 from collections.abc import Iterator
 from typing import Any
 
-from mailfilter.extract import core, sniff
+from mailfilter.extract import core, pdf_render, sniff
 from mailfilter.extract.archives import Fail
 from mailfilter.extract.core import Context, Node, PayloadNode, member_path
 
@@ -26,6 +28,13 @@ from mailfilter.extract.core import Context, Node, PayloadNode, member_path
 # with more is recorded as unscannable (max-parts) after the first ones.
 MAX_PDF_OBJECTS = 10_000
 _PYPDF_STREAM_CAP = 75_000_000
+
+# `N G obj` where a PDF object starts (PDF whitespace: NUL, tab, LF, FF, CR, space).
+_OBJ_HEADER = re.compile(rb"(?<![0-9])([0-9]{1,10})[\x00\t\n\x0c\r ]+([0-9]{1,5})"
+                         rb"[\x00\t\n\x0c\r ]+obj(?![A-Za-z0-9])")
+_STREAM_KEYWORD = re.compile(rb"(?<![A-Za-z])stream(?:\r\n|\r|\n)?")
+_MAX_DICT_BYTES = 1 << 20
+_WHITESPACE = b"\x00\t\n\x0c\r "
 
 _BILEVEL_FILTERS = frozenset({"/CCITTFaxDecode", "/CCF", "/JBIG2Decode"})
 _JPEG_FILTERS = frozenset({"/DCTDecode", "/DCT"})
@@ -163,7 +172,7 @@ def _expected_size(obj: Any) -> int:
     return max(0, (width * 4 * max(bpc, 1) + 7) // 8 * height)
 
 
-def _image(ctx: Context, node: PayloadNode, obj: Any, num: int) -> PayloadNode | None:
+def _image(ctx: Context, node: PayloadNode, obj: Any, num: int | str) -> PayloadNode | None:
     filters = _filters(obj)
     last = filters[-1] if filters else ""
     base = member_path(node.path, f"image-{num}")
@@ -190,10 +199,99 @@ def _image(ctx: Context, node: PayloadNode, obj: Any, num: int) -> PayloadNode |
     return PayloadNode(f"{base}.png", containers, png, f"image-{num}.png", "image/png")
 
 
+def _open(data: bytes) -> tuple[Any, bool]:
+    """A pypdf reader, and whether the cross-reference data had to be rebuilt: a file with no
+    `startxref` at all (pypdf gives up) is read again with one pointing nowhere, which makes
+    pypdf rebuild the table by scanning the file for objects, as viewers do."""
+    from pypdf import PdfReader
+
+    try:
+        return PdfReader(io.BytesIO(data), strict=False), False
+    except Exception as first:
+        try:
+            return PdfReader(io.BytesIO(data + b"\nstartxref\n0\n%%EOF\n"), strict=False), True
+        except Exception:
+            raise first from None
+
+
+def _decrypt(ctx: Context, node: PayloadNode, reader: Any) -> bool:
+    """Open an encrypted PDF with the empty user password (what viewers do without asking);
+    False, with the reason recorded, when that is not enough."""
+    from pypdf.errors import DependencyError
+
+    try:
+        opened = bool(reader.decrypt(""))
+    except DependencyError as exc:  # AES without the cryptography package: not a password
+        ctx.skip(node.path, core.UNSUPPORTED_ARCHIVE, f"PDF encryption: {exc}"[:200])
+        return False
+    except Exception as exc:
+        ctx.skip(node.path, core.ENCRYPTED_ARCHIVE, f"PDF: {exc}"[:200])
+        return False
+    if not opened:
+        ctx.skip(node.path, core.ENCRYPTED_ARCHIVE, "PDF needs a password")
+    return opened
+
+
+def _scanned_headers(data: bytes) -> list[tuple[int, int, int]]:
+    """(number, generation, offset) of every `N G obj` in the file, in file order."""
+    return [(int(m.group(1)), int(m.group(2)), m.start()) for m in _OBJ_HEADER.finditer(data)]
+
+
+def _object_at(reader: Any, data: bytes, offset: int, num: int, gen: int) -> Any:
+    """The object whose header is at `offset`, read without the cross-reference table (an
+    object the table misses, or an older version that a newer one shadows)."""
+    from pypdf.generic import read_object
+
+    stream = reader.stream
+    stream.seek(offset)
+    try:
+        reader.read_object_header(stream)
+        obj = read_object(stream, reader)
+    except Exception:
+        obj = _tolerant_stream(reader, data, offset)
+    encryption = getattr(reader, "_encryption", None)
+    if encryption is not None:
+        obj = encryption.decrypt_object(obj, num, gen, strict=False)
+    return obj
+
+
+def _tolerant_stream(reader: Any, data: bytes, offset: int) -> Any:
+    """A stream object read the way lenient viewers do when its `/Length` is wrong and no
+    `endstream` follows: its data runs to the first `endstream`, `endobj` or next object
+    header, or to the end of the file."""
+    from pypdf.errors import PdfReadError
+    from pypdf.generic import DictionaryObject, StreamObject, read_object
+
+    header = _OBJ_HEADER.match(data, offset)
+    if header is None:
+        raise PdfReadError("no object header")
+    keyword = _STREAM_KEYWORD.search(data, header.end(), header.end() + _MAX_DICT_BYTES)
+    if keyword is None:
+        raise PdfReadError("not a stream")
+    head = read_object(io.BytesIO(data[header.end() : keyword.start()].lstrip(_WHITESPACE)),
+                       reader)
+    if not isinstance(head, DictionaryObject):
+        raise PdfReadError("stream without a dictionary")
+    begin = keyword.end()
+    end = len(data)
+    for marker in (b"endstream", b"endobj"):
+        at = data.find(marker, begin)
+        if at >= 0:
+            end = min(end, at)
+    following = _OBJ_HEADER.search(data, begin, end)
+    if following is not None:
+        end = following.start()
+    body = data[begin:end]
+    body = body[:-2] if body.endswith(b"\r\n") else body[:-1] if body[-1:] in b"\r\n" else body
+    fields: dict[str, Any] = dict(head)
+    fields["__streamdata__"] = body
+    return StreamObject.initialize_from_dictionary(fields)
+
+
 def images(ctx: Context, node: PayloadNode, quiet: bool = False) -> Iterator[Node]:
-    from pypdf import PdfReader, apply_configuration
-    from pypdf.errors import DependencyError, LimitReachedError
-    from pypdf.generic import IndirectObject, StreamObject
+    """The PDF's images as stored (every image object, exact bytes where a JPEG is stored),
+    its embedded files, then the regions where its pages draw images, rendered."""
+    from pypdf import apply_configuration
 
     fail = Fail(ctx, node, quiet)
     found: list[PayloadNode] = []
@@ -210,65 +308,130 @@ def images(ctx: Context, node: PayloadNode, quiet: bool = False) -> Iterator[Nod
         "stream_decoding_work_maximum_length": 2 * cap,
         "jbig2dec_binary": None,
     }
+    stored_error: str | None = None
     with apply_configuration(None, **limits):
         try:
-            reader = PdfReader(io.BytesIO(node.data), strict=False)
-            encrypted = reader.is_encrypted
+            reader, rebuilt = _open(node.data)
         except Exception as exc:
-            fail(core.CORRUPT_ARCHIVE, f"PDF: {type(exc).__name__}: {exc}")
+            reader, stored_error = None, f"PDF: {type(exc).__name__}: {exc}"
+        if reader is not None:
+            if rebuilt:
+                ctx.defect(node.path, "pdf-xref-rebuilt")
+            if reader.is_encrypted and not _decrypt(ctx, node, reader):
+                if not ctx.unscannable or ctx.unscannable[-1].reason != core.UNSUPPORTED_ARCHIVE:
+                    return  # needs a password: PDFium could not open it either
+                reader = None  # AES without cryptography: PDFium still renders it
+            else:
+                _stored(ctx, node, reader, cap, found)
+    yield from found
+    yield from _rendered(ctx, node, fail, stored_error)
+
+
+def _rendered(ctx: Context, node: PayloadNode, fail: Fail, stored_error: str | None
+              ) -> Iterator[Node]:
+    """The rendered regions; a file that neither pypdf nor PDFium can read is corrupt."""
+    if ctx.limits.pdf_render_max_pages == 0:
+        if stored_error is not None:
+            fail(core.CORRUPT_ARCHIVE, stored_error)
+        return
+    try:
+        for child in pdf_render.regions(ctx, node):
+            if not ctx.count_member(node.path):
+                return
+            yield child
+    except pdf_render.CannotOpen as exc:
+        fail(core.CORRUPT_ARCHIVE, stored_error or str(exc))
+        return
+    except Exception as exc:  # PDFium's Python side: the stored images were still read
+        ctx.skip(node.path, core.PAGES_PAST_LIMIT, f"rendering stopped: {type(exc).__name__}: "
+                 f"{exc}"[:200])
+        return
+    if stored_error is not None:
+        # PDFium rendered it, but its objects (exact bytes) could not be read.
+        fail(core.CORRUPT_ARCHIVE, stored_error)
+
+
+def _stored(ctx: Context, node: PayloadNode, reader: Any, cap: int,
+            found: list[PayloadNode]) -> None:
+    """Every image and embedded-file stream: the objects of the cross-reference table, then
+    objects only a scan of the file finds (missed by a broken table, or shadowed by a newer
+    version of the same number)."""
+    refs = sorted((num, gen) for gen, table in reader.xref.items() for num in table if num > 0)
+    seen_digests: set[bytes] = set()
+    errors: list[str] = []
+    for num, gen in refs:
+        if not _stored_object(ctx, node, reader, cap, found, seen_digests, errors, num, gen, None):
             return
-        if encrypted:
-            try:
-                opened = bool(reader.decrypt(""))
-            except DependencyError as exc:
-                ctx.skip(node.path, core.ENCRYPTED_ARCHIVE, f"PDF encryption: {exc}"[:200])
-                return
-            except Exception as exc:
-                ctx.skip(node.path, core.ENCRYPTED_ARCHIVE, f"PDF: {exc}"[:200])
-                return
-            if not opened:
-                ctx.skip(node.path, core.ENCRYPTED_ARCHIVE, "PDF needs a password")
-                return
-        refs = sorted(
-            (num, gen) for gen, table in reader.xref.items() for num in table if num > 0
-        )
-        allowed = max(0, MAX_PDF_OBJECTS - ctx.pdf_objects)
-        if len(refs) > allowed:
-            detail = f"more than {MAX_PDF_OBJECTS} PDF objects in the message"
-            ctx.skip(node.path, core.MAX_PARTS, detail)
-            refs = refs[:allowed]
-        ctx.pdf_objects += len(refs)
-        bad = 0
-        for num, gen in refs:
+    # The table has been read (and repaired where pypdf searched for an object): now every
+    # object header it does not point at.
+    at = {(num, gen): off for gen, table in reader.xref.items() for num, off in table.items()}
+    for num, gen, offset in _scanned_headers(node.data):
+        if at.get((num, gen)) == offset:
+            continue
+        if not _stored_object(ctx, node, reader, cap, found, seen_digests, errors, num, gen,
+                              offset):
+            return
+
+
+def _stored_object(ctx: Context, node: PayloadNode, reader: Any, cap: int,
+                   found: list[PayloadNode], seen_digests: set[bytes], errors: list[str],
+                   num: int, gen: int, offset: int | None) -> bool:
+    """Look at one object (by the table when `offset` is None); False once a limit says
+    to stop."""
+    from pypdf.errors import LimitReachedError
+    from pypdf.generic import IndirectObject, StreamObject
+
+    if ctx.pdf_objects >= MAX_PDF_OBJECTS:
+        ctx.skip(node.path, core.MAX_PARTS, f"more than {MAX_PDF_OBJECTS} PDF objects in the "
+                 "message")
+        return False
+    ctx.pdf_objects += 1
+    name: int | str = num if offset is None else f"{num}-at-{offset}"
+    try:
+        if offset is None:
             try:
                 obj = reader.get_object(IndirectObject(num, gen, reader))
-                if not isinstance(obj, StreamObject):
-                    continue
-                if obj.get("/Subtype") == "/Image":
-                    child = _image(ctx, node, obj, num)
-                elif obj.get("/Type") == "/EmbeddedFile":
-                    child = _embedded(ctx, node, obj, num)
-                else:
-                    continue
-            except LimitReachedError as exc:
-                where = member_path(node.path, f"object-{num}")
-                ctx.skip(where, core.MAX_DECODED_BYTES, str(exc)[:200])
-                ctx.charge(cap)  # the work done counts against the budget
-                continue
-            except Exception as exc:
-                bad += 1
-                if bad == 1:
-                    ctx.defect(node.path, f"pdf-bad-object:{type(exc).__name__}")
-                continue
-            if child is None:
-                continue
-            if not ctx.count_member(node.path):
-                break
-            found.append(child)
-    yield from found
+            except LimitReachedError:
+                raise
+            except Exception:
+                listed = reader.xref.get(gen, {}).get(num)
+                if listed is None:
+                    raise
+                obj = _object_at(reader, node.data, listed, num, gen)
+        else:
+            obj = _object_at(reader, node.data, offset, num, gen)
+        if not isinstance(obj, StreamObject):
+            return True
+        if obj.get("/Subtype") == "/Image":
+            child = _image(ctx, node, obj, name)
+        elif obj.get("/Type") == "/EmbeddedFile":
+            child = _embedded(ctx, node, obj, name)
+        else:
+            return True
+    except LimitReachedError as exc:
+        where = member_path(node.path, f"object-{name}")
+        ctx.skip(where, core.MAX_DECODED_BYTES, str(exc)[:200])
+        ctx.charge(cap)  # the work done counts against the budget
+        return True
+    except Exception as exc:
+        if not errors:
+            ctx.defect(node.path, f"pdf-bad-object:{type(exc).__name__}")
+        errors.append(type(exc).__name__)
+        return True
+    if child is None:
+        return True
+    digest = hashlib.sha256(child.data).digest()
+    if digest in seen_digests:
+        return True  # the same image again (an older version of an object, unchanged)
+    seen_digests.add(digest)
+    if not ctx.count_member(node.path):
+        return False
+    found.append(child)
+    return True
 
 
-def _embedded(ctx: Context, node: PayloadNode, obj: Any, num: int) -> PayloadNode | None:
+def _embedded(ctx: Context, node: PayloadNode, obj: Any, num: int | str
+              ) -> PayloadNode | None:
     path = member_path(node.path, f"embedded-{num}")
     data = obj.get_data()
     if not ctx.fits(path, len(data)):

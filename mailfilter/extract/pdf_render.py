@@ -1,0 +1,333 @@
+"""What a PDF viewer shows where images are drawn: pages rendered with PDFium, cropped to
+the regions that images cover, each passed on as a PNG for the decode stage.
+
+The image objects of a file (pdf.py) are what it stores; a viewer can show something else:
+an inline image in a content stream (no object of its own), samples that a `/Decode` array
+inverts back, an image clipped to the part that matters, a plain image that a soft mask
+turns into a picture, a photo cut into tiles drawn edge to edge. So every page that draws
+images is rendered where they are drawn: each group of placements that touch or overlap
+(a tiled photo is one group) as the union of their visible boxes, and, in a group of
+several, each placement on its own (a photo laid over a background). A visible box is the
+image's box on the page, cut to its clip paths (their bounding boxes: text clips are not
+seen) and to the page's visible area.
+
+Bounds, per document: `pdf_render_max_pages` pages that draw images, regions of at most
+`pdf_render_max_side` pixels on the long side (never finer than the images' own pixels),
+`pdf_render_max_pixels` rendered pixels in all, `pdf_render_deadline` seconds. Pages the
+limits leave out are reported as `pages-past-limit`, never dropped silently. Groups made
+only of bilevel images (scanned pages, stencils) are left out, as pdf.py leaves out bilevel
+image objects.
+
+PDFium is C code reading hostile input. It runs inside the worker process (workers.py), so
+a crash ends only that worker and the scan reports it (`worker-crashed`); a single render
+call cannot be interrupted, the worker's task deadline is the backstop. Its Python-level
+errors are caught here.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import io
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from mailfilter.extract import core, sniff
+from mailfilter.extract.core import Context, PayloadNode, member_path
+
+Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in page space (points)
+Matrix = tuple[float, float, float, float, float, float]  # a b c d e f, as in PDF
+
+_IDENTITY: Matrix = (1.0, 0.0, 0.0, 1.0, 0.0, 0.0)
+# Form XObjects nest at most this deep for us (PDFium's own default is 15).
+_MAX_FORM_DEPTH = 12
+# Page objects looked at per document: a page of a million paths is not walked to the end.
+_MAX_OBJECTS = 200_000
+# Image placements considered per page; grouping them is quadratic.
+_MAX_PLACEMENTS = 2_000
+# A region smaller than this (pixels, short side) carries too little to fingerprint.
+_MIN_REGION_SIDE = 32
+# In a group of several placements, at most this many (the largest) are also rendered alone.
+_MAX_MEMBERS_ALONE = 8
+# Placements this close (points) count as touching: tiles are rarely placed exactly.
+_TOUCH = 1.0
+
+
+class CannotOpen(Exception):
+    """PDFium cannot open the document (the detail says why)."""
+
+
+@dataclass(slots=True)
+class _Placement:
+    box: Box  # visible part on the page
+    density: float  # the image's own pixels per point, the finer direction
+    bilevel: bool
+
+
+def _concat(first: Matrix, then: Matrix) -> Matrix:
+    """The matrix applying `first`, then `then` (PDF's row-vector convention)."""
+    a, b, c, d, e, f = first
+    a2, b2, c2, d2, e2, f2 = then
+    return (a * a2 + b * c2, a * b2 + b * d2, c * a2 + d * c2, c * b2 + d * d2,
+            e * a2 + f * c2 + e2, e * b2 + f * d2 + f2)
+
+
+def _transform(m: Matrix, box: Box) -> Box:
+    a, b, c, d, e, f = m
+    x0, y0, x1, y1 = box
+    xs, ys = [], []
+    for x, y in ((x0, y0), (x1, y0), (x0, y1), (x1, y1)):
+        xs.append(a * x + c * y + e)
+        ys.append(b * x + d * y + f)
+    return min(xs), min(ys), max(xs), max(ys)
+
+
+def _intersect(a: Box | None, b: Box | None) -> Box | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    box = (max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3]))
+    return box if box[2] > box[0] and box[3] > box[1] else None
+
+
+def _union(a: Box, b: Box) -> Box:
+    return min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])
+
+
+def _touch(a: Box, b: Box) -> bool:
+    return (a[0] - _TOUCH <= b[2] and b[0] - _TOUCH <= a[2]
+            and a[1] - _TOUCH <= b[3] and b[1] - _TOUCH <= a[3])
+
+
+def _finite(box: Box) -> bool:
+    return all(math.isfinite(v) for v in box)
+
+
+def _clip_box(raw: Any, pdfium_c: Any) -> Box | None:
+    """The bounding box of an object's clip paths (in its container's space), or None when
+    it has none."""
+    clip = pdfium_c.FPDFPageObj_GetClipPath(raw)
+    if not clip:
+        return None
+    box: Box | None = None
+    x, y = ctypes.c_float(), ctypes.c_float()
+    for i in range(max(0, min(pdfium_c.FPDFClipPath_CountPaths(clip), 64))):
+        xs: list[float] = []
+        ys: list[float] = []
+        for j in range(max(0, min(pdfium_c.FPDFClipPath_CountPathSegments(clip, i), 4096))):
+            seg = pdfium_c.FPDFClipPath_GetPathSegment(clip, i, j)
+            if seg and pdfium_c.FPDFPathSegment_GetPoint(seg, x, y):
+                xs.append(x.value)
+                ys.append(y.value)
+        if xs:
+            path_box = (min(xs), min(ys), max(xs), max(ys))
+            box = _intersect(box, path_box) if box is not None else path_box
+            if box is None:
+                return (0.0, 0.0, 0.0, 0.0)  # clipped away entirely
+    return box
+
+
+def _placements(page: Any, page_box: Box, budget: list[int], deadline: float) -> list[_Placement]:
+    """Where the page draws images: visible boxes in page space (forms followed)."""
+    import pypdfium2.raw as pdfium_c
+
+    found: list[_Placement] = []
+    stack: list[tuple[Any, Matrix, Box | None, int]] = [(None, _IDENTITY, page_box, 0)]
+    while stack:
+        form, to_page, clip, depth = stack.pop()
+        for obj in page.get_objects(max_depth=1, form=form):
+            budget[0] -= 1
+            if budget[0] < 0 or (budget[0] & 255 == 0 and time.monotonic() > deadline):
+                raise _OutOfTime("page objects past the limit or the deadline")
+            kind = obj.type
+            if kind not in (pdfium_c.FPDF_PAGEOBJ_IMAGE, pdfium_c.FPDF_PAGEOBJ_FORM):
+                continue
+            own_clip = _clip_box(obj.raw, pdfium_c)
+            visible = _intersect(clip, _transform(to_page, own_clip) if own_clip else None)
+            if visible is None:
+                continue
+            matrix = tuple(obj.get_matrix().get())
+            if kind == pdfium_c.FPDF_PAGEOBJ_FORM:
+                if depth < _MAX_FORM_DEPTH:
+                    stack.append((obj, _concat(matrix, to_page), visible, depth + 1))  # type: ignore[arg-type]
+                continue
+            box = _intersect(visible, _transform(to_page, tuple(obj.get_bounds())))  # type: ignore[arg-type]
+            if box is None or not _finite(box) or box[2] - box[0] < 1 or box[3] - box[1] < 1:
+                continue
+            found.append(_Placement(box, _density(obj, _concat(matrix, to_page)),  # type: ignore[arg-type]
+                                    _bilevel(obj)))
+            if len(found) >= _MAX_PLACEMENTS:
+                raise _OutOfTime(f"more than {_MAX_PLACEMENTS} images drawn on a page")
+    return found
+
+
+def _density(obj: Any, image_to_page: Matrix) -> float:
+    """Image pixels per point on the page, along the finer of the image's two axes."""
+    try:
+        width, height = obj.get_px_size()
+    except Exception:
+        return 1.0
+    a, b, c, d, _, _ = image_to_page
+    across, down = math.hypot(a, b), math.hypot(c, d)
+    dens = max(width / across if across > 0 else 0.0, height / down if down > 0 else 0.0)
+    return dens if math.isfinite(dens) and dens > 0 else 1.0
+
+
+def _bilevel(obj: Any) -> bool:
+    try:
+        return int(obj.get_metadata().bits_per_pixel) == 1
+    except Exception:
+        return False
+
+
+class _OutOfTime(Exception):
+    pass
+
+
+def _regions(placements: list[_Placement]) -> list[tuple[Box, float]]:
+    """Boxes to render with their pixel density: each group of touching placements as one
+    union, and in a group of several its largest members alone too."""
+    parent = list(range(len(placements)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, p in enumerate(placements):
+        for j in range(i):
+            if _touch(p.box, placements[j].box):
+                parent[root(i)] = root(j)
+    groups: dict[int, list[_Placement]] = {}
+    for i, p in enumerate(placements):
+        groups.setdefault(root(i), []).append(p)
+    out: list[tuple[Box, float]] = []
+    seen: set[tuple[int, int, int, int]] = set()
+
+    def add(box: Box, density: float) -> None:
+        key = (round(box[0]), round(box[1]), round(box[2]), round(box[3]))
+        if key not in seen:
+            seen.add(key)
+            out.append((box, density))
+
+    for members in groups.values():
+        if all(m.bilevel for m in members):
+            continue
+        union = members[0].box
+        for m in members[1:]:
+            union = _union(union, m.box)
+        add(union, max(m.density for m in members))
+        if len(members) > 1:
+            largest = sorted(members, key=lambda m: -(m.box[2] - m.box[0]) * (m.box[3] - m.box[1]))
+            for m in largest[:_MAX_MEMBERS_ALONE]:
+                add(m.box, m.density)
+    return out
+
+
+def _open(data: bytes) -> Any:
+    import pypdfium2 as pdfium
+
+    try:
+        return pdfium.PdfDocument(data)
+    except pdfium.PdfiumError as exc:
+        try:  # an empty user password that PDFium did not try by itself
+            return pdfium.PdfDocument(data, password="")
+        except pdfium.PdfiumError:
+            raise CannotOpen(f"PDFium: {exc}"[:200]) from exc
+
+
+def regions(ctx: Context, node: PayloadNode) -> Iterator[PayloadNode]:
+    """PNG renderings of the regions where the PDF at `node` draws images. Raises CannotOpen
+    (before yielding anything) when PDFium cannot read the document."""
+    doc = _open(node.data)
+    try:
+        yield from _render_document(ctx, node, doc)
+    finally:
+        doc.close()
+
+
+def _render_document(ctx: Context, node: PayloadNode, doc: Any) -> Iterator[PayloadNode]:
+    limits = ctx.limits
+    start = time.monotonic()
+    deadline = start + limits.pdf_render_deadline
+    pixels_left = limits.pdf_render_max_pixels
+    objects_left = [_MAX_OBJECTS]
+    pages = len(doc)
+    rendered_pages = 0
+    containers = (*node.containers, sniff.PDF)
+
+    def stop(index: int, why: str) -> None:
+        ctx.skip(node.path, core.PAGES_PAST_LIMIT,
+                 f"pages {index + 1}-{pages} of {pages} not rendered: {why}")
+
+    for index in range(pages):
+        if time.monotonic() > deadline:
+            stop(index, f"deadline of {limits.pdf_render_deadline:g} s")
+            return
+        try:
+            page = doc[index]
+        except Exception as exc:
+            ctx.defect(member_path(node.path, f"page-{index + 1}"),
+                       f"pdf-page-unreadable:{type(exc).__name__}")
+            continue
+        try:
+            if page.get_rotation():
+                page.set_rotation(0)  # PDQ looks at all 8 orientations; crops stay simple
+            bbox = tuple(float(v) for v in page.get_bbox())
+            page_box: Box = bbox  # type: ignore[assignment]
+            try:
+                placements = _placements(page, page_box, objects_left, deadline)
+            except _OutOfTime as exc:
+                stop(index, str(exc))
+                return
+            boxes = _regions(placements)
+            if not boxes:
+                continue
+            rendered_pages += 1
+            if rendered_pages > limits.pdf_render_max_pages:
+                stop(index, f"more than {limits.pdf_render_max_pages} pages with images")
+                return
+            for number, (box, density) in enumerate(boxes, 1):
+                path = member_path(node.path, f"page-{index + 1}-region-{number}.png")
+                long_pt = max(box[2] - box[0], box[3] - box[1])
+                scale = min(density, limits.pdf_render_max_side / long_pt)
+                width = math.ceil((box[2] - box[0]) * scale)
+                height = math.ceil((box[3] - box[1]) * scale)
+                if min(width, height) < _MIN_REGION_SIDE:
+                    continue
+                if width * height > pixels_left:
+                    stop(index, f"more than {limits.pdf_render_max_pixels} pixels rendered")
+                    return
+                if time.monotonic() > deadline:
+                    stop(index, f"deadline of {limits.pdf_render_deadline:g} s")
+                    return
+                pixels_left -= width * height
+                png = _render(page, page_box, box, scale)
+                if png is None:
+                    ctx.defect(path, "pdf-render-failed")
+                    continue
+                if not ctx.fits(path, len(png)):
+                    return
+                ctx.charge(len(png))
+                yield PayloadNode(path, containers, png, path.rsplit("/", 1)[-1], "image/png")
+        finally:
+            page.close()
+
+
+def _render(page: Any, page_box: Box, box: Box, scale: float) -> bytes | None:
+    """The region `box` of the page at `scale` pixels per point, as a PNG file."""
+    left, bottom, right, top = page_box
+    crop = (box[0] - left, box[1] - bottom, right - box[2], top - box[3])
+    try:
+        bitmap = page.render(scale=scale, crop=tuple(max(0.0, c) for c in crop),
+                             draw_annots=True)
+        image = bitmap.to_pil()
+    except Exception:
+        return None
+    out = io.BytesIO()
+    image.convert("RGB").save(out, format="PNG", compress_level=1)
+    return out.getvalue()
