@@ -64,6 +64,8 @@ class Extraction:
     message_id: str | None = None
     subject: str | None = None
     parts: int = 0
+    # Where readers disagree about the structure ("code at path"); every reading was scanned.
+    ambiguities: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,3 +183,4 @@ class ScanResult:
     unscannable: tuple[Unscannable, ...] = ()
     defects: tuple[str, ...] = field(default_factory=tuple)
     seconds: float = 0.0
+    ambiguities: tuple[str, ...] = ()

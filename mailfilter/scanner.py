@@ -233,4 +233,5 @@ class Scanner:
             unscannable=extraction.unscannable,
             defects=extraction.defects,
             seconds=done - started,
+            ambiguities=extraction.ambiguities,
         )

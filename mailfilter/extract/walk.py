@@ -144,4 +144,5 @@ def run(raw: bytes, limits: ExtractSettings, text_only: bool = False) -> Extract
         message_id=ctx.message_id,
         subject=ctx.subject,
         parts=ctx.parts,
+        ambiguities=tuple(ctx.ambiguities),
     )

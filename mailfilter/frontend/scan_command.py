@@ -68,6 +68,7 @@ def scan_record(result: ScanResult) -> dict[str, Any]:
         "attachments": attachments,
         "unscannable": [u.as_json() for u in result.unscannable],
         "defects": list(result.defects),
+        "ambiguities": list(result.ambiguities),
         "seconds": round(result.seconds, 4),
     }
 
