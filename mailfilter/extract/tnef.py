@@ -4,6 +4,11 @@ A small reader of the attribute stream (MS-OXTNEF): each attachment starts with 
 its bytes are attAttachData, its name attAttachTitle or, better, the long filename among the
 MAPI properties of attAttachment. Attachments only carried as a MAPI property
 (PR_ATTACH_DATA_BIN / _OBJ, e.g. embedded messages, themselves TNEF) are taken from there.
+
+The message body counts too: Outlook shows the RTF body (PR_RTF_COMPRESSED in attMsgProps,
+LZFu-compressed, MS-OXRTFCP), whose `\\pict` groups hold pictures, and the HTML body
+(PR_HTML), whose `data:` URIs do. Both are handed on as text payloads (`body.rtf`,
+`body.html`) for the text scan.
 """
 
 from __future__ import annotations
@@ -25,12 +30,15 @@ ATT_RENDDATA = 0x00069002
 ATT_ATTACHTITLE = 0x00018010
 ATT_ATTACHDATA = 0x0006800F
 ATT_ATTACHMENT = 0x00069005
+ATT_MSGPROPS = 0x00069003
 
 PR_ATTACH_DATA = 0x3701
 PR_ATTACH_FILENAME = 0x3704
 PR_ATTACH_LONG_FILENAME = 0x3707
 PR_DISPLAY_NAME = 0x3001
 PR_ATTACH_MIME_TAG = 0x370E
+PR_RTF_COMPRESSED = 0x1009
+PR_HTML = 0x1013
 
 PT_SHORT, PT_LONG, PT_FLOAT, PT_DOUBLE, PT_CURRENCY, PT_APPTIME = 0x2, 0x3, 0x4, 0x5, 0x6, 0x7
 PT_ERROR, PT_BOOLEAN, PT_OBJECT, PT_I8, PT_STRING8, PT_UNICODE = 0xA, 0xB, 0xD, 0x14, 0x1E, 0x1F
@@ -47,6 +55,68 @@ _MAX_PROPS = 10_000
 
 class TnefError(ValueError):
     pass
+
+
+# MS-OXRTFCP 2.1.2.1: the dictionary an LZFu stream starts from.
+_RTF_PREBUF = (
+    b"{\\rtf1\\ansi\\mac\\deff0\\deftab720{\\fonttbl;}{\\f0\\fnil \\froman \\fswiss "
+    b"\\fmodern \\fscript \\fdecor MS Sans SerifSymbolArialTimes New RomanCourier"
+    b"{\\colortbl\\red0\\green0\\blue0\r\n\\par \\pard\\plain\\f0\\fs20\\b\\i\\u\\tab\\tx"
+)
+_LZFU = 0x75465A4C  # "LZFu": compressed
+_MELA = 0x414C454D  # "MELA": stored
+
+
+def decompress_rtf(data: bytes, cap: int) -> bytes:
+    """PR_RTF_COMPRESSED's RTF (MS-OXRTFCP), at most `cap` bytes; what decodes of a damaged
+    stream is kept. Raises TnefError if it is not compressed RTF at all."""
+    if len(data) < 16:
+        raise TnefError("compressed RTF too short")
+    comp_size, raw_size, comp_type = struct.unpack_from("<III", data, 0)
+    body = data[16 : 4 + comp_size] if comp_size >= 12 else data[16:]
+    limit = min(raw_size, cap)
+    if comp_type == _MELA:
+        return body[:limit]
+    if comp_type != _LZFU:
+        raise TnefError(f"compressed RTF of unknown type {comp_type:#x}")
+    # The 4 KiB window is kept as the tail of one growing buffer: `buf` starts with the
+    # initial window rotated so that its write position (len(_RTF_PREBUF)) falls at 4096,
+    # and a reference then becomes a slice copy (bytes at a time, not a Python loop per byte).
+    start = len(_RTF_PREBUF)
+    initial = bytearray(4096)
+    initial[:start] = _RTF_PREBUF
+    buf = initial[start:] + initial[:start]
+    end = 4096 + limit
+    pos = 0
+    while pos < len(body) and len(buf) < end:
+        control = body[pos]
+        pos += 1
+        if control == 0:  # eight literals
+            buf += body[pos : pos + 8]
+            pos += 8
+            continue
+        for bit in range(8):
+            if pos >= len(body) or len(buf) >= end:
+                break
+            if not control & (1 << bit):
+                buf.append(body[pos])
+                pos += 1
+                continue
+            if pos + 2 > len(body):
+                return bytes(buf[4096:end])
+            ref = (body[pos] << 8) | body[pos + 1]
+            pos += 2
+            offset, length = ref >> 4, (ref & 0xF) + 2
+            distance = ((len(buf) + start) - offset) & 0xFFF
+            if distance == 0:  # the reference to the write position itself ends the stream
+                return bytes(buf[4096:end])
+            source = len(buf) - distance
+            if length <= distance:
+                buf += buf[source : source + length]
+            else:  # overlapping: the run repeats itself
+                for n in range(length):
+                    buf.append(buf[source + n])
+    return bytes(buf[4096:end])
 
 
 @dataclass(slots=True)
@@ -149,7 +219,10 @@ def read_props(buf: bytes) -> dict[int, tuple[int, bytes]]:
     return props
 
 
-def read_attachments(data: bytes) -> list[TnefAttachment]:
+def read_attachments(
+    data: bytes, message_props: dict[int, tuple[int, bytes]] | None = None
+) -> list[TnefAttachment]:
+    """The attachments; the message's own MAPI properties go into `message_props`."""
     if len(data) < 6 or struct.unpack_from("<I", data, 0)[0] != SIGNATURE:
         raise TnefError("no TNEF signature")
     pos = 6
@@ -166,6 +239,8 @@ def read_attachments(data: bytes) -> list[TnefAttachment]:
             end = len(data)  # keep what is there of a truncated last attribute
         value = data[start:end]
         pos = end + 2  # checksum
+        if level == LVL_MESSAGE and attr_id == ATT_MSGPROPS and message_props is not None:
+            message_props.update(read_props(value))
         if level != LVL_ATTACHMENT:
             continue
         if attr_id == ATT_RENDDATA or current is None:
@@ -184,11 +259,13 @@ def read_attachments(data: bytes) -> list[TnefAttachment]:
 
 def attachments(ctx: Context, node: PayloadNode, quiet: bool = False) -> Iterator[Node]:
     fail = Fail(ctx, node, quiet)
+    message_props: dict[int, tuple[int, bytes]] = {}
     try:
-        found = read_attachments(node.data)
+        found = read_attachments(node.data, message_props)
     except (TnefError, struct.error) as exc:
         fail(core.CORRUPT_ARCHIVE, f"TNEF: {exc}")
         return
+    yield from _bodies(ctx, node, message_props)
     for n, att in enumerate(found, 1):
         data = att.payload
         if not data:
@@ -202,3 +279,31 @@ def attachments(ctx: Context, node: PayloadNode, quiet: bool = False) -> Iterato
         yield PayloadNode(
             member_path(node.path, name), (*node.containers, sniff.TNEF), data, name, att.mime_tag
         )
+
+
+def _bodies(ctx: Context, node: PayloadNode, props: dict[int, tuple[int, bytes]]) -> Iterator[Node]:
+    """The RTF and HTML bodies among the message's MAPI properties, as text payloads."""
+    bodies: list[tuple[str, str, bytes]] = []
+    if PR_RTF_COMPRESSED in props:
+        compressed = props[PR_RTF_COMPRESSED][1]
+        path = member_path(node.path, "body.rtf")
+        by_ratio = ctx.expansion_cap(len(compressed))
+        cap = min(ctx.remaining, by_ratio)
+        try:
+            rtf = decompress_rtf(compressed, cap)
+        except (TnefError, struct.error, IndexError) as exc:
+            ctx.skip(path, core.CORRUPT_ARCHIVE, f"TNEF: {exc}")
+        else:
+            declared = struct.unpack_from("<I", compressed, 4)[0]
+            if len(rtf) >= cap and declared > cap:  # the start is still handed on
+                reason = core.MAX_EXPANSION_RATIO if cap == by_ratio else core.MAX_DECODED_BYTES
+                ctx.skip(path, reason, f"compressed RTF declares {declared} bytes, read {cap}")
+            bodies.append(("body.rtf", "text/rtf", rtf))
+    if PR_HTML in props:
+        bodies.append(("body.html", "text/html", props[PR_HTML][1]))
+    for name, ctype, data in bodies:
+        path = member_path(node.path, name)
+        if not data or not ctx.count_member(node.path) or not ctx.fits(path, len(data)):
+            continue
+        ctx.charge(len(data))
+        yield PayloadNode(path, (*node.containers, sniff.TNEF), data, name, ctype)
