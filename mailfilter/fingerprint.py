@@ -72,16 +72,23 @@ def _frame(index: int, luma: np.ndarray, preview: np.ndarray, trimmed: bool,
 
 def fingerprint_image(data: bytes, params: FingerprintParams) -> ImageFingerprint:
     """Exact hashes always; perceptual hashes of each distinct frame, untrimmed and (when
-    the frame has near-uniform borders) trimmed. Never raises for bad image data."""
+    the frame has near-uniform borders) trimmed. Never raises for bad image data. An image
+    examined only in part (frames past the limit, truncated) has the fingerprints of that
+    part and its `incomplete` reason."""
     exact = exact_hashes(data)
     try:
         decoded = decode(data, params.images)
     except SkipImage as exc:
         return ImageFingerprint(exact=exact, skipped=exc.reason, detail=exc.detail)
 
-    too_small = min(decoded.width, decoded.height) < params.images.min_dimension
+    min_dimension = params.images.min_dimension
+    small = min(decoded.width, decoded.height) < min_dimension
     frames: list[FrameFingerprint] = []
     for index, luma in enumerate(decoded.frames):
+        # Pages of a TIFF or HEIF have sizes of their own: a thumbnail first page must not
+        # make a full-size later page "too small".
+        too_small = (min(decoded.frame_sizes[index]) < min_dimension
+                     if index < len(decoded.frame_sizes) else small)
         preview, factor = _preview(luma)
         frames.append(_frame(index, luma, preview, False, params, too_small))
         if params.images.trim_borders and not too_small:
@@ -102,4 +109,6 @@ def fingerprint_image(data: bytes, params: FingerprintParams) -> ImageFingerprin
         image_format=decoded.image_format,
         frames=tuple(frames),
         frame_count=decoded.frame_count,
+        incomplete=decoded.incomplete,
+        detail=decoded.detail,
     )

@@ -20,12 +20,29 @@
   premultiplied reduction so transparent pixels' hidden colours do not bleed in.
 - EXIF orientation (JPEG, PNG, WebP, TIFF, ...) is applied to the small arrays, cheaply (the
   first frame's orientation, to every frame).
-- Animations (GIF, APNG, WebP) and multi-page TIFF: every distinct frame (a frame equal to the
-  one before it is skipped), up to `max_frames`; the deadline is checked between frames.
-- Errors: only `SkipImage` leaves `decode`. Partially decoded pixels are never hashed: a
-  truncated or corrupt single image is skipped ("truncated"/"corrupt"); for multi-frame files,
-  the frames decoded completely before a later frame that is broken or over the pixel limit are
-  kept (viewers show them too), and that frame is not decoded.
+- Animations (GIF, APNG, WebP) and multi-page TIFF/HEIF: every frame is walked. A frame
+  is kept (fingerprinted) when it is a new scene: its 32 x 32 grid of luma means and standard
+  deviations differs from the last kept frame's by more than a few grey levels in some cell
+  (`_SCENE_DELTA`), so a fade or a blinking cursor does not use up the cap. At most
+  `max_frames` frames are kept; past the cap the walk goes on, and a frame that is a near copy
+  of any kept frame is covered by it. The walk stops at the first frame that is not covered,
+  or when the frame budget (half of `deadline`, so the fingerprints of the kept frames still
+  fit in it) is spent: the image is then `incomplete` = "frames-past-limit" ("examined N of M
+  frames"), with the fingerprints of the frames kept. A frame whose image is under
+  `min_dimension` on a shared canvas (GIF, APNG, WebP, AVIF) gives no perceptual hash at all,
+  so such files are not walked.
+- Errors: only `SkipImage` leaves `decode`. A single image that fails to decode is skipped
+  ("corrupt", ...), except a truncated one ("truncated"): that is decoded again with Pillow's
+  LOAD_TRUNCATED_IMAGES (the rows that decoded, the rest filled with one colour, which the
+  trimmed fingerprint cuts away), as viewers show the top of a cut-off JPEG, and comes back
+  with `incomplete` = "truncated". A later frame that is broken or over a limit ends the walk:
+  the frames before it are kept and `incomplete` is that frame's reason.
+- Colour management: an embedded ICC profile that is not (close to) sRGB changes what viewers
+  draw (a profile can even invert the picture). Such frames are also rendered through the
+  profile (LittleCMS, to sRGB) and appended to `frames` after the frames as stored, so both
+  readings are fingerprinted; frames[0] stays the stored pixels (what reference PDQ tools
+  hash). Whether a profile is sRGB is measured, not read from its name (a name can lie): its
+  transform is applied to ramps and a colour grid once per profile (MD5) per process.
 
 - Memory: a decoder that runs out of memory (the worker's address-space limit,
   `workers.memory_limit`) is `memory-limit`. libjpeg keeps every DCT coefficient of a
@@ -33,29 +50,38 @@
   broken stream; so that need is worked out from the header and compared with what the limit
   leaves before decoding (a 100 MP progressive JPEG needs about 300 MB).
 
-Reason codes: not-an-image, unsupported-format, too-large, too-many-pixels, memory-limit,
-truncated, corrupt, unsupported-mode, deadline.
+Reason codes (SkipImage): not-an-image, unsupported-format, too-large, too-many-pixels,
+memory-limit, truncated, corrupt, unsupported-mode, deadline. `incomplete` reasons (the image
+was fingerprinted in part): frames-past-limit, truncated, or a later frame's skip reason.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 import resource
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, features
+from PIL import Image, ImageCms, ImageFile, features
 
 from mailfilter.errors import SkipImage
 from mailfilter.magic import image_format
 from mailfilter.settings import ImageSettings
 
-__all__ = ["WORKING_SHORT_SIDE", "DecodedImage", "decode", "sniff_format"]
+__all__ = ["FRAMES_PAST_LIMIT", "TRUNCATED", "WORKING_SHORT_SIDE", "DecodedImage", "decode",
+           "sniff_format"]
+
+#: `DecodedImage.incomplete`: frames were left unexamined (the cap on kept frames, or the
+#: frame budget). (The same codes as in mailfilter.extract.core, where reasons are listed.)
+FRAMES_PAST_LIMIT = "frames-past-limit"
+#: A skip reason, and `DecodedImage.incomplete` when the part that decoded was fingerprinted.
+TRUNCATED = "truncated"
 
 #: Frames are reduced (by integer factors) so that their short side is at least this many pixels
 #: (and under twice that), unless the image is smaller. Chosen from measurements against the
@@ -76,7 +102,17 @@ class DecodedImage:
     height: int
     image_format: str  # "JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "HEIF", "AVIF"
     frame_count: int  # frames in the file
-    frames: tuple[Luma, ...]  # float32 luminance (0..255) of each distinct frame, reduced size
+    # float32 luminance (0..255), reduced size: each kept frame as stored, then (when an
+    # embedded ICC profile changes the picture) the kept frames as a colour-managed viewer
+    # draws them
+    frames: tuple[Luma, ...]
+    # the full size (width, height) of each entry of `frames`; empty: all are width x height
+    frame_sizes: tuple[tuple[int, int], ...] = ()
+    examined: int = 1  # frames of the file that were decoded and compared
+    # why part of the image was not examined (see the module docstring), or None; the
+    # frames above still count
+    incomplete: str | None = None
+    detail: str = ""
 
 
 # --- sniffing ----------------------------------------------------------------------------
@@ -122,7 +158,8 @@ def _pillow_format(fmt: str) -> str:
     if fmt == "HEIF":
         if _heif_available():
             return "HEIF"
-        raise SkipImage("unsupported-format", "HEIF: install pillow-heif to decode HEIC/HEIF")
+        raise SkipImage("unsupported-format", "HEIF: pillow-heif (a dependency) is missing "
+                        "or broken")
     return fmt
 
 
@@ -238,6 +275,142 @@ def _frame_luma(im: Image.Image, target: int) -> Luma:
     return _frame_luma(rgb, target)
 
 
+# --- colour management -------------------------------------------------------------------
+
+# ICC colour spaces (header bytes 16..20) -> the Pillow mode a transform reads
+_ICC_MODES = {b"RGB ": "RGB", b"GRAY": "L", b"CMYK": "CMYK"}
+# A profile whose rendering of the test colours stays within this many levels of them is
+# sRGB for our purposes (LittleCMS's own sRGB round trip is within 1; compact and v4 sRGB
+# profiles within 2).
+_SRGB_TOLERANCE = 4
+# Transforms (or None: no transform needed or possible) per (profile MD5, mode); a worker
+# meets few distinct profiles, this bounds a hostile stream of them.
+_ICC_CACHE_MAX = 64
+_icc_cache: dict[tuple[str, str], ImageCms.ImageCmsTransform | None] = {}
+_srgb_profile: ImageCms.ImageCmsProfile | None = None
+
+
+def _srgb() -> ImageCms.ImageCmsProfile:
+    global _srgb_profile
+    if _srgb_profile is None:
+        _srgb_profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+    return _srgb_profile
+
+
+def _test_colours(mode: str) -> tuple[Image.Image, npt.NDArray[np.int16]]:
+    """Ramps of every level per channel and a colour grid, in `mode` ("RGB" or "L"), and
+    the RGB an sRGB profile gives back for them."""
+    ramp = np.arange(256, dtype=np.uint8)
+    if mode == "L":
+        grey = ramp.reshape(1, 256)
+        return Image.fromarray(grey, "L"), np.repeat(grey[..., None], 3, axis=2).astype(np.int16)
+    zeros = np.zeros(256, np.uint8)
+    ramps = [np.stack(c, axis=-1) for c in ((ramp, zeros, zeros), (zeros, ramp, zeros),
+                                             (zeros, zeros, ramp), (ramp, ramp, ramp))]
+    levels = np.linspace(0, 255, 9).round().astype(np.uint8)
+    grid = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), axis=-1).reshape(-1, 3)
+    rows = np.concatenate([*ramps, grid])
+    rows = np.concatenate([rows, np.zeros(((-len(rows)) % 256, 3), np.uint8)])
+    rgb = rows.reshape(-1, 256, 3)
+    return Image.fromarray(rgb, "RGB"), rgb.astype(np.int16)
+
+
+def _icc_transform(profile: bytes, mode: str) -> ImageCms.ImageCmsTransform | None:
+    """A transform from `profile` to sRGB for pixels in `mode` ("RGB", "RGBA", "L" or
+    "CMYK"), or None when the profile does not change what is drawn (it is sRGB), does not
+    fit the mode (viewers ignore it then) or cannot be read."""
+    key = (hashlib.md5(profile, usedforsecurity=False).hexdigest(), mode)
+    if key in _icc_cache:
+        return _icc_cache[key]
+    transform: ImageCms.ImageCmsTransform | None = None
+    space = _ICC_MODES.get(profile[16:20])
+    base = "RGB" if mode == "RGBA" else mode
+    if space == base:
+        try:
+            source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
+            out = "RGBA" if mode == "RGBA" else "RGB"
+            transform = ImageCms.buildTransform(source, _srgb(), mode, out)
+            if base != "CMYK":
+                probe = transform if mode != "RGBA" else ImageCms.buildTransform(
+                    source, _srgb(), base, "RGB")
+                colours, expected = _test_colours(base)
+                drawn = np.asarray(ImageCms.applyTransform(colours, probe), np.int16)
+                if int(np.abs(drawn - expected).max()) <= _SRGB_TOLERANCE:
+                    transform = None
+        except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+            transform = None
+    if len(_icc_cache) >= _ICC_CACHE_MAX:
+        _icc_cache.clear()
+    _icc_cache[key] = transform
+    return transform
+
+
+def _managed_luma(im: Image.Image, profile: bytes, target: int) -> Luma | None:
+    """The loaded current frame as a colour-managed viewer draws it (through `profile`, to
+    sRGB), or None when the profile changes nothing or does not apply."""
+    has_transparency = "transparency" in im.info
+    if im.mode == "1":
+        im = im.convert("L")
+    elif im.mode == "P":
+        im = im.convert("RGBA" if has_transparency else "RGB")
+    elif im.mode == "PA":
+        im = im.convert("RGBA")
+    elif im.mode in ("L", "RGB") and has_transparency:
+        im = im.convert("LA" if im.mode == "L" else "RGBA")
+    mode = im.mode
+    if mode == "LA":  # a grey profile with alpha: alpha composited by _frame_luma later
+        transform = _icc_transform(profile, "L")
+        if transform is None:
+            return None
+        grey, alpha = im.split()
+        rgb = ImageCms.applyTransform(grey, transform)
+        assert rgb is not None
+        return _frame_luma(Image.merge("RGBA", (*rgb.split(), alpha)), target)
+    if mode not in ("RGB", "RGBA", "L", "CMYK"):
+        return None
+    transform = _icc_transform(profile, mode)
+    if transform is None:
+        return None
+    # Without alpha, reduce first: a transform of the working-size frame costs a few ms
+    # (of the full frame, up to 16x more), and PDQ cannot tell the difference.
+    small = im if mode == "RGBA" and not _alpha_is_opaque(im) else _reduce(im, target)
+    drawn = ImageCms.applyTransform(small, transform)
+    assert drawn is not None
+    return _frame_luma(drawn, target)
+
+
+# --- scenes ------------------------------------------------------------------------------
+
+# A frame of an animation is a new scene when some cell of a 32 x 32 grid changes its mean
+# or its standard deviation of luma by more than this many levels (0..255) from the last
+# kept frame. A cell is about 1/32 of each side, so a picture dropped into a corner of the
+# canvas at any size PDQ could match (>= min_dimension on a frame of <= 1600 px) moves at
+# least one cell; the standard deviation catches a picture with the same mean as what was
+# there before. Under it, the frames' PDQ hashes are a few bits apart.
+_SCENE_GRID = 32
+_SCENE_DELTA = 6.0
+
+Scene = tuple[tuple[int, int], npt.NDArray[np.float32], npt.NDArray[np.float32]]
+
+
+def _scene(luma: Luma) -> Scene:
+    """A frame's shape and its grid of luma means and standard deviations."""
+    size = (_SCENE_GRID, _SCENE_GRID)
+    image = Image.fromarray(luma, "F")
+    mean = np.asarray(image.resize(size, Image.Resampling.BOX), np.float32)
+    square = np.asarray(Image.fromarray(luma * luma, "F").resize(size, Image.Resampling.BOX),
+                        np.float32)
+    std = np.sqrt(np.maximum(square - mean * mean, 0.0))
+    return (luma.shape[0], luma.shape[1]), mean, std
+
+
+def _same_scene(a: Scene, b: Scene) -> bool:
+    if a[0] != b[0]:
+        return False
+    return bool(np.abs(a[1] - b[1]).max() <= _SCENE_DELTA
+                and np.abs(a[2] - b[2]).max() <= _SCENE_DELTA)
+
+
 def _orient(luma: Luma, orientation: int) -> Luma:
     """Apply an EXIF orientation (1..8) to a 2-D array, as ImageOps.exif_transpose would."""
     if orientation == 2:
@@ -317,23 +490,26 @@ def _check_jpeg_memory(im: Image.Image) -> None:
                         "the memory limit")
 
 
-def _check_deadline(start: float, limits: ImageSettings, frame: int) -> None:
-    elapsed = time.monotonic() - start
-    if elapsed > limits.deadline:
-        raise SkipImage(
-            "deadline", f"{elapsed:.2f}s > {limits.deadline:g}s before frame {frame}"
-        )
+# Multi-frame files walk their frames within this share of `deadline`; the rest of it is
+# left for fingerprinting the frames kept (and the first frame's decode, which comes first).
+_FRAME_BUDGET_SHARE = 0.5
+# Formats whose frames share one canvas: when it is under `min_dimension`, no frame can
+# give a perceptual hash, so the frames are not walked. (TIFF and HEIF pages have sizes of
+# their own.)
+_CANVAS_FORMATS = frozenset({"GIF", "PNG", "WEBP", "AVIF"})
+# Formats decoded a second time, as far as their data goes, when they turn out truncated.
+_PARTIAL_FORMATS = frozenset({"JPEG", "PNG", "GIF", "BMP", "TIFF"})
 
 
-def _frame_count(im: Image.Image) -> int:
-    """Frames in the file (GIF: found by walking the whole file). 1 when the walk fails on a
-    broken or oversized later frame: only the first frame, already decoded, is used then."""
+def _frame_count(im: Image.Image) -> int | None:
+    """Frames in the file (GIF: found by walking the whole file); None when that walk fails
+    on a broken later frame (the frames are then walked one by one up to it)."""
     try:
         return max(1, int(getattr(im, "n_frames", 1)))
     except MemoryError:
         raise
     except Exception:
-        return 1
+        return None
 
 
 def _load_first_frame(im: Image.Image, target: int) -> None:
@@ -345,9 +521,93 @@ def _load_first_frame(im: Image.Image, target: int) -> None:
     im.load()
 
 
-def _decode(
-    data: bytes, fmt: str, limits: ImageSettings, start: float, target: int
-) -> DecodedImage:
+def _load_truncated(im: Image.Image, target: int) -> None:
+    """Load the first frame as far as its data goes (the rest of the canvas filled with one
+    colour), as viewers show a cut-off image. Pillow's switch for that is process-global:
+    it is on only for this one load, in a worker that runs one task at a time."""
+    previous = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = True
+    try:
+        _load_first_frame(im, target)
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous
+
+
+@dataclass(slots=True)
+class _Frames:
+    """The frames kept so far by one decode, as stored and as colour-managed."""
+
+    target: int
+    orientation: int
+    profile: bytes | None
+    stored: list[Luma]
+    sizes: list[tuple[int, int]]
+    managed: list[Luma]
+    managed_sizes: list[tuple[int, int]]
+
+    def keep(self, im: Image.Image, luma: Luma) -> None:
+        w, h = im.size
+        size = (h, w) if self.orientation >= 5 else (w, h)
+        self.stored.append(luma)
+        self.sizes.append(size)
+        if self.profile:
+            drawn = _managed_luma(im, self.profile, self.target)
+            if drawn is not None:
+                self.managed.append(_orient(drawn, self.orientation))
+                self.managed_sizes.append(size)
+
+
+def _walk_frames(im: Image.Image, frames: _Frames, frame_count: int | None,
+                 limits: ImageSettings, start: float) -> tuple[int, str | None, str]:
+    """Decode frames 1.. of `im` and keep each new scene (see the module docstring).
+    Returns (frames examined, incomplete reason or None, detail)."""
+    kept = [_scene(frames.stored[0])]
+    last = kept[0]
+    budget = limits.deadline * _FRAME_BUDGET_SHARE
+    total = str(frame_count) if frame_count is not None else "more"
+    index = 1
+    while frame_count is None or index < frame_count:
+        if time.monotonic() - start > budget:
+            return index, FRAMES_PAST_LIMIT, (
+                f"examined {index} of {total} frames: the frame budget of {budget:g}s "
+                "was spent")
+        try:
+            im.seek(index)
+            _check_pixels(im.size, limits, f"frame {index}")
+            im.load()
+            luma = _orient(_frame_luma(im, frames.target), frames.orientation)
+        except MemoryError:
+            raise
+        except EOFError as exc:
+            if frame_count is None:
+                break  # the walk found the end
+            skip = SkipImage(TRUNCATED, str(exc) or "unexpected end of data")
+            return index, skip.reason, f"frame {index}: {skip.detail}; examined {index} " \
+                f"of {total} frames"
+        except Exception as exc:
+            # The frames before it decoded completely (viewers show them too) and are kept;
+            # this one is never fingerprinted in part, and what follows it is not reached.
+            skip = exc if isinstance(exc, SkipImage) else _classify(exc)
+            return index, skip.reason, f"frame {index}: {skip.detail}; examined {index} " \
+                f"of {total} frames"
+        scene = _scene(luma)
+        if not _same_scene(scene, last):
+            if len(frames.stored) < limits.max_frames:
+                frames.keep(im, luma)
+                kept.append(scene)
+                last = scene
+            elif not any(_same_scene(scene, k) for k in kept):
+                return index, FRAMES_PAST_LIMIT, (
+                    f"examined {index} of {total} frames: more than {limits.max_frames} "
+                    "distinct frames")
+        index += 1
+    return index, None, ""
+
+
+def _decode(data: bytes, fmt: str, limits: ImageSettings, start: float, target: int,
+            truncated: bool = False) -> DecodedImage:
+    """`truncated`: the second attempt at a truncated image: its first frame as far as it
+    decodes, nothing more."""
     plugin = _pillow_format(fmt)
     with Image.open(io.BytesIO(data), formats=[plugin]) as im:
         _check_pixels(im.size, limits)
@@ -355,46 +615,42 @@ def _decode(
         if fmt == "JPEG":
             _check_jpeg_memory(im)
 
-        _load_first_frame(im, target)
+        if truncated:
+            _load_truncated(im, target)
+        else:
+            _load_first_frame(im, target)
         orientation = _orientation(im)
         if orientation >= 5:
             width, height = height, width
-        first = _orient(_frame_luma(im, target), orientation)
-        frames = [first]
-        previous = first
+        profile = im.info.get("icc_profile")
+        frames = _Frames(target, orientation, profile if isinstance(profile, bytes) else None,
+                         [], [], [], [])
+        frames.keep(im, _orient(_frame_luma(im, target), orientation))
 
-        frame_count = _frame_count(im)
         # JPEG: only the primary picture is shown; MPO extras (stereo pair, depth or gain map)
         # are not frames.
-        last = 1 if fmt == "JPEG" else frame_count
-        for index in range(1, last):
-            if len(frames) >= limits.max_frames:
-                break
-            _check_deadline(start, limits, index)
-            try:
-                im.seek(index)
-                _check_pixels(im.size, limits, f"frame {index}")
-                im.load()
-                luma = _orient(_frame_luma(im, target), orientation)
-            except MemoryError:
-                raise
-            except Exception:
-                # A later frame is broken or over a limit: keep the frames before it, which
-                # decoded completely (viewers show them too); never decode this one.
-                break
-            if luma.shape == previous.shape and np.array_equal(luma, previous):
-                continue
-            frames.append(luma)
-            previous = luma
+        frame_count = 1 if fmt == "JPEG" or truncated else _frame_count(im)
+        examined, incomplete, detail = 1, None, ""
+        if frame_count != 1 and not (
+            fmt in _CANVAS_FORMATS and min(width, height) < limits.min_dimension
+        ):
+            examined, incomplete, detail = _walk_frames(im, frames, frame_count, limits, start)
+        if frame_count is None:
+            frame_count = examined
 
-    for frame in frames:
+    luma = (*frames.stored, *frames.managed)
+    for frame in luma:
         frame.flags.writeable = False
     return DecodedImage(
         width=width,
         height=height,
         image_format=fmt,
         frame_count=frame_count,
-        frames=tuple(frames),
+        frames=luma,
+        frame_sizes=(*frames.sizes, *frames.managed_sizes),
+        examined=examined,
+        incomplete=incomplete,
+        detail=detail,
     )
 
 
@@ -406,6 +662,38 @@ _TRUNCATION_HINTS = (
     "premature end",
     "buffer is not large enough",
 )
+
+
+def _classify(exc: BaseException) -> SkipImage:
+    """The skip reason for what a decoder raised on malformed data or a broken limit."""
+    if isinstance(exc, SkipImage):
+        return exc
+    if isinstance(exc, Image.DecompressionBombError):
+        return SkipImage("too-many-pixels", str(exc))
+    if isinstance(exc, MemoryError):
+        return SkipImage("memory-limit", "out of memory while decoding")
+    if isinstance(exc, RecursionError):
+        return SkipImage("corrupt", "nesting too deep")
+    if isinstance(exc, EOFError):
+        return SkipImage(TRUNCATED, str(exc) or "unexpected end of data")
+    text = f"{type(exc).__name__}: {exc}"
+    if "out of memory" in str(exc).lower():  # a codec's own allocation failed
+        return SkipImage("memory-limit", text)
+    if any(hint in str(exc).lower() for hint in _TRUNCATION_HINTS):
+        return SkipImage(TRUNCATED, text)
+    return SkipImage("corrupt", text)
+
+
+def _decode_or_skip(data: bytes, fmt: str, limits: ImageSettings, start: float,
+                    truncated: bool) -> DecodedImage:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return _decode(data, fmt, limits, start, WORKING_SHORT_SIDE, truncated)
+    except SkipImage:
+        raise
+    except Exception as exc:  # anything Pillow or a codec raises on malformed data
+        raise _classify(exc) from None
 
 
 def decode(data: bytes, limits: ImageSettings) -> DecodedImage:
@@ -420,23 +708,13 @@ def decode(data: bytes, limits: ImageSettings) -> DecodedImage:
     if fmt not in _DECODABLE:
         raise SkipImage("unsupported-format", f"{fmt}: not decoded by mailfilter")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return _decode(data, fmt, limits, start, WORKING_SHORT_SIDE)
+        return _decode_or_skip(data, fmt, limits, start, truncated=False)
+    except SkipImage as exc:
+        if exc.reason != TRUNCATED or fmt not in _PARTIAL_FORMATS:
+            raise
+        cut = exc
+    try:
+        partial = _decode_or_skip(data, fmt, limits, start, truncated=True)
     except SkipImage:
-        raise
-    except Image.DecompressionBombError as exc:
-        raise SkipImage("too-many-pixels", str(exc)) from None
-    except MemoryError:
-        raise SkipImage("memory-limit", "out of memory while decoding") from None
-    except RecursionError:
-        raise SkipImage("corrupt", "nesting too deep") from None
-    except EOFError as exc:
-        raise SkipImage("truncated", str(exc) or "unexpected end of data") from None
-    except Exception as exc:  # anything Pillow or a codec raises on malformed data
-        text = f"{type(exc).__name__}: {exc}"
-        if "out of memory" in str(exc).lower():  # a codec's own allocation failed
-            raise SkipImage("memory-limit", text) from None
-        if any(hint in str(exc).lower() for hint in _TRUNCATION_HINTS):
-            raise SkipImage("truncated", text) from None
-        raise SkipImage("corrupt", text) from None
+        raise cut from None
+    return replace(partial, incomplete=TRUNCATED, detail=cut.detail)

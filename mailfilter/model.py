@@ -103,6 +103,10 @@ class ImageFingerprint:
     Exact hashes exist for every payload, even one that failed to decode: a list
     entry may still match it byte for byte. `skipped` holds the reason code when
     the image could not be decoded or broke a limit; then `frames` is empty.
+    `incomplete` holds the reason code when only part of the image was examined
+    (`frames-past-limit`, `truncated`, or a later frame's reason): `frames` then hold the
+    part that was, a match on them is a match, and without one the image is unscannable.
+    `detail` explains `skipped` or `incomplete`.
     """
 
     exact: ExactHashes
@@ -113,6 +117,7 @@ class ImageFingerprint:
     frame_count: int = 0
     skipped: str | None = None
     detail: str = ""
+    incomplete: str | None = None
 
     @property
     def primary(self) -> FrameFingerprint | None:
@@ -171,6 +176,7 @@ class AttachmentResult:
             "pdq_quality": primary.pdq_quality if primary else None,
             "gridhist": primary.gridhist if primary else None,
             "skipped": fp.skipped,
+            "incomplete": fp.incomplete,
         }
 
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field, replace
 
 from mailfilter.errors import WorkerFailure
 from mailfilter.extract import extract, extract_text_only
+from mailfilter.extract.core import DECLARED_NOT_AN_IMAGE
 from mailfilter.fingerprint import FingerprintParams, fingerprint_image
 from mailfilter.hashing.exact import exact_hashes
 from mailfilter.matching.cache import VerdictCache
@@ -79,15 +80,42 @@ async def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+#: The decode stage's reason for bytes with no image signature at all. Such a payload only
+#: reaches it because it was declared an image (by type or file name); its exact hashes were
+#: matched, any container in it was walked and its text searched, so it counts as looked at:
+#: a defect (`DECLARED_NOT_AN_IMAGE`), not unscannable.
+NOT_AN_IMAGE = "not-an-image"
+
+
+def _unexamined(fp: ImageFingerprint) -> bool:
+    """Whether (part of) an attachment was left unexamined: skipped (other than for having
+    no image signature) or examined only in part (`incomplete`)."""
+    return fp.incomplete is not None or (fp.skipped is not None and fp.skipped != NOT_AN_IMAGE)
+
+
 def verdict_of(attachments: Iterable[AttachmentResult],
                unscannable: Iterable[Unscannable]) -> Verdict:
-    """A match anywhere wins; else anything left unexamined makes the message unscannable."""
+    """A match anywhere wins (on the frames examined of an incomplete image too); else
+    anything left unexamined makes the message unscannable."""
     results = list(attachments)
     if any(r.matches for r in results):
         return Verdict.MATCH
-    if any(True for _ in unscannable) or any(r.fingerprint.skipped for r in results):
+    if any(True for _ in unscannable) or any(_unexamined(r.fingerprint) for r in results):
         return Verdict.UNSCANNABLE
     return Verdict.CLEAN
+
+
+def _image_records(results: Iterable[AttachmentResult]
+                   ) -> tuple[tuple[Unscannable, ...], tuple[str, ...]]:
+    """What the decode stage adds to the message's records: an unscannable entry per image
+    examined only in part (so logs, `scan --json` and quarantine records list it with the
+    other reasons), and a defect per declared image that is no image."""
+    unscannable = tuple(
+        Unscannable(r.mime_path, r.fingerprint.incomplete, r.fingerprint.detail)
+        for r in results if r.fingerprint.incomplete)
+    defects = tuple(f"{DECLARED_NOT_AN_IMAGE} at {r.mime_path or 'message'}"
+                    for r in results if r.fingerprint.skipped == NOT_AN_IMAGE)
+    return unscannable, defects
 
 
 WorkerScan = tuple[Extraction, tuple[ImageFingerprint, ...], tuple[int, ...], float]
@@ -217,6 +245,7 @@ class Scanner:
                 matches=matches,
                 containers=a.containers,
             ))
+        image_unscannable, image_defects = _image_records(results)
         done = time.perf_counter()
         if trace is not None:
             trace.stages.update(extract=extracted - started,
@@ -230,8 +259,8 @@ class Scanner:
             message_id=extraction.message_id,
             verdict=verdict_of(results, extraction.unscannable),
             attachments=tuple(results),
-            unscannable=extraction.unscannable,
-            defects=extraction.defects,
+            unscannable=extraction.unscannable + image_unscannable,
+            defects=extraction.defects + image_defects,
             seconds=done - started,
             ambiguities=extraction.ambiguities,
         )

@@ -549,7 +549,11 @@ def test_multipage_tiff_pages_of_different_sizes() -> None:
 def test_deadline_is_checked_between_frames() -> None:
     frames = [flat_shapes(40 + i) for i in range(3)]
     data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=50)
-    assert skip_reason(data, ImageSettings(deadline=0)) == "deadline"
+    # Past the frame budget the walk stops and says so; the frames examined still count.
+    result = decode_ok(data, ImageSettings(deadline=0))
+    assert len(result.frames) == 1
+    assert result.incomplete == "frames-past-limit"
+    assert "examined 1 of 3 frames" in result.detail
     # A single frame is decoded whatever the deadline: there is nothing between frames.
     decode_ok(encode(frames[0], "PNG"), ImageSettings(deadline=0))
 
@@ -659,17 +663,28 @@ def test_tiny_images_are_still_decoded(fmt: str, size: tuple[int, int]) -> None:
 # --- broken input ------------------------------------------------------------------------
 
 
+def truncated_or_skipped(data: bytes) -> str:
+    """A truncated image decodes as far as it goes (incomplete "truncated") or is skipped."""
+    try:
+        result = decode_ok(data)
+    except SkipImage as exc:
+        return exc.reason
+    assert result.incomplete is not None
+    return result.incomplete
+
+
 def test_truncated_jpeg() -> None:
     data = encode(picture(54, 600, 400), "JPEG")
-    assert skip_reason(data[: len(data) // 2]) == "truncated"
-    assert skip_reason(data[:300]) in ("truncated", "corrupt")
+    half = decode_ok(data[: len(data) // 2])
+    assert half.incomplete == "truncated"
+    assert truncated_or_skipped(data[:300]) in ("truncated", "corrupt")
 
 
 def test_truncated_png_and_gif() -> None:
     png = encode(picture(55, 300, 200), "PNG")
-    assert skip_reason(png[: len(png) // 2]) == "truncated"
+    assert decode_ok(png[: len(png) // 2]).incomplete == "truncated"
     gif = encode(flat_shapes(55, 300, 200), "GIF")
-    assert skip_reason(gif[: len(gif) // 2]) == "truncated"
+    assert decode_ok(gif[: len(gif) // 2]).incomplete == "truncated"
 
 
 def test_random_garbage() -> None:

@@ -41,6 +41,13 @@ PARSE_ERROR = "parse-error"
 MAX_READINGS = "max-readings"
 CARVE_LIMIT = "carve-limit"  # more signatures carved out of payloads than MAX_CARVED
 PAGES_PAST_LIMIT = "pages-past-limit"  # PDF pages with images not rendered (a render limit)
+# The decode stage's (images.py; FRAMES_PAST_LIMIT and TRUNCATED are also `incomplete`
+# reasons there: fingerprints of the part examined, and the image unscannable without a match)
+FRAMES_PAST_LIMIT = "frames-past-limit"
+TRUNCATED = "truncated"
+# A defect, not a reason: a part declared an image (type or name) with no image signature
+# (scanner.py), exact-hashed and counted as looked at.
+DECLARED_NOT_AN_IMAGE = "declared-image-not-an-image"
 
 
 class Stop(BaseException):

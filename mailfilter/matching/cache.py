@@ -53,7 +53,7 @@ __all__ = [
 
 log = logging.getLogger("mailfilter.matching.cache")
 
-FORMAT: Final = 1
+FORMAT: Final = 2  # 2: `incomplete` (entries of 1 would hide it)
 TRANSIENT_REASONS: Final = frozenset({"deadline", "worker-crashed", "memory-limit"})
 """Skip reasons that say nothing about the image itself: never cached."""
 
@@ -92,7 +92,7 @@ def encode(verdict: CachedVerdict) -> bytes:
             "exact": {"md5": fp.exact.md5, "sha1": fp.exact.sha1, "sha256": fp.exact.sha256},
             "width": fp.width, "height": fp.height, "image_format": fp.image_format,
             "frames": [_frame_json(f) for f in fp.frames], "frame_count": fp.frame_count,
-            "skipped": fp.skipped, "detail": fp.detail,
+            "skipped": fp.skipped, "detail": fp.detail, "incomplete": fp.incomplete,
         },
         "matches": [
             {"list": m.list_name, "algorithm": m.algorithm, "distance": m.distance,
@@ -120,7 +120,7 @@ def decode(raw: bytes | str) -> CachedVerdict:
         exact=ExactHashes(**{k: str(v) for k, v in f["exact"].items()}),
         width=int(f["width"]), height=int(f["height"]), image_format=f["image_format"],
         frames=frames, frame_count=int(f["frame_count"]), skipped=f["skipped"],
-        detail=str(f["detail"]),
+        detail=str(f["detail"]), incomplete=f.get("incomplete"),
     )
     matches = tuple(
         Match(list_name=m["list"], algorithm=m["algorithm"], distance=float(m["distance"]),
@@ -142,7 +142,9 @@ def settings_namespace(settings: Settings) -> str:
 
 
 def _cacheable(fingerprint: ImageFingerprint) -> bool:
-    return fingerprint.skipped not in TRANSIENT_REASONS
+    # frames-past-limit may come from the frame budget, which depends on the load
+    return (fingerprint.skipped not in TRANSIENT_REASONS
+            and fingerprint.incomplete != "frames-past-limit")
 
 
 # --- the API --------------------------------------------------------------------------------------
