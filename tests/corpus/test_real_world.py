@@ -246,6 +246,14 @@ def test_every_image_both_references_find_is_found(
           f"mailfilter attachments {mailfilter}; missed {len(misses)}")
     for name, digest, size, why in misses:
         print(f"  missed: {name} sha256 {digest[:16]}… ({size} bytes) {why}")
+    # Not asserted (one reference alone is often wrong), but worth a look when it grows.
+    for name, refs in sorted(references.items()):
+        seen = scanned.get(name, Scanned())
+        for who, found in (("Python email", refs.python), ("ripmime", refs.ripmime)):
+            for digest, data in found.items():
+                if digest not in refs.both and digest not in seen.sha256:
+                    print(f"  only {who} finds: {name} sha256 {digest[:16]}… "
+                          f"({len(data)} bytes, {_pillow_format(data)})")
     assert not misses, f"{len(misses)} images both references find were not examined by " \
         f"mailfilter: {sorted({m[0] for m in misses})[:20]}"
 
