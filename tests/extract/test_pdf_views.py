@@ -1,0 +1,389 @@
+"""PDFs as viewers draw them (issue 15, item 5): a known photo hidden in a PDF the way a
+viewer still shows it is matched.
+
+Each construction is built here, byte by byte, around a benign generated photo. The
+strongest check is used throughout: the fingerprints of what extraction yields are compared
+with the photo's PDQ, the way the matcher does. Where poppler's `pdftoppm` is installed it
+renders each construction as a reference, so a test can also show that the construction is
+real (a viewer shows the photo) rather than a PDF nobody can open.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import shutil
+import subprocess
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import extract_corpus as ec
+import numpy as np
+import pytest
+from factories import photo_like
+from PIL import Image, ImageOps
+
+from mailfilter.extract import extract
+from mailfilter.fingerprint import FingerprintParams, fingerprint_image
+from mailfilter.hashing.pdq import hamming, pdq_from_luma
+from mailfilter.model import Extraction
+from mailfilter.settings import ExtractSettings, Settings
+
+LIMITS = ExtractSettings()
+PARAMS = FingerprintParams.from_settings(Settings())
+MAX_DISTANCE = Settings().match.pdq_max_distance
+
+# The photo: 640 x 480 px, drawn at 1 pt per pixel with a margin on a larger page, so the
+# region the renderer finds is not simply the whole page.
+W, H = 640, 480
+PAGE_W, PAGE_H = 800, 640
+X0, Y0 = 80, 100
+PHOTO_IMG = photo_like(151, W, H)
+
+
+def jpeg_of(img: Image.Image, quality: int = 92) -> bytes:
+    out = io.BytesIO()
+    img.convert("L" if img.mode == "L" else "RGB").save(out, "JPEG", quality=quality)
+    return out.getvalue()
+
+
+PHOTO = jpeg_of(PHOTO_IMG)
+
+
+def luma(img: Image.Image) -> np.ndarray:
+    rgb = np.asarray(img.convert("RGB"), np.float32)
+    return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+
+
+PHOTO_PDQ = pdq_from_luma(luma(Image.open(io.BytesIO(PHOTO)))).hash
+
+
+# --- building PDFs --------------------------------------------------------------------
+
+
+@dataclass
+class Doc:
+    """A one-page PDF: page content, named XObjects and extra objects, numbered in order."""
+
+    content: bytes
+    xobjects: dict[str, bytes] = field(default_factory=dict)  # name -> object body
+    extra: list[bytes] = field(default_factory=list)  # objects 4+len(xobjects)+... (refs)
+    page_size: tuple[int, int] = (PAGE_W, PAGE_H)
+
+    def objects(self) -> list[bytes]:
+        names = list(self.xobjects)
+        first_x = 5  # 1 catalog, 2 pages, 3 page, 4 content
+        res = " ".join(f"/{n} {first_x + i} 0 R" for i, n in enumerate(names))
+        w, h = self.page_size
+        return [
+            b"<< /Type /Catalog /Pages 2 0 R >>",
+            b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+            f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 {w} {h}] "
+            f"/Resources << /XObject << {res} >> >> /Contents 4 0 R >>".encode(),
+            ec.pdf_stream("", self.content),
+            *self.xobjects.values(),
+            *self.extra,
+        ]
+
+    def bytes(self) -> bytes:
+        return ec.pdf(self.objects())
+
+
+def image_object(img: Image.Image, extra: str = "", fmt: str = "dct") -> bytes:
+    """An image XObject holding `img` as a JPEG (dct) or Flate-compressed samples (flate)."""
+    w, h = img.size
+    if fmt == "dct":
+        data, filt = jpeg_of(img), "/DCTDecode"
+    else:
+        gray = img.mode == "L"
+        data, filt = zlib.compress(img.convert("L" if gray else "RGB").tobytes()), "/FlateDecode"
+    cs = "/DeviceGray" if img.mode == "L" else "/DeviceRGB"
+    return ec.pdf_stream(
+        f"/Type /XObject /Subtype /Image /Width {w} /Height {h} /ColorSpace {cs} "
+        f"/BitsPerComponent 8 /Filter {filt} {extra}",
+        data,
+    )
+
+
+def draw(name: str, x: float, y: float, w: float, h: float) -> bytes:
+    return f"q {w} 0 0 {h} {x} {y} cm /{name} Do Q\n".encode()
+
+
+def plain_photo_pdf() -> bytes:
+    return Doc(draw("Im1", X0, Y0, W, H), {"Im1": image_object(PHOTO_IMG)}).bytes()
+
+
+# --- looking at what extraction yields ------------------------------------------------
+
+
+def attached(data: bytes, name: str = "d.pdf", limits: ExtractSettings = LIMITS) -> Extraction:
+    raw = ec.message(ec.multipart("mixed", [ec.part("text/plain", b"see attached\n"),
+                                            ec.attachment("application/pdf", data, name)],
+                                  "pb"))
+    return extract(raw, limits)
+
+
+def best_distance(ex: Extraction) -> int:
+    """The smallest PDQ distance from the photo to anything extraction yields (any frame,
+    trimmed or not, any of the 8 rotations and flips, as the matcher looks)."""
+    best = 256
+    for att in ex.attachments:
+        fp = fingerprint_image(att.data, PARAMS)
+        for frame in fp.frames:
+            for h in frame.pdq_dihedral or ((frame.pdq,) if frame.pdq else ()):
+                best = min(best, hamming(h, PHOTO_PDQ))
+    return best
+
+
+def matched(ex: Extraction) -> bool:
+    return best_distance(ex) <= MAX_DISTANCE
+
+
+def reasons(ex: Extraction) -> set[tuple[str, str]]:
+    return {(u.mime_path, u.reason) for u in ex.unscannable}
+
+
+# --- the reference: poppler's pdftoppm ------------------------------------------------
+
+
+def reference_distance(pdf: bytes, tmp_path: Path, box: tuple[int, int, int, int] | None = None
+                       ) -> int:
+    """PDQ distance from the photo to what pdftoppm draws of page 1 (at 72 dpi, 1 px per pt),
+    cropped to `box` (left, top, right, bottom in pixels; default: where the photo sits), in
+    the nearest of the 8 orientations (as the matcher looks)."""
+    if shutil.which("pdftoppm") is None:
+        pytest.skip("pdftoppm (poppler-utils) is not installed; CI installs it")
+    src = tmp_path / "ref.pdf"
+    src.write_bytes(pdf)
+    # -cropbox: what viewers show (pdftoppm draws the whole MediaBox by default). PPM, not
+    # -png: the same rendering, ten times faster than poppler's PNG writer.
+    subprocess.run(["pdftoppm", "-r", "72", "-cropbox", "-f", "1", "-l", "1", "-singlefile",
+                    str(src), str(tmp_path / "ref")], check=True, capture_output=True,
+                   timeout=60)
+    page = Image.open(tmp_path / "ref.ppm")
+    left, top = X0, PAGE_H - Y0 - H
+    crop = page.crop(box or (left, top, left + W, top + H))
+    return min(hamming(h, PHOTO_PDQ) for h in pdq_from_luma(luma(crop)).dihedral)
+
+
+# --- the constructions ----------------------------------------------------------------
+
+
+def broken_startxref() -> bytes:
+    """startxref points into the middle of the file: readers must find objects by scanning."""
+    pdf = plain_photo_pdf()
+    head, _, _ = pdf.rpartition(b"startxref\n")
+    return head + b"startxref\n12345\n%%EOF\n"
+
+
+def no_xref_at_all() -> bytes:
+    """No xref table and no startxref: `N 0 obj ... endobj` in sequence, then a trailer."""
+    pdf = plain_photo_pdf()
+    return pdf[: pdf.rindex(b"xref\n0 ")] + b"trailer\n<< /Root 1 0 R >>\n%%EOF\n"
+
+
+def object_missing_from_xref() -> bytes:
+    """The xref table stops before the image object (and /Size says so): only a scan of the
+    file finds it."""
+    pdf = plain_photo_pdf()
+    start = pdf.rindex(b"xref\n0 ")
+    table = pdf[start:].split(b"\n")
+    # table: "xref", "0 6", free entry, entries 1..5, "trailer", ...
+    kept = [b"xref", b"0 5", *table[2:7]]
+    trailer = b"trailer\n<< /Size 5 /Root 1 0 R >>\n"
+    tail = f"startxref\n{start}\n%%EOF\n".encode()
+    return pdf[:start] + b"\n".join(kept) + b"\n" + trailer + tail
+
+
+def shadowed_object() -> bytes:
+    """Two objects numbered 5: the xref points at the blank one, the photo is the other."""
+    blank = image_object(Image.new("RGB", (W, H), (255, 255, 255)))
+    doc = Doc(draw("Im1", X0, Y0, W, H), {"Im1": blank})
+    pdf = doc.bytes()
+    cut = pdf.index(b"5 0 obj")
+    return pdf[:cut] + b"5 0 obj\n" + image_object(PHOTO_IMG) + b"\nendobj\n" + b" " * 0 + pdf[cut:]
+
+
+def no_endstream() -> bytes:
+    """The image stream has a wrong /Length and no `endstream`: the next object follows."""
+    body = image_object(PHOTO_IMG)
+    body = body.replace(b"\nendstream", b"")
+    body = body.replace(f"/Length {len(PHOTO)}".encode(), b"/Length 99")
+    doc = Doc(draw("Im1", X0, Y0, W, H), {"Im1": body}, extra=[b"<< /Unrelated true >>"])
+    return doc.bytes()
+
+
+def ascii85_without_end_marker() -> bytes:
+    data = base64.a85encode(PHOTO, wrapcol=76)  # no `~>` (adobe=False)
+    body = ec.pdf_stream(
+        f"/Type /XObject /Subtype /Image /Width {W} /Height {H} /ColorSpace /DeviceRGB "
+        "/BitsPerComponent 8 /Filter [/ASCII85Decode /DCTDecode]",
+        data,
+    )
+    return Doc(draw("Im1", X0, Y0, W, H), {"Im1": body}).bytes()
+
+
+def encrypted(algorithm: str, user: str = "", owner: str = "owner") -> bytes:
+    from pypdf import PdfReader, PdfWriter
+
+    writer = PdfWriter(clone_from=PdfReader(io.BytesIO(plain_photo_pdf())))
+    writer.encrypt(user_password=user, owner_password=owner, algorithm=algorithm)
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
+def inline_image() -> bytes:
+    """The photo as an inline image in the content stream (BI ... ID ... EI): no XObject."""
+    content = (f"q {W} 0 0 {H} {X0} {Y0} cm\nBI /W {W} /H {H} /CS /RGB /BPC 8 /F /DCT\nID\n"
+               .encode() + PHOTO + b"\nEI\nQ\n")
+    return Doc(content).bytes()
+
+
+def decode_inverted() -> bytes:
+    """The stored samples are the photo's negative; `/Decode [1 0 1 0 1 0]` turns them back."""
+    negative = ImageOps.invert(PHOTO_IMG)
+    body = image_object(negative, "/Decode [1 0 1 0 1 0]")
+    return Doc(draw("Im1", X0, Y0, W, H), {"Im1": body}).bytes()
+
+
+def clipped_to_half() -> bytes:
+    """The stored image is twice as wide (the photo beside another picture); a clip path
+    shows only the photo."""
+    wide = Image.new("RGB", (2 * W, H))
+    wide.paste(photo_like(152, W, H), (0, 0))
+    wide.paste(PHOTO_IMG, (W, 0))
+    content = (f"q {X0} {Y0} {W} {H} re W n\n".encode()
+               + draw("Im1", X0 - W, Y0, 2 * W, H) + b"Q\n")
+    return Doc(content, {"Im1": image_object(wide)}).bytes()
+
+
+def tiles(nx: int = 3, ny: int = 2) -> bytes:
+    """The photo cut into nx x ny tiles, each its own XObject, drawn edge to edge."""
+    xobjects: dict[str, bytes] = {}
+    content = b""
+    tw, th = W // nx, H // ny
+    for j in range(ny):
+        for i in range(nx):
+            tile = PHOTO_IMG.crop((i * tw, j * th, (i + 1) * tw, (j + 1) * th))
+            name = f"T{j}{i}"
+            xobjects[name] = image_object(tile)
+            content += draw(name, X0 + i * tw, Y0 + H - (j + 1) * th, tw, th)
+    return Doc(content, xobjects).bytes()
+
+
+def soft_mask() -> bytes:
+    """A black image whose /SMask (alpha) is the photo's negative: on a white page the viewer
+    shows the photo in grey; neither stored image is the photo."""
+    black = Image.new("RGB", (W, H))
+    alpha = ImageOps.invert(PHOTO_IMG.convert("L"))
+    doc = Doc(draw("Im1", X0, Y0, W, H))
+    smask_num = 5 + 1  # right after the one XObject
+    doc.xobjects["Im1"] = image_object(black, f"/SMask {smask_num} 0 R", fmt="flate")
+    doc.extra.append(image_object(alpha))
+    return doc.bytes()
+
+
+def in_a_form(clip_inside: bool = False) -> bytes:
+    """The photo drawn inside a form XObject that the page scales to half and moves; a clip
+    inside the form hides the wide image's other half."""
+    if clip_inside:
+        wide = Image.new("RGB", (2 * W, H))
+        wide.paste(PHOTO_IMG, (0, 0))
+        wide.paste(photo_like(153, W, H), (W, 0))
+        img, inner = wide, f"q 0 0 {W} {H} re W n {2 * W} 0 0 {H} 0 0 cm /Im1 Do Q".encode()
+    else:
+        img, inner = PHOTO_IMG, f"q {W} 0 0 {H} 0 0 cm /Im1 Do Q".encode()
+    form = ec.pdf_stream(
+        f"/Type /XObject /Subtype /Form /BBox [0 0 {2 * W} {H}] "
+        "/Resources << /XObject << /Im1 6 0 R >> >>", inner)
+    content = f"q 0.5 0 0 0.5 {X0} {Y0} cm /F1 Do Q\n".encode()
+    return Doc(content, {"F1": form}, extra=[image_object(img)]).bytes()
+
+
+def rotated_and_cropped() -> bytes:
+    """A page turned by /Rotate 90 whose /CropBox starts away from the origin."""
+    doc = Doc(draw("Im1", X0, Y0, W, H), {"Im1": image_object(PHOTO_IMG)})
+    objects = doc.objects()
+    objects[2] = objects[2].replace(b"/MediaBox", b"/Rotate 90 /CropBox [40 60 760 620] "
+                                    b"/MediaBox")
+    return ec.pdf(objects)
+
+
+
+
+# --- the cases --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    build: Callable[[], bytes]
+    # The stored objects hold the photo's JPEG byte for byte (found without rendering).
+    stored: bool
+    # Where pdftoppm draws the photo (pixels, left top right bottom); None: not drawn.
+    shown: tuple[int, int, int, int] | None = (X0, PAGE_H - Y0 - H, X0 + W, PAGE_H - Y0)
+
+
+CASES: dict[str, Case] = {
+    "plain": Case(plain_photo_pdf, stored=True),
+    "broken-startxref": Case(broken_startxref, stored=True),
+    "no-xref": Case(no_xref_at_all, stored=True),
+    "object-missing-from-xref": Case(object_missing_from_xref, stored=True),
+    "shadowed-object": Case(shadowed_object, stored=True, shown=None),
+    "no-endstream": Case(no_endstream, stored=True),
+    "ascii85-without-end-marker": Case(ascii85_without_end_marker, stored=True),
+    "aes128-empty-user-password": Case(lambda: encrypted("AES-128"), stored=True),
+    "aes256-empty-user-password": Case(lambda: encrypted("AES-256"), stored=True),
+    "rc4-empty-user-password": Case(lambda: encrypted("RC4-128"), stored=True),
+    "rotated-cropped-page": Case(rotated_and_cropped, stored=True,
+                                 shown=(40, 40, 40 + H, 40 + W)),
+    "form-scaled": Case(in_a_form, stored=True,
+                        shown=(X0, PAGE_H - Y0 - H // 2, X0 + W // 2, PAGE_H - Y0)),
+    "inline-image": Case(inline_image, stored=False),
+    "decode-inverted": Case(decode_inverted, stored=False),
+    "clipped-to-half": Case(clipped_to_half, stored=False),
+    "clipped-inside-a-form": Case(lambda: in_a_form(clip_inside=True), stored=False,
+                                  shown=(X0, PAGE_H - Y0 - H // 2, X0 + W // 2, PAGE_H - Y0)),
+    "tiles": Case(tiles, stored=False),
+    "soft-mask": Case(soft_mask, stored=False),
+}
+VIEWS = [name for name, case in CASES.items() if not case.stored]
+SHOWN = [name for name, case in CASES.items() if case.shown is not None]
+NO_RENDERING = ExtractSettings(pdf_render_max_pages=0)
+
+
+@pytest.mark.parametrize("name", SHOWN)
+def test_the_reference_viewer_shows_the_photo(name: str, tmp_path: Path) -> None:
+    case = CASES[name]
+    assert reference_distance(case.build(), tmp_path, case.shown) <= MAX_DISTANCE
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_the_photo_is_matched(name: str) -> None:
+    ex = attached(CASES[name].build())
+    assert ex.unscannable == ()
+    assert matched(ex), best_distance(ex)
+
+
+@pytest.mark.parametrize("name", [n for n, c in CASES.items() if c.stored])
+def test_stored_objects_hold_the_photo_byte_for_byte(name: str) -> None:
+    """Without rendering, the objects read (found by scanning where the table misses them,
+    decoded tolerantly, decrypted) include the photo's JPEG exactly: MD5 lists match."""
+    ex = attached(CASES[name].build(), limits=NO_RENDERING)
+    assert ec.sha(PHOTO) in {ec.sha(a.data) for a in ex.attachments}
+    assert ex.unscannable == ()
+
+
+@pytest.mark.parametrize("name", VIEWS)
+def test_only_the_rendering_shows_what_the_viewer_shows(name: str) -> None:
+    """The stored objects alone do not match (the construction is a real trick); the
+    rendered regions do."""
+    pdf = CASES[name].build()
+    assert not matched(attached(pdf, limits=NO_RENDERING))
+    regions = [a for a in attached(pdf).attachments if "/page-1-region-" in a.mime_path]
+    assert regions and all(a.content_type == "image/png" for a in regions)
+    assert regions[0].mime_path == "2/d.pdf/page-1-region-1.png"
+    assert regions[0].containers == ("application/pdf",)
+    assert any(matched(Extraction(attachments=(a,))) for a in regions)
