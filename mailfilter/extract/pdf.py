@@ -7,6 +7,19 @@ samples; they are rebuilt into PNG files. Bilevel images (image masks, CCITT fax
 scanned-document pages and stencils, not pictures; they are noted as defects and left out.
 Embedded files (`/EmbeddedFile` streams) are walked like any other payload.
 
+Objects are found the way lenient viewers find them: those of the cross-reference table,
+then every `N G obj` header in the file that the table does not point at (a broken or
+missing table, an object left out of it, an older version of an object shadowed by a newer
+one). A file without any `startxref` is read again with one pointing nowhere, which makes
+pypdf rebuild the table by scanning. A stream whose `/Length` is wrong and whose `endstream`
+is missing runs to the next `endobj`, object header or the end of the file; ASCII85 without
+its `~>` end marker is decoded as far as it goes (pypdf). Encrypted files are opened with
+the empty user password (RC4 and AES, with the cryptography package); one that needs a real
+password is `encrypted-archive`, and AES without cryptography is `unsupported-archive`.
+
+Then the pages are rendered where they draw images (pdf_render.py), so that what a viewer
+shows is fingerprinted too: inline images, /Decode inversions, clips, soft masks, tiles.
+
 pypdf decodes the streams, with its limits set from what is left of the decoded-byte budget
 for the duration of the file, and never calls external programs.
 """
@@ -214,22 +227,24 @@ def _open(data: bytes) -> tuple[Any, bool]:
             raise first from None
 
 
-def _decrypt(ctx: Context, node: PayloadNode, reader: Any) -> bool:
-    """Open an encrypted PDF with the empty user password (what viewers do without asking);
-    False, with the reason recorded, when that is not enough."""
+def _decrypt(ctx: Context, node: PayloadNode, reader: Any) -> str:
+    """Open an encrypted PDF with the empty user password (what viewers do without asking):
+    "open", or, with the reason recorded, "password" (it needs one) or "unsupported" (pypdf
+    cannot decrypt it here, e.g. AES without the cryptography package: PDFium still can)."""
     from pypdf.errors import DependencyError
 
     try:
         opened = bool(reader.decrypt(""))
-    except DependencyError as exc:  # AES without the cryptography package: not a password
+    except DependencyError as exc:
         ctx.skip(node.path, core.UNSUPPORTED_ARCHIVE, f"PDF encryption: {exc}"[:200])
-        return False
+        return "unsupported"
     except Exception as exc:
         ctx.skip(node.path, core.ENCRYPTED_ARCHIVE, f"PDF: {exc}"[:200])
-        return False
+        return "password"
     if not opened:
         ctx.skip(node.path, core.ENCRYPTED_ARCHIVE, "PDF needs a password")
-    return opened
+        return "password"
+    return "open"
 
 
 def _scanned_headers(data: bytes) -> list[tuple[int, int, int]]:
@@ -317,11 +332,10 @@ def images(ctx: Context, node: PayloadNode, quiet: bool = False) -> Iterator[Nod
         if reader is not None:
             if rebuilt:
                 ctx.defect(node.path, "pdf-xref-rebuilt")
-            if reader.is_encrypted and not _decrypt(ctx, node, reader):
-                if not ctx.unscannable or ctx.unscannable[-1].reason != core.UNSUPPORTED_ARCHIVE:
-                    return  # needs a password: PDFium could not open it either
-                reader = None  # AES without cryptography: PDFium still renders it
-            else:
+            state = _decrypt(ctx, node, reader) if reader.is_encrypted else "open"
+            if state == "password":
+                return  # PDFium could not open it either
+            if state == "open":
                 _stored(ctx, node, reader, cap, found)
     yield from found
     yield from _rendered(ctx, node, fail, stored_error)
@@ -339,6 +353,9 @@ def _rendered(ctx: Context, node: PayloadNode, fail: Fail, stored_error: str | N
             if not ctx.count_member(node.path):
                 return
             yield child
+    except ImportError as exc:  # pypdfium2 is a dependency; a broken install says so
+        ctx.skip(node.path, core.UNSUPPORTED_ARCHIVE, f"PDF pages not rendered: {exc}"[:200])
+        return
     except pdf_render.CannotOpen as exc:
         fail(core.CORRUPT_ARCHIVE, stored_error or str(exc))
         return

@@ -1,5 +1,5 @@
 """What a PDF viewer shows where images are drawn: pages rendered with PDFium, cropped to
-the regions that images cover, each passed on as a PNG for the decode stage.
+the regions that images cover, each passed on as a (grey) PNG for the decode stage.
 
 The image objects of a file (pdf.py) are what it stores; a viewer can show something else:
 an inline image in a content stream (no object of its own), samples that a `/Decode` array

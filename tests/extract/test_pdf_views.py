@@ -387,3 +387,127 @@ def test_only_the_rendering_shows_what_the_viewer_shows(name: str) -> None:
     assert regions[0].mime_path == "2/d.pdf/page-1-region-1.png"
     assert regions[0].containers == ("application/pdf",)
     assert any(matched(Extraction(attachments=(a,))) for a in regions)
+
+
+# --- limits and failures: never a silent partial scan -----------------------------------
+
+
+def pages_pdf(with_photo: list[bool], extra_image: bytes | None = None) -> bytes:
+    """A PDF of len(with_photo) pages; each page draws the photo (shared XObject) or only
+    text. `extra_image`: an image XObject body drawn instead of the photo."""
+    n = len(with_photo)
+    image_num = 3 + 2 * n
+    kids = " ".join(f"{3 + i} 0 R" for i in range(n))
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>",
+               f"<< /Type /Pages /Kids [{kids}] /Count {n} >>".encode()]
+    for i in range(n):
+        objects.append(
+            f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 {PAGE_W} {PAGE_H}] "
+            f"/Resources << /XObject << /Im1 {image_num} 0 R >> /Font << /F1 {image_num + 1} 0 R"
+            f" >> >> /Contents {3 + n + i} 0 R >>".encode())
+    for photo in with_photo:
+        text = b"BT /F1 12 Tf 72 72 Td (Hello) Tj ET\n"
+        objects.append(ec.pdf_stream("", text + (draw("Im1", X0, Y0, W, H) if photo else b"")))
+    objects.append(extra_image or image_object(PHOTO_IMG))
+    objects.append(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
+    return ec.pdf(objects)
+
+
+def region_paths(ex: Extraction) -> list[str]:
+    return [a.mime_path for a in ex.attachments if "-region-" in a.mime_path]
+
+
+def test_pages_past_the_limit_are_reported() -> None:
+    ex = attached(pages_pdf([True, True, True]), limits=ExtractSettings(pdf_render_max_pages=2))
+    assert region_paths(ex) == ["2/d.pdf/page-1-region-1.png", "2/d.pdf/page-2-region-1.png"]
+    assert reasons(ex) == {("2/d.pdf", "pages-past-limit")}
+    assert "pages 3-3 of 3" in ex.unscannable[0].detail
+
+
+def test_pages_without_images_do_not_count() -> None:
+    ex = attached(pages_pdf([False, False, True, False]),
+                  limits=ExtractSettings(pdf_render_max_pages=1))
+    assert region_paths(ex) == ["2/d.pdf/page-3-region-1.png"]
+    assert ex.unscannable == ()
+
+
+def test_render_deadline_is_reported() -> None:
+    ex = attached(pages_pdf([True, True]), limits=ExtractSettings(pdf_render_deadline=0))
+    assert region_paths(ex) == []
+    assert reasons(ex) == {("2/d.pdf", "pages-past-limit")}
+    assert "deadline" in ex.unscannable[0].detail
+
+
+def test_render_pixel_budget_is_reported() -> None:
+    limits = ExtractSettings(pdf_render_max_pixels=W * H + 1000)
+    ex = attached(pages_pdf([True, True]), limits=limits)
+    assert region_paths(ex) == ["2/d.pdf/page-1-region-1.png"]
+    assert reasons(ex) == {("2/d.pdf", "pages-past-limit")}
+    assert "pixels" in ex.unscannable[0].detail
+
+
+def test_regions_are_bounded_by_max_side() -> None:
+    ex = attached(plain_photo_pdf(), limits=ExtractSettings(pdf_render_max_side=320))
+    region = next(a for a in ex.attachments if "-region-" in a.mime_path)
+    img = Image.open(io.BytesIO(region.data))
+    assert max(img.size) <= 320 + 1
+    assert matched(Extraction(attachments=(region,)))  # PDQ holds at a third of the size
+
+
+def test_bilevel_only_pages_are_not_rendered() -> None:
+    """Scanned pages and stencils (1 bit per pixel) are left out, as the stored-object pass
+    leaves them out: no region, nothing unscannable."""
+    bits = PHOTO_IMG.convert("1")
+    mask = ec.pdf_stream(f"/Type /XObject /Subtype /Image /Width {W} /Height {H} "
+                         "/ImageMask true /BitsPerComponent 1 /Filter /FlateDecode",
+                         zlib.compress(bits.tobytes()))
+    ex = attached(pages_pdf([True], extra_image=mask))
+    assert region_paths(ex) == []
+    assert ex.unscannable == ()
+
+
+def test_a_password_protected_pdf_is_encrypted_archive_and_not_rendered() -> None:
+    ex = attached(encrypted("AES-256", user="secret"))
+    assert reasons(ex) == {("2/d.pdf", "encrypted-archive")}
+    assert ex.attachments == ()
+
+
+def test_aes_without_cryptography_is_unsupported_but_still_rendered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """pypdf needs cryptography for AES (DependencyError): that is not a password, and
+    PDFium (which has its own AES) still shows the page."""
+    from pypdf import PdfReader
+    from pypdf.errors import DependencyError
+
+    def no_aes(self: object, password: str) -> None:
+        raise DependencyError("cryptography is required for AES algorithm")
+
+    monkeypatch.setattr(PdfReader, "decrypt", no_aes)
+    ex = attached(encrypted("AES-128"))
+    assert reasons(ex) == {("2/d.pdf", "unsupported-archive")}
+    assert matched(ex)
+
+
+def test_garbage_is_corrupt_once() -> None:
+    ex = attached(b"%PDF-1.7\n" + b"\x00garbage" * 50)
+    assert reasons(ex) == {("2/d.pdf", "corrupt-archive")}
+    assert len(ex.unscannable) == 1
+
+
+def test_photo_on_a_later_page_is_named_after_it() -> None:
+    ex = attached(pages_pdf([False, True]))
+    assert region_paths(ex) == ["2/d.pdf/page-2-region-1.png"]
+    assert matched(ex)
+
+
+def test_photo_over_a_background_is_seen_alone() -> None:
+    """A photo laid over a full-page background picture: the union of the two is the whole
+    page, so the photo's own region is rendered too."""
+    background = image_object(photo_like(154, 80, 64))
+    content = draw("Bg", 0, 0, PAGE_W, PAGE_H) + draw("Im1", X0, Y0, W, H)
+    inverted = image_object(ImageOps.invert(PHOTO_IMG), "/Decode [1 0 1 0 1 0]")
+    ex = attached(Doc(content, {"Bg": background, "Im1": inverted}).bytes())
+    assert not matched(attached(Doc(content, {"Bg": background, "Im1": inverted}).bytes(),
+                                limits=NO_RENDERING))
+    assert matched(ex)
