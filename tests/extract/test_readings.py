@@ -1,0 +1,305 @@
+"""Every plausible reading (issue 15): where MIME parsers disagree about a message, the walk
+scans each reading and takes the union; each disagreement is recorded as an ambiguity.
+
+Every construction below hides one benign generated JPEG from the reading the walk used to
+make, while a reference program (ripmime, munpack, reformime, mu/GMime, Python's `email`)
+shows it; the test asserts that `extract` returns an attachment whose bytes equal the JPEG,
+and, where the program is installed, that some reference program really shows it.
+"""
+
+from __future__ import annotations
+
+import base64
+import email
+import email.policy
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from factories import jpeg
+
+from mailfilter.extract import extract
+from mailfilter.model import Extraction
+from mailfilter.settings import ExtractSettings
+
+LIMITS = ExtractSettings()
+PHOTO = jpeg(15, 160, 120)
+HEAD = (
+    b"From: Alice <alice@example.org>\n"
+    b"To: Bob <bob@example.org>\n"
+    b"Subject: photo\n"
+    b"Message-ID: <readings@example.org>\n"
+    b"Date: Mon, 01 Jan 2024 00:00:00 +0000\n"
+    b"MIME-Version: 1.0\n"
+)
+
+
+def b64(data: bytes) -> bytes:
+    text = base64.b64encode(data)
+    return b"\n".join(text[i : i + 76] for i in range(0, len(text), 76)) + b"\n"
+
+
+def image_part(cte_lines: bytes = b"Content-Transfer-Encoding: base64\n") -> bytes:
+    return (
+        b'Content-Type: image/jpeg; name="photo.jpg"\n' + cte_lines
+        + b'Content-Disposition: attachment; filename="photo.jpg"\n\n' + b64(PHOTO)
+    )
+
+
+TEXT_PART = b"Content-Type: text/plain\n\nHello.\n"
+
+
+def body(boundary: bytes, parts: list[bytes], close: bytes | None = None) -> bytes:
+    out = b"\nThis is a multi-part message in MIME format.\n"
+    for p in parts:
+        out += b"--" + boundary + b"\n" + p + b"\n"
+    return out + b"--" + (boundary if close is None else close) + b"--\n"
+
+
+# --- constructions -----------------------------------------------------------------------
+
+
+def big_header_block() -> bytes:
+    """300 KiB of ordinary header lines before Content-Type."""
+    filler = b"".join(b"X-Filler-%06d: %s\n" % (i, b"a" * 60) for i in range(4400))
+    return (HEAD + filler + b'Content-Type: multipart/mixed; boundary="B"\n'
+            + body(b"B", [TEXT_PART, image_part()]))
+
+
+def long_header_line() -> bytes:
+    """One 1 MB header line before Content-Type."""
+    return (HEAD + b"X-Junk: " + b"j" * (1 << 20) + b"\n"
+            + b'Content-Type: multipart/mixed; boundary="B"\n'
+            + body(b"B", [TEXT_PART, image_part()]))
+
+
+def duplicate_content_type_last() -> bytes:
+    """A text/plain first, the multipart second (readers that take the last one split it)."""
+    return (HEAD + b"Content-Type: text/plain\n"
+            + b'Content-Type: multipart/mixed; boundary="B"\n'
+            + body(b"B", [TEXT_PART, image_part()]))
+
+
+def duplicate_content_type_first() -> bytes:
+    """Two multipart types with different boundaries: a decoy under the first, the photo
+    under the second."""
+    inner = body(b"B", [TEXT_PART, image_part()])
+    return (HEAD + b'Content-Type: multipart/mixed; boundary="A"\n'
+            + b'Content-Type: multipart/mixed; boundary="B"\n'
+            + b"\n--A\nContent-Type: text/plain\n\nHello.\n" + inner + b"--A--\n")
+
+
+def duplicate_boundary() -> bytes:
+    return (HEAD + b'Content-Type: multipart/mixed; boundary="A"; boundary="B"\n'
+            + b"\n--A\nContent-Type: text/plain\n\nHello.\n"
+            + body(b"B", [TEXT_PART, image_part()]) + b"--A--\n")
+
+
+def comments_in_content_type() -> bytes:
+    return (HEAD + b'Content-Type: (c) multipart/mixed; boundary=(c)"B"\n'
+            + body(b"B", [TEXT_PART, image_part()]))
+
+
+def line_without_colon() -> bytes:
+    return (HEAD + b"this line has no colon\n"
+            + b'Content-Type: multipart/mixed; boundary="B"\n'
+            + body(b"B", [TEXT_PART, image_part()]))
+
+
+def non_ascii_header_name() -> bytes:
+    return (HEAD + "X-Ünïcode-Näme: value\n".encode()
+            + b'Content-Type: multipart/mixed; boundary="B"\n'
+            + body(b"B", [TEXT_PART, image_part()]))
+
+
+def two_transfer_encodings() -> bytes:
+    cte = b"Content-Transfer-Encoding: 7bit\nContent-Transfer-Encoding: base64\n"
+    return (HEAD + b'Content-Type: multipart/mixed; boundary="B"\n'
+            + body(b"B", [TEXT_PART, image_part(cte)]))
+
+
+def boundary_case() -> bytes:
+    return (HEAD + b'Content-Type: multipart/mixed; boundary="photo-boundary"\n'
+            + body(b"PHOTO-BOUNDARY", [TEXT_PART, image_part()]))
+
+
+def rfc2231_boundary() -> bytes:
+    return (HEAD + b"Content-Type: multipart/mixed; boundary=\"A\"; boundary*=us-ascii''B\n"
+            + b"\n--A\nContent-Type: text/plain\n\nHello.\n"
+            + body(b"B", [TEXT_PART, image_part()]) + b"--A--\n")
+
+
+def encoded_word_boundary() -> bytes:
+    return (HEAD + b'Content-Type: multipart/mixed; boundary="=?us-ascii?Q?B?="\n'
+            + body(b"B", [TEXT_PART, image_part()]))
+
+
+def delimiter_junk(junk: bytes) -> Callable[[], bytes]:
+    def build() -> bytes:
+        raw = body(b"B", [TEXT_PART, image_part()])
+        raw = raw.replace(b"--B\n", b"--B" + junk + b"\n")
+        return HEAD + b'Content-Type: multipart/mixed; boundary="B"\n' + raw
+    build.__name__ = f"delimiter_junk_{junk!r}"
+    return build
+
+
+def cr_line_ends() -> bytes:
+    raw = HEAD + b'Content-Type: multipart/mixed; boundary="B"\n' + body(
+        b"B", [TEXT_PART, image_part()])
+    return raw.replace(b"\n", b"\r")
+
+
+def multipart_with_transfer_encoding() -> bytes:
+    """A multipart that declares quoted-printable (RFC 2045: ignore it); decoding it turns
+    the delimiters `--b=3Dx` into `--b=x` and loses the parts."""
+    return (HEAD + b'Content-Type: multipart/mixed; boundary="b=3Dx"\n'
+            + b"Content-Transfer-Encoding: quoted-printable\n"
+            + body(b"b=3Dx", [TEXT_PART, image_part()]))
+
+
+def _saved_message() -> bytes:
+    return (HEAD + b'Content-Type: multipart/mixed; boundary="in"\n'
+            + body(b"in", [TEXT_PART, image_part()]))
+
+
+def message_as_text() -> bytes:
+    """A forwarded .eml attached as text/plain without a name (ripmime shows its parts)."""
+    return (HEAD + b'Content-Type: multipart/mixed; boundary="B"\n'
+            + body(b"B", [TEXT_PART, b"Content-Type: text/plain\n"
+                          b"Content-Disposition: attachment\n\n" + _saved_message()]))
+
+
+def message_as_text_body() -> bytes:
+    """A message whose text/plain body is a whole message (munpack shows its parts)."""
+    return HEAD + b"Content-Type: text/plain\n\n" + _saved_message()
+
+
+# (construction, the ambiguity code it must be recorded under)
+CONSTRUCTIONS: list[tuple[Callable[[], bytes], str]] = [
+    (big_header_block, "header-block-limit"),
+    (long_header_line, "header-block-limit"),
+    (duplicate_content_type_last, "duplicate-content-type"),
+    (duplicate_content_type_first, "duplicate-content-type"),
+    (duplicate_boundary, "duplicate-boundary"),
+    (comments_in_content_type, "content-type-syntax"),
+    (line_without_colon, "malformed-header-line"),
+    (non_ascii_header_name, "malformed-header-line"),
+    (two_transfer_encodings, "duplicate-transfer-encoding"),
+    (boundary_case, "boundary-case"),
+    (rfc2231_boundary, "boundary-rfc2231"),
+    (encoded_word_boundary, "boundary-encoded-word"),
+    (delimiter_junk(b";x"), "delimiter-junk"),
+    (delimiter_junk(b" junk"), "delimiter-junk"),
+    (cr_line_ends, "cr-line-ends"),
+    (multipart_with_transfer_encoding, "multipart-with-transfer-encoding"),
+    (message_as_text, "message-as-text"),
+    (message_as_text_body, "message-as-text"),
+]
+IDS = [build.__name__ for build, _code in CONSTRUCTIONS]
+
+
+# --- reference programs -------------------------------------------------------------------
+
+
+def _files(root: Path) -> list[bytes]:
+    return [p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()]
+
+
+def _run_on_file(raw: bytes, argv: Callable[[Path, Path], list[str]]) -> list[bytes]:
+    with tempfile.TemporaryDirectory() as tmp:
+        msg, out = Path(tmp, "m.eml"), Path(tmp, "out")
+        msg.write_bytes(raw)
+        out.mkdir()
+        subprocess.run(argv(msg, out), capture_output=True, timeout=30, check=False,
+                       cwd=tmp)
+        return _files(out)
+
+
+def _ripmime(raw: bytes) -> list[bytes]:
+    return _run_on_file(raw, lambda m, o: ["ripmime", "-i", str(m), "-d", str(o)])
+
+
+def _munpack(raw: bytes) -> list[bytes]:
+    return _run_on_file(raw, lambda m, o: ["munpack", "-f", "-q", "-t", "-C", str(o), str(m)])
+
+
+def _mu(raw: bytes) -> list[bytes]:
+    return _run_on_file(raw, lambda m, o: [
+        "mu", "extract", "--save-all", "--overwrite", f"--target-dir={o}",
+        f"--muhome={o.parent / 'muhome'}", str(m)])
+
+
+def _reformime(raw: bytes) -> list[bytes]:
+    info = subprocess.run(["reformime", "-i"], input=raw, capture_output=True, timeout=30,
+                          check=False).stdout.decode("latin-1")
+    sections = [line.split(":", 1)[1].strip() for line in info.splitlines()
+                if line.startswith("section:")]
+    return [subprocess.run(["reformime", "-e", "-s", s], input=raw, capture_output=True,
+                           timeout=30, check=False).stdout for s in sections]
+
+
+def _python_email(policy: email.policy.Policy) -> Callable[[bytes], list[bytes]]:
+    def leaves(raw: bytes) -> list[bytes]:
+        msg = email.message_from_bytes(raw, policy=policy)
+        out: list[bytes] = []
+        for part in msg.walk():
+            if not part.is_multipart():
+                payload = part.get_payload(decode=True)
+                if isinstance(payload, bytes):
+                    out.append(payload)
+        return out
+    return leaves
+
+
+# name -> (program that must be installed, or None, reader)
+REFERENCES: dict[str, tuple[str | None, Callable[[bytes], list[bytes]]]] = {
+    "python-email-default": (None, _python_email(email.policy.default)),
+    "python-email-compat32": (None, _python_email(email.policy.compat32)),
+    "ripmime": ("ripmime", _ripmime),
+    "munpack": ("munpack", _munpack),
+    "reformime": ("reformime", _reformime),
+    "mu (GMime)": ("mu", _mu),
+}
+
+
+def shown_by(raw: bytes, data: bytes) -> tuple[list[str], list[str]]:
+    """(the reference programs that show `data` as a part of `raw`, those not installed)."""
+    shown, missing = [], []
+    for name, (program, read) in REFERENCES.items():
+        if program is not None and shutil.which(program) is None:
+            missing.append(name)
+            continue
+        if data in read(raw):
+            shown.append(name)
+    return shown, missing
+
+
+# --- the photo is found, and the disagreement recorded -----------------------------------
+
+
+def run(raw: bytes) -> Extraction:
+    return extract(raw, LIMITS)
+
+
+def codes(ex: Extraction) -> set[str]:
+    return {entry.split(" at ", 1)[0] for entry in ex.ambiguities}
+
+
+@pytest.mark.parametrize(("build", "code"), CONSTRUCTIONS, ids=IDS)
+def test_every_reading_is_scanned(build: Callable[[], bytes], code: str) -> None:
+    ex = run(build())
+    assert any(a.data == PHOTO for a in ex.attachments), ex.attachments
+    assert code in codes(ex), ex.ambiguities
+    assert not ex.unscannable, ex.unscannable
+
+
+@pytest.mark.parametrize(("build", "code"), CONSTRUCTIONS, ids=IDS)
+def test_a_reference_program_shows_the_photo(build: Callable[[], bytes], code: str) -> None:
+    """The construction is real: some reader shows the photo (else it would prove nothing)."""
+    shown, missing = shown_by(build(), PHOTO)
+    if not shown and missing:
+        pytest.skip(f"not installed: {', '.join(missing)}")
+    assert shown
