@@ -511,3 +511,34 @@ def test_photo_over_a_background_is_seen_alone() -> None:
     assert not matched(attached(Doc(content, {"Bg": background, "Im1": inverted}).bytes(),
                                 limits=NO_RENDERING))
     assert matched(ex)
+
+
+# --- end to end -------------------------------------------------------------------------
+
+
+def test_scan_matches_the_photo_in_pdfs_viewers_show(tmp_path: Path) -> None:
+    """`mailfilter scan` with the photo's PDQ on a list: each trick is a match, in a real
+    scan (worker processes, the decode stage, the matcher)."""
+    import json
+    import os
+    import sys
+
+    env = {**os.environ, "MAILFILTER_IMAGES__DEADLINE": "30"}  # a loaded CI machine
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "mailfilter", *args], capture_output=True,
+                              text=True, timeout=180, env=env)
+
+    pdq = fingerprint_image(PHOTO, PARAMS).frames[0].pdq  # what `mailfilter hash` prints
+    hashes = tmp_path / "list.hma"
+    hashes.write_text(f"pdq {pdq}\n")
+    names = ["inline-image", "decode-inverted", "clipped-to-half", "tiles", "soft-mask",
+             "no-endstream"]
+    for name in names:
+        (tmp_path / f"{name}.eml").write_bytes(ec.message(ec.multipart("mixed", [
+            ec.part("text/plain", b"see attached\n"),
+            ec.attachment("application/pdf", CASES[name].build(), f"{name}.pdf")], "pb")))
+    out = cli("scan", "--json", "--hashes", str(hashes),
+              *(str(tmp_path / f"{name}.eml") for name in names))
+    records = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["verdict"] for r in records] == ["match"] * len(names), out.stderr
