@@ -679,6 +679,18 @@ def compressed_stream(
 
 
 def sevenzip_members(ctx: Context, node: PayloadNode, quiet: bool = False) -> Iterator[Node]:
+    """7z through libarchive (faster, streams, less memory: see `libarchive_reader`), and
+    through py7zr when libarchive lacks a method the archive uses (ARM64, zstd filters...)."""
+    from mailfilter.extract import libarchive_reader
+
+    found = libarchive_reader.read_members(ctx, node, sniff.SEVEN_ZIP, quiet)
+    if found is not None:
+        yield from found
+        return
+    yield from _py7zr_members(ctx, node, quiet)
+
+
+def _py7zr_members(ctx: Context, node: PayloadNode, quiet: bool = False) -> Iterator[Node]:
     import py7zr
     from py7zr import exceptions as e7
 

@@ -196,6 +196,41 @@ def test_compressed_single_file_and_bomb(tmp_path: Path, ext: str) -> None:
     assert reasons(ex) == {"max-expansion-ratio"}
 
 
+# --- 7z through libarchive (py7zr where libarchive lacks a method) ------------------------
+
+
+@needs("7zz")
+@pytest.mark.parametrize("options", [[], ["-m0=PPMd"], ["-m0=BZip2"], ["-mf=BCJ2"], ["-m0=Copy"]])
+def test_7z_methods(tmp_path: Path, options: list[str]) -> None:
+    photo_dir(tmp_path)
+    run(["7zz", "a", *options, "x.7z", "./src/photo.jpg"], tmp_path)
+    ex = attached((tmp_path / "x.7z").read_bytes(), "x.7z")
+    assert photos(ex) == ["2/x.7z/photo.jpg"]
+    assert ex.unscannable == ()
+
+
+@needs("7zz")
+@pytest.mark.parametrize(("options", "reason"), [
+    (["-pX"], "encrypted-archive"),
+    (["-pX", "-mhe=on"], "encrypted-archive"),
+    (["-mf=ARM64"], "unsupported-archive"),  # neither libarchive 3.6 nor py7zr has it
+])
+def test_7z_refused(tmp_path: Path, options: list[str], reason: str) -> None:
+    photo_dir(tmp_path)
+    run(["7zz", "a", *options, "x.7z", "./src/photo.jpg"], tmp_path)
+    ex = attached((tmp_path / "x.7z").read_bytes(), "x.7z")
+    assert reasons(ex) == {reason}
+
+
+@needs("7zz")
+def test_7z_bomb_is_reported(tmp_path: Path) -> None:
+    photo_dir(tmp_path, b"\x00" * 12_000_000, "zeros.bin")
+    run(["7zz", "a", "x.7z", "./src/zeros.bin"], tmp_path)
+    ex = attached((tmp_path / "x.7z").read_bytes(), "x.7z")
+    assert reasons(ex) == {"max-expansion-ratio"}
+    assert ex.attachments == ()
+
+
 # --- zip: Deflate64, entries outside the central directory --------------------------------
 
 
