@@ -1,130 +1,165 @@
-"""Payloads hidden in text: uuencoded blocks, `data:` URIs (HTML bodies, CSS, anywhere) and
-bodies that are bare base64 without a transfer encoding saying so."""
+"""Payloads hidden in text: uuencoded blocks, `data:` URIs (HTML bodies, CSS, SVG, anywhere,
+also written the ways browsers accept), BinHex, RTF pictures and objects, bodies that are bare
+base64 without a transfer encoding saying so, and base64 runs anywhere in the text (vCard
+photos, flat ODF, headers of attached messages). Text in UTF-16 or UTF-7 is read that way
+too. Payloads that are not text (unknown binary) are also carved for signatures.
+"""
 
 from __future__ import annotations
 
-import bisect
+import html
 import re
 from collections.abc import Iterator
 from urllib.parse import unquote_to_bytes
 
-from mailfilter.extract import decoders, sniff
-from mailfilter.extract.core import Context, NeedsWorker, Node, PayloadNode, member_path
+from mailfilter.extract import decoders, sniff, sweep
+from mailfilter.extract.core import Context, NeedsWorker, Node, PayloadNode
+from mailfilter.extract.sweep import Children
 
-_UU_BEGIN = re.compile(rb"^begin(-base64)?[ \t]+[0-7]{1,4}[ \t]+([^\r\n]*?)[ \t]*\r?$", re.M)
-_UU_END = re.compile(rb"^end[ \t]*\r?$", re.M)
-_B64_END = re.compile(rb"^====[ \t]*\r?$", re.M)
+_TOKEN = rb"[A-Za-z0-9!#$&^_.+-]{1,127}"
+# data:[<type>][;param[=value]]...[;base64],<data> with the slack browsers allow: spaces
+# around the type and parameters, quoted values (`name="a;b"`), any case.
 _DATA_URI = re.compile(
-    rb"data:([A-Za-z0-9!#$&^_.+-]{1,127}/[A-Za-z0-9!#$&^_.+-]{1,127})?"
-    rb"((?:;[A-Za-z0-9!#$&^_.+-]{1,127}(?:=[^;,\"'<>\s]{0,256})?){0,16}),",
+    rb"data:[ \t]*(" + _TOKEN + rb"/" + _TOKEN + rb")?[ \t]*"
+    rb"((?:;[ \t]*" + _TOKEN + rb"[ \t]*(?:=[ \t]*(?:\"[^\"\r\n]{0,256}\"|[^;,\"'<>\s]{0,256}))?"
+    rb"[ \t]*){0,16}),",
     re.I,
 )
+_IS_BASE64 = re.compile(rb";[ \t]*base64[ \t]*(?:;|$)", re.I)
 _DATA_MARKER = re.compile(rb"data:", re.I)
-_BASE64_DATA = re.compile(rb"[A-Za-z0-9+/%\r\n]*=*(?:%3D)*", re.I)
+_BASE64_DATA = re.compile(rb"[A-Za-z0-9+/%\s]*=*(?:%3D)*", re.I)
 _PLAIN_DATA = re.compile(rb"[^\"'\s<>)]*")
 _B64_OR_SPACE = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/= \t\r\n"
-
-
-class _Children:
-    """Makes child payloads of one text payload, opening it as a container on first use."""
-
-    def __init__(self, ctx: Context, node: PayloadNode) -> None:
-        self.ctx = ctx
-        self.node = node
-        self.kind = node.content_type or "text/plain"
-        self.containers = (*node.containers, self.kind)
-        self.allowed: bool | None = None
-
-    def open(self) -> bool:
-        if self.allowed is None:
-            self.allowed = self.ctx.container_allowed(self.node, self.kind)
-        return self.allowed and self.ctx.count_member(self.node.path)
-
-    def make(self, name: str, data: bytes, ctype: str | None, filename: str | None) -> PayloadNode:
-        self.ctx.charge(len(data))
-        path = member_path(self.node.path, name)
-        return PayloadNode(path, self.containers, data, filename, ctype)
+# A UTF-7 shifted sequence for an ASCII character HTML needs (`+ADw-` is "<").
+_UTF7 = re.compile(rb"\+A[A-H][A-Za-z0-9+/]{1,64}(?:-|(?![A-Za-z0-9+/]))")
+_RTF_MARKERS = (b"{\\rtf", b"\\pict", b"\\objdata")
+# Browsers drop tabs and line breaks anywhere in a URL (and decode character references in
+# attributes first): the loose reading of a text does both.
+_URL_IGNORED = b"\t\r\n"
+# "data:" with tabs or line breaks inside the scheme or before the comma.
+_SPLIT_URI = re.compile(
+    rb"d[\t\r\n]*a[\t\r\n]*t[\t\r\n]*a[\t\r\n]*:[^,]{0,300}?[\t\r\n]"
+    rb"|d[\t\r\n]*a[\t\r\n]*t[\t\r\n]*a[\t\r\n]*[\t\r\n]:",
+    re.I,
+)
+# A data: URI body shorter than this holds no picture worth matching.
+_MIN_URI_BODY = 16
 
 
 def scan(ctx: Context, node: PayloadNode) -> Iterator[Node]:
     data = node.data
-    kids = _Children(ctx, node)
+    kids = Children(ctx, node)
+    yield from _text(ctx, kids, data, whole=True)
+    for reading in _readings(data):
+        yield from _text(ctx, kids, reading, whole=False)
+    ctype = node.content_type or ""
+    if not ctype.startswith("text/") and data.lstrip()[:5] != b"{\\rtf":
+        # Unknown binary: what is glued inside it (offset 0 was sniffed by the walk).
+        yield from sweep.carve(ctx, kids, data)
+
+
+def _readings(data: bytes) -> list[bytes]:
+    """The text as UTF-8 when it is UTF-16 (by its byte order mark, or NULs at every other
+    byte) or UTF-7 (by a shifted sequence): an HTML body in either hides its markup from a
+    search over the raw bytes."""
+    out: list[bytes] = []
+    encoding = _utf16(data)
+    if encoding is not None:
+        out.append(data.decode(encoding, "replace").encode("utf-8", "replace"))
+    elif b"\x00" not in data[:4096] and _UTF7.search(data, 0, 1 << 20) is not None:
+        out.append(data.decode("utf-7", "replace").encode("utf-8", "replace"))
+    return out
+
+
+def _utf16(data: bytes) -> str | None:
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return "utf-16"
+    sample = data[:512]
+    if len(sample) < 16:
+        return None
+    even, odd = sample[0::2], sample[1::2]
+    if odd.count(0) >= len(odd) * 0.8 and even.count(0) <= len(even) * 0.2:
+        return "utf-16-le"
+    if even.count(0) >= len(even) * 0.8 and odd.count(0) <= len(odd) * 0.2:
+        return "utf-16-be"
+    return None
+
+
+def _loose(data: bytes) -> bytes | None:
+    """The text with character references decoded and tabs and line breaks dropped, when
+    it has character references or a `data:` URI broken by tabs or line breaks (None
+    otherwise)."""
+    if b"&" not in data and _SPLIT_URI.search(data) is None:
+        return None
+    loose = data
+    if b"&" in loose:
+        loose = html.unescape(loose.decode("latin-1")).encode("utf-8", "replace")
+    loose = loose.translate(None, _URL_IGNORED)
+    return None if loose == data else loose
+
+
+def _text(ctx: Context, kids: Children, data: bytes, whole: bool) -> Iterator[PayloadNode]:
     found = False
+    spans: list[tuple[int, int]] = []
     uu_marker = b"begin" in data
     # (URI schemes are case-insensitive: "Data:image/png;base64,..." works in a browser)
     uri_marker = _DATA_MARKER.search(data) is not None
-    if ctx.text_only and (uu_marker or uri_marker):
+    hqx_marker = decoders.BINHEX_MARKER in data
+    rtf_marker = any(m in data for m in _RTF_MARKERS)
+    loose = _loose(data)
+    loose_marker = loose is not None and _DATA_MARKER.search(loose) is not None
+    if ctx.text_only and (uu_marker or uri_marker or hqx_marker or rtf_marker or loose_marker):
         # Looking for payloads behind these markers can take milliseconds on hostile
         # text; that work belongs in a worker, not in the event loop.
         raise NeedsWorker
     if uu_marker:
-        for child in _uuencoded(ctx, kids):
+        for child in sweep.uuencoded(ctx, kids, data, spans=spans):
             found = True
             yield child
     if uri_marker:
-        for child in _data_uris(ctx, kids):
+        for child in _data_uris(ctx, kids, data, spans):
             found = True
             yield child
-    if not found:
-        yield from _bare_base64(ctx, kids)
-
-
-def _next_at(positions: list[int], after: int, default: int) -> int:
-    i = bisect.bisect_right(positions, after)
-    return positions[i] if i < len(positions) else default
-
-
-def _uuencoded(ctx: Context, kids: _Children) -> Iterator[PayloadNode]:
-    data = kids.node.data
-    begins = [(m.start(), m) for m in _UU_BEGIN.finditer(data)]
-    if not begins:
-        return
-    starts = [s for s, _ in begins]
-    ends = [m.start() for m in _UU_END.finditer(data)]
-    b64_ends = [m.start() for m in _B64_END.finditer(data)]
-    for start, m in begins:
-        if not kids.open():
+    if loose_marker and loose is not None:
+        for child in _data_uris(ctx, kids, loose, None):
+            found = True
+            yield child
+    if hqx_marker:
+        for child in sweep.binhex(ctx, kids, data, spans=spans):
+            found = True
+            yield child
+    if rtf_marker:
+        for child in sweep.hex_runs(ctx, kids, data, spans):
+            found = True
+            yield child
+    if whole and not found:
+        for child in _bare_base64(ctx, kids, data):
+            yield child
             return
-        name = m.group(2).decode("utf-8", "replace").strip() or "uuencoded"
-        # a block runs to its end line, and never past the next begin line
-        limit = _next_at(starts, start, len(data))
-        if m.group(1):  # begin-base64 ... ====
-            block = data[m.end() : min(_next_at(b64_ends, m.end() - 1, limit), limit)]
-            if not ctx.fits(kids.node.path, len(block) * 3 // 4 + 3):
-                return
-            decoded, defects = decoders.b64decode(block)
-        else:
-            stop = min(_next_at(ends, m.end() - 1, limit), limit)
-            lines = data[m.end() : stop].splitlines()[1:]
-            lines.append(b"end" if stop < limit else b"")
-            decoded, over, defects = decoders.uudecode_lines(lines, ctx.remaining)
-            if over:
-                ctx.fits(kids.node.path, ctx.remaining + 1)
-                return
-        for d in defects:
-            ctx.defect(kids.node.path, d)
-        if decoded:
-            yield kids.make(name, decoded, None, name)
+    yield from sweep.base64_runs(ctx, kids, data, skip=sweep.merged(spans))
 
 
-def _data_uris(ctx: Context, kids: _Children) -> Iterator[PayloadNode]:
-    data = kids.node.data
-    n = 0
+def _data_uris(
+    ctx: Context, kids: Children, data: bytes, spans: list[tuple[int, int]] | None
+) -> Iterator[PayloadNode]:
     pos = 0
     while (m := _DATA_URI.search(data, pos)) is not None:
         pos = m.end()
         mediatype = (m.group(1) or b"").decode("ascii", "replace").lower() or None
-        is_base64 = b";base64" in m.group(2).lower()
+        is_base64 = _IS_BASE64.search(m.group(2)) is not None
         if not is_base64 and not (mediatype or "").startswith("image/"):
             continue  # text/plain,hello and the like
         body_re = _BASE64_DATA if is_base64 else _PLAIN_DATA
         body_match = body_re.match(data, pos)
         body = body_match.group(0) if body_match else b""
-        if not body:
+        if len(body) < _MIN_URI_BODY or len(body.strip()) < _MIN_URI_BODY:
+            pos += len(body)
             continue
         # The next URI starts after this one's data: searching inside it again would make
         # "data:image/gif,data:image/gif,..." quadratic (seconds for 64 KB).
         pos += len(body)
+        if spans is not None:
+            spans.append((m.start(), pos))
         if not ctx.fits(kids.node.path, len(body)):
             return
         if b"%" in body:
@@ -141,16 +176,16 @@ def _data_uris(ctx: Context, kids: _Children) -> Iterator[PayloadNode]:
             or sniff.container_type(decoded)
         ):
             continue
+        if not kids.novel(decoded):
+            continue
         if not kids.open():
             return
-        n += 1
-        yield kids.make(f"data-uri-{n}", decoded, mediatype, None)
+        yield kids.make(kids.next_name("data-uri"), decoded, mediatype, None)
 
 
-def _bare_base64(ctx: Context, kids: _Children) -> Iterator[PayloadNode]:
+def _bare_base64(ctx: Context, kids: Children, data: bytes) -> Iterator[PayloadNode]:
     """A body that is nothing but base64 of an image or archive (a part that lost its
     Content-Transfer-Encoding, or was encoded twice)."""
-    data = kids.node.data
     if len(data) < 64 or data[:4096].translate(None, _B64_OR_SPACE):
         return
     head, _ = decoders.b64decode(data[:128].translate(None, b" \t\r\n")[:64])

@@ -20,6 +20,7 @@ from mailfilter.extract import (
     pdf,
     smime,
     sniff,
+    sweep,
     textscan,
     tnef,
 )
@@ -79,7 +80,8 @@ def payload(ctx: Context, node: PayloadNode) -> Iterator[Node]:
     if sniff.declared_image(ctype, node.filename):
         ctx.add_image(node)  # claims to be an image: the decode stage decides
     kind = sniff.container_type(data, text=texty)
-    quiet = False
+    # a signature met by chance inside other bytes is no corrupt archive
+    quiet = ctype == sweep.CARVED
     if kind is None:
         declared = sniff.declared_container(ctype, node.filename)
         if declared == sniff.MESSAGE or (not texty and sniff.looks_like_message(data)):
@@ -87,15 +89,21 @@ def payload(ctx: Context, node: PayloadNode) -> Iterator[Node]:
         elif declared is not None and data:
             kind, quiet = declared, True
     if kind is not None:
+        since, opened = len(ctx.unscannable), False
         if ctx.container_allowed(node, kind):
             inner = node
             if kind not in (sniff.MESSAGE, sniff.PKCS7):
                 inner = replace(node, path=core.container_path(node.path, node.filename))
             try:
-                yield from _container(ctx, inner, kind, quiet)
+                for child in _container(ctx, inner, kind, quiet):
+                    opened = True
+                    yield child
             except Exception as exc:  # contained here, so it is filed under the container
                 ctx.skip(inner.path, core.PARSE_ERROR, f"{type(exc).__name__}: {exc}"[:300])
+        if quiet and opened:
+            return
         if not quiet:
+            yield from sweep.after_failed_container(ctx, node, since)
             return
     if data:
         yield from textscan.scan(
@@ -114,8 +122,14 @@ def run(raw: bytes, limits: ExtractSettings, text_only: bool = False) -> Extract
     """The walk. `text_only`: raise NeedsWorker at the first thing that is not text."""
     ctx = Context(limits)
     ctx.text_only = text_only
+    ctx.raw = raw
     root = EntityNode("", (), raw, 0, len(raw), root=True)
-    stack: list[tuple[Iterator[Node], str]] = [(open_node(ctx, root), "")]
+    # The raw sweep runs after the MIME walk (a stack: last in, first run), over what the
+    # walk did not decode.
+    stack: list[tuple[Iterator[Node], str]] = [
+        (sweep.raw_message(ctx), sweep.SWEEP),
+        (open_node(ctx, root), ""),
+    ]
     try:
         while stack:
             gen, path = stack[-1]

@@ -1,0 +1,552 @@
+"""The content sweep under the MIME structure: payloads found by their bytes, wherever they are.
+
+Three nets, so that no structural trick (a part the MIME walk never reaches, a body hidden in a
+header, a container we cannot read) hides bytes from fingerprinting:
+
+- the raw message (`raw_message`, after the walk): base64 runs, uuencode blocks and BinHex
+  outside the spans the MIME walk already decoded (`Context.cover`), so an ordinary message
+  costs a search over its headers and delimiter lines and decodes nothing;
+- text (textscan.py calls `base64_runs`, `binhex`, `hex_runs`, `uuencoded`): the same
+  searches in every text payload, plus RTF's hexadecimal pictures and objects;
+- carving (`carve`): image and container signatures at offsets past 0 in payloads no handler
+  recognised (unknown binary, a container whose reader failed), each tail handed on as a
+  candidate, at most MAX_CARVED per message (then `carve-limit`).
+
+Every payload found goes through `Children.make`, so the message's budgets apply.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import re
+from collections.abc import Iterator
+
+from mailfilter.extract import core, decoders, sniff
+from mailfilter.extract.core import Context, Node, PayloadNode, member_path
+
+# A base64 run shorter than this many characters (whitespace not counted) is left alone:
+# DKIM signatures and message IDs are that short, pictures worth matching are not.
+MIN_RUN = 256
+# Hexadecimal runs (RTF pictures and objects) shorter than this many digits are left alone.
+MIN_HEX_RUN = 256
+# At most this many candidates are carved out of payloads per message.
+MAX_CARVED = 32
+# At most this many signature hits are examined per payload (random data has a few).
+MAX_SIGNATURE_HITS = 1024
+# Path of what the raw sweep finds (`sweep/b64-1`), and the container type it adds.
+SWEEP = "sweep"
+# Content type of a container carved out of a payload: the walk opens it quietly (a
+# signature met by chance is no corrupt archive).
+CARVED = "application/x-carved"
+
+_WHITESPACE = b" \t\r\n\x0b\x0c"
+_B64 = rb"A-Za-z0-9+/"
+# Lines of base64 (indented or not), or one long stretch of it inside a line, matched from
+# the start of a token of 16 characters or more (words of text are shorter); a run ends at
+# its padding, at a blank line, or at a line that is not all base64. Tokens are found with
+# a byte search over a translated copy (`_runs_of`): a regex search tried at every position
+# costs 70 ms per MB of text, the byte search a few.
+B64_RUN = re.compile(
+    rb"[" + _B64 + rb"]{16,}(?:[ \t]*(?:\r\n|\r|\n)[ \t]*[" + _B64 + rb"]+)*={0,2}"
+)
+_B64_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_B64_MAP = bytes(65 if c in _B64_CHARS else 46 for c in range(256))  # "A" or "."
+_TOKEN_END = re.compile(rb"[ \t\r\n]")
+# Hexadecimal with whitespace anywhere in it (RTF writers wrap it), from its first digit.
+HEX_RUN = re.compile(rb"[ \t\r\n]*[0-9A-Fa-f](?:[ \t\r\n]*[0-9A-Fa-f]){255,}")
+_HEX_MAP = bytes(72 if c in b"0123456789abcdefABCDEF \t\r\n" else 46 for c in range(256))
+_RTF_BIN = re.compile(rb"\\bin([0-9]{1,10}) ?")
+_UU_BEGIN = re.compile(rb"^begin(-base64)?[ \t]+[0-7]{1,4}[ \t]+([^\r\n]*?)[ \t]*\r?$", re.M)
+_UU_END = re.compile(rb"^end[ \t]*\r?$", re.M)
+_B64_END = re.compile(rb"^====[ \t]*\r?$", re.M)
+_DATA_URI_MARK = re.compile(rb"data:", re.I)
+# What makes text worth handing on for another look (text decoded from a run, say).
+_TEXT_MARKERS = re.compile(
+    rb"^begin[ \t]+[0-7]{1,4}[ \t]|data:|\(This file must be converted with BinHex|\{\\rtf",
+    re.M | re.I,
+)
+
+# Image and container signatures worth carving: (bytes, how far before them the file
+# starts). Each is found with bytes.find (a regex alternation tried at every position costs
+# 20 ms per MB) and every hit is checked by sniff before use.
+_SIGNATURES: tuple[tuple[bytes, int], ...] = (
+    (b"\xff\xd8\xff", 0), (b"\x89PNG\r\n\x1a\n", 0), (b"GIF87a", 0), (b"GIF89a", 0),
+    (b"WEBP", 8), (b"BM", 0), (b"II*\x00", 0), (b"MM\x00*", 0), (b"ftyp", 4),
+    (b"PK\x03\x04", 0), (b"\x1f\x8b\x08", 0), (b"BZh", 0), (b"\xfd7zXZ\x00", 0),
+    (b"7z\xbc\xaf\x27\x1c", 0), (b"Rar!\x1a\x07", 0), (b"%PDF-", 0), (b"\x78\x9f\x3e\x22", 0),
+    (b"\x28\xb5\x2f\xfd", 0), (b"MSCF\x00\x00\x00\x00", 0), (b"xar!\x00\x1c", 0), (b"LZIP", 0),
+    (b"\x04\x22\x4d\x18", 0), (b"07070", 0),
+)
+_SNIFF_BYTES = 64 * 1024
+# A reader's own verdict that it cannot read the bytes (a parse-error is our bug, not the
+# container's: what the reader found before it stays, nothing is carved).
+_FAILED = frozenset({core.CORRUPT_ARCHIVE, core.UNSUPPORTED_ARCHIVE})
+# Parts the walk refused on purpose: the message is unscannable already, and the limits
+# bound its cost, so the raw sweep does not go looking under them.
+_WALK_LIMITS = frozenset({core.MAX_DEPTH, core.MAX_PARTS})
+
+
+class Children:
+    """Makes the child payloads of one node, opening it as a container on first use (depth
+    and member budgets), and hands each distinct payload on once."""
+
+    def __init__(self, ctx: Context, node: PayloadNode, kind: str | None = None) -> None:
+        self.ctx = ctx
+        self.node = node
+        self.kind = kind or node.content_type or "text/plain"
+        self.containers = (*node.containers, self.kind)
+        self.allowed: bool | None = None
+        self._seen: set[bytes] = set()
+        self._counts: dict[str, int] = {}
+
+    def next_name(self, prefix: str) -> str:
+        """`prefix-1`, `prefix-2`, ... numbered over all the node's children."""
+        n = self._counts.get(prefix, 0) + 1
+        self._counts[prefix] = n
+        return f"{prefix}-{n}"
+
+    def open(self) -> bool:
+        if self.allowed is None:
+            self.allowed = self.ctx.container_allowed(self.node, self.kind)
+        return self.allowed and self.ctx.count_member(self.node.path)
+
+    def novel(self, data: bytes) -> bool:
+        """Whether `data` was not handed on from this node yet (several readings of one
+        text find the same payload)."""
+        if data in self._seen:
+            return False
+        self._seen.add(data)
+        return True
+
+    def make(self, name: str, data: bytes, ctype: str | None, filename: str | None) -> PayloadNode:
+        self.ctx.charge(len(data))
+        self._seen.add(data)
+        path = member_path(self.node.path, name)
+        return PayloadNode(path, self.containers, data, filename, ctype)
+
+
+# --- what bytes hold --------------------------------------------------------------------
+
+
+def kind_at_start(data: bytes) -> str | None:
+    """The image or container type the bytes start with."""
+    return sniff.image_type(data) or sniff.container_type(data)
+
+
+def signatures(data: bytes, first: int = 1) -> Iterator[tuple[int, str]]:
+    """(offset, type) of each checked image or container signature at `first` or later."""
+    heap: list[tuple[int, int]] = []
+    for n, (sig, back) in enumerate(_SIGNATURES):
+        i = data.find(sig, first + back)
+        if i >= 0:
+            heap.append((i - back, n))
+    heapq.heapify(heap)
+    hits = 0
+    while heap and hits < MAX_SIGNATURE_HITS:
+        at, n = heapq.heappop(heap)
+        sig, back = _SIGNATURES[n]
+        i = data.find(sig, at + back + 1)
+        if i >= 0:
+            heapq.heappush(heap, (i - back, n))
+        hits += 1
+        head = data[at : at + _SNIFF_BYTES]
+        kind = sniff.image_type(head)
+        if kind == "image/jpeg" and not _plausible_jpeg(head):
+            continue
+        if kind is None:
+            kind = sniff.container_type(head)
+            if kind == sniff.PDF and not head.startswith(b"%PDF-"):
+                continue  # the PDF rule that allows junk first would find it again
+        if kind is not None:
+            yield at, kind
+
+
+def _plausible_jpeg(head: bytes) -> bool:
+    """Three bytes are a weak signature: also require marker segments up to a scan."""
+    pos = 2
+    for _ in range(8):
+        if pos + 4 > len(head):
+            return pos > 2
+        if head[pos] != 0xFF or head[pos + 1] < 0xC0 or head[pos + 1] in (0xD8, 0xFF):
+            return False
+        if head[pos + 1] == 0xDA:
+            return True
+        length = int.from_bytes(head[pos + 2 : pos + 4], "big")
+        if length < 2:
+            return False
+        pos += 2 + length
+    return True
+
+
+def carved_end(data: bytes, at: int, kind: str) -> int:
+    """Where the file that starts at `at` ends, when its format says so (else the end of
+    `data`): so a carved picture keeps its own bytes, and exact hashes match."""
+    size = len(data)
+    if kind == "image/jpeg":
+        eoi = data.rfind(b"\xff\xd9", at)
+        return eoi + 2 if eoi > at else size
+    if kind == "image/png":
+        pos = at + 8
+        for _ in range(1 << 16):
+            if pos + 12 > size:
+                break
+            length = int.from_bytes(data[pos : pos + 4], "big")
+            end = pos + 12 + length
+            if data[pos + 4 : pos + 8] == b"IEND":
+                return min(end, size)
+            pos = end
+        return size
+    if kind == "image/webp":
+        return min(size, at + 8 + int.from_bytes(data[at + 4 : at + 8], "little"))
+    if kind == "image/bmp":
+        length = int.from_bytes(data[at + 2 : at + 6], "little")
+        return at + length if 26 <= length <= size - at else size
+    if kind == "image/gif":
+        return _gif_end(data, at)
+    return size
+
+
+def _gif_end(data: bytes, at: int) -> int:
+    size = len(data)
+    pos = at + 13
+    if at + 11 > size:
+        return size
+    flags = data[at + 10]
+    if flags & 0x80:
+        pos += 3 << ((flags & 7) + 1)
+    while pos < size:
+        block = data[pos]
+        if block == 0x3B:
+            return pos + 1
+        if block == 0x21:
+            pos += 2
+        elif block == 0x2C:
+            if pos + 10 > size:
+                return size
+            flags = data[pos + 9]
+            pos += 10
+            if flags & 0x80:
+                pos += 3 << ((flags & 7) + 1)
+            pos += 1  # LZW minimum code size
+        else:
+            return size
+        while pos < size and data[pos]:  # sub-blocks up to the terminator
+            pos += data[pos] + 1
+        pos += 1
+    return size
+
+
+def has_hidden(data: bytes) -> bool:
+    """Whether decoded bytes are worth handing on: an image or container at the start or
+    further in, or text with something hidden in it."""
+    if kind_at_start(data) is not None:
+        return True
+    if next(signatures(data), None) is not None:
+        return True
+    return _TEXT_MARKERS.search(data) is not None or any(_long_runs(data, 0, len(data)))
+
+
+# --- carving ----------------------------------------------------------------------------
+
+
+def carve(ctx: Context, kids: Children, data: bytes, first: int = 1) -> Iterator[PayloadNode]:
+    """The files whose signatures sit in `data` at `first` or later, each cut where its
+    format ends (else at the end of the data); signatures inside a carved file are left to
+    the walk of that file."""
+    busy_until = first
+    for at, kind in signatures(data, first):
+        if at < busy_until:
+            continue
+        if ctx.carved >= MAX_CARVED:
+            ctx.skip(
+                kids.node.path, core.CARVE_LIMIT,
+                f"more than {MAX_CARVED} signatures carved out of payloads in the message",
+            )
+            return
+        end = carved_end(data, at, kind)
+        busy_until = end
+        piece = data[at:end]
+        if not kids.novel(piece) or not ctx.fits(kids.node.path, len(piece)):
+            continue
+        if not kids.open():
+            return
+        ctx.carved += 1
+        image = sniff.image_type(piece)
+        yield kids.make(f"carved-{at}", piece, image or CARVED, None)
+
+
+def after_failed_container(ctx: Context, node: PayloadNode, since: int) -> Iterator[Node]:
+    """A container whose reader failed (or whose format is unsupported) is carved for the
+    pictures and containers it holds uncompressed. `since`: the number of unscannable
+    records before the reader ran."""
+    path = core.container_path(node.path, node.filename)
+    if not any(
+        u.reason in _FAILED and u.mime_path in (path, node.path)
+        for u in ctx.unscannable[since:]
+    ):
+        return
+    yield from carve(ctx, Children(ctx, node, node.content_type or "application/octet-stream"),
+                     node.data)
+
+
+# --- base64 runs ------------------------------------------------------------------------
+
+
+def _runs_of(
+    pattern: re.Pattern[bytes], table: bytes, seed: bytes, data: bytes, start: int, end: int
+) -> Iterator[re.Match[bytes]]:
+    """Matches of `pattern` in data[start:end], each tried only where a token of the
+    characters `table` maps to "A"/"H" and `seed` (a row of those) begins."""
+    mapped = data[start:end].translate(table)
+    other = b"."
+    pos = 0
+    while (i := mapped.find(seed, pos)) >= 0:
+        j = mapped.rfind(other, pos, i)
+        token = j + 1 if j >= 0 else pos
+        m = pattern.match(data, start + token, end)
+        if m is None:
+            nxt = mapped.find(other, i)
+            pos = len(mapped) if nxt < 0 else nxt
+            continue
+        pos = max(m.end() - start, i + 1)
+        yield m
+
+
+def _long_runs(data: bytes, start: int, end: int) -> Iterator[tuple[int, int]]:
+    """Spans of base64 runs of at least MIN_RUN characters in data[start:end]."""
+    for m in _runs_of(B64_RUN, _B64_MAP, b"A" * 16, data, start, end):
+        if m.end() - m.start() >= MIN_RUN and _run_chars(data, m.start(), m.end()) >= MIN_RUN:
+            yield m.start(), m.end()
+
+
+def _run_chars(data: bytes, start: int, end: int) -> int:
+    return end - start - sum(data.count(c, start, end) for c in (b" ", b"\t", b"\r", b"\n"))
+
+
+def decode_run(run: bytes) -> bytes:
+    """A base64 run decoded. When the first token of a run of lines may be a word of the
+    text before it (preceded by a space, or of a length that breaks the 4-character
+    alignment), decoding from the second line is tried as well; the reading whose start is
+    an image or container wins, else the aligned one."""
+    first = _TOKEN_END.search(run)
+    stripped = run.translate(None, _WHITESPACE)
+    starts = [0]
+    if first is not None and first.start() < len(stripped):
+        starts.append(first.start())
+    for k in starts:
+        head, _ = decoders.b64decode(stripped[k : k + _SNIFF_BYTES * 4 // 3])
+        if kind_at_start(head) is not None:
+            return decoders.b64decode(stripped[k:])[0]
+    k = starts[-1] if first is not None and first.start() % 4 else 0
+    return decoders.b64decode(stripped[k:])[0]
+
+
+def _trim_run(data: bytes, start: int, end: int) -> tuple[int, int]:
+    """Drop a last line that goes on with text after a space ("Thanks for ..."): a word of
+    the text that follows, not base64."""
+    nl = max(data.rfind(b"\n", start, end), data.rfind(b"\r", start, end))
+    if nl > start and end < len(data) and data[end : end + 1] in (b" ", b"\t"):
+        rest = data[end : end + 80].lstrip(b" \t")
+        if rest and rest[:1] not in (b"\r", b"\n"):
+            return start, nl
+    return start, end
+
+
+def base64_runs(
+    ctx: Context, kids: Children, data: bytes, start: int = 0, end: int | None = None,
+    skip: list[tuple[int, int]] | None = None, extend: bool = False, name: str = "b64",
+) -> Iterator[PayloadNode]:
+    """Runs of base64 in data[start:end] that decode to an image, a container or text with
+    something hidden in it. `skip`: sorted, merged spans already looked at (a run wholly
+    inside one is left alone). `extend`: a run reaching `end` goes on past it."""
+    end = len(data) if end is None else end
+    for s, e in list(_long_runs(data, start, end)):
+        if extend and e == end and end < len(data):
+            m = B64_RUN.match(data, s)
+            e = m.end() if m else e
+        if skip and _inside(skip, s, e):
+            continue
+        s, e = _trim_run(data, s, e)
+        if not ctx.fits(kids.node.path, (e - s) * 3 // 4 + 3):
+            return
+        decoded = decode_run(data[s:e])
+        if len(decoded) < 16 or not kids.novel(decoded) or not has_hidden(decoded):
+            continue
+        if not kids.open():
+            return
+        kind = sniff.image_type(decoded)
+        yield kids.make(kids.next_name(name), decoded, kind, None)
+
+
+def _inside(spans: list[tuple[int, int]], start: int, end: int) -> bool:
+    i = bisect.bisect_right(spans, (start, 1 << 62)) - 1
+    return i >= 0 and spans[i][0] <= start and end <= spans[i][1]
+
+
+# --- uuencode, BinHex, hexadecimal ----------------------------------------------------------
+
+
+def _next_at(positions: list[int], after: int, default: int) -> int:
+    i = bisect.bisect_right(positions, after)
+    return positions[i] if i < len(positions) else default
+
+
+def uuencoded(
+    ctx: Context, kids: Children, data: bytes, start: int = 0, end: int | None = None,
+    spans: list[tuple[int, int]] | None = None,
+) -> Iterator[PayloadNode]:
+    """uuencoded (and `begin-base64`) blocks whose begin line lies in data[start:end]; a
+    block runs to its end line, and never past the next begin line. `spans` collects the
+    blocks' extents."""
+    end = len(data) if end is None else end
+    begins = [(m.start(), m) for m in _UU_BEGIN.finditer(data, start, end)]
+    if not begins:
+        return
+    starts = [s for s, _ in begins]
+    ends = [m.start() for m in _UU_END.finditer(data, begins[0][0])]
+    b64_ends = [m.start() for m in _B64_END.finditer(data, begins[0][0])]
+    for at, m in begins:
+        if not kids.open():
+            return
+        name = m.group(2).decode("utf-8", "replace").strip() or "uuencoded"
+        limit = _next_at(starts, at, len(data))
+        if m.group(1):  # begin-base64 ... ====
+            stop = min(_next_at(b64_ends, m.end() - 1, limit), limit)
+            block = data[m.end() : stop]
+            if not ctx.fits(kids.node.path, len(block) * 3 // 4 + 3):
+                return
+            decoded, defects = decoders.b64decode(block)
+        else:
+            stop = min(_next_at(ends, m.end() - 1, limit), limit)
+            lines = data[m.end() : stop].splitlines()[1:]
+            lines.append(b"end" if stop < limit else b"")
+            decoded, over, defects = decoders.uudecode_lines(lines, ctx.remaining)
+            if over:
+                ctx.fits(kids.node.path, ctx.remaining + 1)
+                return
+        if spans is not None:
+            spans.append((at, stop))
+        for d in defects:
+            ctx.defect(kids.node.path, d)
+        if decoded and kids.novel(decoded):
+            yield kids.make(name, decoded, None, name)
+
+
+def binhex(
+    ctx: Context, kids: Children, data: bytes, start: int = 0, end: int | None = None,
+    spans: list[tuple[int, int]] | None = None,
+) -> Iterator[PayloadNode]:
+    """BinHex 4.0 files whose marker line lies in data[start:end]: the data fork, and the
+    resource fork when there is one."""
+    end = len(data) if end is None else end
+    pos = start
+    while (at := data.find(decoders.BINHEX_MARKER, pos, end)) >= 0:
+        colon = data.find(b":", at + len(decoders.BINHEX_MARKER))
+        closing = data.find(b":", colon + 1) if colon >= 0 else -1
+        stop = len(data) if closing < 0 else closing + 1
+        pos = max(stop, at + 1)
+        if colon < 0:
+            break
+        if spans is not None:
+            spans.append((at, stop))
+        if not kids.open():
+            return
+        found, over = decoders.binhex_decode(data[colon:stop], ctx.remaining)
+        if over:
+            ctx.fits(kids.node.path, ctx.remaining + 1)
+            return
+        if found is None:
+            ctx.defect(kids.node.path, "binhex-undecodable")
+            continue
+        for d in found.defects:
+            ctx.defect(kids.node.path, d)
+        name = found.name.replace("/", ":").strip() or "binhex"
+        for fork, suffix in ((found.data, ""), (found.resource, ".rsrc")):
+            if fork and kids.novel(fork):
+                yield kids.make(name + suffix, fork, sniff.image_type(fork), name + suffix)
+
+
+def hex_runs(
+    ctx: Context, kids: Children, data: bytes, spans: list[tuple[int, int]] | None = None,
+) -> Iterator[PayloadNode]:
+    """Long runs of hexadecimal (RTF `\\pict` pictures and `\\objdata` objects, wrapped by
+    their writers) and RTF `\\binN` binary data, decoded; what holds an image or container
+    is handed on."""
+    for m in _runs_of(HEX_RUN, _HEX_MAP, b"H" * MIN_HEX_RUN, data, 0, len(data)):
+        if not ctx.fits(kids.node.path, (m.end() - m.start()) // 2):
+            return
+        decoded = decoders.hexdecode(m.group(0))
+        before = data[max(0, m.start() - 512) : m.start()]
+        label = "objdata" if before.rfind(b"\\objdata") > before.rfind(b"\\pict") else "pict"
+        if spans is not None:
+            spans.append((m.start(), m.end()))
+        if not kids.novel(decoded) or not has_hidden(decoded):
+            continue
+        if not kids.open():
+            return
+        yield kids.make(kids.next_name(label), decoded, sniff.image_type(decoded), None)
+    for m in _RTF_BIN.finditer(data):
+        size = int(m.group(1))
+        blob = data[m.end() : m.end() + size]
+        if len(blob) < 16 or not kids.novel(blob) or not has_hidden(blob):
+            continue
+        if not ctx.fits(kids.node.path, len(blob)) or not kids.open():
+            return
+        yield kids.make(kids.next_name("bin"), blob, sniff.image_type(blob), None)
+
+
+# --- the raw message ----------------------------------------------------------------------
+
+
+def uncovered(covered: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:
+    """The spans of [0, size) outside every covered span."""
+    gaps: list[tuple[int, int]] = []
+    pos = 0
+    for s, e in sorted(covered):
+        if s > pos:
+            gaps.append((pos, min(s, size)))
+        pos = max(pos, e)
+    if pos < size:
+        gaps.append((pos, size))
+    return gaps
+
+
+def merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for s, e in sorted(spans):
+        if out and s <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], e))
+        else:
+            out.append((s, e))
+    return out
+
+
+def raw_message(ctx: Context) -> Iterator[Node]:
+    """After the walk: base64 runs, uuencode blocks and BinHex in the raw message outside
+    what the walk decoded. Payloads the walk already found are not handed on again."""
+    raw = ctx.raw
+    if not raw or any(u.reason in _WALK_LIMITS for u in ctx.unscannable):
+        return
+    covered = merged(ctx.covered)
+    node = PayloadNode(SWEEP, (), raw, None, SWEEP)
+    kids = _RawChildren(ctx, node)
+    for start, end in uncovered(covered, len(raw)):
+        if end - start >= MIN_RUN:
+            yield from base64_runs(ctx, kids, raw, start, end, covered, extend=True)
+        if raw.find(b"begin", start, end) >= 0:
+            yield from uuencoded(ctx, kids, raw, start, end)
+        yield from binhex(ctx, kids, raw, start, end)
+
+
+class _RawChildren(Children):
+    """Children of the raw message: what the walk found already is not handed on twice
+    (parts the walk read without `decode_body`, e.g. preambles, are not covered)."""
+
+    _seeded = False
+
+    def novel(self, data: bytes) -> bool:
+        if not self._seeded:  # only when the sweep finds something: hashing costs
+            self._seeded = True
+            self._seen.update(a.data for a in self.ctx.attachments)
+        return super().novel(data)
