@@ -31,6 +31,7 @@ import io
 import logging
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from mailfilter.extract import core, pdf_render, sniff
@@ -303,13 +304,26 @@ def _tolerant_stream(reader: Any, data: bytes, offset: int) -> Any:
     return StreamObject.initialize_from_dictionary(fields)
 
 
+@dataclass(slots=True)
+class _Stored:
+    """What the pass over the stored objects of one PDF found."""
+
+    reader: Any
+    cap: int  # pypdf's output limit per stream
+    found: list[PayloadNode] = field(default_factory=list)
+    digests: set[bytes] = field(default_factory=set)  # of the payloads found
+    # Raw stream data (SHA-256) of images passed on that any viewer draws exactly as
+    # stored: the renderer need not render them again where nothing else changes them.
+    plain: set[bytes] = field(default_factory=set)
+    errors: int = 0
+
+
 def images(ctx: Context, node: PayloadNode, quiet: bool = False) -> Iterator[Node]:
     """The PDF's images as stored (every image object, exact bytes where a JPEG is stored),
     its embedded files, then the regions where its pages draw images, rendered."""
     from pypdf import apply_configuration
 
     fail = Fail(ctx, node, quiet)
-    found: list[PayloadNode] = []
     cap = max(1, min(ctx.remaining, _PYPDF_STREAM_CAP))
     limits = {
         "maximum_declared_stream_length": cap,
@@ -324,6 +338,7 @@ def images(ctx: Context, node: PayloadNode, quiet: bool = False) -> Iterator[Nod
         "jbig2dec_binary": None,
     }
     stored_error: str | None = None
+    stored = _Stored(None, cap)
     with apply_configuration(None, **limits):
         try:
             reader, rebuilt = _open(node.data)
@@ -336,20 +351,21 @@ def images(ctx: Context, node: PayloadNode, quiet: bool = False) -> Iterator[Nod
             if state == "password":
                 return  # PDFium could not open it either
             if state == "open":
-                _stored(ctx, node, reader, cap, found)
-    yield from found
-    yield from _rendered(ctx, node, fail, stored_error)
+                stored.reader = reader
+                _stored(ctx, node, stored)
+    yield from stored.found
+    yield from _rendered(ctx, node, fail, stored_error, frozenset(stored.plain))
 
 
-def _rendered(ctx: Context, node: PayloadNode, fail: Fail, stored_error: str | None
-              ) -> Iterator[Node]:
+def _rendered(ctx: Context, node: PayloadNode, fail: Fail, stored_error: str | None,
+              plain: frozenset[bytes]) -> Iterator[Node]:
     """The rendered regions; a file that neither pypdf nor PDFium can read is corrupt."""
     if ctx.limits.pdf_render_max_pages == 0:
         if stored_error is not None:
             fail(core.CORRUPT_ARCHIVE, stored_error)
         return
     try:
-        for child in pdf_render.regions(ctx, node):
+        for child in pdf_render.regions(ctx, node, plain):
             if not ctx.count_member(node.path):
                 return
             yield child
@@ -368,31 +384,26 @@ def _rendered(ctx: Context, node: PayloadNode, fail: Fail, stored_error: str | N
         fail(core.CORRUPT_ARCHIVE, stored_error)
 
 
-def _stored(ctx: Context, node: PayloadNode, reader: Any, cap: int,
-            found: list[PayloadNode]) -> None:
+def _stored(ctx: Context, node: PayloadNode, stored: _Stored) -> None:
     """Every image and embedded-file stream: the objects of the cross-reference table, then
     objects only a scan of the file finds (missed by a broken table, or shadowed by a newer
     version of the same number)."""
+    reader = stored.reader
     refs = sorted((num, gen) for gen, table in reader.xref.items() for num in table if num > 0)
-    seen_digests: set[bytes] = set()
-    errors: list[str] = []
     for num, gen in refs:
-        if not _stored_object(ctx, node, reader, cap, found, seen_digests, errors, num, gen, None):
+        if not _stored_object(ctx, node, stored, num, gen, None):
             return
     # The table has been read (and repaired where pypdf searched for an object): now every
     # object header it does not point at.
     at = {(num, gen): off for gen, table in reader.xref.items() for num, off in table.items()}
     for num, gen, offset in _scanned_headers(node.data):
-        if at.get((num, gen)) == offset:
-            continue
-        if not _stored_object(ctx, node, reader, cap, found, seen_digests, errors, num, gen,
-                              offset):
+        if at.get((num, gen)) != offset and not _stored_object(ctx, node, stored, num, gen,
+                                                               offset):
             return
 
 
-def _stored_object(ctx: Context, node: PayloadNode, reader: Any, cap: int,
-                   found: list[PayloadNode], seen_digests: set[bytes], errors: list[str],
-                   num: int, gen: int, offset: int | None) -> bool:
+def _stored_object(ctx: Context, node: PayloadNode, stored: _Stored, num: int, gen: int,
+                   offset: int | None) -> bool:
     """Look at one object (by the table when `offset` is None); False once a limit says
     to stop."""
     from pypdf.errors import LimitReachedError
@@ -403,6 +414,7 @@ def _stored_object(ctx: Context, node: PayloadNode, reader: Any, cap: int,
                  "message")
         return False
     ctx.pdf_objects += 1
+    reader = stored.reader
     name: int | str = num if offset is None else f"{num}-at-{offset}"
     try:
         if offset is None:
@@ -421,30 +433,53 @@ def _stored_object(ctx: Context, node: PayloadNode, reader: Any, cap: int,
             return True
         if obj.get("/Subtype") == "/Image":
             child = _image(ctx, node, obj, name)
+            plain = child is not None and _plain(obj)
         elif obj.get("/Type") == "/EmbeddedFile":
-            child = _embedded(ctx, node, obj, name)
+            child, plain = _embedded(ctx, node, obj, name), False
         else:
             return True
     except LimitReachedError as exc:
         where = member_path(node.path, f"object-{name}")
         ctx.skip(where, core.MAX_DECODED_BYTES, str(exc)[:200])
-        ctx.charge(cap)  # the work done counts against the budget
+        ctx.charge(stored.cap)  # the work done counts against the budget
         return True
     except Exception as exc:
-        if not errors:
+        if not stored.errors:
             ctx.defect(node.path, f"pdf-bad-object:{type(exc).__name__}")
-        errors.append(type(exc).__name__)
+        stored.errors += 1
         return True
     if child is None:
         return True
     digest = hashlib.sha256(child.data).digest()
-    if digest in seen_digests:
+    if digest in stored.digests:
         return True  # the same image again (an older version of an object, unchanged)
-    seen_digests.add(digest)
+    stored.digests.add(digest)
     if not ctx.count_member(node.path):
         return False
-    found.append(child)
+    stored.found.append(child)
+    raw = getattr(obj, "_data", None)
+    if plain and isinstance(raw, bytes):
+        stored.plain.add(hashlib.sha256(raw).digest())
     return True
+
+
+def _plain(obj: Any) -> bool:
+    """Whether every viewer draws this image XObject's samples as our copy of it shows them:
+    8-bit RGB or grey, a JPEG or Flate (or no) filter, nothing that changes the samples on
+    the way to the page (/Decode, /SMask, /Mask, an ICC profile, a palette)."""
+    if any(key in obj for key in ("/Decode", "/SMask", "/Mask", "/ImageMask", "/SMaskInData")):
+        return False
+    colour = _resolve(obj.get("/ColorSpace"))
+    if not isinstance(colour, str) or str(colour) not in ("/DeviceRGB", "/DeviceGray"):
+        return False
+    if int(_resolve(obj.get("/BitsPerComponent", 0))) != 8:
+        return False
+    filters = _filters(obj)
+    if filters and filters[-1] in _JPEG_FILTERS:
+        # A JPEG's own ICC profile: PDF viewers ignore it, the decode stage may not.
+        raw = getattr(obj, "_data", b"")
+        return len(filters) == 1 and b"ICC_PROFILE\x00" not in raw
+    return len(filters) <= 1 and all(f == "/FlateDecode" for f in filters)
 
 
 def _embedded(ctx: Context, node: PayloadNode, obj: Any, num: int | str

@@ -27,6 +27,7 @@ errors are caught here.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import io
 import math
 import time
@@ -47,6 +48,9 @@ _MAX_FORM_DEPTH = 12
 _MAX_OBJECTS = 200_000
 # Image placements considered per page; grouping them is quadratic.
 _MAX_PLACEMENTS = 2_000
+# Other page objects remembered per page (to see what is painted over an image); past
+# this, every image on the page is rendered.
+_MAX_OTHERS = 5_000
 # A region smaller than this (pixels, short side) carries too little to fingerprint.
 _MIN_REGION_SIDE = 32
 # In a group of several placements, at most this many (the largest) are also rendered alone.
@@ -64,6 +68,16 @@ class _Placement:
     box: Box  # visible part on the page
     density: float  # the image's own pixels per point, the finer direction
     bilevel: bool
+    seq: int  # painting order on the page
+    obj: Any  # the PDFium image object
+    whole: bool  # drawn whole: no clip or page edge cuts it, no transparency of its own
+    redundant: bool = False  # shown exactly as a stored image already passed on
+
+
+@dataclass(slots=True)
+class _PageObjects:
+    images: list[_Placement]
+    others: list[tuple[int, Box]]  # (painting order, box) of text, paths and shadings
 
 
 def _concat(first: Matrix, then: Matrix) -> Matrix:
@@ -130,39 +144,83 @@ def _clip_box(raw: Any, pdfium_c: Any) -> Box | None:
     return box
 
 
-def _placements(page: Any, page_box: Box, budget: list[int], deadline: float) -> list[_Placement]:
-    """Where the page draws images: visible boxes in page space (forms followed)."""
+def _page_objects(page: Any, page_box: Box, budget: list[int], deadline: float
+                  ) -> _PageObjects:
+    """Where the page draws images (visible boxes in page space, forms followed) and what
+    else it draws, in painting order."""
     import pypdfium2.raw as pdfium_c
 
-    found: list[_Placement] = []
-    stack: list[tuple[Any, Matrix, Box | None, int]] = [(None, _IDENTITY, page_box, 0)]
+    result = _PageObjects([], [])
+    stack: list[tuple[Iterator[Any], Matrix, Box | None, int]] = [
+        (page.get_objects(max_depth=1), _IDENTITY, page_box, 0)]
+    seq = 0
     while stack:
-        form, to_page, clip, depth = stack.pop()
-        for obj in page.get_objects(max_depth=1, form=form):
-            budget[0] -= 1
-            if budget[0] < 0 or (budget[0] & 255 == 0 and time.monotonic() > deadline):
-                raise _OutOfTime("page objects past the limit or the deadline")
-            kind = obj.type
-            if kind not in (pdfium_c.FPDF_PAGEOBJ_IMAGE, pdfium_c.FPDF_PAGEOBJ_FORM):
-                continue
-            own_clip = _clip_box(obj.raw, pdfium_c)
-            visible = _intersect(clip, _transform(to_page, own_clip) if own_clip else None)
-            if visible is None:
-                continue
-            a, b, c, d, e, f = (float(v) for v in obj.get_matrix().get())
-            matrix: Matrix = (a, b, c, d, e, f)
-            if kind == pdfium_c.FPDF_PAGEOBJ_FORM:
-                if depth < _MAX_FORM_DEPTH:
-                    stack.append((obj, _concat(matrix, to_page), visible, depth + 1))
-                continue
-            x0, y0, x1, y1 = (float(v) for v in obj.get_bounds())
-            box = _intersect(visible, _transform(to_page, (x0, y0, x1, y1)))
-            if box is None or not _finite(box) or box[2] - box[0] < 1 or box[3] - box[1] < 1:
-                continue
-            found.append(_Placement(box, _density(obj, _concat(matrix, to_page)), _bilevel(obj)))
-            if len(found) >= _MAX_PLACEMENTS:
-                raise _OutOfTime(f"more than {_MAX_PLACEMENTS} images drawn on a page")
-    return found
+        objects, to_page, clip, depth = stack[-1]
+        obj = next(objects, None)
+        if obj is None:
+            stack.pop()
+            continue
+        seq += 1
+        budget[0] -= 1
+        if budget[0] < 0 or (budget[0] & 255 == 0 and time.monotonic() > deadline):
+            raise _OutOfTime("page objects past the limit or the deadline")
+        kind = obj.type
+        if kind not in (pdfium_c.FPDF_PAGEOBJ_IMAGE, pdfium_c.FPDF_PAGEOBJ_FORM):
+            if len(result.others) < _MAX_OTHERS:
+                x0, y0, x1, y1 = (float(v) for v in obj.get_bounds())
+                other = _intersect(clip, _transform(to_page, (x0, y0, x1, y1)))
+                if other is not None:
+                    result.others.append((seq, other))
+            continue
+        own_clip = _clip_box(obj.raw, pdfium_c)
+        visible = _intersect(clip, _transform(to_page, own_clip) if own_clip else None)
+        if visible is None:
+            continue
+        a, b, c, d, e, f = (float(v) for v in obj.get_matrix().get())
+        matrix: Matrix = (a, b, c, d, e, f)
+        if kind == pdfium_c.FPDF_PAGEOBJ_FORM:
+            if depth < _MAX_FORM_DEPTH:
+                stack.append((page.get_objects(max_depth=1, form=obj), _concat(matrix, to_page),
+                              visible, depth + 1))
+            continue
+        x0, y0, x1, y1 = (float(v) for v in obj.get_bounds())
+        drawn = _transform(to_page, (x0, y0, x1, y1))
+        box = _intersect(visible, drawn)
+        if box is None or not _finite(box) or box[2] - box[0] < 1 or box[3] - box[1] < 1:
+            continue
+        whole = (all(abs(u - v) < 0.5 for u, v in zip(box, drawn, strict=True))
+                 and not pdfium_c.FPDFPageObj_HasTransparency(obj.raw))
+        result.images.append(_Placement(box, _density(obj, _concat(matrix, to_page)),
+                                        _bilevel(obj), seq, obj, whole))
+        if len(result.images) >= _MAX_PLACEMENTS:
+            raise _OutOfTime(f"more than {_MAX_PLACEMENTS} images drawn on a page")
+    return result
+
+
+def _mark_redundant(found: _PageObjects, plain: frozenset[bytes], annotated: bool) -> None:
+    """Mark the placements whose rendering would only repeat a stored image already passed
+    on: drawn whole, nothing painted over them later (no text, path, shading or other
+    image: a blend mode could change what shows), no annotations on the page, and raw data
+    that is a plain stored image (pdf.py: no /Decode, mask or palette)."""
+    if not plain or annotated or len(found.others) >= _MAX_OTHERS:
+        return
+    for p in found.images:
+        if not p.whole:
+            continue
+        if any(seq > p.seq and _overlap(box, p.box) for seq, box in found.others):
+            continue
+        if any(q is not p and q.seq > p.seq and _overlap(q.box, p.box) for q in found.images):
+            continue
+        try:
+            raw = bytes(p.obj.get_data(decode_simple=False))
+        except Exception:
+            continue
+        p.redundant = hashlib.sha256(raw).digest() in plain
+
+
+def _overlap(a: Box, b: Box) -> bool:
+    """Whether two boxes share more than a sliver (edges that merely touch do not count)."""
+    return min(a[2], b[2]) - max(a[0], b[0]) > 0.5 and min(a[3], b[3]) - max(a[1], b[1]) > 0.5
 
 
 def _density(obj: Any, image_to_page: Matrix) -> float:
@@ -175,6 +233,12 @@ def _density(obj: Any, image_to_page: Matrix) -> float:
     across, down = math.hypot(a, b), math.hypot(c, d)
     dens = max(width / across if across > 0 else 0.0, height / down if down > 0 else 0.0)
     return dens if math.isfinite(dens) and dens > 0 else 1.0
+
+
+def _annotated(page: Any) -> bool:
+    import pypdfium2.raw as pdfium_c
+
+    return bool(pdfium_c.FPDFPage_GetAnnotCount(page.raw) != 0)
 
 
 def _bilevel(obj: Any) -> bool:
@@ -218,6 +282,8 @@ def _regions(placements: list[_Placement]) -> list[tuple[Box, float]]:
     for members in groups.values():
         if all(m.bilevel for m in members):
             continue
+        if len(members) == 1 and members[0].redundant:
+            continue
         union = members[0].box
         for m in members[1:]:
             union = _union(union, m.box)
@@ -241,17 +307,21 @@ def _open(data: bytes) -> Any:
             raise CannotOpen(f"PDFium: {exc}"[:200]) from exc
 
 
-def regions(ctx: Context, node: PayloadNode) -> Iterator[PayloadNode]:
-    """PNG renderings of the regions where the PDF at `node` draws images. Raises CannotOpen
+def regions(ctx: Context, node: PayloadNode, plain: frozenset[bytes] = frozenset()
+            ) -> Iterator[PayloadNode]:
+    """PNG renderings of the regions where the PDF at `node` draws images. `plain`: SHA-256
+    of the raw data of stored images already passed on that viewers draw as stored; an
+    image drawn whole with nothing over it is then not rendered again. Raises CannotOpen
     (before yielding anything) when PDFium cannot read the document."""
     doc = _open(node.data)
     try:
-        yield from _render_document(ctx, node, doc)
+        yield from _render_document(ctx, node, doc, plain)
     finally:
         doc.close()
 
 
-def _render_document(ctx: Context, node: PayloadNode, doc: Any) -> Iterator[PayloadNode]:
+def _render_document(ctx: Context, node: PayloadNode, doc: Any, plain: frozenset[bytes]
+                     ) -> Iterator[PayloadNode]:
     limits = ctx.limits
     start = time.monotonic()
     deadline = start + limits.pdf_render_deadline
@@ -281,11 +351,14 @@ def _render_document(ctx: Context, node: PayloadNode, doc: Any) -> Iterator[Payl
             left, bottom, right, top = (float(v) for v in page.get_bbox())
             page_box: Box = (left, bottom, right, top)
             try:
-                placements = _placements(page, page_box, objects_left, deadline)
+                found = _page_objects(page, page_box, objects_left, deadline)
             except _OutOfTime as exc:
                 stop(index, str(exc))
                 return
-            boxes = _regions(placements)
+            if not found.images:
+                continue
+            _mark_redundant(found, plain, _annotated(page))
+            boxes = _regions(found.images)
             if not boxes:
                 continue
             rendered_pages += 1

@@ -393,8 +393,9 @@ def test_only_the_rendering_shows_what_the_viewer_shows(name: str) -> None:
 
 
 def pages_pdf(with_photo: list[bool], extra_image: bytes | None = None) -> bytes:
-    """A PDF of len(with_photo) pages; each page draws the photo (shared XObject) or only
-    text. `extra_image`: an image XObject body drawn instead of the photo."""
+    """A PDF of len(with_photo) pages; each page draws the photo (shared XObject, stored
+    as its negative with a /Decode array, so only a rendering shows it) or only text.
+    `extra_image`: an image XObject body drawn instead."""
     n = len(with_photo)
     image_num = 3 + 2 * n
     kids = " ".join(f"{3 + i} 0 R" for i in range(n))
@@ -408,7 +409,8 @@ def pages_pdf(with_photo: list[bool], extra_image: bytes | None = None) -> bytes
     for photo in with_photo:
         text = b"BT /F1 12 Tf 72 72 Td (Hello) Tj ET\n"
         objects.append(ec.pdf_stream("", text + (draw("Im1", X0, Y0, W, H) if photo else b"")))
-    objects.append(extra_image or image_object(PHOTO_IMG))
+    objects.append(extra_image or image_object(ImageOps.invert(PHOTO_IMG),
+                                               "/Decode [1 0 1 0 1 0]"))
     objects.append(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
     return ec.pdf(objects)
 
@@ -447,7 +449,7 @@ def test_render_pixel_budget_is_reported() -> None:
 
 
 def test_regions_are_bounded_by_max_side() -> None:
-    ex = attached(plain_photo_pdf(), limits=ExtractSettings(pdf_render_max_side=320))
+    ex = attached(decode_inverted(), limits=ExtractSettings(pdf_render_max_side=320))
     region = next(a for a in ex.attachments if "-region-" in a.mime_path)
     img = Image.open(io.BytesIO(region.data))
     assert max(img.size) <= 320 + 1
@@ -542,3 +544,56 @@ def test_scan_matches_the_photo_in_pdfs_viewers_show(tmp_path: Path) -> None:
               *(str(tmp_path / f"{name}.eml") for name in names))
     records = [json.loads(line) for line in out.stdout.splitlines()]
     assert [r["verdict"] for r in records] == ["match"] * len(names), out.stderr
+
+
+# --- what need not be rendered again -----------------------------------------------------
+
+
+def test_a_plain_photo_drawn_whole_is_not_rendered_again() -> None:
+    """The stored JPEG is what every viewer shows: its fingerprint is enough."""
+    ex = attached(plain_photo_pdf())
+    assert [a.mime_path for a in ex.attachments] == ["2/d.pdf/image-5.jpg"]
+
+
+@pytest.mark.parametrize("over", [
+    b"BT /F1 48 Tf 100 300 Td (over the photo) Tj ET\n",
+    b"q /GS1 gs 1 1 1 rg 0 0 800 640 re f Q\n",  # a white page in Difference blend mode
+    draw("Im2", X0 + 100, Y0 + 100, 64, 48),
+])
+def test_a_plain_photo_with_something_painted_over_it_is_rendered(over: bytes) -> None:
+    content = draw("Im1", X0, Y0, W, H) + over
+    doc = Doc(content, {"Im1": image_object(PHOTO_IMG),
+                        "Im2": image_object(photo_like(155, 64, 48))})
+    objects = doc.objects()
+    objects[2] = objects[2].replace(
+        b"/Resources <<", b"/Resources << /Font << /F1 7 0 R >> /ExtGState << /GS1 8 0 R >>")
+    objects += [b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+                b"<< /Type /ExtGState /BM /Difference >>"]
+    ex = attached(ec.pdf(objects))
+    assert "2/d.pdf/page-1-region-1.png" in region_paths(ex)
+    assert matched(ex)
+
+
+def test_an_inverted_view_by_blend_mode_is_matched(tmp_path: Path) -> None:
+    """The photo's negative stored plainly, and a white rectangle painted over it in
+    Difference blend mode: viewers show the photo."""
+    content = (draw("Im1", X0, Y0, W, H)
+               + f"q /GS1 gs 1 1 1 rg {X0} {Y0} {W} {H} re f Q\n".encode())
+    doc = Doc(content, {"Im1": image_object(ImageOps.invert(PHOTO_IMG))})
+    objects = doc.objects()
+    objects[2] = objects[2].replace(b"/Resources <<", b"/Resources << /ExtGState << /GS1 6 0 R >>")
+    objects.append(b"<< /Type /ExtGState /BM /Difference >>")
+    pdf = ec.pdf(objects)
+    assert reference_distance(pdf, tmp_path) <= MAX_DISTANCE
+    assert not matched(attached(pdf, limits=NO_RENDERING))
+    assert matched(attached(pdf))
+
+
+def test_a_plain_photo_under_an_annotation_is_rendered() -> None:
+    doc = Doc(draw("Im1", X0, Y0, W, H), {"Im1": image_object(PHOTO_IMG)})
+    objects = doc.objects()
+    objects[2] = objects[2].replace(b"/Contents", b"/Annots [6 0 R] /Contents")
+    objects.append(f"<< /Type /Annot /Subtype /Square /Rect [{X0} {Y0} {X0 + 50} {Y0 + 50}] "
+                   "/C [1 0 0] >>".encode())
+    ex = attached(ec.pdf(objects))
+    assert "2/d.pdf/page-1-region-1.png" in region_paths(ex)
