@@ -354,12 +354,21 @@ def images(ctx: Context, node: PayloadNode, quiet: bool = False) -> Iterator[Nod
                 stored.reader = reader
                 _stored(ctx, node, stored)
     yield from stored.found
-    yield from _rendered(ctx, node, fail, stored_error, frozenset(stored.plain))
+    pageless = reader is not None and _page_count(reader) == 0
+    yield from _rendered(ctx, node, fail, stored_error, frozenset(stored.plain), pageless)
+
+
+def _page_count(reader: Any) -> int | None:
+    try:
+        return len(reader.pages)
+    except Exception:
+        return None
 
 
 def _rendered(ctx: Context, node: PayloadNode, fail: Fail, stored_error: str | None,
-              plain: frozenset[bytes]) -> Iterator[Node]:
-    """The rendered regions; a file that neither pypdf nor PDFium can read is corrupt."""
+              plain: frozenset[bytes], pageless: bool) -> Iterator[Node]:
+    """The rendered regions. A file PDFium cannot open is corrupt, unless pypdf read it and
+    found no page in it (PDFium refuses those; there is nothing to show)."""
     if ctx.limits.pdf_render_max_pages == 0:
         if stored_error is not None:
             fail(core.CORRUPT_ARCHIVE, stored_error)
@@ -373,7 +382,10 @@ def _rendered(ctx: Context, node: PayloadNode, fail: Fail, stored_error: str | N
         ctx.skip(node.path, core.UNSUPPORTED_ARCHIVE, f"PDF pages not rendered: {exc}"[:200])
         return
     except pdf_render.CannotOpen as exc:
-        fail(core.CORRUPT_ARCHIVE, stored_error or str(exc))
+        if pageless and stored_error is None:
+            ctx.defect(node.path, "pdf-without-pages")
+        else:
+            fail(core.CORRUPT_ARCHIVE, stored_error or str(exc))
         return
     except Exception as exc:  # PDFium's Python side: the stored images were still read
         ctx.skip(node.path, core.PAGES_PAST_LIMIT, f"rendering stopped: {type(exc).__name__}: "
