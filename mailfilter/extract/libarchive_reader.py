@@ -25,8 +25,10 @@ tracemalloc, RSS growth by ru_maxrss, data kept in memory by both readers):
   zip reader keeps members with a bad CRC, refuses overlapping entries, reads Deflate64
   (`inflate64`; Debian's libarchive 3.6 has none) and finds entries missing from the central
   directory.
-- RAR: rarfile. Stored members are read in-process; for compressed ones it runs bsdtar, i.e.
-  this same libarchive, or unrar where installed (RAR5 and methods libarchive gets wrong).
+- RAR: rarfile. Stored members are read in-process; for compressed ones it runs bsdtar (this
+  same libarchive) or unrar in a child process. That costs a temporary file and a process per
+  member, but libarchive's RAR readers are where most of its recent memory-safety fixes were,
+  and a crash there then ends a child process, not the worker.
 
 Everything is read from memory (`memory_reader`), never a temporary file. Bombs: libarchive
 hands an entry's data out in blocks, so each read stops as soon as it passes the member's

@@ -259,6 +259,22 @@ def test_deflate64_bombs_are_reported(tmp_path: Path) -> None:
     assert ex.attachments == ()
 
 
+@pytest.mark.parametrize("method", [93, 95])
+def test_zip_zstd_and_xz_members(tmp_path: Path, method: int) -> None:
+    import lzma
+
+    if method == 93:
+        if shutil.which("zstd") is None:
+            pytest.skip("needs zstd (CI installs it)")
+        packed = run(["zstd", "-q", "-c"], tmp_path, PHOTO)
+    else:
+        packed = lzma.compress(PHOTO, lzma.FORMAT_XZ)
+    z = ec.raw_zip([("photo.jpg", packed, zlib.crc32(PHOTO), len(PHOTO), len(packed))], method)
+    ex = attached(z, "x.zip")
+    assert photos(ex) == ["2/x.zip/photo.jpg"]
+    assert ex.unscannable == ()
+
+
 def _drop_from_directory(data: bytes, keep: int) -> bytes:
     """The zip with only its first `keep` central directory entries."""
     eocd = data.rfind(b"PK\x05\x06")
