@@ -22,8 +22,8 @@
   first frame's orientation, to every frame).
 - Animations (GIF, APNG, WebP) and multi-page TIFF/HEIF: every frame is walked. A frame
   is kept (fingerprinted) when it is a new scene: its 32 x 32 grid of luma means and standard
-  deviations differs from the last kept frame's by more than a few grey levels in some cell
-  (`_SCENE_DELTA`), so a fade or a blinking cursor does not use up the cap. At most
+  deviations differs from the last kept frame's in some cell, brightness and contrast aside
+  (`_same_scene`), so a fade or a frame repeated does not use up the cap. At most
   `max_frames` frames are kept; past the cap the walk goes on, and a frame that is a near copy
   of any kept frame is covered by it. The walk stops at the first frame that is not covered,
   or when the frame budget (half of `deadline`, so the fingerprints of the kept frames still
@@ -381,34 +381,55 @@ def _managed_luma(im: Image.Image, profile: bytes, target: int) -> Luma | None:
 
 # --- scenes ------------------------------------------------------------------------------
 
-# A frame of an animation is a new scene when some cell of a 32 x 32 grid changes its mean
-# or its standard deviation of luma by more than this many levels (0..255) from the last
-# kept frame. A cell is about 1/32 of each side, so a picture dropped into a corner of the
-# canvas at any size PDQ could match (>= min_dimension on a frame of <= 1600 px) moves at
-# least one cell; the standard deviation catches a picture with the same mean as what was
-# there before. Under it, the frames' PDQ hashes are a few bits apart.
+# A frame of an animation is compared with the kept frames on a 32 x 32 grid of cells: the
+# mean and the standard deviation of luma in each cell. Like PDQ, the comparison ignores
+# brightness and contrast: both grids are taken relative to the grid's mean and spread (the
+# standard deviation of the cell means), and a frame is the same scene when no cell moves by
+# more than _SCENE_Z spreads, and the spreads are within _SCENE_SPREAD_RATIO of each other (so
+# a nearly flat frame, which PDQ cannot hash, never covers the picture it fades into). A
+# nearly flat frame (spread under _SCENE_FLAT levels) is compared in grey levels instead.
+# A cell is 1/32 of each side: a picture dropped into a corner at a size PDQ could match
+# moves at least one cell; the standard deviation catches one with the mean of what was
+# there. Measured on generated photos: offsets and contrast changes stay under 0.03 (PDQ
+# 0-4 bits apart), a 2% shift is 2.5-3.9 (PDQ 38-56 bits); per-frame palettes are 0.3-0.9
+# (PDQ 8-44 bits) and so count as new scenes: they use up the cap rather than risk a miss.
 _SCENE_GRID = 32
-_SCENE_DELTA = 6.0
+_SCENE_Z = 0.25
+_SCENE_SPREAD_RATIO = 1.25
+_SCENE_FLAT = 8.0
+_SCENE_LEVELS = 6.0
 
-Scene = tuple[tuple[int, int], npt.NDArray[np.float32], npt.NDArray[np.float32]]
+
+@dataclass(frozen=True, slots=True)
+class _Scene:
+    shape: tuple[int, int]
+    mean: npt.NDArray[np.float32]  # per cell
+    std: npt.NDArray[np.float32]  # per cell
+    spread: float  # standard deviation of `mean`
 
 
-def _scene(luma: Luma) -> Scene:
-    """A frame's shape and its grid of luma means and standard deviations."""
+def _scene(luma: Luma) -> _Scene:
     size = (_SCENE_GRID, _SCENE_GRID)
-    image = Image.fromarray(luma, "F")
-    mean = np.asarray(image.resize(size, Image.Resampling.BOX), np.float32)
+    mean = np.asarray(Image.fromarray(luma, "F").resize(size, Image.Resampling.BOX),
+                      np.float32)
     square = np.asarray(Image.fromarray(luma * luma, "F").resize(size, Image.Resampling.BOX),
                         np.float32)
     std = np.sqrt(np.maximum(square - mean * mean, 0.0))
-    return (luma.shape[0], luma.shape[1]), mean, std
+    return _Scene((luma.shape[0], luma.shape[1]), mean, std, float(mean.std()))
 
 
-def _same_scene(a: Scene, b: Scene) -> bool:
-    if a[0] != b[0]:
+def _same_scene(a: _Scene, b: _Scene) -> bool:
+    if a.shape != b.shape:
         return False
-    return bool(np.abs(a[1] - b[1]).max() <= _SCENE_DELTA
-                and np.abs(a[2] - b[2]).max() <= _SCENE_DELTA)
+    if a.spread < _SCENE_FLAT or b.spread < _SCENE_FLAT:
+        return bool(np.abs(a.mean - b.mean).max() <= _SCENE_LEVELS
+                    and np.abs(a.std - b.std).max() <= _SCENE_LEVELS)
+    if max(a.spread, b.spread) > _SCENE_SPREAD_RATIO * min(a.spread, b.spread):
+        return False
+    za = (a.mean - a.mean.mean()) / a.spread
+    zb = (b.mean - b.mean.mean()) / b.spread
+    return bool(np.abs(za - zb).max() <= _SCENE_Z
+                and np.abs(a.std / a.spread - b.std / b.spread).max() <= _SCENE_Z)
 
 
 def _orient(luma: Luma, orientation: int) -> Luma:
