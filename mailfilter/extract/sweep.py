@@ -21,6 +21,7 @@ import bisect
 import heapq
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 
 from mailfilter.extract import core, decoders, sniff
 from mailfilter.extract.core import Context, Node, PayloadNode, member_path
@@ -44,11 +45,14 @@ _WHITESPACE = b" \t\r\n\x0b\x0c"
 _B64 = rb"A-Za-z0-9+/"
 # Lines of base64 (indented or not), or one long stretch of it inside a line, matched from
 # the start of a token of 16 characters or more (words of text are shorter); a run ends at
-# its padding, at a blank line, or at a line that is not all base64. Tokens are found with
+# its padding, at a blank line, or before a line that is not all base64 (a line goes on
+# only to its end, or to a quote, `<` or `)` closing an attribute or a CSS url: "From:" or
+# "Thanks for" after a run are text). Tokens are found with
 # a byte search over a translated copy (`_runs_of`): a regex search tried at every position
 # costs 70 ms per MB of text, the byte search a few.
 B64_RUN = re.compile(
-    rb"[" + _B64 + rb"]{16,}(?:[ \t]*(?:\r\n|\r|\n)[ \t]*[" + _B64 + rb"]+)*={0,2}"
+    rb"[" + _B64 + rb"]{16,}(?:[ \t]*(?:\r\n|\r|\n)[ \t]*[" + _B64 + rb"]+"
+    rb"(?==?=?[ \t]*(?:[\r\n\"'<)]|\Z)))*={0,2}"
 )
 _B64_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 _B64_MAP = bytes(65 if c in _B64_CHARS else 46 for c in range(256))  # "A" or "."
@@ -286,8 +290,8 @@ def after_failed_container(ctx: Context, node: PayloadNode, since: int) -> Itera
         for u in ctx.unscannable[since:]
     ):
         return
-    yield from carve(ctx, Children(ctx, node, node.content_type or "application/octet-stream"),
-                     node.data)
+    kind = node.content_type or "application/octet-stream"
+    yield from carve(ctx, Children(ctx, replace(node, path=path), kind), node.data)
 
 
 # --- base64 runs ------------------------------------------------------------------------
@@ -342,17 +346,6 @@ def decode_run(run: bytes) -> bytes:
     return decoders.b64decode(stripped[k:])[0]
 
 
-def _trim_run(data: bytes, start: int, end: int) -> tuple[int, int]:
-    """Drop a last line that goes on with text after a space ("Thanks for ..."): a word of
-    the text that follows, not base64."""
-    nl = max(data.rfind(b"\n", start, end), data.rfind(b"\r", start, end))
-    if nl > start and end < len(data) and data[end : end + 1] in (b" ", b"\t"):
-        rest = data[end : end + 80].lstrip(b" \t")
-        if rest and rest[:1] not in (b"\r", b"\n"):
-            return start, nl
-    return start, end
-
-
 def base64_runs(
     ctx: Context, kids: Children, data: bytes, start: int = 0, end: int | None = None,
     skip: list[tuple[int, int]] | None = None, extend: bool = False, name: str = "b64",
@@ -367,7 +360,6 @@ def base64_runs(
             e = m.end() if m else e
         if skip and _inside(skip, s, e):
             continue
-        s, e = _trim_run(data, s, e)
         if not ctx.fits(kids.node.path, (e - s) * 3 // 4 + 3):
             return
         decoded = decode_run(data[s:e])
@@ -467,6 +459,19 @@ def binhex(
                 yield kids.make(name + suffix, fork, sniff.image_type(fork), name + suffix)
 
 
+def _hex_payload(data: bytes, start: int, end: int) -> bytes:
+    """A hex run decoded. A run glued to the text before it (`\\pich120` then a line break
+    then the picture) starts with that parameter's digits: without them the bytes are read
+    from the first whitespace on, unless the run as it is starts with an image."""
+    decoded = decoders.hexdecode(data[start:end])
+    if start == 0 or data[start - 1 : start] in (b" ", b"\t", b"\r", b"\n", b"{", b"}"):
+        return decoded
+    if kind_at_start(decoded) is not None:
+        return decoded
+    ws = _TOKEN_END.search(data, start, end)
+    return decoders.hexdecode(data[ws.end() : end]) if ws is not None else decoded
+
+
 def hex_runs(
     ctx: Context, kids: Children, data: bytes, spans: list[tuple[int, int]] | None = None,
 ) -> Iterator[PayloadNode]:
@@ -476,8 +481,8 @@ def hex_runs(
     for m in _runs_of(HEX_RUN, _HEX_MAP, b"H" * MIN_HEX_RUN, data, 0, len(data)):
         if not ctx.fits(kids.node.path, (m.end() - m.start()) // 2):
             return
-        decoded = decoders.hexdecode(m.group(0))
-        before = data[max(0, m.start() - 512) : m.start()]
+        decoded = _hex_payload(data, m.start(), m.end())
+        before = data[max(0, m.start() - 512) : m.start() + 16]
         label = "objdata" if before.rfind(b"\\objdata") > before.rfind(b"\\pict") else "pict"
         if spans is not None:
             spans.append((m.start(), m.end()))
