@@ -85,6 +85,8 @@ FORKSERVER_PRELOAD = (
     "mailfilter.workers",
     "numpy",
     "PIL.Image",
+    "PIL.ImageCms",  # embedded ICC profiles (images.py)
+    "pillow_heif",  # HEIC/HEIF: registered by images.py at the first one a worker decodes
     "mailfilter.images",
     "mailfilter.hashing.pdq",
     "mailfilter.fingerprint",
