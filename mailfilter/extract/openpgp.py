@@ -5,7 +5,8 @@ compresses one: neither needs a secret to read, and gpg shows the file. So the p
 walked (old and new length formats, partial body lengths, indeterminate lengths), literal
 data (tag 11) is handed on as a payload under its own file name, compressed data (tag 8:
 uncompressed, raw deflate, zlib, bzip2) is decompressed within the limits and walked again, and
-a photo in a user attribute packet (tag 17, the photo IDs of a key) is handed on too. Encrypted
+a photo in a user attribute packet (tag 17: the photo IDs of an attached key, which key
+managers show) is handed on too. Encrypted
 data (tags 1, 3, 9, 18, 20) is `encrypted-message`. ASCII armor is taken off first.
 """
 
@@ -27,8 +28,8 @@ TAG_COMPRESSED, TAG_LITERAL, TAG_USER_ATTRIBUTE = 8, 11, 17
 ENCRYPTED_TAGS = frozenset({TAG_PKESK, TAG_SKESK, TAG_SED, TAG_SEIPD, TAG_AEAD})
 
 _ARMOR = re.compile(
-    rb"-----BEGIN PGP MESSAGE-----[^\n]*\n(.*?)"
-    rb"(?:^=[A-Za-z0-9+/]{4}\s*$|-----END PGP MESSAGE-----|\Z)",
+    rb"-----BEGIN PGP (MESSAGE|PUBLIC KEY BLOCK|PRIVATE KEY BLOCK)-----[^\n]*\n(.*?)"
+    rb"(?:^=[A-Za-z0-9+/]{4}\s*$|-----END PGP |\Z)",
     re.S | re.M,
 )
 _ARMOR_HEADERS = re.compile(rb"\A(?:[ \t]*[!-9;-~]+: [^\n]*\n)*[ \t\r]*\n")
@@ -46,10 +47,10 @@ class Packet:
 
 
 def dearmor(data: bytes) -> list[bytes]:
-    """The binary messages inside every `BEGIN PGP MESSAGE` block of `data`."""
+    """The binary messages (and key blocks) inside every armored block of `data`."""
     out: list[bytes] = []
     for m in _ARMOR.finditer(data.replace(b"\r\n", b"\n")):
-        block = m.group(1)
+        block = m.group(2)
         headers = _ARMOR_HEADERS.match(block)
         if headers:
             block = block[headers.end() :]

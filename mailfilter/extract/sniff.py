@@ -128,18 +128,20 @@ def _is_cpio(data: bytes) -> bool:
 
 
 ARMOR_MESSAGE = b"-----BEGIN PGP MESSAGE-----"
+ARMOR_KEYS = (b"-----BEGIN PGP PUBLIC KEY BLOCK-----", b"-----BEGIN PGP PRIVATE KEY BLOCK-----")
 
 # First packets of an OpenPGP message, by tag, with the first body bytes they allow:
 # PKESK (1) and SKESK (3) start encrypted messages, one-pass signature (4) and compressed
-# data (8) signed ones, literal data (11) `gpg --store`, marker (10) old PGP, SEIPD (18).
+# data (8) signed ones, literal data (11) `gpg --store`, marker (10) old PGP, SEIPD (18);
+# public (6) and secret (5) keys start key blocks, whose photo IDs are images.
 _PGP_FIRST = {
-    1: (3, 6), 3: (4, 5, 6), 4: (3, 6), 8: (0, 1, 2, 3), 10: (ord("P"),),
-    11: tuple(b"btul1m"), 18: (1, 2),
+    1: (3, 6), 3: (4, 5, 6), 4: (3, 6), 5: (3, 4, 5, 6), 6: (3, 4, 5, 6), 8: (0, 1, 2, 3),
+    10: (ord("P"),), 11: tuple(b"btul1m"), 18: (1, 2),
 }
 
 
 def _is_openpgp(data: bytes) -> bool:
-    if data[:64].lstrip().startswith(ARMOR_MESSAGE):
+    if data[:64].lstrip().startswith((ARMOR_MESSAGE, *ARMOR_KEYS)):
         return True
     if len(data) < 3 or not data[0] & 0x80:
         return False
@@ -268,6 +270,7 @@ _DECLARED_CONTAINERS = {
     "application/zstd": ZSTD,
     "application/x-zstd": ZSTD,
     "application/pgp": OPENPGP,
+    "application/pgp-keys": OPENPGP,
     "application/x-pgp-message": OPENPGP,
 }
 

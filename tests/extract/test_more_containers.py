@@ -14,7 +14,7 @@ import struct
 import subprocess
 import zipfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import extract_corpus as ec
@@ -339,13 +339,23 @@ def test_unlisted_zip_bomb_is_reported() -> None:
 # --- OpenPGP ------------------------------------------------------------------------------
 
 
-def _gpg(tmp_path: Path, *args: str, stdin: bytes | None = None) -> bytes:
+@pytest.fixture
+def gpg_home(tmp_path: Path) -> Iterator[Path]:
+    """A scratch GNUPGHOME (tmp_path/gnupg); the gpg-agent it starts is stopped after."""
     home = tmp_path / "gnupg"
-    home.mkdir(mode=0o700, exist_ok=True)
+    home.mkdir(mode=0o700)
+    yield home
+    if shutil.which("gpgconf"):
+        subprocess.run(["gpgconf", "--kill", "all"], env={**os.environ, "GNUPGHOME": str(home)},
+                       capture_output=True, check=False)
+
+
+def _gpg(tmp_path: Path, *args: str, stdin: bytes | None = None) -> bytes:
     return run(["gpg", "--batch", "--quiet", "--no-tty", *args], tmp_path, stdin)
 
 
 @needs("gpg")
+@pytest.mark.usefixtures("gpg_home")
 @pytest.mark.parametrize(
     "options", [[], ["-z", "0"], ["--compress-algo", "zlib"], ["--compress-algo", "bzip2"],
                 ["--armor"]]
@@ -360,6 +370,7 @@ def test_gpg_store(tmp_path: Path, options: list[str]) -> None:
 
 
 @needs("gpg")
+@pytest.mark.usefixtures("gpg_home")
 def test_gpg_store_armored_inline_in_a_text_part(tmp_path: Path) -> None:
     photo_dir(tmp_path)
     armored = _gpg(tmp_path, "--store", "--armor", "-o", "-", "src/photo.jpg")
@@ -369,16 +380,40 @@ def test_gpg_store_armored_inline_in_a_text_part(tmp_path: Path) -> None:
 
 
 @needs("gpg")
+@pytest.mark.usefixtures("gpg_home")
 def test_gpg_symmetric_encryption_is_encrypted_message(tmp_path: Path) -> None:
     photo_dir(tmp_path)
     _gpg(tmp_path, "--symmetric", "--pinentry-mode", "loopback", "--passphrase", "secret",
-         "-o", "x.gpg", "src/photo.jpg")
+         "--s2k-count", "65536", "-o", "x.gpg", "src/photo.jpg")
     ex = attached((tmp_path / "x.gpg").read_bytes(), "x.gpg")
     assert reasons(ex) == {"encrypted-message"}
     assert ex.attachments == ()
 
 
 @needs("gpg")
+@pytest.mark.usefixtures("gpg_home")
+def test_gpg_signed_encrypted_and_a_key_with_a_photo_id(tmp_path: Path) -> None:
+    photo_dir(tmp_path)
+    _gpg(tmp_path, "--passphrase", "", "--quick-gen-key", "Test <t@example.org>",
+         "future-default", "default", "never")
+    _gpg(tmp_path, "--sign", "-o", "s.gpg", "src/photo.jpg")  # signed, not encrypted
+    ex = attached((tmp_path / "s.gpg").read_bytes(), "s.gpg")
+    assert photos(ex) == ["2/s.gpg/photo.jpg"]
+    _gpg(tmp_path, "--encrypt", "-r", "t@example.org", "-o", "e.gpg", "src/photo.jpg")
+    ex = attached((tmp_path / "e.gpg").read_bytes(), "e.gpg")
+    assert reasons(ex) == {"encrypted-message"}
+    assert ex.attachments == ()
+    # a photo ID, as key managers show it: in an attached key, binary or armored
+    _gpg(tmp_path, "--command-fd", "0", "--edit-key", "t@example.org",
+         stdin=f"addphoto\n{tmp_path / 'src' / 'photo.jpg'}\ny\nsave\n".encode())
+    for armor in ([], ["--armor"]):
+        key = _gpg(tmp_path, "--export", *armor, "t@example.org")
+        ex = attached(key, "key.asc", ctype="application/pgp-keys")
+        assert photos(ex) == ["2/key.asc/photo-id-1.jpg"]
+
+
+@needs("gpg")
+@pytest.mark.usefixtures("gpg_home")
 def test_gpg_compressed_bomb_is_reported(tmp_path: Path) -> None:
     photo_dir(tmp_path, b"\x00" * 30_000_000, "zeros.bin")
     _gpg(tmp_path, "--store", "-z", "9", "-o", "x.gpg", "src/zeros.bin")
