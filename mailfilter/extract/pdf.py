@@ -26,6 +26,7 @@ for the duration of the file, and never calls external programs.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import logging
@@ -53,6 +54,9 @@ _WHITESPACE = b"\x00\t\n\x0c\r "
 _BILEVEL_FILTERS = frozenset({"/CCITTFaxDecode", "/CCF", "/JBIG2Decode"})
 _JPEG_FILTERS = frozenset({"/DCTDecode", "/DCT"})
 _JPX_FILTERS = frozenset({"/JPXDecode"})
+_ASCII85_FILTERS = frozenset({"/ASCII85Decode", "/A85"})
+# Bytes outside ASCII85's alphabet ("!" to "u", and "z" for four zero bytes).
+_NOT_ASCII85 = bytes(c for c in range(256) if not (33 <= c <= 117 or c == 122))
 
 
 # pypdf logs what it finds wrong with a file, quoting the file's bytes ("invalid pdf
@@ -179,6 +183,46 @@ def _rebuild_png(obj: Any, data: bytes, ctx: Context, path: str) -> bytes:
     return out.getvalue()
 
 
+def _data(obj: Any) -> bytes:
+    """A stream's decoded data; ASCII85 first in the chain is decoded the lenient way when
+    pypdf refuses it (junk after the `~>` end marker, a `<~` start marker, stray bytes)."""
+    from pypdf.errors import LimitReachedError
+    from pypdf.generic import ArrayObject, EncodedStreamObject, NameObject
+
+    try:
+        return bytes(obj.get_data())
+    except LimitReachedError:
+        raise
+    except Exception:
+        filters = _filters(obj)
+        if not filters or filters[0] not in _ASCII85_FILTERS:
+            raise
+    data = _ascii85(bytes(getattr(obj, "_data", b"")))
+    rest = filters[1:]
+    if not rest:
+        return data
+    again = EncodedStreamObject()
+    again.update(obj)
+    again[NameObject("/Filter")] = ArrayObject([NameObject(f) for f in rest])
+    parms = _resolve(obj.get("/DecodeParms"))
+    if isinstance(parms, list):
+        again[NameObject("/DecodeParms")] = ArrayObject(parms[1:])
+    again._data = data
+    return bytes(again.get_data())
+
+
+def _ascii85(text: bytes) -> bytes:
+    """ASCII85 as lenient readers decode it: from after an optional `<~` to the first `~>`
+    (or the end), characters outside the alphabet dropped, a short last group completed."""
+    start = text.find(b"<~")
+    if start >= 0 and not text[:start].strip(_WHITESPACE):
+        text = text[start + 2 :]
+    end = text.find(b"~>")
+    if end >= 0:
+        text = text[:end]
+    return base64.a85decode(text.translate(None, _NOT_ASCII85), adobe=False)
+
+
 def _expected_size(obj: Any) -> int:
     width = int(_resolve(obj.get("/Width", 0)))
     height = int(_resolve(obj.get("/Height", 0)))
@@ -195,7 +239,7 @@ def _image(ctx: Context, node: PayloadNode, obj: Any, num: int | str) -> Payload
         ctx.defect(base, "pdf-bilevel-image-skipped")
         return None
     if last in _JPEG_FILTERS or last in _JPX_FILTERS:
-        data = obj.get_data()
+        data = _data(obj)
         if not ctx.fits(base, len(data)):
             return None
         ctx.charge(len(data))
@@ -205,7 +249,7 @@ def _image(ctx: Context, node: PayloadNode, obj: Any, num: int | str) -> Payload
     if not ctx.fits(base, expected):
         return None
     try:
-        png = _rebuild_png(obj, obj.get_data(), ctx, base)
+        png = _rebuild_png(obj, _data(obj), ctx, base)
     except _Unsupported as exc:
         ctx.skip(base, core.UNSUPPORTED_IMAGE, f"PDF image: {exc}")
         return None
@@ -497,7 +541,7 @@ def _plain(obj: Any) -> bool:
 def _embedded(ctx: Context, node: PayloadNode, obj: Any, num: int | str
               ) -> PayloadNode | None:
     path = member_path(node.path, f"embedded-{num}")
-    data = obj.get_data()
+    data = _data(obj)
     if not ctx.fits(path, len(data)):
         return None
     ctx.charge(len(data))

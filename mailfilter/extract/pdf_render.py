@@ -112,8 +112,13 @@ def _union(a: Box, b: Box) -> Box:
 
 
 def _touch(a: Box, b: Box) -> bool:
-    return (a[0] - _TOUCH <= b[2] and b[0] - _TOUCH <= a[2]
+    """Whether two boxes overlap or share (nearly) an edge; meeting at a corner is not
+    enough (the union of two pictures meeting at a corner is mostly neither)."""
+    near = (a[0] - _TOUCH <= b[2] and b[0] - _TOUCH <= a[2]
             and a[1] - _TOUCH <= b[3] and b[1] - _TOUCH <= a[3])
+    across = min(a[2], b[2]) - max(a[0], b[0])
+    down = min(a[3], b[3]) - max(a[1], b[1])
+    return near and (across > _TOUCH or down > _TOUCH)
 
 
 def _finite(box: Box) -> bool:

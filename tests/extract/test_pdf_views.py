@@ -225,6 +225,26 @@ def ascii85_without_end_marker() -> bytes:
     return Doc(draw("Im1", X0, Y0, W, H), {"Im1": body}).bytes()
 
 
+def ascii85_with_junk_after_the_end_marker() -> bytes:
+    data = base64.a85encode(PHOTO, wrapcol=76) + b"~>\x00junk after the end"
+    return photo_stream_pdf("[/ASCII85Decode /DCTDecode]", data)
+
+
+def ascii_hex_without_end_marker() -> bytes:
+    return photo_stream_pdf("[/ASCIIHexDecode /DCTDecode]", PHOTO.hex().encode())
+
+
+def flate_with_trailing_garbage() -> bytes:
+    return photo_stream_pdf("/FlateDecode", zlib.compress(PHOTO_IMG.tobytes()) + b"garbage" * 9)
+
+
+def photo_stream_pdf(filters: str, data: bytes) -> bytes:
+    body = ec.pdf_stream(
+        f"/Type /XObject /Subtype /Image /Width {W} /Height {H} /ColorSpace /DeviceRGB "
+        f"/BitsPerComponent 8 /Filter {filters}", data)
+    return Doc(draw("Im1", X0, Y0, W, H), {"Im1": body}).bytes()
+
+
 def encrypted(algorithm: str, user: str = "", owner: str = "owner") -> bytes:
     from pypdf import PdfReader, PdfWriter
 
@@ -334,6 +354,8 @@ CASES: dict[str, Case] = {
     "shadowed-object": Case(shadowed_object, stored=True, shown=None),
     "no-endstream": Case(no_endstream, stored=True),
     "ascii85-without-end-marker": Case(ascii85_without_end_marker, stored=True),
+    "ascii85-junk-after-end-marker": Case(ascii85_with_junk_after_the_end_marker, stored=True),
+    "ascii-hex-without-end-marker": Case(ascii_hex_without_end_marker, stored=True),
     "aes128-empty-user-password": Case(lambda: encrypted("AES-128"), stored=True),
     "aes256-empty-user-password": Case(lambda: encrypted("AES-256"), stored=True),
     "rc4-empty-user-password": Case(lambda: encrypted("RC4-128"), stored=True),
@@ -597,3 +619,8 @@ def test_a_plain_photo_under_an_annotation_is_rendered() -> None:
                    "/C [1 0 0] >>".encode())
     ex = attached(ec.pdf(objects))
     assert "2/d.pdf/page-1-region-1.png" in region_paths(ex)
+
+
+def test_flate_with_trailing_garbage_is_rebuilt() -> None:
+    ex = attached(flate_with_trailing_garbage(), limits=NO_RENDERING)
+    assert matched(ex)
