@@ -141,7 +141,7 @@ def test_an_ordinary_message_makes_the_sweep_decode_nothing(
     calls: list[int] = []
     real = sweep.decode_run
 
-    def counting(run: bytes) -> bytes:
+    def counting(run: bytes) -> tuple[bytes, str | None]:
         calls.append(len(run))
         return real(run)
 
