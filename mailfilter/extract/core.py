@@ -158,6 +158,9 @@ class Context:
         self.covered: list[tuple[int, int]] = []
         # Candidates carved out of payloads at an offset (sweep.MAX_CARVED per message).
         self.carved = 0
+        # (length, hash) of each payload the text scan and the sweep handed on: the raw
+        # sweep does not hand on again what a text payload's scan found already.
+        self.handed: set[tuple[int, int]] = set()
 
     # --- records ------------------------------------------------------------------------
 

@@ -123,6 +123,7 @@ class Children:
     def make(self, name: str, data: bytes, ctype: str | None, filename: str | None) -> PayloadNode:
         self.ctx.charge(len(data))
         self._seen.add(data)
+        self.ctx.handed.add((len(data), hash(data)))
         path = member_path(self.node.path, name)
         return PayloadNode(path, self.containers, data, filename, ctype)
 
@@ -567,8 +568,9 @@ def raw_message(ctx: Context) -> Iterator[Node]:
 
 
 class _RawChildren(Children):
-    """Children of the raw message: what the walk found already is not handed on twice
-    (parts the walk read without `decode_body`, e.g. preambles, are not covered)."""
+    """Children of the raw message: what the walk found already (an attachment, or a
+    payload a text scan handed on) is not handed on twice: parts the walk reads without
+    `decode_body` (preambles, a multipart whose boundary never comes) are not covered."""
 
     _seeded = False
 
@@ -576,4 +578,6 @@ class _RawChildren(Children):
         if not self._seeded:  # only when the sweep finds something: hashing costs
             self._seeded = True
             self._seen.update(a.data for a in self.ctx.attachments)
+        if (len(data), hash(data)) in self.ctx.handed:
+            return False
         return super().novel(data)

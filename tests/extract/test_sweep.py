@@ -370,3 +370,11 @@ def test_hidden_payloads_go_to_a_worker(what: str) -> None:
     assert len(raw) <= 32 * 1024
     assert extract_text_only(raw, LIMITS) is None
     assert paths_of(extract(raw, LIMITS), SMALL)
+
+
+def test_what_a_text_scan_found_is_not_handed_on_again_by_the_raw_sweep() -> None:
+    preamble = b"Archive follows.\n" + ec.b64(ec.zip_bytes({"in.jpg": PHOTO}))
+    raw = ec.message(ec.multipart("mixed", [ec.part("text/plain", b"hi\n")], "pre"))
+    raw = raw.replace(b"This is a multi-part message in MIME format.\n", preamble)
+    ex = walk(raw)
+    assert paths_of(ex, PHOTO) == ["preamble/b64-1/in.jpg"]
