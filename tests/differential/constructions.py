@@ -1,0 +1,1436 @@
+"""Constructions of the differential suite: one benign generated photo, carried to the
+recipient in every way we know that some mail client, unarchiver or viewer shows it.
+
+Each construction is registered by name with the classes of issue 15 it belongs to and a
+builder that returns the raw message. Builders run lazily (some call real programs:
+genisoimage, gcab, gpg, lzip, ...); a builder whose tool is missing raises `Unavailable`
+and the construction is skipped with that reason (CI installs them all).
+
+Everything is generated here from `factories.jpeg(PHOTO_SEED)`: no fixture files.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import gzip
+import io
+import quopri
+import shutil
+import struct
+import subprocess
+import tarfile
+import tempfile
+import zipfile
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from factories import image_bytes, jpeg, photo_like
+from PIL import Image, ImageOps
+
+PHOTO_SEED = 1515
+CRLF = b"\r\n"
+
+
+class Unavailable(Exception):
+    """A tool needed to build the construction is not installed."""
+
+
+@dataclass(frozen=True)
+class Construction:
+    name: str
+    classes: tuple[str, ...]
+    build: Callable[[], bytes]
+    # A documented limit (encryption, password): the expected verdict is "unscannable".
+    limit: str | None = None
+
+
+REGISTRY: dict[str, Construction] = {}
+
+
+def _register(name: str, classes: tuple[str, ...], build: Callable[[], bytes],
+              limit: str | None = None) -> None:
+    if name in REGISTRY:
+        raise ValueError(f"construction {name!r} registered twice")
+    REGISTRY[name] = Construction(name, classes, build, limit)
+
+
+def construction(name: str, *classes: str, variants: Sequence[str] | None = None,
+                 limit: str | None = None) -> Callable[[Callable[..., bytes]],
+                                                       Callable[..., bytes]]:
+    """Register a builder; with `variants`, one construction per variant (`name[variant]`),
+    the variant passed as the builder's only argument."""
+    def deco(fn: Callable[..., bytes]) -> Callable[..., bytes]:
+        if variants is None:
+            _register(name, classes, fn, limit)
+        else:
+            for v in variants:
+                _register(f"{name}[{v}]", classes, functools.partial(fn, v), limit)
+        return fn
+    return deco
+
+
+# ----------------------------------------------------------------------------- material
+
+
+@functools.cache
+def photo() -> bytes:
+    """The known photo: what every construction carries, and what the hash list holds."""
+    return jpeg(PHOTO_SEED)
+
+
+@functools.cache
+def photo_image() -> Image.Image:
+    img = Image.open(io.BytesIO(photo())).convert("RGB")
+    img.info = {}  # JFIF details would go into other formats' headers (TIFF: as bad tags)
+    return img
+
+
+def decoy(seed: int, width: int = 640, height: int = 480) -> Image.Image:
+    return photo_like(seed, width, height)
+
+
+def noise_image(seed: int, width: int = 640, height: int = 480) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), "RGB")
+
+
+def run_tool(args: list[str], cwd: Path | None = None, stdin: bytes | None = None) -> bytes:
+    if shutil.which(args[0]) is None:
+        raise Unavailable(f"{args[0]} is not installed")
+    proc = subprocess.run(args, cwd=cwd, input=stdin, capture_output=True, timeout=60,
+                          check=False)
+    # compress(1) exits 2 when the output is not smaller than the input: still written.
+    if proc.returncode != 0 and not (args[0] == "compress" and proc.returncode == 2):
+        raise RuntimeError(f"{args} failed: {proc.stderr[-500:]!r}")
+    return proc.stdout
+
+
+def in_tempdir(files: dict[str, bytes], command: list[str], output: str,
+               stdin: bytes | None = None) -> bytes:
+    """Write `files` to a temp dir, run `command` there, return the file `output`."""
+    with tempfile.TemporaryDirectory(prefix="mfdiff-") as tmp:
+        d = Path(tmp)
+        for name, data in files.items():
+            (d / name).parent.mkdir(parents=True, exist_ok=True)
+            (d / name).write_bytes(data)
+        out = run_tool(command, cwd=d, stdin=stdin)
+        if output == "-":
+            return out
+        return (d / output).read_bytes()
+
+
+# ----------------------------------------------------------------------------- MIME
+
+HEAD = (b"From: alice@example.org\r\nTo: bob@example.net\r\nSubject: differential\r\n"
+        b"Date: Mon, 07 Dec 2026 00:00:00 +0000\r\nMessage-ID: <diff@test.example>\r\n")
+MIME_VERSION = b"MIME-Version: 1.0\r\n"
+TEXT = (b"Content-Type: text/plain; charset=us-ascii\r\nContent-Transfer-Encoding: 7bit\r\n"
+        b"\r\nSee the attachment.\r\n")
+
+
+def b64(data: bytes) -> bytes:
+    return base64.encodebytes(data).replace(b"\n", CRLF)
+
+
+def part(ctype: bytes, body: bytes, *, cte: bytes | None = b"base64",
+         extra: bytes = b"") -> bytes:
+    head = b"Content-Type: " + ctype + CRLF
+    if cte is not None:
+        head += b"Content-Transfer-Encoding: " + cte + CRLF
+    return head + extra + CRLF + body
+
+
+def file_part(data: bytes, name: str, ctype: str = "application/octet-stream") -> bytes:
+    n = name.encode()
+    return part(ctype.encode() + b'; name="' + n + b'"', b64(data),
+                extra=b'Content-Disposition: attachment; filename="' + n + b'"\r\n')
+
+
+def multipart_body(boundary: bytes, parts: Iterable[bytes], *, close: bool = True,
+                   preamble: bytes = b"This is a multi-part message.\r\n") -> bytes:
+    out = preamble
+    for p in parts:
+        out += b"--" + boundary + CRLF + p + CRLF
+    if close:
+        out += b"--" + boundary + b"--" + CRLF
+    return out
+
+
+def message(top: bytes, body: bytes, *, head: bytes = HEAD + MIME_VERSION) -> bytes:
+    """`top`: the entity headers of the message (each line ending in CRLF)."""
+    return head + top + CRLF + body
+
+
+def mixed(parts: Iterable[bytes], boundary: bytes = b"outer-b1") -> bytes:
+    return message(b'Content-Type: multipart/mixed; boundary="' + boundary + b'"\r\n',
+                   multipart_body(boundary, parts))
+
+
+def attach(data: bytes, name: str, ctype: str = "application/octet-stream") -> bytes:
+    return mixed([TEXT, file_part(data, name, ctype)])
+
+
+def photo_part() -> bytes:
+    return file_part(photo(), "photo.jpg", "image/jpeg")
+
+
+# ----------------------------------------------------------------------------- controls
+
+
+@construction("plain-attachment", "control")
+def _plain() -> bytes:
+    return mixed([TEXT, photo_part()])
+
+
+@construction("inline-cid", "control")
+def _inline_cid() -> bytes:
+    html = part(b"text/html; charset=us-ascii",
+                b'<html><body><img src="cid:photo@x"></body></html>\r\n', cte=b"7bit")
+    img = part(b"image/jpeg", b64(photo()), extra=b"Content-ID: <photo@x>\r\n"
+               b"Content-Disposition: inline\r\n")
+    return message(b'Content-Type: multipart/related; boundary="rel"; type="text/html"\r\n',
+                   multipart_body(b"rel", [html, img]))
+
+
+@construction("zip", "control")
+def _zip() -> bytes:
+    return attach(zip_of({"photo.jpg": photo()}), "photos.zip", "application/zip")
+
+
+@construction("single-part-image", "control")
+def _single_part() -> bytes:
+    return message(b"Content-Type: image/jpeg\r\nContent-Transfer-Encoding: base64\r\n",
+                   b64(photo()))
+
+
+@construction("forwarded-rfc822", "control")
+def _forwarded() -> bytes:
+    inner = mixed([TEXT, photo_part()], b"inner-b2")
+    return mixed([TEXT, part(b"message/rfc822", inner, cte=None)])
+
+
+@construction("alternative-related", "control")
+def _alt_related() -> bytes:
+    html = part(b"text/html", b'<p><img src="cid:p1"></p>\r\n', cte=b"7bit")
+    img = part(b"image/jpeg", b64(photo()), extra=b"Content-ID: <p1>\r\n")
+    related = (b'Content-Type: multipart/related; boundary="r2"\r\n\r\n'
+               + multipart_body(b"r2", [html, img]))
+    plain = part(b"text/plain", b"photo inside\r\n", cte=b"7bit")
+    return message(b'Content-Type: multipart/alternative; boundary="a1"\r\n',
+                   multipart_body(b"a1", [plain, related]))
+
+
+# ----------------------------------------------------------------------------- headers
+
+
+def _photo_body(boundary: bytes = b"B") -> bytes:
+    return multipart_body(boundary, [TEXT, photo_part()])
+
+
+@construction("header-block-over-256k", "headers")
+def _big_header_block() -> bytes:
+    filler = b"".join(b"X-Filler-%05d: %s\r\n" % (i, b"o" * 60) for i in range(4500))
+    return message(filler + b'Content-Type: multipart/mixed; boundary="B"\r\n', _photo_body())
+
+
+@construction("header-line-1mb", "headers")
+def _one_mb_line() -> bytes:
+    return message(b"X-Long: " + b"a" * (1024 * 1024) + CRLF
+                   + b'Content-Type: multipart/mixed; boundary="B"\r\n', _photo_body())
+
+
+@construction("header-line-1mb-folded", "headers")
+def _one_mb_folded() -> bytes:
+    folded = b"X-Long: " + b"\r\n ".join([b"a" * 70] * 15000) + CRLF
+    return message(folded + b'Content-Type: multipart/mixed; boundary="B"\r\n', _photo_body())
+
+
+@construction("two-content-types", "headers", variants=["plain-first", "multipart-first"])
+def _two_ctypes(order: str) -> bytes:
+    plain = b"Content-Type: text/plain\r\n"
+    multi = b'Content-Type: multipart/mixed; boundary="B"\r\n'
+    return message(plain + multi if order == "plain-first" else multi + plain, _photo_body())
+
+
+@construction("duplicate-boundary", "headers", variants=["first-used", "second-used"])
+def _dup_boundary(which: str) -> bytes:
+    used = b"A" if which == "first-used" else b"B"
+    return message(b'Content-Type: multipart/mixed; boundary="A"; boundary="B"\r\n',
+                   _photo_body(used))
+
+
+@construction("content-type-comments", "headers",
+              variants=["before-type", "before-value", "after-value", "inside-type"])
+def _ct_comments(where: str) -> bytes:
+    line = {
+        "before-type": b'Content-Type: (c) multipart/mixed; boundary="B"',
+        "before-value": b'Content-Type: multipart/mixed; boundary=(c)"B"',
+        "after-value": b'Content-Type: multipart/mixed (x); boundary="B" (y)',
+        "inside-type": b'Content-Type: multipart/(c)mixed; boundary="B"',
+    }[where]
+    return message(line + CRLF, _photo_body())
+
+
+@construction("header-line-without-colon", "headers",
+              variants=["before-content-type", "space-before-colon"])
+def _no_colon(variant: str) -> bytes:
+    if variant == "before-content-type":
+        top = (b"X-Ok: 1\r\nThis line has no colon\r\n"
+               b'Content-Type: multipart/mixed; boundary="B"\r\n')
+    else:
+        top = b'Content-Type : multipart/mixed; boundary="B"\r\n'
+    return message(top, _photo_body())
+
+
+@construction("non-ascii-header-name", "headers")
+def _non_ascii_name() -> bytes:
+    return message('X-Grüße: hallo\r\n'.encode()
+                   + b'Content-Type: multipart/mixed; boundary="B"\r\n', _photo_body())
+
+
+@construction("two-cte-headers", "headers", variants=["7bit-then-base64", "base64-then-7bit"])
+def _two_cte(order: str) -> bytes:
+    ctes = [b"7bit", b"base64"] if order == "7bit-then-base64" else [b"base64", b"7bit"]
+    img = (b'Content-Type: image/jpeg; name="photo.jpg"\r\n'
+           + b"".join(b"Content-Transfer-Encoding: " + c + CRLF for c in ctes)
+           + b'Content-Disposition: attachment; filename="photo.jpg"\r\n\r\n' + b64(photo()))
+    return message(b'Content-Type: multipart/mixed; boundary="B"\r\n',
+                   multipart_body(b"B", [TEXT, img]))
+
+
+@construction("boundary-case", "headers",
+              variants=["param-name-upper", "type-upper", "delimiter-other-case"])
+def _boundary_case(variant: str) -> bytes:
+    if variant == "param-name-upper":
+        return message(b'Content-Type: multipart/mixed; BOUNDARY="Bnd"\r\n', _photo_body(b"Bnd"))
+    if variant == "type-upper":
+        return message(b'CONTENT-TYPE: MULTIPART/MIXED; boundary="Bnd"\r\n',
+                       _photo_body(b"Bnd"))
+    return message(b'Content-Type: multipart/mixed; boundary="Bnd"\r\n', _photo_body(b"BND"))
+
+
+@construction("boundary-star", "headers",
+              variants=["star-used", "plain-used", "continuation-only"])
+def _boundary_star(variant: str) -> bytes:
+    if variant == "continuation-only":
+        return message(b'Content-Type: multipart/mixed; boundary*0="Bo"; boundary*1="und"\r\n',
+                       _photo_body(b"Bound"))
+    used = b"S" if variant == "star-used" else b"P"
+    return message(b"Content-Type: multipart/mixed; boundary=\"P\"; boundary*=us-ascii''S\r\n",
+                   _photo_body(used))
+
+
+@construction("boundary-rfc2047", "headers", variants=["decoded-used", "literal-used"])
+def _boundary_2047(variant: str) -> bytes:
+    word = b"=?us-ascii?Q?Bnd?="
+    used = b"Bnd" if variant == "decoded-used" else word
+    return message(b'Content-Type: multipart/mixed; boundary="' + word + b'"\r\n',
+                   _photo_body(used))
+
+
+@construction("delimiter-trailing-junk", "headers",
+              variants=["semicolon", "space-junk", "glued-junk", "trailing-whitespace"])
+def _delim_junk(variant: str) -> bytes:
+    suffix = {"semicolon": b";x", "space-junk": b" junk", "glued-junk": b"junk",
+              "trailing-whitespace": b" \t"}[variant]
+    body = b"preamble\r\n"
+    for p in (TEXT, photo_part()):
+        body += b"--B" + suffix + CRLF + p + CRLF
+    body += b"--B--" + CRLF
+    return message(b'Content-Type: multipart/mixed; boundary="B"\r\n', body)
+
+
+@construction("line-ends", "headers", variants=["cr-only", "lf-only", "mixed-lf-crlf"])
+def _line_ends(variant: str) -> bytes:
+    raw = mixed([TEXT, photo_part()])
+    if variant == "cr-only":
+        return raw.replace(CRLF, b"\r")
+    if variant == "lf-only":
+        return raw.replace(CRLF, b"\n")
+    lines = raw.split(CRLF)
+    return b"".join(line + (b"\n" if i % 2 else CRLF) for i, line in enumerate(lines))
+
+
+@construction("missing-mime-version", "headers")
+def _no_mime_version() -> bytes:
+    return message(b'Content-Type: multipart/mixed; boundary="B"\r\n', _photo_body(), head=HEAD)
+
+
+@construction("content-type-folded", "headers", variants=["tab", "deep"])
+def _ct_folded(variant: str) -> bytes:
+    if variant == "tab":
+        top = b'Content-Type: multipart/mixed;\r\n\tboundary="B"\r\n'
+    else:
+        top = b'Content-Type:\r\n multipart/mixed\r\n ;\r\n boundary\r\n =\r\n "B"\r\n'
+    return message(top, _photo_body())
+
+
+@construction("boundary-unquoted-special", "headers")
+def _boundary_special() -> bytes:
+    return message(b"Content-Type: multipart/mixed; boundary==_Part_1.2\r\n",
+                   _photo_body(b"=_Part_1.2"))
+
+
+@construction("cte-spelling", "headers", variants=["upper", "padded", "quoted"])
+def _cte_spelling(variant: str) -> bytes:
+    cte = {"upper": b"BASE64", "padded": b"  base64  ", "quoted": b'"base64"'}[variant]
+    img = part(b'image/jpeg; name="photo.jpg"', b64(photo()), cte=cte)
+    return mixed([TEXT, img])
+
+
+@construction("unterminated-multipart", "headers")
+def _unterminated() -> bytes:
+    return message(b'Content-Type: multipart/mixed; boundary="B"\r\n',
+                   multipart_body(b"B", [TEXT, photo_part()], close=False))
+
+
+@construction("part-header-without-blank-line", "headers")
+def _no_blank_after_part_headers() -> bytes:
+    img = (b'Content-Type: image/jpeg; name="photo.jpg"\r\nContent-Transfer-Encoding: base64\r\n'
+           + b64(photo()))
+    return message(b'Content-Type: multipart/mixed; boundary="B"\r\n',
+                   multipart_body(b"B", [TEXT, img]))
+
+
+# ----------------------------------------------------------------------------- encodings
+
+
+@construction("multipart-with-cte", "encodings", variants=["quoted-printable", "base64"])
+def _multipart_cte(cte: str) -> bytes:
+    return message(b'Content-Type: multipart/mixed; boundary="B"\r\n'
+                   b"Content-Transfer-Encoding: " + cte.encode() + CRLF, _photo_body())
+
+
+@construction("message-as-text-plain", "encodings")
+def _message_as_text() -> bytes:
+    inner = mixed([TEXT, photo_part()], b"inner-b2")
+    return mixed([TEXT, part(b'text/plain; name="forward.eml"', inner, cte=b"7bit",
+                             extra=b'Content-Disposition: attachment; filename="forward.eml"\r\n')])
+
+
+@construction("eml-as-octet-stream", "encodings")
+def _eml_octets() -> bytes:
+    return attach(mixed([TEXT, photo_part()], b"inner-b2"), "forward.eml")
+
+
+@construction("mbox", "encodings", variants=["no-blank-before-from", "normal"])
+def _mbox(variant: str) -> bytes:
+    first = message(b"Content-Type: text/plain\r\n", b"first message\r\n").replace(CRLF, b"\n")
+    second = mixed([TEXT, photo_part()]).replace(CRLF, b"\n")
+    sep = b"" if variant == "no-blank-before-from" else b"\n"
+    return (b"From alice@example.org Mon Dec  7 00:00:00 2026\n" + first + sep
+            + b"From alice@example.org Mon Dec  7 00:00:01 2026\n" + second)
+
+
+def quoted_printable(data: bytes) -> bytes:
+    """Binary-safe quoted-printable: CR and LF encoded too, soft breaks at 76 columns."""
+    lines, line = [], b""
+    for byte in data:
+        token = bytes([byte]) if 33 <= byte <= 126 and byte != 61 else b"=%02X" % byte
+        if len(line) + len(token) > 75:
+            lines.append(line + b"=")
+            line = b""
+        line += token
+    return CRLF.join([*lines, line]) + CRLF
+
+
+@construction("quoted-printable-image", "encodings")
+def _qp_image() -> bytes:
+    body = quoted_printable(photo())
+    return mixed([TEXT, part(b'image/jpeg; name="photo.jpg"', body, cte=b"quoted-printable")])
+
+
+def uuencode(data: bytes, name: str = "photo.jpg", mode: str = "644") -> bytes:
+    lines = [f"begin {mode} {name}".encode()]
+    for i in range(0, len(data), 45):
+        lines.append(binascii.b2a_uu(data[i:i + 45]).rstrip(b"\n"))
+    lines += [b"`", b"end"]
+    return CRLF.join(lines) + CRLF
+
+
+@construction("uuencode-in-body", "encodings", variants=["plain", "mode-0644", "single-part"])
+def _uu_body(variant: str) -> bytes:
+    uu = uuencode(photo(), mode="0644" if variant == "mode-0644" else "644")
+    text = b"Here it is:\r\n\r\n" + uu + b"\r\nbye\r\n"
+    if variant == "single-part":
+        return message(b"Content-Type: text/plain\r\n", text)
+    return mixed([part(b"text/plain", text, cte=b"7bit")])
+
+
+@construction("x-uuencode-cte", "encodings")
+def _x_uue() -> bytes:
+    return mixed([TEXT, part(b'application/octet-stream; name="photo.jpg"', uuencode(photo()),
+                             cte=b"x-uuencode")])
+
+
+@construction("base64-damaged", "encodings",
+              variants=["junk-chars", "no-padding", "spaces-inside", "long-line", "no-line-breaks"])
+def _b64_damaged(variant: str) -> bytes:
+    enc = base64.b64encode(photo())
+    if variant == "junk-chars":
+        body = CRLF.join(b"!" + enc[i:i + 76] + b"*" for i in range(0, len(enc), 76))
+    elif variant == "no-padding":
+        body = b64(photo()).rstrip(b"=\r\n") + CRLF
+    elif variant == "spaces-inside":
+        body = CRLF.join(b" ".join(enc[j:j + 8] for j in range(i, i + 72, 8))
+                         for i in range(0, len(enc), 72))
+    elif variant == "long-line":
+        body = CRLF.join(enc[i:i + 4000] for i in range(0, len(enc), 4000))
+    else:
+        body = enc
+    return mixed([TEXT, part(b'image/jpeg; name="photo.jpg"', body + CRLF)])
+
+
+@construction("image-labelled-text", "encodings")
+def _image_as_text() -> bytes:
+    return mixed([TEXT, part(b"text/plain; charset=us-ascii", b64(photo()))])
+
+
+@construction("zip-labelled-jpeg", "encodings")
+def _zip_as_jpeg() -> bytes:
+    return attach(zip_of({"photo.jpg": photo()}), "photo.jpg", "image/jpeg")
+
+
+@construction("multipart-without-boundary-param", "encodings")
+def _mp_no_boundary() -> bytes:
+    return mixed([TEXT, part(b"multipart/mixed", b64(photo()))])
+
+
+@construction("rfc822-with-base64-cte", "encodings")
+def _rfc822_b64() -> bytes:
+    inner = mixed([TEXT, photo_part()], b"inner-b2")
+    return mixed([TEXT, part(b"message/rfc822", b64(inner))])
+
+
+@construction("deep-forward", "encodings")
+def _deep_forward() -> bytes:
+    raw = mixed([TEXT, photo_part()], b"lvl0")
+    for level in range(1, 6):
+        raw = mixed([TEXT, part(b"message/rfc822", raw, cte=None)], b"lvl%d" % level)
+    return raw
+
+
+@construction("multipart-signed", "encodings")
+def _signed() -> bytes:
+    content = b'Content-Type: multipart/mixed; boundary="in"\r\n\r\n' + multipart_body(
+        b"in", [TEXT, photo_part()])
+    sig = part(b"application/pgp-signature", b"-----BEGIN PGP SIGNATURE-----\r\n\r\n"
+               b"iQ==\r\n-----END PGP SIGNATURE-----\r\n", cte=b"7bit")
+    return message(b'Content-Type: multipart/signed; protocol="application/pgp-signature"; '
+                   b'micalg=pgp-sha256; boundary="sig"\r\n', multipart_body(b"sig", [content, sig]))
+
+
+@construction("filename-only-rfc2231", "encodings")
+def _rfc2231_name() -> bytes:
+    img = part(b"application/octet-stream", b64(photo()),
+               extra=b"Content-Disposition: attachment; filename*=utf-8''ph%C3%B6to.jpg\r\n")
+    return mixed([TEXT, img])
+
+
+# ----------------------------------------------------------------------------- HTML
+
+
+def data_uri(prefix: str = "data:image/jpeg;base64,", body: bytes | None = None) -> str:
+    return prefix + (body if body is not None else base64.b64encode(photo())).decode()
+
+
+def html_message(html: str, charset: str = "us-ascii", cte: bytes = b"base64",
+                 encoded: bytes | None = None) -> bytes:
+    data = encoded if encoded is not None else html.encode(charset)
+    body = b64(data) if cte == b"base64" else data
+    if cte == b"quoted-printable":
+        body = quopri.encodestring(data).replace(b"\n", CRLF)
+    return mixed([TEXT, part(b"text/html; charset=" + charset.encode(), body, cte=cte)])
+
+
+def _chunks(data: bytes, n: int) -> list[bytes]:
+    return [data[i:i + n] for i in range(0, len(data), n)]
+
+
+def img_html(src: str) -> str:
+    return f'<html><body><p>hello</p><img src="{src}" alt="x"></body></html>'
+
+
+_HTML_VARIANTS: dict[str, Callable[[], str]] = {
+    "plain": lambda: img_html(data_uri()),
+    "entity-comma": lambda: img_html(data_uri("data:image/jpeg;base64&#44;")),
+    "entity-colon": lambda: img_html(data_uri("data&#58;image/jpeg;base64,")),
+    "entity-slash-hex": lambda: img_html(data_uri("data:image&#x2F;jpeg;base64,")),
+    "entity-all-scheme": lambda: img_html(
+        data_uri("&#100;&#97;&#116;&#97;&#58;image/jpeg;base64,")),
+    "named-entities-inside": lambda: img_html(data_uri(body=base64.b64encode(photo())
+                                                       .replace(b"A", b"&Tab;A", 50))),
+    "newlines-in-base64": lambda: img_html(data_uri(body=base64.encodebytes(photo()))),
+    "tabs-in-base64": lambda: img_html(data_uri(body=b"\t".join(
+        _chunks(base64.b64encode(photo()), 60)))),
+    "leading-whitespace": lambda: img_html(" \n\t" + data_uri()),
+    "upper-scheme": lambda: img_html(data_uri("DATA:IMAGE/JPEG;BASE64,")),
+    "space-before-base64": lambda: img_html(data_uri("data:image/jpeg; base64,")),
+    "quoted-param": lambda: img_html(data_uri("data:image/jpeg;name=&quot;a;b&quot;;base64,")),
+    "extra-params": lambda: img_html(data_uri("data:image/jpeg;charset=utf-8;x=y;base64,")),
+    "no-mime-type": lambda: img_html(data_uri("data:;base64,")),
+    "wrong-mime-type": lambda: img_html(data_uri("data:text/plain;base64,")),
+    "percent-encoded-base64": lambda: img_html(data_uri(body=base64.b64encode(photo())
+                                                        .replace(b"/", b"%2F")
+                                                        .replace(b"+", b"%2B"))),
+    "percent-encoded-raw": lambda: img_html("data:image/jpeg," + "".join(
+        f"%{b:02X}" for b in photo())),
+    "single-quoted-unquoted": lambda: ("<html><body><img src=" + data_uri() + "></body></html>"),
+    "css-background": lambda: (f"<html><body><div style=\"background-image:url('{data_uri()}')"
+                               "\">x</div></body></html>"),
+    "style-element": lambda: (f"<html><head><style>p{{background:url({data_uri()})}}</style>"
+                              "</head><body><p>x</p></body></html>"),
+    "inline-svg-image": lambda: (f'<html><body><svg width="640" height="480"><image href="'
+                                 f'{data_uri()}" width="640" height="480"/></svg></body></html>'),
+    "picture-srcset": lambda: (f'<html><body><picture><source srcset="{data_uri()}">'
+                               '<img src="cid:none"></picture></body></html>'),
+}
+
+
+@construction("html-data-uri", "html", variants=list(_HTML_VARIANTS))
+def _html_variant(variant: str) -> bytes:
+    return html_message(_HTML_VARIANTS[variant]())
+
+
+@construction("html-charset", "html", variants=["utf-16", "utf-16le-bom", "utf-7", "utf-32"])
+def _html_charset(variant: str) -> bytes:
+    html = img_html(data_uri())
+    if variant == "utf-16le-bom":
+        return html_message(html, "utf-16", encoded=b"\xff\xfe" + html.encode("utf-16-le"))
+    return html_message(html, variant)
+
+
+@construction("html-quoted-printable", "html")
+def _html_qp() -> bytes:
+    return html_message(img_html(data_uri()), cte=b"quoted-printable")
+
+
+@construction("html-attachment-file", "html")
+def _html_file() -> bytes:
+    return attach(img_html(data_uri()).encode(), "page.html", "text/html")
+
+
+# ----------------------------------------------------------------------------- containers
+
+
+def zip_of(files: dict[str, bytes], method: int = zipfile.ZIP_DEFLATED) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", method) as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+def tar_of(files: dict[str, bytes], mode: str = "w") -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=mode) as t:  # type: ignore[call-overload]
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = 1_700_000_000
+            t.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+
+
+def files() -> dict[str, bytes]:
+    return {"photo.jpg": photo()}
+
+
+@construction("zip-variants", "containers", variants=["stored", "in-zip", "comment-prefix"])
+def _zip_variants(variant: str) -> bytes:
+    if variant == "stored":
+        return attach(zip_of(files(), zipfile.ZIP_STORED), "p.zip")
+    if variant == "in-zip":
+        return attach(zip_of({"inner.zip": zip_of(files())}), "p.zip")
+    # Junk before the zip (self-extractor style): unzip tools find the central directory.
+    return attach(b"MZ" + b"\0" * 4000 + zip_of(files()), "p.exe")
+
+
+@construction("zip-deflate64", "containers")
+def _deflate64() -> bytes:
+    z = in_tempdir(files(), ["7zz", "a", "-tzip", "-mm=Deflate64", "p.zip", "photo.jpg"], "p.zip")
+    return attach(z, "p.zip")
+
+
+@construction("zip-entry-not-in-central-directory", "containers")
+def _zip_hidden_entry() -> bytes:
+    # Local entry for the photo, then a complete zip (local + central directory) of a decoy:
+    # streaming readers see the photo, central-directory readers see only the decoy.
+    hidden = zip_of(files(), zipfile.ZIP_STORED)
+    hidden_local = hidden[:hidden.index(b"PK\x01\x02")]
+    decoy_zip = zip_of({"readme.txt": b"nothing here\n"}, zipfile.ZIP_STORED)
+    # Central directory offsets of the decoy must be shifted by the hidden local entry.
+    cd = decoy_zip.index(b"PK\x01\x02")
+    eocd = decoy_zip.rindex(b"PK\x05\x06")
+    central = bytearray(decoy_zip[cd:eocd])
+    offset = struct.unpack_from("<I", central, 42)[0] + len(hidden_local)
+    struct.pack_into("<I", central, 42, offset)
+    end = bytearray(decoy_zip[eocd:])
+    struct.pack_into("<I", end, 16, cd + len(hidden_local))
+    return attach(hidden_local + decoy_zip[:cd] + bytes(central) + bytes(end), "p.zip")
+
+
+@construction("tar", "containers", variants=["plain", "gz", "bz2", "xz"])
+def _tar(variant: str) -> bytes:
+    mode = "w" if variant == "plain" else f"w:{variant}"
+    return attach(tar_of(files(), mode), f"p.tar.{variant}")
+
+
+@construction("tar-compressed", "containers", variants=["Z", "lz", "lz4", "zst"])
+def _tar_compressed(variant: str) -> bytes:
+    tool = {"Z": ["compress", "-c", "-f"], "lz": ["lzip", "-c"], "lz4": ["lz4", "-c"],
+            "zst": ["zstd", "-c", "-q"]}[variant]
+    data = in_tempdir({}, tool, "-", stdin=tar_of(files()))
+    return attach(data, f"p.tar.{variant}")
+
+
+@construction("single-file-compressed", "containers", variants=["gz", "bz2", "xz", "zst"])
+def _single_compressed(variant: str) -> bytes:
+    if variant == "gz":
+        data = gzip.compress(photo())
+    elif variant == "zst":
+        data = in_tempdir({}, ["zstd", "-c", "-q"], "-", stdin=photo())
+    else:
+        import bz2
+        import lzma
+        data = bz2.compress(photo()) if variant == "bz2" else lzma.compress(photo())
+    return attach(data, f"photo.jpg.{variant}")
+
+
+@construction("7z", "containers", variants=["lzma2", "copy"])
+def _sevenz(variant: str) -> bytes:
+    method = "-m0=lzma2" if variant == "lzma2" else "-m0=copy"
+    return attach(in_tempdir(files(), ["7zz", "a", method, "p.7z", "photo.jpg"], "p.7z"), "p.7z")
+
+
+@construction("iso9660", "containers", variants=["plain", "joliet-rock"])
+def _iso(variant: str) -> bytes:
+    extra = ["-J", "-R"] if variant == "joliet-rock" else []
+    iso = in_tempdir({"d/photo.jpg": photo()},
+                     ["genisoimage", "-quiet", *extra, "-o", "p.iso", "d"], "p.iso")
+    return attach(iso, "p.iso")
+
+
+@construction("cab", "containers", variants=["stored", "mszip"])
+def _cab(variant: str) -> bytes:
+    extra = ["-z"] if variant == "mszip" else []
+    cab = in_tempdir(files(), ["gcab", "-c", *extra, "p.cab", "photo.jpg"], "p.cab")
+    return attach(cab, "p.cab")
+
+
+@construction("cpio", "containers", variants=["newc", "odc", "bin"])
+def _cpio(variant: str) -> bytes:
+    data = in_tempdir(files(), ["cpio", "-o", "--quiet", "-H", variant], "-", stdin=b"photo.jpg\n")
+    return attach(data, "p.cpio")
+
+
+@construction("xar", "containers")
+def _xar() -> bytes:
+    return attach(in_tempdir(files(), ["bsdtar", "-cf", "p.xar", "--format", "xar", "photo.jpg"],
+                             "p.xar"), "p.xar")
+
+
+@construction("ar", "containers")
+def _ar() -> bytes:
+    return attach(in_tempdir(files(), ["bsdtar", "-cf", "p.a", "--format", "ar", "photo.jpg"],
+                             "p.a"), "p.a")
+
+
+def gpg_store(data: bytes, armor: bool = False) -> bytes:
+    with tempfile.TemporaryDirectory(prefix="mfdiff-gpg-") as home:
+        args = ["gpg", "--batch", "--homedir", home, "--store", "-o", "-"]
+        if armor:
+            args.insert(4, "--armor")
+        return in_tempdir({}, args, "-", stdin=data)
+
+
+@construction("openpgp-literal", "containers", variants=["binary", "armored"])
+def _pgp(variant: str) -> bytes:
+    if variant == "binary":
+        return attach(gpg_store(photo()), "photo.jpg.gpg", "application/octet-stream")
+    return mixed([TEXT, part(b"text/plain", gpg_store(photo(), armor=True), cte=b"7bit")])
+
+
+_HQX = b"!\"#$%&'()*+,-012345689@ABCDEFGHIJKLMNPQRSTUVXYZ[`abcdefhijklmpqr"
+
+
+def _crc_hqx(data: bytes) -> int:
+    return binascii.crc_hqx(data, 0)
+
+
+def binhex(data: bytes, name: bytes = b"photo.jpg") -> bytes:
+    """BinHex 4.0 of a data fork (no resource fork), with the run-length step (0x90)."""
+    header = (bytes([len(name)]) + name + b"\0" + b"JPEG" + b"8BIM" + b"\0\0"
+              + struct.pack(">II", len(data), 0))
+    stream = header + struct.pack(">H", _crc_hqx(header + b"\0\0"))
+    stream += data + struct.pack(">H", _crc_hqx(data + b"\0\0"))
+    stream += struct.pack(">H", _crc_hqx(b"\0\0"))
+    # Run-length: a literal 0x90 is written 0x90 0x00.
+    rle = stream.replace(b"\x90", b"\x90\x00")
+    bits = "".join(f"{b:08b}" for b in rle)
+    bits += "0" * (-len(bits) % 6)
+    text = bytes(_HQX[int(bits[i:i + 6], 2)] for i in range(0, len(bits), 6))
+    body = b":" + text + b":"
+    lines = [body[i:i + 64] for i in range(0, len(body), 64)]
+    return b"(This file must be converted with BinHex 4.0)\r\n" + CRLF.join(lines) + CRLF
+
+
+@construction("binhex", "containers", variants=["attachment", "in-body"])
+def _binhex(variant: str) -> bytes:
+    hqx = binhex(photo())
+    if variant == "attachment":
+        return mixed([TEXT, part(b'application/mac-binhex40; name="photo.hqx"', hqx, cte=b"7bit")])
+    return mixed([part(b"text/plain", b"Mac file follows\r\n\r\n" + hqx, cte=b"7bit")])
+
+
+def rtf_with_pict(data: bytes) -> bytes:
+    hexdata = binascii.hexlify(data)
+    lines = b"\r\n".join(hexdata[i:i + 128] for i in range(0, len(hexdata), 128))
+    return (b"{\\rtf1\\ansi{\\fonttbl\\f0 Arial;}\\f0 Photo:\\par{\\pict\\jpegblip\\picw640"
+            b"\\pich480\\picwgoal9600\\pichgoal7200\r\n" + lines + b"}\\par}")
+
+
+@construction("rtf-pict", "containers", variants=["attachment", "text-rtf-body"])
+def _rtf(variant: str) -> bytes:
+    rtf = rtf_with_pict(photo())
+    if variant == "attachment":
+        return attach(rtf, "doc.rtf", "application/rtf")
+    return mixed([part(b"text/rtf", rtf, cte=b"7bit")])
+
+
+def _tnef_attr(level: int, attr: int, data: bytes) -> bytes:
+    return (bytes([level]) + struct.pack("<II", attr, len(data)) + data
+            + struct.pack("<H", sum(data) & 0xFFFF))
+
+
+def lzfu_literals(rtf: bytes) -> bytes:
+    """Compressed RTF made of literal runs only (a control byte 0 before each 8 bytes)."""
+    body = b"".join(b"\0" + rtf[i:i + 8] for i in range(0, len(rtf), 8))
+    crc = ~zlib.crc32(body, 0xFFFFFFFF) & 0xFFFFFFFF  # MS-OXRTFCP: CRC-32, no pre/post xor
+    return struct.pack("<IIII", len(body) + 12, len(rtf), 0x75465A4C, crc) + body
+
+
+def tnef(attachment: bytes | None, rtf_body: bytes | None = None) -> bytes:
+    out = struct.pack("<IH", 0x223E9F78, 0x0001)
+    out += _tnef_attr(1, 0x00089006, struct.pack("<I", 0x00010000))  # attTnefVersion
+    out += _tnef_attr(1, 0x00069007, struct.pack("<II", 1252, 0))  # attOemCodepage
+    if rtf_body is not None:
+        # PR_RTF_COMPRESSED (LZFu, MS-OXRTFCP) inside attMAPIProps.
+        blob = lzfu_literals(rtf_body)
+        prop = struct.pack("<HHII", 0x0102, 0x1009, 1, len(blob)) + blob
+        prop += b"\0" * (-len(prop) % 4)
+        out += _tnef_attr(1, 0x00069003, struct.pack("<I", 1) + prop)
+    if attachment is not None:
+        out += _tnef_attr(2, 0x00069002, struct.pack("<HIHHI", 1, 0xFFFFFFFF, 0, 0, 0))
+        out += _tnef_attr(2, 0x00018010, b"photo.jpg\0")
+        out += _tnef_attr(2, 0x0006800F, attachment)
+    return out
+
+
+@construction("tnef", "containers", variants=["attachment", "rtf-body-pict"])
+def _tnef(variant: str) -> bytes:
+    data = tnef(photo()) if variant == "attachment" else tnef(None, rtf_with_pict(photo()))
+    return attach(data, "winmail.dat", "application/ms-tnef")
+
+
+@construction("odf", "containers", variants=["flat-fodt", "zipped-odt", "docx"])
+def _odf(variant: str) -> bytes:
+    if variant == "flat-fodt":
+        doc = ('<?xml version="1.0" encoding="UTF-8"?>\n<office:document xmlns:office='
+               '"urn:oasis:names:tc:opendocument:xmlns:office:1.0" xmlns:draw="urn:oasis:names:tc:'
+               'opendocument:xmlns:drawing:1.0" office:mimetype="application/vnd.oasis.'
+               'opendocument.text"><office:body><office:text><draw:frame><draw:image>'
+               '<office:binary-data>' + base64.encodebytes(photo()).decode()
+               + '</office:binary-data></draw:image></draw:frame></office:text></office:body>'
+               '</office:document>\n')
+        return attach(doc.encode(), "doc.fodt", "application/vnd.oasis.opendocument.text-flat-xml")
+    if variant == "zipped-odt":
+        z = zip_of({"mimetype": b"application/vnd.oasis.opendocument.text",
+                    "content.xml": b"<office:document-content/>", "Pictures/p.jpg": photo()})
+        return attach(z, "doc.odt", "application/vnd.oasis.opendocument.text")
+    z = zip_of({"[Content_Types].xml": b"<Types/>", "word/document.xml": b"<w:document/>",
+                "word/media/image1.jpeg": photo()})
+    return attach(z, "doc.docx",
+                  "application/vnd.openxmlformats-officedocument.wordprocessingml.document")
+
+
+def fold(line: bytes, width: int = 75) -> bytes:
+    return b"\r\n ".join(line[i:i + width] for i in range(0, len(line), width))
+
+
+@construction("vcard-photo", "containers", variants=["v3-encoding-b", "v4-data-uri", "v21-base64"])
+def _vcard(variant: str) -> bytes:
+    enc = base64.b64encode(photo())
+    if variant == "v3-encoding-b":
+        prop = fold(b"PHOTO;ENCODING=b;TYPE=JPEG:" + enc)
+        version = b"3.0"
+    elif variant == "v4-data-uri":
+        prop = fold(b"PHOTO:data:image/jpeg;base64," + enc)
+        version = b"4.0"
+    else:
+        prop = b"PHOTO;ENCODING=BASE64;JPEG:\r\n " + fold(enc, 72) + b"\r\n"
+        version = b"2.1"
+    card = (b"BEGIN:VCARD\r\nVERSION:" + version + b"\r\nFN:Alice Example\r\n" + prop
+            + b"\r\nEND:VCARD\r\n")
+    return attach(card, "alice.vcf", "text/vcard")
+
+
+@construction("svg-embedded-raster", "containers", variants=["href", "xlink-href"])
+def _svg(variant: str) -> bytes:
+    attr = "href" if variant == "href" else "xlink:href"
+    svg = ('<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink='
+           '"http://www.w3.org/1999/xlink" width="640" height="480"><image ' + attr + '="'
+           + data_uri() + '" x="0" y="0" width="640" height="480"/></svg>\n')
+    return attach(svg.encode(), "picture.svg", "image/svg+xml")
+
+
+@construction("eml-in-zip", "containers")
+def _eml_in_zip() -> bytes:
+    return attach(zip_of({"forward.eml": mixed([TEXT, photo_part()], b"inner-b2")}), "mail.zip")
+
+
+@construction("nested-combo", "containers",
+              variants=["tgz-in-zip", "zip-in-7z", "zip-in-rfc822-in-rfc822", "cpio-in-iso"])
+def _nested(variant: str) -> bytes:
+    if variant == "tgz-in-zip":
+        return attach(zip_of({"a.tar.gz": tar_of(files(), "w:gz")}), "a.zip")
+    if variant == "zip-in-7z":
+        return attach(in_tempdir({"a.zip": zip_of(files())}, ["7zz", "a", "p.7z", "a.zip"],
+                                 "p.7z"), "p.7z")
+    if variant == "cpio-in-iso":
+        cpio = in_tempdir(files(), ["cpio", "-o", "--quiet", "-H", "newc"], "-",
+                          stdin=b"photo.jpg\n")
+        iso = in_tempdir({"d/a.cpio": cpio}, ["genisoimage", "-quiet", "-o", "p.iso", "d"],
+                         "p.iso")
+        return attach(iso, "p.iso")
+    raw = attach(zip_of(files()), "p.zip")
+    for level in range(2):
+        raw = mixed([TEXT, part(b"message/rfc822", raw, cte=None)], b"fw%d" % level)
+    return raw
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def filler_frame(i: int) -> Image.Image:
+    """A cheap distinct frame (few colours: GIF quantisation of noise costs seconds)."""
+    img = Image.new("RGB", (W, H), ((37 * i) % 256, (91 * i) % 256, (53 * i) % 256))
+    x = (i * 29) % (W - 100)
+    img.paste((255 - (37 * i) % 256, 0, 0), (x, 50, x + 100, 200))
+    return img
+
+
+def frames_with_photo_at(index: int, count: int) -> list[Image.Image]:
+    return [photo_image() if i == index else filler_frame(i) for i in range(count)]
+
+
+@construction("photo-as-late-frame", "partial-scans",
+              variants=["gif-17", "gif-40", "webp-17", "tiff-17", "apng-17"])
+def _late_frame(variant: str) -> bytes:
+    fmt, n = variant.split("-")
+    idx = int(n) - 1
+    frames = frames_with_photo_at(idx, idx + 2)
+    buf = io.BytesIO()
+    kind = {"gif": "GIF", "webp": "WEBP", "tiff": "TIFF", "apng": "PNG"}[fmt]
+    args: dict[str, object] = {"save_all": True, "append_images": frames[1:]}
+    if kind in ("GIF", "WEBP", "PNG"):
+        args["duration"] = 100
+    if kind == "WEBP":
+        args["quality"] = 90
+    if kind == "TIFF":
+        args["compression"] = "tiff_deflate"
+    frames[0].save(buf, format=kind, **args)
+    name = {"gif": "a.gif", "webp": "a.webp", "tiff": "a.tif", "apng": "a.png"}[fmt]
+    return attach(buf.getvalue(), name, f"image/{'png' if fmt == 'apng' else fmt}")
+
+
+@construction("image-format", "images",
+              variants=["png", "gif", "bmp", "tiff", "webp", "jp2", "heic", "progressive-jpeg",
+                        "cmyk-jpeg", "grayscale-png", "png16", "trailing-junk"])
+def _image_format(variant: str) -> bytes:
+    img = photo_image()
+    if variant == "heic":
+        import pillow_heif
+        pillow_heif.register_heif_opener()
+        data = image_bytes(img, "HEIF", quality=90)
+    elif variant == "progressive-jpeg":
+        data = image_bytes(img, "JPEG", quality=90, progressive=True)
+    elif variant == "cmyk-jpeg":
+        data = image_bytes(img.convert("CMYK"), "JPEG", quality=90)
+    elif variant == "grayscale-png":
+        data = image_bytes(img.convert("L"), "PNG")
+    elif variant == "png16":
+        arr = np.asarray(img.convert("L"), np.uint16) * 257
+        data = image_bytes(Image.fromarray(arr), "PNG")
+    elif variant == "trailing-junk":
+        data = photo() + b"\0junk" * 2000
+    elif variant == "gif":
+        data = image_bytes(img, "GIF")
+    elif variant == "jp2":
+        data = image_bytes(img, "JPEG2000")
+    else:
+        data = image_bytes(img, variant.upper())
+    return attach(data, f"photo.{variant}")
+
+
+def exif_rotated() -> bytes:
+    """Pixels stored turned a quarter; EXIF Orientation 6 says 'turn back to show'."""
+    img = photo_image().transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return image_bytes(img, "JPEG", quality=90, exif=exif.tobytes())
+
+
+def icc_inverting_profile() -> bytes:
+    """A display RGB profile (matrix/TRC, sRGB primaries) whose tone curves run backwards:
+    colour-managed viewers show the inverse of the stored pixels."""
+    def xyz(x: float, y: float, z: float) -> bytes:
+        return b"XYZ \0\0\0\0" + struct.pack(">iii", *(round(v * 65536) for v in (x, y, z)))
+    curve = b"curv\0\0\0\0" + struct.pack(">I", 2) + struct.pack(">HH", 65535, 0)
+    desc_text = b"inverting\0"
+    desc = (b"desc\0\0\0\0" + struct.pack(">I", len(desc_text)) + desc_text
+            + b"\0" * 8 + b"\0" * 3 + b"\0" * 67)
+    tags = [(b"desc", desc), (b"wtpt", xyz(0.9642, 1.0, 0.8249)),
+            (b"rXYZ", xyz(0.4361, 0.2225, 0.0139)), (b"gXYZ", xyz(0.3851, 0.7169, 0.0971)),
+            (b"bXYZ", xyz(0.1431, 0.0606, 0.7141)), (b"rTRC", curve), (b"gTRC", curve),
+            (b"bTRC", curve), (b"cprt", b"text\0\0\0\0none\0")]
+    table = b""
+    data = b""
+    offset = 128 + 4 + 12 * len(tags)
+    for sig, body in tags:
+        body += b"\0" * (-len(body) % 4)
+        table += sig + struct.pack(">II", offset + len(data), len(body))
+        data += body
+    size = offset + len(data)
+    header = (struct.pack(">I", size) + b"lcms" + struct.pack(">I", 0x02100000) + b"mntr"
+              + b"RGB " + b"XYZ " + b"\0" * 12 + b"acsp" + b"APPL" + b"\0" * 4 + b"\0" * 8
+              + b"\0" * 8 + b"\0" * 4 + struct.pack(">iii", 63190, 65536, 54061) + b"\0" * 4
+              + b"\0" * 16 + b"\0" * 28)
+    assert len(header) == 128, len(header)
+    return header + struct.pack(">I", len(tags)) + table + data
+
+
+@construction("viewer-transform", "viewer",
+              variants=["exif-orientation", "icc-inverting-profile"])
+def _viewer_transform(variant: str) -> bytes:
+    if variant == "exif-orientation":
+        return attach(exif_rotated(), "photo.jpg", "image/jpeg")
+    inverted = ImageOps.invert(photo_image())
+    data = image_bytes(inverted, "JPEG", quality=92, icc_profile=icc_inverting_profile())
+    return attach(data, "photo.jpg", "image/jpeg")
+
+
+# ----------------------------------------------------------------------------- PDF
+
+W, H = 640, 480
+
+
+def stream(entries: bytes, data: bytes) -> bytes:
+    return b"<<" + entries + b"/Length %d>>\nstream\n" % len(data) + data + b"\nendstream"
+
+
+def pdf(objects: list[bytes], *, startxref_shift: int = 0, xref: bool = True,
+        prefix: bytes = b"") -> bytes:
+    """Object 1 must be the catalog. `startxref_shift` moves the startxref pointer off."""
+    out = prefix + b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n"
+    offsets = []
+    for i, body in enumerate(objects, 1):
+        offsets.append(len(out) - len(prefix))
+        out += b"%d 0 obj\n" % i + body + b"\nendobj\n"
+    xref_at = len(out) - len(prefix)
+    if xref:
+        out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+        out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
+    out += b"trailer\n<</Size %d/Root 1 0 R>>\n" % (len(objects) + 1)
+    if xref:
+        out += b"startxref\n%d\n" % (xref_at + startxref_shift)
+    return out + b"%%EOF\n"
+
+
+def page_pdf(content: bytes, xobjects: dict[str, bytes], *, width: int = W, height: int = H,
+             **kw: int | bool | bytes) -> bytes:
+    """One page of `width` x `height` points drawing `content` with image XObjects."""
+    names = list(xobjects)
+    first_x = 5
+    res = b"".join(b"/%s %d 0 R" % (n.encode(), first_x + i) for i, n in enumerate(names))
+    objects = [
+        b"<</Type/Catalog/Pages 2 0 R>>",
+        b"<</Type/Pages/Kids[3 0 R]/Count 1>>",
+        b"<</Type/Page/Parent 2 0 R/MediaBox[0 0 %d %d]/Resources<</XObject<<%s>>>>"
+        b"/Contents 4 0 R>>" % (width, height, res),
+        stream(b"", content),
+        *xobjects.values(),
+    ]
+    return pdf(objects, **kw)  # type: ignore[arg-type]
+
+
+def jpeg_xobject(data: bytes, width: int = W, height: int = H, extra: bytes = b"") -> bytes:
+    return stream(b"/Type/XObject/Subtype/Image/Width %d/Height %d/ColorSpace/DeviceRGB"
+                  b"/BitsPerComponent 8/Filter/DCTDecode" % (width, height) + extra, data)
+
+
+DRAW = b"q %d 0 0 %d 0 0 cm /Im0 Do Q" % (W, H)
+
+
+def photo_pdf(**kw: int | bool | bytes) -> bytes:
+    return page_pdf(DRAW, {"Im0": jpeg_xobject(photo())}, **kw)
+
+
+def attach_pdf(data: bytes) -> bytes:
+    return attach(data, "doc.pdf", "application/pdf")
+
+
+@construction("pdf-plain", "control")
+def _pdf_plain() -> bytes:
+    return attach_pdf(photo_pdf())
+
+
+@construction("pdf-structure", "partial-scans",
+              variants=["wrong-startxref", "no-xref", "junk-before-header", "page-17"])
+def _pdf_structure(variant: str) -> bytes:
+    if variant == "wrong-startxref":
+        return attach_pdf(photo_pdf(startxref_shift=-37))
+    if variant == "no-xref":
+        return attach_pdf(photo_pdf(xref=False))
+    if variant == "junk-before-header":
+        return attach_pdf(photo_pdf(prefix=b"junk " * 100 + b"\n"))
+    return attach_pdf(many_pages(17))
+
+
+def many_pages(n: int) -> bytes:
+    pages = []
+    objects: list[bytes] = [b"<</Type/Catalog/Pages 2 0 R>>", b""]
+    for i in range(n):
+        img = photo() if i == n - 1 else image_bytes(noise_image(2000 + i, 64, 48), "JPEG")
+        w, h = (W, H) if i == n - 1 else (64, 48)
+        base = len(objects) + 1
+        pages.append(base)
+        objects += [
+            b"<</Type/Page/Parent 2 0 R/MediaBox[0 0 %d %d]/Resources<</XObject<</Im0 %d 0 R>>>>"
+            b"/Contents %d 0 R>>" % (W, H, base + 2, base + 1),
+            stream(b"", DRAW),
+            jpeg_xobject(img, w, h),
+        ]
+    objects[1] = b"<</Type/Pages/Kids[%s]/Count %d>>" % (
+        b" ".join(b"%d 0 R" % p for p in pages), n)
+    return pdf(objects)
+
+
+@construction("pdf-stream-encoding", "partial-scans",
+              variants=["ascii85", "ascii85-without-eod", "asciihex", "flate-raw-rgb"])
+def _pdf_encoding(variant: str) -> bytes:
+    if variant.startswith("ascii85"):
+        enc = base64.a85encode(photo(), wrapcol=72, adobe=True)[2:]  # drop the "<~"
+        if variant == "ascii85-without-eod":
+            enc = enc[:-2]
+        xo = stream(b"/Type/XObject/Subtype/Image/Width %d/Height %d/ColorSpace/DeviceRGB"
+                    b"/BitsPerComponent 8/Filter[/ASCII85Decode/DCTDecode]" % (W, H), enc)
+    elif variant == "asciihex":
+        xo = stream(b"/Type/XObject/Subtype/Image/Width %d/Height %d/ColorSpace/DeviceRGB"
+                    b"/BitsPerComponent 8/Filter[/ASCIIHexDecode/DCTDecode]" % (W, H),
+                    binascii.hexlify(photo()) + b">")
+    else:
+        xo = stream(b"/Type/XObject/Subtype/Image/Width %d/Height %d/ColorSpace/DeviceRGB"
+                    b"/BitsPerComponent 8/Filter/FlateDecode" % (W, H),
+                    zlib.compress(photo_image().tobytes()))
+    return attach_pdf(page_pdf(DRAW, {"Im0": xo}))
+
+
+@construction("pdf-encrypted-empty-password", "partial-scans",
+              variants=["AES-128", "AES-256", "RC4-128"])
+def _pdf_encrypted(algorithm: str) -> bytes:
+    from pypdf import PdfReader, PdfWriter
+    writer = PdfWriter(clone_from=PdfReader(io.BytesIO(photo_pdf())))
+    writer.encrypt(user_password="", owner_password="owner-secret", algorithm=algorithm)
+    buf = io.BytesIO()
+    writer.write(buf)
+    return attach_pdf(buf.getvalue())
+
+
+@construction("pdf-viewer-draws", "viewer",
+              variants=["inline-image-dct", "inline-image-raw", "decode-inverted", "clipped",
+                        "tiles-2x2", "tiles-4x3", "form-xobject", "jpx", "incremental-update"])
+def _pdf_viewer(variant: str) -> bytes:
+    img = photo_image()
+    if variant == "inline-image-dct":
+        content = (b"q %d 0 0 %d 0 0 cm BI /W %d /H %d /CS /RGB /BPC 8 /F /DCT ID\n" % (W, H, W, H)
+                   + photo() + b"\nEI Q")
+        return attach_pdf(page_pdf(content, {}))
+    if variant == "inline-image-raw":
+        small = img.resize((160, 120))
+        content = (b"q %d 0 0 %d 0 0 cm BI /W 160 /H 120 /CS /RGB /BPC 8 /F /Fl ID\n" % (W, H)
+                   + zlib.compress(small.tobytes()) + b"\nEI Q")
+        return attach_pdf(page_pdf(content, {}))
+    if variant == "decode-inverted":
+        inv = image_bytes(ImageOps.invert(img), "JPEG", quality=92)
+        return attach_pdf(page_pdf(DRAW, {"Im0": jpeg_xobject(inv, extra=b"/Decode[1 0 1 0 1 0]")}))
+    if variant == "clipped":
+        wide = Image.new("RGB", (2 * W, H))
+        wide.paste(img, (0, 0))
+        wide.paste(decoy(77), (W, 0))
+        content = b"q 0 0 %d %d re W n %d 0 0 %d 0 0 cm /Im0 Do Q" % (W, H, 2 * W, H)
+        return attach_pdf(page_pdf(content, {"Im0": jpeg_xobject(
+            image_bytes(wide, "JPEG", quality=92), 2 * W, H)}))
+    if variant.startswith("tiles"):
+        cols, rows = (2, 2) if variant == "tiles-2x2" else (4, 3)
+        tw, th = W // cols, H // rows
+        xobjects: dict[str, bytes] = {}
+        content = b""
+        for r in range(rows):
+            for c in range(cols):
+                tile = img.crop((c * tw, r * th, (c + 1) * tw, (r + 1) * th))
+                name = f"T{r}{c}"
+                xobjects[name] = jpeg_xobject(image_bytes(tile, "JPEG", quality=92), tw, th)
+                # PDF y runs upwards: row 0 of the photo is at the top of the page.
+                content += b"q %d 0 0 %d %d %d cm /%s Do Q\n" % (
+                    tw, th, c * tw, H - (r + 1) * th, name.encode())
+        return attach_pdf(page_pdf(content, xobjects))
+    if variant == "form-xobject":
+        form = stream(b"/Type/XObject/Subtype/Form/BBox[0 0 %d %d]/Resources<</XObject"
+                      b"<</Im0 6 0 R>>>>" % (W, H), DRAW)
+        return attach_pdf(page_pdf(b"/Fm0 Do", {"Fm0": form, "Im0": jpeg_xobject(photo())}))
+    if variant == "jpx":
+        jp2 = image_bytes(img, "JPEG2000")
+        xo = stream(b"/Type/XObject/Subtype/Image/Width %d/Height %d/ColorSpace/DeviceRGB"
+                    b"/BitsPerComponent 8/Filter/JPXDecode" % (W, H), jp2)
+        return attach_pdf(page_pdf(DRAW, {"Im0": xo}))
+    # Incremental update: revision 1 draws a decoy; revision 2 adds a second image and
+    # a new content stream drawing it, in an update section with its own xref.
+    base = page_pdf(DRAW, {"Im0": jpeg_xobject(image_bytes(decoy(78), "JPEG"))})
+    prev = int(base.rsplit(b"startxref\n", 1)[1].split(b"\n")[0])
+    out = base
+    offs = {}
+    offs[4] = len(out)
+    out += b"4 0 obj\n" + stream(b"", b"q %d 0 0 %d 0 0 cm /Im1 Do Q" % (W, H)) + b"\nendobj\n"
+    offs[6] = len(out)
+    out += b"6 0 obj\n" + jpeg_xobject(photo()) + b"\nendobj\n"
+    offs[3] = len(out)
+    out += (b"3 0 obj\n<</Type/Page/Parent 2 0 R/MediaBox[0 0 %d %d]/Resources<</XObject"
+            b"<</Im0 5 0 R/Im1 6 0 R>>>>/Contents 4 0 R>>\nendobj\n" % (W, H))
+    xref_at = len(out)
+    out += b"xref\n3 2\n%010d 00000 n \n%010d 00000 n \n6 1\n%010d 00000 n \n" % (
+        offs[3], offs[4], offs[6])
+    out += b"trailer\n<</Size 7/Root 1 0 R/Prev %d>>\nstartxref\n%d\n%%%%EOF\n" % (prev, xref_at)
+    return attach_pdf(out)
+
+
+@construction("pdf-in-container", "containers", variants=["zip", "tar-gz", "rfc822"])
+def _pdf_nested(variant: str) -> bytes:
+    doc = photo_pdf()
+    if variant == "zip":
+        return attach(zip_of({"doc.pdf": doc}), "docs.zip")
+    if variant == "tar-gz":
+        return attach(tar_of({"doc.pdf": doc}, "w:gz"), "docs.tgz")
+    return mixed([TEXT, part(b"message/rfc822", attach_pdf(doc), cte=None)])
+
+
+def names() -> list[str]:
+    return list(REGISTRY)
+
+
+# ----------------------------------------------------------------------------- more
+
+PASSWORD = "photo123"
+PASSWORD_TEXT = part(b"text/plain", f"The password is {PASSWORD}\r\n".encode(), cte=b"7bit")
+
+
+@construction("password-protected", "limits",
+              variants=["zip-aes", "zip-zipcrypto", "7z-encrypted-headers", "pdf-user-password"],
+              limit="password")
+def _password(variant: str) -> bytes:
+    if variant == "pdf-user-password":
+        from pypdf import PdfReader, PdfWriter
+        writer = PdfWriter(clone_from=PdfReader(io.BytesIO(photo_pdf())))
+        writer.encrypt(user_password=PASSWORD, owner_password="owner-secret", algorithm="AES-128")
+        buf = io.BytesIO()
+        writer.write(buf)
+        return mixed([PASSWORD_TEXT, file_part(buf.getvalue(), "doc.pdf", "application/pdf")])
+    if variant == "7z-encrypted-headers":
+        args = ["7zz", "a", f"-p{PASSWORD}", "-mhe=on", "p.7z", "photo.jpg"]
+        name = "p.7z"
+    else:
+        method = "AES256" if variant == "zip-aes" else "ZipCrypto"
+        args = ["7zz", "a", "-tzip", f"-p{PASSWORD}", f"-mem={method}", "p.zip", "photo.jpg"]
+        name = "p.zip"
+    return mixed([PASSWORD_TEXT, file_part(in_tempdir(files(), args, name), name)])
+
+
+@construction("smime-signed-opaque", "containers")
+def _smime() -> bytes:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import pkcs7
+    from cryptography.x509.oid import NameOID
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "alice@example.org")])
+    now = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1).not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=3650)).sign(key, hashes.SHA256()))
+    entity = (b'Content-Type: multipart/mixed; boundary="in"\r\n\r\n'
+              + multipart_body(b"in", [TEXT, photo_part()]))
+    der = (pkcs7.PKCS7SignatureBuilder().set_data(entity)
+           .add_signer(cert, key, hashes.SHA256()).sign(serialization.Encoding.DER, []))
+    return message(b'Content-Type: application/pkcs7-mime; smime-type=signed-data; '
+                   b'name="smime.p7m"\r\nContent-Transfer-Encoding: base64\r\n'
+                   b'Content-Disposition: attachment; filename="smime.p7m"\r\n', b64(der))
+
+
+@construction("more-encodings", "encodings",
+              variants=["binary-cte", "uuencoded-zip", "begin-base64", "top-level-rfc822",
+                        "message-global", "base64-garbage-line"])
+def _more_encodings(variant: str) -> bytes:
+    if variant == "binary-cte":
+        return mixed([TEXT, part(b'image/jpeg; name="photo.jpg"', photo(), cte=b"binary")])
+    if variant == "uuencoded-zip":
+        text = b"Archive:\r\n\r\n" + uuencode(zip_of(files()), "photos.zip") + b"\r\n"
+        return mixed([part(b"text/plain", text, cte=b"7bit")])
+    if variant == "begin-base64":
+        enc = CRLF.join(_chunks(base64.b64encode(photo()), 76))
+        text = b"begin-base64 644 photo.jpg\r\n" + enc + b"\r\n====\r\n"
+        return mixed([part(b"text/plain", text, cte=b"7bit")])
+    if variant == "top-level-rfc822":
+        return message(b"Content-Type: message/rfc822\r\n", mixed([TEXT, photo_part()], b"in"))
+    if variant == "message-global":
+        return mixed([TEXT, part(b"message/global", mixed([TEXT, photo_part()], b"in"),
+                                 cte=b"8bit")])
+    lines = b64(photo()).split(CRLF)
+    lines.insert(len(lines) // 2, b"-- this line is not base64 --")
+    return mixed([TEXT, part(b'image/jpeg; name="photo.jpg"', CRLF.join(lines))])
+
+
+@construction("more-images", "images", variants=["ico", "tiff-page-2", "webp-lossless",
+                                                 "palette-png", "jpeg-in-gif-frame-2"])
+def _more_images(variant: str) -> bytes:
+    img = photo_image()
+    if variant == "ico":
+        data = image_bytes(img.resize((256, 192)), "ICO", sizes=[(256, 192)])
+    elif variant == "tiff-page-2":
+        buf = io.BytesIO()
+        filler_frame(3).save(buf, "TIFF", save_all=True, append_images=[img],
+                             compression="tiff_deflate")
+        data = buf.getvalue()
+    elif variant == "webp-lossless":
+        data = image_bytes(img, "WEBP", lossless=True)
+    elif variant == "palette-png":
+        data = image_bytes(img.quantize(256), "PNG")
+    else:
+        buf = io.BytesIO()
+        filler_frame(5).save(buf, "GIF", save_all=True, append_images=[img], duration=500)
+        data = buf.getvalue()
+    return attach(data, "picture.bin")
+
+
+def _pdf_with(content: bytes, extra_objects: list[bytes], resources: bytes,
+              page_extra: bytes = b"") -> bytes:
+    objects = [
+        b"<</Type/Catalog/Pages 2 0 R>>",
+        b"<</Type/Pages/Kids[3 0 R]/Count 1>>",
+        b"<</Type/Page/Parent 2 0 R/MediaBox[0 0 %d %d]/Resources<<%s>>/Contents 4 0 R%s>>"
+        % (W, H, resources, page_extra),
+        stream(b"", content),
+        *extra_objects,
+    ]
+    return pdf(objects)
+
+
+@construction("pdf-more", "viewer",
+              variants=["pattern-fill", "annotation-appearance", "flate-over-dct",
+                        "indexed-colour", "embedded-file", "softmask-hidden-decoy"])
+def _pdf_more(variant: str) -> bytes:
+    img = photo_image()
+    if variant == "pattern-fill":
+        pattern = stream(b"/PatternType 1/PaintType 1/TilingType 1/BBox[0 0 %d %d]/XStep %d"
+                         b"/YStep %d/Resources<</XObject<</Im0 6 0 R>>>>" % (W, H, W, H), DRAW)
+        doc = _pdf_with(b"/Pattern cs /P0 scn 0 0 %d %d re f" % (W, H),
+                        [pattern, jpeg_xobject(photo())], b"/Pattern<</P0 5 0 R>>")
+    elif variant == "annotation-appearance":
+        form = stream(b"/Type/XObject/Subtype/Form/BBox[0 0 %d %d]/Resources<</XObject"
+                      b"<</Im0 7 0 R>>>>" % (W, H), DRAW)
+        annot = b"<</Type/Annot/Subtype/Stamp/Rect[0 0 %d %d]/F 4/AP<</N 6 0 R>>>>" % (W, H)
+        doc = _pdf_with(b"", [annot, form, jpeg_xobject(photo())], b"",
+                        b"/Annots[5 0 R]")
+    elif variant == "flate-over-dct":
+        xo = stream(b"/Type/XObject/Subtype/Image/Width %d/Height %d/ColorSpace/DeviceRGB"
+                    b"/BitsPerComponent 8/Filter[/FlateDecode/DCTDecode]" % (W, H),
+                    zlib.compress(photo()))
+        doc = page_pdf(DRAW, {"Im0": xo})
+    elif variant == "indexed-colour":
+        pal = img.quantize(256)
+        palette = bytes(pal.getpalette()[:768])  # type: ignore[index]
+        palette += b"\0" * (768 - len(palette))
+        xo = stream(b"/Type/XObject/Subtype/Image/Width %d/Height %d/ColorSpace[/Indexed"
+                    b"/DeviceRGB 255<%s>]/BitsPerComponent 8/Filter/FlateDecode"
+                    % (W, H, binascii.hexlify(palette)), zlib.compress(pal.tobytes()))
+        doc = page_pdf(DRAW, {"Im0": xo})
+    elif variant == "embedded-file":
+        ef = stream(b"/Type/EmbeddedFile/Subtype/image#2Fjpeg", photo())
+        spec = b"<</Type/Filespec/F(photo.jpg)/UF(photo.jpg)/EF<</F 5 0 R>>>>"
+        objects = [b"<</Type/Catalog/Pages 2 0 R/Names<</EmbeddedFiles<</Names[(photo.jpg) "
+                   b"6 0 R]>>>>>>", b"<</Type/Pages/Kids[3 0 R]/Count 1>>",
+                   b"<</Type/Page/Parent 2 0 R/MediaBox[0 0 %d %d]/Contents 4 0 R>>" % (W, H),
+                   stream(b"", b"BT /F1 12 Tf ET"), ef, spec]
+        doc = pdf(objects)
+    else:
+        # A decoy drawn over the photo with a soft mask of zero alpha: the viewer shows
+        # the photo, the last-drawn image is the decoy.
+        mask = stream(b"/Type/XObject/Subtype/Image/Width 8/Height 8/ColorSpace/DeviceGray"
+                      b"/BitsPerComponent 8", b"\0" * 64)
+        decoy_xo = jpeg_xobject(image_bytes(decoy(79), "JPEG"), extra=b"/SMask 7 0 R")
+        content = DRAW + b" q %d 0 0 %d 0 0 cm /Im1 Do Q" % (W, H)
+        doc = _pdf_with(content, [jpeg_xobject(photo()), decoy_xo, mask],
+                        b"/XObject<</Im0 5 0 R/Im1 6 0 R>>")
+    return attach_pdf(doc)
+
+
+@construction("html-more", "html", variants=["object-data", "base64-html-in-zip",
+                                             "data-uri-in-eml-in-zip"])
+def _html_more(variant: str) -> bytes:
+    if variant == "object-data":
+        return html_message(f'<html><body><object data="{data_uri()}" type="image/jpeg">'
+                            "</object></body></html>")
+    page = img_html(data_uri("data:image/jpeg;base64&#44;")).encode()
+    if variant == "base64-html-in-zip":
+        return attach(zip_of({"page.html": page}), "page.zip")
+    inner = html_message(page.decode())
+    return attach(zip_of({"m.eml": inner}), "mail.zip")
+
+
+@construction("zip-more", "containers", variants=["data-descriptor", "zip64", "bzip2-method",
+                                                  "lzma-method"])
+def _zip_more(variant: str) -> bytes:
+    if variant == "data-descriptor":
+        class Unseekable(io.RawIOBase):
+            def __init__(self) -> None:
+                self.buf = bytearray()
+
+            def writable(self) -> bool:
+                return True
+
+            def write(self, b: object) -> int:
+                data = bytes(b)  # type: ignore[call-overload]
+                self.buf += data
+                return len(data)
+        sink = Unseekable()
+        with zipfile.ZipFile(sink, "w", zipfile.ZIP_DEFLATED) as z, \
+                z.open("photo.jpg", "w") as f:
+            f.write(photo())
+        return attach(bytes(sink.buf), "p.zip")
+    if variant == "zip64":
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z, \
+                z.open("photo.jpg", "w", force_zip64=True) as f:
+            f.write(photo())
+        return attach(buf.getvalue(), "p.zip")
+    method = zipfile.ZIP_BZIP2 if variant == "bzip2-method" else zipfile.ZIP_LZMA
+    return attach(zip_of(files(), method), "p.zip")

@@ -1,0 +1,714 @@
+"""Reference readers of the differential suite: what other software shows a recipient.
+
+A reference is a chain: a MIME parser (Python `email` with two policies, mail-parser,
+GMime via `mu extract`, ripmime, munpack, reformime; Python's `mailbox` for mbox files)
+followed by the openers a recipient would use on what it yields (bsdtar, 7z, tnef, gpg,
+pdftoppm, cabextract, cpio, a mail client for attached messages, and small decoders written
+to published formats where no program is installed: HTML/SVG `data:` URLs after the WHATWG
+URL and data-URL rules, vCard PHOTO, RTF `\\pict`, flat ODF, BinHex 4.0). Every file a chain
+yields is opened again, to a bounded depth; the chain "shows the photo" when a file is the
+photo's bytes or decodes (all frames; EXIF orientation and ICC profile applied, as viewers
+do) to an image within PDQ distance `PDQ_THRESHOLD` of the photo's.
+
+Chains are named like `mu>bsdtar>pdftoppm`. Programs that are not installed are left out
+(`available()`); CI installs them all.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import email
+import email.policy
+import hashlib
+import html
+import html.parser
+import io
+import logging
+import mailbox
+import re
+import shutil
+import subprocess
+import tempfile
+import urllib.parse
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import mailparser
+import numpy as np
+from PIL import Image, ImageCms, ImageOps
+
+from mailfilter.hashing.pdq import hamming, pdq_from_luma
+
+PDQ_THRESHOLD = 31
+# What a recipient types when the message says "the password is ...".
+PASSWORD = "photo123"
+MAX_DEPTH = 6
+MAX_FRAMES = 300
+TOOL_TIMEOUT = 30.0
+Image.MAX_IMAGE_PIXELS = 50_000_000
+# mail-parser logs a warning for every content type it does not handle itself.
+logging.getLogger("mailparser").setLevel(logging.ERROR)
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """A payload a reader yields, with the MIME type and charset when the reader says them."""
+
+    data: bytes
+    ctype: str | None = None
+    charset: str | None = None
+
+
+# ----------------------------------------------------------------------------- the photo
+
+
+def _frames(data: bytes) -> Iterator[Image.Image]:
+    """Every view a viewer may draw of `data`: each frame as stored, and each frame with
+    EXIF orientation and the ICC profile applied."""
+    try:
+        im = Image.open(io.BytesIO(data))
+        im.load()
+    except Exception:
+        return
+    icc = im.info.get("icc_profile")
+    for i in range(MAX_FRAMES):
+        try:
+            im.seek(i)
+            frame = _eight_bit(im).convert("RGB")
+        except Exception:
+            return
+        yield frame
+        if i == 0:
+            with contextlib.suppress(Exception):
+                turned = ImageOps.exif_transpose(im)
+                if turned is not None:
+                    yield turned.convert("RGB")
+        if icc:
+            with contextlib.suppress(Exception):
+                src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+                managed = ImageCms.profileToProfile(frame, src, ImageCms.createProfile("sRGB"))
+                if managed is not None:
+                    yield managed
+
+
+def _eight_bit(im: Image.Image) -> Image.Image:
+    """16- and 32-bit grey as a viewer scales it (PIL's convert clips it instead)."""
+    if im.mode.startswith("I"):
+        arr = np.asarray(im, np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        return Image.fromarray(np.clip(arr / top * 255.0, 0, 255).astype(np.uint8), "L")
+    return im
+
+
+def pdq_of(frame: Image.Image) -> str:
+    return pdq_from_luma(np.asarray(frame.convert("L"), np.float32)).hash
+
+
+@dataclass(frozen=True)
+class Target:
+    data: bytes
+    pdq: str
+
+    @classmethod
+    def of(cls, data: bytes) -> Target:
+        first = next(_frames(data))
+        return cls(data, pdq_of(first))
+
+
+_image_cache: dict[tuple[str, str], bool] = {}
+
+
+def shows(target: Target, data: bytes) -> bool:
+    if data == target.data:
+        return True
+    key = (target.pdq, hashlib.sha256(data).hexdigest())
+    if key not in _image_cache:
+        _image_cache[key] = any(hamming(pdq_of(f), target.pdq) <= PDQ_THRESHOLD
+                                for f in _frames(data))
+    return _image_cache[key]
+
+
+# ----------------------------------------------------------------------------- tools
+
+
+def available(program: str) -> bool:
+    return shutil.which(program) is not None
+
+
+def seven_zip() -> str | None:
+    for name in ("7z", "7zz"):
+        if available(name):
+            return name
+    return None
+
+
+def _run(args: list[str], *, stdin: bytes | None = None, cwd: Path | None = None) -> bytes:
+    """Run a reader; its exit status is ignored (many exit non-zero yet write files)."""
+    try:
+        # A session of its own: no controlling terminal to prompt on (bsdtar asks for
+        # passphrases on /dev/tty).
+        proc = subprocess.run(args, input=stdin if stdin is not None else b"", cwd=cwd,
+                              capture_output=True, timeout=TOOL_TIMEOUT, check=False,
+                              start_new_session=True)
+    except subprocess.TimeoutExpired:
+        return b""
+    return proc.stdout
+
+
+def _files_under(d: Path) -> list[bytes]:
+    return [p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file() and not p.is_symlink()]
+
+
+@contextlib.contextmanager
+def _workdir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="mfdiff-ref-") as tmp:
+        yield Path(tmp)
+
+
+# ----------------------------------------------------------------------------- MIME parsers
+
+
+def _python_email(raw: bytes, policy: email.policy.Policy) -> list[Leaf]:
+    msg = email.message_from_bytes(raw, policy=policy)
+    leaves = []
+    for p in msg.walk():
+        if p.is_multipart():
+            continue
+        data = p.get_payload(decode=True)
+        if isinstance(data, bytes):
+            leaves.append(Leaf(data, p.get_content_type(), p.get_content_charset()))
+    return leaves
+
+
+def python_default(raw: bytes) -> list[Leaf]:
+    return _python_email(raw, email.policy.default)
+
+
+def python_compat32(raw: bytes) -> list[Leaf]:
+    return _python_email(raw, email.policy.compat32)
+
+
+def mail_parser(raw: bytes) -> list[Leaf]:
+    parsed = mailparser.parse_from_bytes(raw)
+    leaves = []
+    for a in parsed.attachments:
+        payload = a.get("payload") or ""
+        if a.get("binary"):
+            data = base64.b64decode(payload)
+        else:
+            data = payload.encode("utf-8", "surrogateescape")
+        leaves.append(Leaf(data, a.get("mail_content_type"), a.get("charset")))
+    leaves += [Leaf(t.encode("utf-8", "surrogateescape"), "text/html", "utf-8")
+               for t in parsed.text_html]
+    leaves += [Leaf(t.encode("utf-8", "surrogateescape"), "text/plain", "utf-8")
+               for t in parsed.text_plain]
+    return leaves
+
+
+def _with_file(raw: bytes, fn: Callable[[Path, Path], None]) -> list[Leaf]:
+    with _workdir() as d:
+        src = d / "msg.eml"
+        src.write_bytes(raw)
+        out = d / "out"
+        out.mkdir()
+        fn(src, out)
+        return [Leaf(data) for data in _files_under(out)]
+
+
+def mu(raw: bytes) -> list[Leaf]:
+    def run(src: Path, out: Path) -> None:
+        _run(["mu", "extract", "--save-all", "--overwrite", f"--target-dir={out}", str(src)])
+    return _with_file(raw, run)
+
+
+def ripmime(raw: bytes) -> list[Leaf]:
+    def run(src: Path, out: Path) -> None:
+        _run(["ripmime", "-i", str(src), "-d", str(out)])
+    return _with_file(raw, run)
+
+
+def munpack(raw: bytes) -> list[Leaf]:
+    def run(src: Path, out: Path) -> None:
+        _run(["munpack", "-q", "-t", "-C", str(out), str(src)])
+    return _with_file(raw, run)
+
+
+def reformime(raw: bytes) -> list[Leaf]:
+    """`reformime -i` lists the sections; each leaf section is taken with `-e -s` (the
+    `-x` extraction of maildrop 2.9.3 crashes)."""
+    listing = _run(["reformime", "-i"], stdin=raw).decode("latin-1")
+    leaves = []
+    for block in listing.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        section, ctype = fields.get("section"), fields.get("content-type", "")
+        if not section or ctype.startswith("multipart/"):
+            continue
+        data = _run(["reformime", "-e", "-s", section], stdin=raw)
+        leaves.append(Leaf(data, ctype, fields.get("charset")))
+    return leaves
+
+
+MimeParser = Callable[[bytes], list[Leaf]]
+
+MIME_PARSERS: dict[str, tuple[MimeParser, str | None]] = {
+    "python-default": (python_default, None),
+    "python-compat32": (python_compat32, None),
+    "mail-parser": (mail_parser, None),
+    "mu": (mu, "mu"),
+    "ripmime": (ripmime, "ripmime"),
+    "munpack": (munpack, "munpack"),
+    "reformime": (reformime, "reformime"),
+}
+
+
+def mime_parsers() -> dict[str, MimeParser]:
+    return {name: fn for name, (fn, program) in MIME_PARSERS.items()
+            if program is None or available(program)}
+
+
+def mbox_messages(raw: bytes) -> list[bytes]:
+    """Python's `mailbox.mbox`: a new message at every line starting `From `."""
+    with _workdir() as d:
+        path = d / "box.mbox"
+        path.write_bytes(raw)
+        box = mailbox.mbox(str(path), create=False)
+        try:
+            return [box.get_bytes(key) for key in box.iterkeys()]
+        finally:
+            box.close()
+
+
+# ----------------------------------------------------------------------------- openers
+
+_IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"II*\0", b"MM\0*", b"RIFF",
+                b"\0\0\0\x0cjP", b"\xff\x4f\xff\x51")
+
+
+def _is_image(data: bytes) -> bool:
+    return data.startswith(_IMAGE_MAGIC) or data[4:12] in (b"ftypheic", b"ftypmif1")
+
+
+def _is_pdf(data: bytes) -> bool:
+    return b"%PDF-" in data[:1024]
+
+
+def _texty(data: bytes) -> bool:
+    head = data[:4096]
+    if not head:
+        return True
+    printable = sum(32 <= b < 127 or b in (9, 10, 13) for b in head)
+    return printable / len(head) > 0.95
+
+
+def _archive_candidate(data: bytes) -> bool:
+    return len(data) > 64 and not _is_image(data) and not _is_pdf(data) and not _texty(data)
+
+
+def open_bsdtar(data: bytes) -> list[bytes]:
+    with _workdir() as d:
+        (d / "in").write_bytes(data)
+        (d / "x").mkdir()
+        _run(["bsdtar", "--passphrase", PASSWORD, "-xf", str(d / "in"), "-C", str(d / "x")])
+        return _files_under(d / "x")
+
+
+def open_bsdtar_stream(data: bytes) -> list[bytes]:
+    """libarchive's streaming reader (reading a pipe): local zip headers, not the central
+    directory."""
+    with _workdir() as d:
+        _run(["bsdtar", "--passphrase", PASSWORD, "-xf", "-", "-C", str(d)], stdin=data)
+        return _files_under(d)
+
+
+def open_7z(data: bytes) -> list[bytes]:
+    program = seven_zip()
+    assert program is not None
+    with _workdir() as d:
+        (d / "in").write_bytes(data)
+        (d / "x").mkdir()
+        # The password the constructions' messages tell the recipient (never a prompt).
+        _run([program, "x", "-y", "-bd", f"-p{PASSWORD}", f"-o{d / 'x'}", str(d / "in")])
+        return _files_under(d / "x")
+
+
+def open_tnef(data: bytes) -> list[bytes]:
+    with _workdir() as d:
+        (d / "in").write_bytes(data)
+        (d / "x").mkdir()
+        _run(["tnef", "--save-body", "--body-pref=ALL", "-C", str(d / "x"), "-f", str(d / "in")])
+        return _files_under(d / "x")
+
+
+def _is_openpgp(data: bytes) -> bool:
+    if b"-----BEGIN PGP MESSAGE-----" in data[:65536]:
+        return True
+    if not data or not data[0] & 0x80:
+        return False
+    tag = (data[0] & 0x3F) if data[0] & 0x40 else (data[0] >> 2) & 0x0F
+    return tag in (8, 11)  # compressed data, literal data
+
+
+def open_gpg(data: bytes) -> list[bytes]:
+    with _workdir() as d:
+        (d / "in").write_bytes(data)
+        (d / "home").mkdir(mode=0o700)
+        _run(["gpg", "--batch", "--homedir", str(d / "home"), "--pinentry-mode", "loopback",
+              "--passphrase", "", "--yes", "--decrypt", "-o", str(d / "out"), str(d / "in")])
+        return [(d / "out").read_bytes()] if (d / "out").exists() else []
+
+
+def open_pdftoppm(data: bytes) -> list[bytes]:
+    """Pages rendered at 72 dpi: one pixel per point (the constructions' pages are
+    photo-sized); PPM, as PNG compression would cost more than the rendering."""
+    with _workdir() as d:
+        (d / "in.pdf").write_bytes(data)
+        (d / "x").mkdir()
+        for password in ([], ["-upw", PASSWORD]):
+            _run(["pdftoppm", "-r", "72", "-l", "40", *password, str(d / "in.pdf"),
+                  str(d / "x" / "p")])
+            pages = _files_under(d / "x")
+            if pages:
+                return pages
+        return []
+
+
+def open_pdfdetach(data: bytes) -> list[bytes]:
+    with _workdir() as d:
+        (d / "in.pdf").write_bytes(data)
+        (d / "x").mkdir()
+        _run(["pdfdetach", "-saveall", "-o", str(d / "x"), str(d / "in.pdf")])
+        return _files_under(d / "x")
+
+
+def _is_cms_signed(data: bytes) -> bool:
+    return data[:1] == b"\x30" and b"\x06\x09\x2a\x86\x48\x86\xf7\x0d\x01\x07\x02" in data[:64]
+
+
+def open_openssl_cms(data: bytes) -> list[bytes]:
+    """The signed content of an opaque S/MIME signature (not verified: a recipient's
+    client shows it with a warning)."""
+    with _workdir() as d:
+        (d / "in").write_bytes(data)
+        _run(["openssl", "cms", "-verify", "-noverify", "-inform", "DER", "-in", str(d / "in"),
+              "-out", str(d / "out")])
+        return [(d / "out").read_bytes()] if (d / "out").exists() else []
+
+
+def open_cabextract(data: bytes) -> list[bytes]:
+    with _workdir() as d:
+        (d / "in.cab").write_bytes(data)
+        (d / "x").mkdir()
+        _run(["cabextract", "-q", "-d", str(d / "x"), str(d / "in.cab")])
+        return _files_under(d / "x")
+
+
+def _is_cpio(data: bytes) -> bool:
+    return data[:6] in (b"070701", b"070702", b"070707") or data[:2] in (b"\xc7\x71", b"\x71\xc7")
+
+
+def open_cpio(data: bytes) -> list[bytes]:
+    with _workdir() as d:
+        _run(["cpio", "-idm", "--quiet", "--no-absolute-filenames"], stdin=data, cwd=d)
+        return _files_under(d)
+
+
+# Published formats with no program installed: decoders written to the format's text.
+
+_WS = " \t\n\r\f"
+
+
+def forgiving_base64(text: str) -> bytes | None:
+    """WHATWG forgiving-base64 decode."""
+    text = re.sub(f"[{_WS}]", "", text)
+    if len(text) % 4 == 0 and text.endswith("="):
+        text = text[:-2] if text.endswith("==") else text[:-1]
+    if len(text) % 4 == 1 or re.search(r"[^A-Za-z0-9+/]", text):
+        return None
+    return base64.b64decode(text + "=" * (-len(text) % 4))
+
+
+def data_url_body(url: str) -> bytes | None:
+    """WHATWG URL parsing (strip C0/space at the ends, drop tab and newline anywhere), then
+    the data: URL processor (percent-decode the body; `;base64` after the type, spaces
+    allowed before `base64`)."""
+    url = re.sub("[\t\n\r]", "", url.strip("".join(map(chr, range(33)))))
+    if url[:5].lower() != "data:":
+        return None
+    mime, comma, body = url[5:].partition(",")
+    if not comma:
+        return None
+    raw = urllib.parse.unquote_to_bytes(body)
+    mime = mime.strip(_WS)
+    if re.search(r";[ ]*base64$", mime, re.IGNORECASE):
+        return forgiving_base64(raw.decode("latin-1"))
+    return raw
+
+
+class _UrlCollector(html.parser.HTMLParser):
+    """Attribute values (the parser resolves character references, as browsers do) and
+    CSS `url(...)` in style attributes and <style> elements."""
+
+    URL_ATTRS = frozenset({"src", "href", "xlink:href", "srcset", "background", "poster",
+                           "data"})
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.urls: list[str] = []
+        self._in_style = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self._in_style = tag == "style"
+        for name, value in attrs:
+            if value is None:
+                continue
+            if name in self.URL_ATTRS:
+                self.urls.append(value.split(" ")[0] if name == "srcset" else value)
+            elif name == "style":
+                self._css(value)
+
+    handle_startendtag = handle_starttag
+
+    def handle_data(self, data: str) -> None:
+        if self._in_style:
+            self._css(data)
+
+    def _css(self, css: str) -> None:
+        for m in re.finditer(r"url\(\s*(['\"]?)(.*?)\1\s*\)", css, re.DOTALL | re.IGNORECASE):
+            self.urls.append(m.group(2))
+
+
+def _as_text(leaf: Leaf) -> str:
+    data = leaf.data
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return data.decode("utf-16", "replace")
+    for charset in (leaf.charset, "utf-8"):
+        if charset:
+            with contextlib.suppress(LookupError, UnicodeDecodeError):
+                return data.decode(charset)
+    return data.decode("latin-1")
+
+
+def _is_markup(leaf: Leaf) -> bool:
+    if leaf.ctype in ("text/html", "image/svg+xml", "text/xml", "application/xhtml+xml"):
+        return True
+    head = _as_text(Leaf(leaf.data[:8192], None, leaf.charset)).lower()
+    return any(tag in head for tag in ("<html", "<svg", "<img", "<!doctype html", "<body"))
+
+
+def open_html(leaf: Leaf) -> list[bytes]:
+    collector = _UrlCollector()
+    with contextlib.suppress(Exception):
+        collector.feed(_as_text(leaf))
+        collector.close()
+    found = (data_url_body(u) for u in collector.urls)
+    return [b for b in found if b]
+
+
+def _unfold(text: str) -> str:
+    return re.sub(r"\r?\n[ \t]", "", text)
+
+
+def open_vcard(leaf: Leaf) -> list[bytes]:
+    out = []
+    for line in _unfold(_as_text(leaf)).splitlines():
+        name, colon, value = line.partition(":")
+        if not colon or name.split(";")[0].upper() not in ("PHOTO", "LOGO"):
+            continue
+        params = name.upper().split(";")[1:]
+        if value.lower().startswith("data:"):
+            body = data_url_body(value)
+            if body:
+                out.append(body)
+        elif any(p in ("ENCODING=B", "ENCODING=BASE64", "BASE64") for p in params):
+            with contextlib.suppress(binascii.Error):
+                out.append(base64.b64decode(re.sub(r"\s", "", value)))
+    return out
+
+
+def open_rtf_pict(leaf: Leaf) -> list[bytes]:
+    out = []
+    text = leaf.data.decode("latin-1")
+    for m in re.finditer(r"\{\\pict", text):
+        depth, i = 1, m.end()
+        while i < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            i += 1
+        group = text[m.end():i - 1]
+        # Control words first, then the picture as hex digits.
+        body = re.sub(r"\\[a-z]+-?\d* ?", "", group)
+        body = re.sub(r"\{[^}]*\}", "", body)
+        digits = re.sub(r"[^0-9a-fA-F]", "", body)
+        with contextlib.suppress(binascii.Error, ValueError):
+            out.append(binascii.unhexlify(digits[: len(digits) // 2 * 2]))
+    return out
+
+
+def open_flat_odf(leaf: Leaf) -> list[bytes]:
+    out = []
+    for m in re.finditer(rb"<office:binary-data>(.*?)</office:binary-data>", leaf.data, re.DOTALL):
+        with contextlib.suppress(binascii.Error):
+            out.append(base64.b64decode(re.sub(rb"\s", b"", m.group(1))))
+    return out
+
+
+_HQX = b"!\"#$%&'()*+,-012345689@ABCDEFGHIJKLMNPQRSTUVXYZ[`abcdefhijklmpqr"
+_HQX_VALUE = {c: i for i, c in enumerate(_HQX)}
+
+
+def open_binhex(leaf: Leaf) -> list[bytes]:
+    """BinHex 4.0: 6-bit text between colons, run-length 0x90, header, data fork."""
+    text = leaf.data
+    start = text.find(b"(This file must be converted with BinHex")
+    colon = text.find(b":", text.find(b"\n", start))
+    end = text.find(b":", colon + 1)
+    if start < 0 or colon < 0 or end < 0:
+        return []
+    chars = [c for c in text[colon + 1:end] if c not in b"\r\n\t "]
+    bits = "".join(f"{_HQX_VALUE.get(c, 0):06b}" for c in chars)
+    packed = bytes(int(bits[i:i + 8], 2) for i in range(0, len(bits) - 7, 8))
+    out = bytearray()
+    i = 0
+    while i < len(packed):
+        b = packed[i]
+        if b == 0x90 and i + 1 < len(packed):
+            n = packed[i + 1]
+            if n == 0:
+                out.append(0x90)
+            elif out:
+                out.extend(out[-1:] * (n - 1))
+            i += 2
+        else:
+            out.append(b)
+            i += 1
+    if not out:
+        return []
+    n = out[0]
+    pos = 1 + n + 1 + 4 + 4 + 2
+    data_len = int.from_bytes(out[pos:pos + 4], "big")
+    pos += 8 + 2
+    return [bytes(out[pos:pos + data_len])]
+
+
+def _looks_like_message(data: bytes) -> bool:
+    head, sep, _ = data[:65536].partition(b"\n\n")
+    if not sep:
+        head, sep, _ = data[:65536].partition(b"\r\n\r\n")
+    return bool(sep and re.match(rb"[!-9;-~]+:", head)
+                and re.search(rb"(?im)^(content-type|mime-version|from|subject):", head))
+
+
+@dataclass(frozen=True)
+class Opener:
+    name: str
+    applies: Callable[[Leaf], bool]
+    open: Callable[[Leaf], list[bytes]]
+    program: str | None = None
+    typed: bool = False  # reads the leaf's MIME type and charset, not only its bytes
+
+
+def _on_data(fn: Callable[[bytes], list[bytes]]) -> Callable[[Leaf], list[bytes]]:
+    return lambda leaf: fn(leaf.data)
+
+
+OPENERS: tuple[Opener, ...] = (
+    Opener("bsdtar", lambda lf: _archive_candidate(lf.data), _on_data(open_bsdtar), "bsdtar"),
+    Opener("bsdtar-stream", lambda lf: lf.data.startswith(b"PK\x03\x04"),
+           _on_data(open_bsdtar_stream), "bsdtar"),
+    Opener("7z", lambda lf: _archive_candidate(lf.data), _on_data(open_7z), "7z"),
+    Opener("tnef", lambda lf: lf.data.startswith(b"\x78\x9f\x3e\x22"), _on_data(open_tnef),
+           "tnef"),
+    Opener("gpg", lambda lf: _is_openpgp(lf.data), _on_data(open_gpg), "gpg"),
+    Opener("pdftoppm", lambda lf: _is_pdf(lf.data), _on_data(open_pdftoppm), "pdftoppm"),
+    Opener("pdfdetach", lambda lf: _is_pdf(lf.data), _on_data(open_pdfdetach), "pdfdetach"),
+    Opener("openssl-cms", lambda lf: _is_cms_signed(lf.data), _on_data(open_openssl_cms),
+           "openssl"),
+    Opener("cabextract", lambda lf: lf.data.startswith(b"MSCF"), _on_data(open_cabextract),
+           "cabextract"),
+    Opener("cpio", lambda lf: _is_cpio(lf.data), _on_data(open_cpio), "cpio"),
+    Opener("html-data-url", _is_markup, open_html, typed=True),
+    Opener("vcard", lambda lf: lf.data.lstrip()[:11].upper() == b"BEGIN:VCARD", open_vcard),
+    Opener("rtf-pict", lambda lf: lf.data.lstrip().startswith(b"{\\rtf"), open_rtf_pict),
+    Opener("flat-odf", lambda lf: b"<office:binary-data>" in lf.data, open_flat_odf),
+    Opener("binhex", lambda lf: b"(This file must be converted with BinHex" in lf.data,
+           open_binhex),
+)
+
+
+def openers() -> list[Opener]:
+    out = []
+    for o in OPENERS:
+        if o.program == "7z":
+            if seven_zip() is not None:
+                out.append(o)
+        elif o.program is None or available(o.program):
+            out.append(o)
+    return out
+
+
+# ----------------------------------------------------------------------------- chains
+
+
+def chains_showing(raw: bytes, target: Target) -> dict[str, list[str]]:
+    """For each MIME parser, the chains through it that show the photo (empty: none)."""
+    parsers = mime_parsers()
+    active = openers()
+    result: dict[str, list[str]] = {}
+    messages = [("", raw)]
+    if raw.startswith(b"From "):
+        messages = [("python-mailbox>", m) for m in mbox_messages(raw)]
+    for parser_name, parse in parsers.items():
+        found: list[str] = []
+        for prefix, msg in messages:
+            found += _walk(prefix + parser_name, parse, msg, target, active)
+        result[parser_name] = sorted(set(found))
+    return result
+
+
+_opened: dict[tuple[str, str, str | None, str | None], list[bytes]] = {}
+
+
+def _open_cached(opener: Opener, leaf: Leaf, digest: str) -> list[bytes]:
+    """Every parser yields the same attachment: open it once per opener."""
+    key = (opener.name, digest, leaf.ctype, leaf.charset) if opener.typed else (
+        opener.name, digest, None, None)
+    if key not in _opened:
+        _opened[key] = opener.open(leaf)
+    return _opened[key]
+
+
+def _walk(chain0: str, parse: MimeParser, raw: bytes, target: Target,
+          active: list[Opener]) -> list[str]:
+    found: list[str] = []
+    seen: set[str] = set()
+    try:
+        first = parse(raw)
+    except Exception:
+        return found
+    queue: list[tuple[str, Leaf, int]] = [(chain0, leaf, 0) for leaf in first]
+    while queue:
+        chain, leaf, depth = queue.pop(0)
+        digest = hashlib.sha256(leaf.data).hexdigest()
+        if digest in seen:
+            continue
+        seen.add(digest)
+        if shows(target, leaf.data):
+            found.append(chain)
+            continue
+        if depth >= MAX_DEPTH:
+            continue
+        if _looks_like_message(leaf.data):
+            # A message saved from a message: opened in the same mail reader.
+            with contextlib.suppress(Exception):
+                queue += [(chain + ">eml", child, depth + 1) for child in parse(leaf.data)]
+        for opener in active:
+            try:
+                if not opener.applies(leaf):
+                    continue
+                children = _open_cached(opener, leaf, digest)
+            except Exception:
+                continue
+            queue += [(f"{chain}>{opener.name}", Leaf(c), depth + 1) for c in children]
+    return found
