@@ -250,6 +250,8 @@ def decompress(data: bytes, kind: str, cap: int) -> tuple[bytes | None, str]:
         with libarchive.memory_reader(
             data, format_name="raw", filter_name=STREAM_FILTERS[kind]
         ) as archive:
+            if not archive.filter_names:  # the filter declined: raw would hand back the input
+                return b"", f"not a {STREAM_FILTERS[kind]} stream"
             for entry in archive:
                 for block in entry.get_blocks(_BLOCK):
                     parts.append(block)

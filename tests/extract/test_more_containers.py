@@ -196,6 +196,13 @@ def test_compressed_single_file_and_bomb(tmp_path: Path, ext: str) -> None:
     assert reasons(ex) == {"max-expansion-ratio"}
 
 
+@pytest.mark.parametrize("head", [b"\x04\x22\x4d\x18", b"\x02\x21\x4c\x18", b"LZIP\x01\x0c",
+                                  b"\x28\xb5\x2f\xfd"])
+def test_stream_that_only_looks_compressed_is_corrupt(head: bytes) -> None:
+    ex = attached(head + b"\x00" * 60, "x.bin")  # never handed back undecoded, to recurse on
+    assert {(u.mime_path, u.reason) for u in ex.unscannable} == {("2/x.bin", "corrupt-archive")}
+
+
 # --- 7z through libarchive (py7zr where libarchive lacks a method) ------------------------
 
 
