@@ -300,7 +300,10 @@ def _bodies(ctx: Context, node: PayloadNode, props: dict[int, tuple[int, bytes]]
                 ctx.skip(path, reason, f"compressed RTF declares {declared} bytes, read {cap}")
             bodies.append(("body.rtf", "text/rtf", rtf))
     if PR_HTML in props:
-        bodies.append(("body.html", "text/html", props[PR_HTML][1]))
+        ptype, html = props[PR_HTML]
+        if ptype == PT_UNICODE:  # PR_BODY_HTML_W: hand the text scan UTF-8
+            html = html.decode("utf-16-le", "replace").encode("utf-8")
+        bodies.append(("body.html", "text/html", html))
     for name, ctype, data in bodies:
         path = member_path(node.path, name)
         if not data or not ctx.count_member(node.path) or not ctx.fits(path, len(data)):

@@ -508,6 +508,18 @@ def _tnef_children(data: bytes, limits: ExtractSettings = LIMITS) -> list[tuple[
     return [(c.filename or "", c.content_type or "", c.data) for c in children]
 
 
+def test_tnef_html_body_with_a_data_uri() -> None:
+    import base64
+
+    html = b'<html><body><img src="data:image/jpeg;base64,' + base64.b64encode(PHOTO) + b'">'
+    prop = struct.pack("<HHII", 0x0102, 0x1013, 1, len(html)) + html + b"\x00" * (-len(html) % 4)
+    data = (struct.pack("<IH", 0x223E9F78, 1)
+            + ec.tnef_attr(1, 0x00069003, struct.pack("<I", 1) + prop))
+    assert _tnef_children(data) == [("body.html", "text/html", html)]
+    ex = attached(data, "winmail.dat", ctype="application/ms-tnef")
+    assert len(photos(ex)) == 1
+
+
 def test_tnef_rtf_bomb_stays_within_the_budget() -> None:
     # back references of 17 bytes for 2 (a control byte per 8): a declared 100 MB body
     refs = bytearray()
