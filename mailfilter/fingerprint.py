@@ -8,6 +8,7 @@ the worker pool; nothing here does I/O.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +19,7 @@ from mailfilter.errors import SkipImage
 from mailfilter.hashing.exact import exact_hashes
 from mailfilter.hashing.gridhist import gridhist_dihedral, gridhist_from_luma
 from mailfilter.hashing.pdq import pdq_from_luma
-from mailfilter.images import decode
+from mailfilter.images import FRAMES_PAST_LIMIT, decode
 from mailfilter.model import FrameFingerprint, ImageFingerprint
 from mailfilter.settings import ImageSettings, Settings
 
@@ -26,6 +27,13 @@ PREVIEW_SHORT_SIDE = 160
 """gridhist area-averages to 32 x 32 and border detection looks at row and column
 statistics: neither needs the >= 512 px that PDQ's agreement with the reference does, so
 they run on a copy box-reduced to about this short side (5-10x cheaper on a 1 MP frame)."""
+
+
+#: Frames are fingerprinted until this share of `images.deadline` has passed since the task
+#: began (the frame walk in `decode` stops at half of it); the frames left are reported
+#: (`frames-past-limit`), so a long animation never runs into the deadline, which would
+#: lose the fingerprints of every frame.
+FINGERPRINT_BUDGET_SHARE = 0.85
 
 
 def _preview(luma: np.ndarray) -> tuple[np.ndarray, int]:
@@ -75,6 +83,7 @@ def fingerprint_image(data: bytes, params: FingerprintParams) -> ImageFingerprin
     the frame has near-uniform borders) trimmed. Never raises for bad image data. An image
     examined only in part (frames past the limit, truncated) has the fingerprints of that
     part and its `incomplete` reason."""
+    started = time.monotonic()
     exact = exact_hashes(data)
     try:
         decoded = decode(data, params.images)
@@ -84,7 +93,15 @@ def fingerprint_image(data: bytes, params: FingerprintParams) -> ImageFingerprin
     min_dimension = params.images.min_dimension
     small = min(decoded.width, decoded.height) < min_dimension
     frames: list[FrameFingerprint] = []
+    incomplete, detail = decoded.incomplete, decoded.detail
+    budget = params.images.deadline * FINGERPRINT_BUDGET_SHARE
     for index, luma in enumerate(decoded.frames):
+        if index and time.monotonic() - started > budget:
+            incomplete = incomplete or FRAMES_PAST_LIMIT
+            detail = "; ".join(filter(None, (
+                detail, f"fingerprinted {index} of {len(decoded.frames)} distinct frames in "
+                        f"the time budget of {budget:g}s")))
+            break
         # Pages of a TIFF or HEIF have sizes of their own: a thumbnail first page must not
         # make a full-size later page "too small".
         too_small = (min(decoded.frame_sizes[index]) < min_dimension
@@ -109,6 +126,6 @@ def fingerprint_image(data: bytes, params: FingerprintParams) -> ImageFingerprin
         image_format=decoded.image_format,
         frames=tuple(frames),
         frame_count=decoded.frame_count,
-        incomplete=decoded.incomplete,
-        detail=decoded.detail,
+        incomplete=incomplete,
+        detail=detail,
     )

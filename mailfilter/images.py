@@ -528,6 +528,10 @@ def _check_jpeg_memory(im: Image.Image) -> None:
 # Multi-frame files walk their frames within this share of `deadline`; the rest of it is
 # left for fingerprinting the frames kept (and the first frame's decode, which comes first).
 _FRAME_BUDGET_SHARE = 0.5
+# The frames kept by one decode (as stored and colour-managed) hold at most this many bytes
+# (a frame of the working size is 1-16 MB): past it the walk stops (frames-past-limit), far
+# below the worker memory limit.
+_MAX_KEPT_BYTES = 256 << 20
 # Formats whose frames share one canvas: when it is under `min_dimension`, no frame can
 # give a perceptual hash, so the frames are not walked. (TIFF and HEIF pages have sizes of
 # their own.)
@@ -580,6 +584,10 @@ class _Frames:
     managed: list[Luma]
     managed_sizes: list[tuple[int, int]]
 
+    @property
+    def nbytes(self) -> int:
+        return sum(f.nbytes for f in self.stored) + sum(f.nbytes for f in self.managed)
+
     def keep(self, im: Image.Image, luma: Luma) -> None:
         w, h = im.size
         size = (h, w) if self.orientation >= 5 else (w, h)
@@ -628,6 +636,10 @@ def _walk_frames(im: Image.Image, frames: _Frames, frame_count: int | None,
         scene = _scene(luma)
         if not _same_scene(scene, last):
             if len(frames.stored) < limits.max_frames:
+                if frames.nbytes + luma.nbytes * (2 if frames.managed else 1) > _MAX_KEPT_BYTES:
+                    return index, FRAMES_PAST_LIMIT, (
+                        f"examined {index} of {total} frames: the frames kept reached "
+                        f"{_MAX_KEPT_BYTES >> 20} MiB")
                 frames.keep(im, luma)
                 kept.append(scene)
                 last = scene

@@ -233,7 +233,7 @@ class MatchSettings(_Section):
 class ImageSettings(_Section):
     max_pixels: Count = Field(default=100_000_000, ge=1)
     max_bytes: Size = 50 * 1000**2
-    max_frames: int = Field(default=16, ge=1, le=10_000)
+    max_frames: int = Field(default=64, ge=1, le=10_000)
     deadline: Duration = 10.0
     trim_borders: bool = True
     min_dimension: int = Field(default=50, ge=1)

@@ -115,20 +115,21 @@ def test_the_photo_after_many_frames_of_one_scene_is_matched(fmt: str) -> None:
 
 @pytest.mark.parametrize("fmt", ANIMATED)
 def test_the_photo_past_the_frame_cap_is_never_clean(fmt: str) -> None:
-    """The photo as the 17th distinct frame: past `max_frames` (16) it is not fingerprinted,
-    and the image says so; the frames examined are fingerprinted and still match."""
+    """The photo as the 17th distinct frame: past `max_frames` (16 here) it is not
+    fingerprinted, and the image says so; the frames examined are fingerprinted and still
+    match."""
     photo = photo_like(PHOTO_SEED, 160, 120)
     frames = distinct(16)
     data = animation([*frames, photo], fmt)
-    fp = fingerprint_image(data, PARAMS)
+    fp = fingerprint_image(data, params(max_frames=16))
     assert fp.incomplete == "frames-past-limit"
     assert "examined 16 of 17 frames" in fp.detail
     assert len({f.frame for f in fp.frames}) == 16
     assert verdict(fp, reference_pdq(photo)) is Verdict.UNSCANNABLE
     # a match on a frame that was examined is a match
     assert verdict(fp, reference_pdq(frames[3])) is Verdict.MATCH
-    # with a higher cap the photo is found
-    more = fingerprint_image(data, params(max_frames=32))
+    # with the default cap (64) the photo is found
+    more = fingerprint_image(data, PARAMS)
     assert more.incomplete is None
     assert verdict(more, reference_pdq(photo)) is Verdict.MATCH
 
@@ -149,6 +150,20 @@ def test_a_picture_dropped_into_a_corner_is_a_new_scene() -> None:
     inset.paste(photo_like(PHOTO_SEED, 60, 60), (330, 230))
     decoded = decode(animation([canvas, canvas, inset], "GIF"), ImageSettings())
     assert len(decoded.frames) == 2
+
+
+def test_fingerprinting_stops_within_the_deadline_and_says_so(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The frames kept are fingerprinted within a share of the deadline: the rest are
+    reported, never lost to the deadline (which would lose every frame's fingerprint)."""
+    from mailfilter import fingerprint
+
+    data = animation(distinct(6), "TIFF")
+    monkeypatch.setattr(fingerprint, "FINGERPRINT_BUDGET_SHARE", 0.0)
+    fp = fingerprint_image(data, PARAMS)
+    assert fp.incomplete == "frames-past-limit"
+    assert "fingerprinted 1 of 6 distinct frames" in fp.detail
+    assert fp.primary is not None and fp.primary.pdq is not None
 
 
 def test_frame_budget_stops_the_walk_and_says_so() -> None:
@@ -362,8 +377,9 @@ def scanner() -> Iterator[Scanner]:
         IndexEntry("known", "pdq", reference_pdq(photo), ()),
         IndexEntry("known", "md5", hashlib.md5(text).hexdigest(), ()),
     ])
+    settings = SETTINGS.model_copy(update={"images": ImageSettings(max_frames=16)})
     with WorkerPool(processes=1, memory_limit=1024**3) as pool:
-        yield Scanner(SETTINGS, pool, lambda: index)
+        yield Scanner(settings, pool, lambda: index)
 
 
 def scan(scanner: Scanner, *attachments: tuple[str, str, bytes]) -> ScanResult:
