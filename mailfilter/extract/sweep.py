@@ -310,17 +310,20 @@ def after_failed_container(ctx: Context, node: PayloadNode, since: int) -> Itera
 
 
 def _runs_of(
-    pattern: re.Pattern[bytes], table: bytes, seed: bytes, data: bytes, start: int, end: int
+    pattern: re.Pattern[bytes], table: bytes, seed: bytes, data: bytes, start: int, end: int,
+    limit: int | None = None,
 ) -> Iterator[re.Match[bytes]]:
-    """Matches of `pattern` in data[start:end], each tried only where a token of the
-    characters `table` maps to "A"/"H" and `seed` (a row of those) begins."""
+    """Matches of `pattern` starting in data[start:end] (and going on up to `limit`, by
+    default `end`), each tried only where a token of the characters `table` maps to "A"/"H"
+    and `seed` (a row of those) begins."""
+    limit = end if limit is None else limit
     mapped = data[start:end].translate(table)
     other = b"."
     pos = 0
     while (i := mapped.find(seed, pos)) >= 0:
         j = mapped.rfind(other, pos, i)
         token = j + 1 if j >= 0 else pos
-        m = pattern.match(data, start + token, end)
+        m = pattern.match(data, start + token, limit)
         if m is None:
             nxt = mapped.find(other, i)
             pos = len(mapped) if nxt < 0 else nxt
@@ -329,9 +332,12 @@ def _runs_of(
         yield m
 
 
-def _long_runs(data: bytes, start: int, end: int) -> Iterator[tuple[int, int]]:
-    """Spans of base64 runs of at least MIN_RUN characters in data[start:end]."""
-    for m in _runs_of(B64_RUN, _B64_MAP, b"A" * 16, data, start, end):
+def _long_runs(
+    data: bytes, start: int, end: int, limit: int | None = None
+) -> Iterator[tuple[int, int]]:
+    """Spans of base64 runs of at least MIN_RUN characters starting in data[start:end]
+    (and going on up to `limit`, by default `end`)."""
+    for m in _runs_of(B64_RUN, _B64_MAP, b"A" * 16, data, start, end, limit):
         if m.end() - m.start() >= MIN_RUN and _run_chars(data, m.start(), m.end()) >= MIN_RUN:
             yield m.start(), m.end()
 
@@ -373,12 +379,10 @@ def base64_runs(
 ) -> Iterator[PayloadNode]:
     """Runs of base64 in data[start:end] that decode to an image, a container or text with
     something hidden in it. `skip`: sorted, merged spans already looked at (a run wholly
-    inside one is left alone). `extend`: a run reaching `end` goes on past it."""
+    inside one is left alone). `extend`: a run that starts before `end` may go on past it
+    (into what the walk decoded: the part before it alone would be cut off)."""
     end = len(data) if end is None else end
-    for s, e in list(_long_runs(data, start, end)):
-        if extend and e == end and end < len(data):
-            m = B64_RUN.match(data, s)
-            e = m.end() if m else e
+    for s, e in list(_long_runs(data, start, end, len(data) if extend else end)):
         if skip and _inside(skip, s, e):
             continue
         if not ctx.fits(kids.node.path, (e - s) * 3 // 4 + 3):
@@ -560,7 +564,7 @@ def raw_message(ctx: Context) -> Iterator[Node]:
     node = PayloadNode(SWEEP, (), raw, None, SWEEP)
     kids = _RawChildren(ctx, node)
     for start, end in uncovered(covered, len(raw)):
-        if end - start >= MIN_RUN:
+        if end - start >= MIN_RUN or end < len(raw):  # (a short gap's run may go on)
             yield from base64_runs(ctx, kids, raw, start, end, covered, extend=True)
         if raw.find(b"begin", start, end) >= 0:
             yield from uuencoded(ctx, kids, raw, start, end)

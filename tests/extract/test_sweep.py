@@ -378,3 +378,13 @@ def test_what_a_text_scan_found_is_not_handed_on_again_by_the_raw_sweep() -> Non
     raw = raw.replace(b"This is a multi-part message in MIME format.\n", preamble)
     ex = walk(raw)
     assert paths_of(ex, PHOTO) == ["preamble/b64-1/in.jpg"]
+
+
+def test_a_run_that_starts_in_the_headers_and_goes_on_into_the_body() -> None:
+    # The first line of base64 is a header's value, the lines after it (no colon, no
+    # indentation) end the header block: the walk reads them as a body from the 2nd line.
+    lines = ec.b64(PHOTO).decode().splitlines()
+    raw = (f"From: a@example.org\nSubject: x\nX-Data: {lines[0]}\n" + "\n".join(lines[1:])
+           + "\n").encode()
+    ex = walk(raw)
+    assert paths_of(ex, PHOTO) == ["sweep/b64-1"]
