@@ -9,7 +9,8 @@ images is rendered where they are drawn: each group of placements that touch or 
 (a tiled photo is one group) as the union of their visible boxes, and, in a group of
 several, each placement on its own (a photo laid over a background). A visible box is the
 image's box on the page, cut to its clip paths (their bounding boxes: text clips are not
-seen) and to the page's visible area.
+seen) and to the page's visible area. Annotations are flattened into the page first, so
+the images their appearances draw (stamps, form fields) are found the same way.
 
 Bounds, per document: `pdf_render_max_pages` pages that draw images, regions of at most
 `pdf_render_max_side` pixels on the long side (never finer than the images' own pixels),
@@ -240,6 +241,22 @@ def _density(obj: Any, image_to_page: Matrix) -> float:
     return dens if math.isfinite(dens) and dens > 0 else 1.0
 
 
+def _load_flattened(doc: Any, index: int) -> Any:
+    """Page `index`, with its annotations' appearances (stamps, form fields, any kind that a
+    viewer draws, an image among them) merged into its content, so that the images they
+    draw are found and measured like the page's own."""
+    import pypdfium2.raw as pdfium_c
+
+    page = doc[index]
+    if pdfium_c.FPDFPage_GetAnnotCount(page.raw) <= 0:
+        return page
+    flattened = pdfium_c.FPDFPage_Flatten(page.raw, pdfium_c.FLAT_NORMALDISPLAY)
+    if flattened != pdfium_c.FLATTEN_SUCCESS:
+        return page  # nothing to flatten, or it failed: annotations are still drawn
+    page.close()  # PDFium's handles to the page are stale after flattening
+    return doc[index]
+
+
 def _annotated(page: Any) -> bool:
     import pypdfium2.raw as pdfium_c
 
@@ -345,7 +362,7 @@ def _render_document(ctx: Context, node: PayloadNode, doc: Any, plain: frozenset
             stop(index, f"deadline of {limits.pdf_render_deadline:g} s")
             return
         try:
-            page = doc[index]
+            page = _load_flattened(doc, index)
         except Exception as exc:
             ctx.defect(member_path(node.path, f"page-{index + 1}"),
                        f"pdf-page-unreadable:{type(exc).__name__}")
@@ -360,9 +377,10 @@ def _render_document(ctx: Context, node: PayloadNode, doc: Any, plain: frozenset
             except _OutOfTime as exc:
                 stop(index, str(exc))
                 return
+            annotated = _annotated(page)
             if not found.images:
                 continue
-            _mark_redundant(found, plain, _annotated(page))
+            _mark_redundant(found, plain, annotated)
             boxes = _regions(found.images)
             if not boxes:
                 continue
