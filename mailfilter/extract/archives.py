@@ -166,11 +166,19 @@ class _LocalHeader:
         return bool(self.flags & 0x08) and not self.compress_size
 
 
+# Methods of the zip specification (APPNOTE 4.4.5) and WinZip AES (99): a local header
+# signature followed by anything else is taken for chance bytes, not an entry.
+_KNOWN_ZIP_METHODS = frozenset({0, 1, 2, 3, 4, 5, 6, 8, 9, 10, 12, 14, 18, 19, 93, 94, 95, 96,
+                                97, 98, 99})
+
+
 def _local_header(data: bytes, offset: int) -> _LocalHeader | None:
     if offset < 0 or offset + 30 > len(data) or data[offset : offset + 4] != b"PK\x03\x04":
         return None
     header = _LocalHeader(data, offset)
-    return header if header.data_start <= len(data) else None
+    plausible = (header.method in _KNOWN_ZIP_METHODS and data[offset + 4] <= 63
+                 and header.name.strip() != "")
+    return header if plausible and header.data_start <= len(data) else None
 
 
 def _inflate_stream(
@@ -405,7 +413,10 @@ def _unlisted_members(
         return
     if entries:
         ctx.defect(node.path, "zip-without-directory" if no_directory else "zip-unlisted-entry")
-    if truncated:
+    if truncated and not no_directory:
+        # beside a readable directory, an unreadable stray header is what unzip tools skip too
+        ctx.defect(node.path, "zip-unlisted-entry-unreadable")
+    elif truncated:
         ctx.skip(node.path, core.CORRUPT_ARCHIVE, f"{truncated} zip entries cut short or corrupt")
     if encrypted:
         detail = f"{encrypted} zip entries outside the directory need a password"

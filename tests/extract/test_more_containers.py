@@ -310,6 +310,16 @@ def test_zip_entry_missing_from_the_directory(method: int) -> None:
     assert ex.unscannable == ()
 
 
+def test_stray_local_headers_beside_a_directory_are_not_unscannable() -> None:
+    junk = b"PK\x03\x04" + bytes(range(26))  # chance bytes: method 0x0706
+    stray = struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, 8, 0, 0, 0, 999_999, 999_999, 5, 0)
+    z = junk + stray + b"x.jpg" + b"\x01\x02" + ec.zip_bytes({"photo.jpg": PHOTO})
+    ex = attached(z, "x.zip")
+    assert photos(ex) == ["2/x.zip/photo.jpg"]
+    assert ex.unscannable == ()
+    assert any(d.startswith("zip-unlisted-entry-unreadable") for d in ex.defects)
+
+
 class _Unseekable(io.RawIOBase):
     def __init__(self) -> None:
         self.data = bytearray()
