@@ -120,6 +120,12 @@ class Children:
         self._seen.add(data)
         return True
 
+    def fragment(self, data: bytes) -> bool:
+        """Whether `data` is the start of a payload handed on already (one reading of a
+        text cut short by a character reference that another reading decoded whole)."""
+        head = data[: max(16, len(data) - 3)]  # the last group may decode differently
+        return any(len(p) > len(data) and p.startswith(head) for p in self._seen)
+
     def make(self, name: str, data: bytes, ctype: str | None, filename: str | None) -> PayloadNode:
         self.ctx.charge(len(data))
         self._seen.add(data)
@@ -390,7 +396,7 @@ def base64_runs(
         decoded, kind = decode_run(data[s:e])
         if len(decoded) < 16 or (kind is None and not has_hidden(decoded, False)):
             continue
-        if not kids.novel(decoded):
+        if not kids.novel(decoded) or kids.fragment(decoded):
             continue
         if not kids.open():
             return

@@ -36,10 +36,10 @@ _RTF_MARKERS = (b"{\\rtf", b"\\pict", b"\\objdata")
 # Browsers drop tabs and line breaks anywhere in a URL (and decode character references in
 # attributes first): the loose reading of a text does both.
 _URL_IGNORED = b"\t\r\n"
-# "data:" with tabs or line breaks inside the scheme or before the comma.
+# "data:" with tabs or line breaks inside the scheme or between it and the comma.
 _SPLIT_URI = re.compile(
-    rb"d[\t\r\n]*a[\t\r\n]*t[\t\r\n]*a[\t\r\n]*:[^,]{0,300}?[\t\r\n]"
-    rb"|d[\t\r\n]*a[\t\r\n]*t[\t\r\n]*a[\t\r\n]*[\t\r\n]:",
+    rb"d(?:[\t\r\n]+a[\t\r\n]*t[\t\r\n]*a[\t\r\n]*:|a(?:[\t\r\n]+t[\t\r\n]*a[\t\r\n]*:"
+    rb"|t(?:[\t\r\n]+a[\t\r\n]*:|a(?:[\t\r\n]+:|:[^,]{0,300}?[\t\r\n]))))",
     re.I,
 )
 # A data: URI body shorter than this holds no picture worth matching.
@@ -49,9 +49,10 @@ _MIN_URI_BODY = 16
 def scan(ctx: Context, node: PayloadNode) -> Iterator[Node]:
     data = node.data
     kids = Children(ctx, node)
-    yield from _text(ctx, kids, data, whole=True)
+    # Other readings first: what they find whole, the raw bytes may hold cut short.
     for reading in _readings(data):
         yield from _text(ctx, kids, reading, whole=False)
+    yield from _text(ctx, kids, data, whole=True)
     ctype = node.content_type or ""
     if not ctype.startswith("text/") and data.lstrip()[:5] != b"{\\rtf":
         # Unknown binary: what is glued inside it (offset 0 was sniffed by the walk).
@@ -116,12 +117,12 @@ def _text(ctx: Context, kids: Children, data: bytes, whole: bool) -> Iterator[Pa
         for child in sweep.uuencoded(ctx, kids, data, spans=spans):
             found = True
             yield child
-    if uri_marker:
-        for child in _data_uris(ctx, kids, data, spans):
+    if loose_marker and loose is not None:  # first, for the same reason as readings
+        for child in _data_uris(ctx, kids, loose, None):
             found = True
             yield child
-    if loose_marker and loose is not None:
-        for child in _data_uris(ctx, kids, loose, None):
+    if uri_marker:
+        for child in _data_uris(ctx, kids, data, spans):
             found = True
             yield child
     if hqx_marker:
@@ -176,7 +177,7 @@ def _data_uris(
             or sniff.container_type(decoded)
         ):
             continue
-        if not kids.novel(decoded):
+        if not kids.novel(decoded) or kids.fragment(decoded):
             continue
         if not kids.open():
             return
