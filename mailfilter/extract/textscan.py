@@ -36,12 +36,9 @@ _RTF_MARKERS = (b"{\\rtf", b"\\pict", b"\\objdata")
 # Browsers drop tabs and line breaks anywhere in a URL (and decode character references in
 # attributes first): the loose reading of a text does both.
 _URL_IGNORED = b"\t\r\n"
-# "data:" with tabs or line breaks inside the scheme or between it and the comma.
-_SPLIT_URI = re.compile(
-    rb"d(?:[\t\r\n]+a[\t\r\n]*t[\t\r\n]*a[\t\r\n]*:|a(?:[\t\r\n]+t[\t\r\n]*a[\t\r\n]*:"
-    rb"|t(?:[\t\r\n]+a[\t\r\n]*:|a(?:[\t\r\n]+:|:[^,]{0,300}?[\t\r\n]))))",
-    re.I,
-)
+# Line breaks or tabs between "data:" and its comma (searched in a lower-cased copy, so the
+# engine can skip to each "data:" quickly; a case-insensitive pattern costs 100 ms per MB).
+_WS_AFTER_SCHEME = re.compile(rb"data:[^,]{0,300}?[\t\r\n]")
 # A data: URI body shorter than this holds no picture worth matching.
 _MIN_URI_BODY = 16
 
@@ -90,13 +87,24 @@ def _loose(data: bytes) -> bytes | None:
     """The text with character references decoded and tabs and line breaks dropped, when
     it has character references or a `data:` URI broken by tabs or line breaks (None
     otherwise)."""
-    if b"&" not in data and _SPLIT_URI.search(data) is None:
+    if b"&" not in data and not _split_uri(data):
         return None
     loose = data
     if b"&" in loose:
         loose = html.unescape(loose.decode("latin-1")).encode("utf-8", "replace")
     loose = loose.translate(None, _URL_IGNORED)
     return None if loose == data else loose
+
+
+def _split_uri(data: bytes) -> bool:
+    """Whether a `data:` URI has tabs or line breaks inside its scheme (joining the lines
+    makes more "data:") or between the scheme and its comma."""
+    if not any(c in data for c in (b"\t", b"\r", b"\n")):
+        return False
+    low = data.lower()
+    if low.translate(None, _URL_IGNORED).count(b"data:") > low.count(b"data:"):
+        return True
+    return _WS_AFTER_SCHEME.search(low) is not None
 
 
 def _text(ctx: Context, kids: Children, data: bytes, whole: bool) -> Iterator[PayloadNode]:
