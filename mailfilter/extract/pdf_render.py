@@ -45,13 +45,17 @@ Matrix = tuple[float, float, float, float, float, float]  # a b c d e f, as in P
 _IDENTITY: Matrix = (1.0, 0.0, 0.0, 1.0, 0.0, 0.0)
 # Form XObjects nest at most this deep for us (PDFium's own default is 15).
 _MAX_FORM_DEPTH = 12
-# Page objects looked at per document: a page of a million paths is not walked to the end.
-_MAX_OBJECTS = 200_000
+# Page objects looked at per document (a few microseconds each): a page of millions of
+# paths is not walked to the end.
+_MAX_OBJECTS = 2_000_000
 # Image placements considered per page; grouping them is quadratic.
 _MAX_PLACEMENTS = 2_000
 # Other page objects remembered per page (to see what is painted over an image); past
 # this, every image on the page is rendered.
 _MAX_OTHERS = 5_000
+# Pages drawing an image larger than this (its own pixels) are not rendered there: the
+# decode stage's own default limit (images.max_pixels).
+_MAX_IMAGE_PIXELS = 100_000_000
 # A region smaller than this (pixels, short side) carries too little to fingerprint.
 _MIN_REGION_SIDE = 32
 # In a group of several placements, at most this many (the largest) are also rendered alone.
@@ -72,6 +76,7 @@ class _Placement:
     seq: int  # painting order on the page
     obj: Any  # the PDFium image object
     whole: bool  # drawn whole: no clip or page edge cuts it, no transparency of its own
+    pixels: int  # the image's own size (width x height)
     redundant: bool = False  # shown exactly as a stored image already passed on
 
 
@@ -150,54 +155,89 @@ def _clip_box(raw: Any, pdfium_c: Any) -> Box | None:
     return box
 
 
+def _children(page: Any, form: Any, pdfium_c: Any) -> Iterator[Any]:
+    """Raw handles of the objects of a page (form None) or of a form object, in painting
+    order; cheap, unlike wrapping each one (a page of text has thousands)."""
+    if form is None:
+        count = pdfium_c.FPDFPage_CountObjects(page.raw)
+        for i in range(max(0, count)):
+            yield pdfium_c.FPDFPage_GetObject(page.raw, i)
+    else:
+        count = pdfium_c.FPDFFormObj_CountObjects(form)
+        for i in range(max(0, count)):
+            yield pdfium_c.FPDFFormObj_GetObject(form, i)
+
+
+def _bounds(raw: Any, pdfium_c: Any) -> Box | None:
+    left, bottom, right, top = (ctypes.c_float() for _ in range(4))
+    if not pdfium_c.FPDFPageObj_GetBounds(raw, left, bottom, right, top):
+        return None
+    return left.value, bottom.value, right.value, top.value
+
+
+def _matrix(raw: Any, pdfium_c: Any) -> Matrix | None:
+    m = pdfium_c.FS_MATRIX()
+    if not pdfium_c.FPDFPageObj_GetMatrix(raw, m):
+        return None
+    return m.a, m.b, m.c, m.d, m.e, m.f
+
+
 def _page_objects(page: Any, page_box: Box, budget: list[int], deadline: float
                   ) -> _PageObjects:
     """Where the page draws images (visible boxes in page space, forms followed) and what
-    else it draws, in painting order."""
+    else it paints after the first image, in painting order."""
+    import pypdfium2 as pdfium
     import pypdfium2.raw as pdfium_c
 
+    image_kind, form_kind = pdfium_c.FPDF_PAGEOBJ_IMAGE, pdfium_c.FPDF_PAGEOBJ_FORM
     result = _PageObjects([], [])
     stack: list[tuple[Iterator[Any], Matrix, Box | None, int]] = [
-        (page.get_objects(max_depth=1), _IDENTITY, page_box, 0)]
+        (_children(page, None, pdfium_c), _IDENTITY, page_box, 0)]
     seq = 0
     while stack:
         objects, to_page, clip, depth = stack[-1]
-        obj = next(objects, None)
-        if obj is None:
+        raw = next(objects, None)
+        if raw is None:
             stack.pop()
+            continue
+        if not raw:
             continue
         seq += 1
         budget[0] -= 1
-        if budget[0] < 0 or (budget[0] & 255 == 0 and time.monotonic() > deadline):
+        if budget[0] < 0 or (budget[0] & 1023 == 0 and time.monotonic() > deadline):
             raise _OutOfTime("page objects past the limit or the deadline")
-        kind = obj.type
-        if kind not in (pdfium_c.FPDF_PAGEOBJ_IMAGE, pdfium_c.FPDF_PAGEOBJ_FORM):
-            if len(result.others) < _MAX_OTHERS:
-                x0, y0, x1, y1 = (float(v) for v in obj.get_bounds())
-                other = _intersect(clip, _transform(to_page, (x0, y0, x1, y1)))
+        kind = pdfium_c.FPDFPageObj_GetType(raw)
+        if kind not in (image_kind, form_kind):
+            # Only what is painted after an image can change how it shows.
+            if result.images and len(result.others) < _MAX_OTHERS:
+                bounds = _bounds(raw, pdfium_c)
+                other = _intersect(clip, _transform(to_page, bounds)) if bounds else None
                 if other is not None:
                     result.others.append((seq, other))
             continue
-        own_clip = _clip_box(obj.raw, pdfium_c)
+        own_clip = _clip_box(raw, pdfium_c)
         visible = _intersect(clip, _transform(to_page, own_clip) if own_clip else None)
-        if visible is None:
+        matrix = _matrix(raw, pdfium_c)
+        if visible is None or matrix is None:
             continue
-        a, b, c, d, e, f = (float(v) for v in obj.get_matrix().get())
-        matrix: Matrix = (a, b, c, d, e, f)
-        if kind == pdfium_c.FPDF_PAGEOBJ_FORM:
+        if kind == form_kind:
             if depth < _MAX_FORM_DEPTH:
-                stack.append((page.get_objects(max_depth=1, form=obj), _concat(matrix, to_page),
-                              visible, depth + 1))
+                stack.append((_children(page, raw, pdfium_c), _concat(matrix, to_page), visible,
+                              depth + 1))
             continue
-        x0, y0, x1, y1 = (float(v) for v in obj.get_bounds())
-        drawn = _transform(to_page, (x0, y0, x1, y1))
+        bounds = _bounds(raw, pdfium_c)
+        if bounds is None:
+            continue
+        drawn = _transform(to_page, bounds)
         box = _intersect(visible, drawn)
         if box is None or not _finite(box) or box[2] - box[0] < 1 or box[3] - box[1] < 1:
             continue
         whole = (all(abs(u - v) < 0.5 for u, v in zip(box, drawn, strict=True))
-                 and not pdfium_c.FPDFPageObj_HasTransparency(obj.raw))
-        result.images.append(_Placement(box, _density(obj, _concat(matrix, to_page)),
-                                        _bilevel(obj), seq, obj, whole))
+                 and not pdfium_c.FPDFPageObj_HasTransparency(raw))
+        image = pdfium.PdfObject(raw, page=page, pdf=page.pdf, level=depth)
+        width, height = _px_size(image)
+        result.images.append(_Placement(box, _density(width, height, _concat(matrix, to_page)),
+                                        _bilevel(image), seq, image, whole, width * height))
         if len(result.images) >= _MAX_PLACEMENTS:
             raise _OutOfTime(f"more than {_MAX_PLACEMENTS} images drawn on a page")
     return result
@@ -229,11 +269,17 @@ def _overlap(a: Box, b: Box) -> bool:
     return min(a[2], b[2]) - max(a[0], b[0]) > 0.5 and min(a[3], b[3]) - max(a[1], b[1]) > 0.5
 
 
-def _density(obj: Any, image_to_page: Matrix) -> float:
-    """Image pixels per point on the page, along the finer of the image's two axes."""
+def _px_size(obj: Any) -> tuple[int, int]:
     try:
         width, height = obj.get_px_size()
+        return max(0, int(width)), max(0, int(height))
     except Exception:
+        return 0, 0
+
+
+def _density(width: int, height: int, image_to_page: Matrix) -> float:
+    """Image pixels per point on the page, along the finer of the image's two axes."""
+    if width <= 0 or height <= 0:
         return 1.0
     a, b, c, d, _, _ = image_to_page
     across, down = math.hypot(a, b), math.hypot(c, d)
@@ -381,6 +427,13 @@ def _render_document(ctx: Context, node: PayloadNode, doc: Any, plain: frozenset
             if not found.images:
                 continue
             _mark_redundant(found, plain, annotated)
+            huge = [p for p in found.images if p.pixels > _MAX_IMAGE_PIXELS and not p.redundant]
+            if huge:
+                # PDFium would decode each at full size to draw it: a memory and time bomb.
+                ctx.skip(member_path(node.path, f"page-{index + 1}"), core.PAGES_PAST_LIMIT,
+                         f"{len(huge)} image(s) of more than {_MAX_IMAGE_PIXELS} pixels "
+                         "not rendered")
+                found.images = [p for p in found.images if p.pixels <= _MAX_IMAGE_PIXELS]
             boxes = _regions(found.images)
             if not boxes:
                 continue

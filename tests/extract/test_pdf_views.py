@@ -653,3 +653,14 @@ def test_an_annotation_that_inverts_a_plain_negative_is_matched(tmp_path: Path) 
     ex = attached(pdf)
     assert "2/d.pdf/page-1-region-1.png" in region_paths(ex)
     assert matched(ex)
+
+
+def test_an_image_too_large_to_render_is_reported() -> None:
+    """An image declaring 20000 x 20000 pixels (400 MP) with /Decode (so not plain): PDFium
+    would decode it whole to draw it; it is left out of the rendering and reported."""
+    body = ec.pdf_stream(
+        "/Type /XObject /Subtype /Image /Width 20000 /Height 20000 /ColorSpace /DeviceGray "
+        "/BitsPerComponent 8 /Decode [1 0] /Filter /FlateDecode", zlib.compress(b"\0" * 4096))
+    ex = attached(Doc(draw("Im1", X0, Y0, W, H), {"Im1": body}).bytes())
+    assert ("2/d.pdf/page-1", "pages-past-limit") in reasons(ex)
+    assert region_paths(ex) == []
