@@ -1,5 +1,5 @@
 """Containers read through libarchive (libarchive-c over the system's libarchive13): ISO 9660,
-CAB, cpio and xar archives, the compress (.Z), lzip, lz4 and zstd streams, and 7z first.
+CAB, cpio and xar archives, the compress (.Z), lzip, lz4, zstd and .lzma streams, and 7z first.
 
 Which reader for which format, and why (measured 2026-12 on a shared 2-core machine, so
 times are rough: 24 JPEGs and 8 text files, 1.8 MB, median of 3 runs; peak Python memory by
@@ -14,7 +14,8 @@ tracemalloc, RSS growth by ru_maxrss, data kept in memory by both readers):
     rar (m0)  rarfile                13    0.3     0.0    |             19    0.2     0.2
     zip bomb  (200 MB of zeros, reads stopped at 10 MB)  122 ms    |  128 ms
 
-- ISO 9660, CAB, cpio, xar, compress, lzip, lz4: libarchive is the only reader we have.
+- ISO 9660, CAB, cpio, xar, compress, lzip, lz4: libarchive is the only reader we have (and
+  for .lzma, which the lzma module reads too, it keeps all the single-stream filters alike).
 - zstd: libarchive (no zstd module in the standard library before 3.14).
 - 7z: libarchive, 1.6x faster than py7zr with a tenth of the memory, and it tells encrypted
   members and encrypted headers apart from damage; py7zr stays as the fallback for methods
@@ -66,6 +67,7 @@ STREAM_FILTERS = {
     sniff.LZIP: "lzip",
     sniff.LZ4: "lz4",
     sniff.ZSTD: "zstd",
+    sniff.LZMA: "lzma",
 }
 
 _BLOCK = 1 << 16
@@ -76,6 +78,7 @@ _STRIP = {
     sniff.LZIP: ((".tlz", ".tar"), (".lz", "")),
     sniff.LZ4: ((".tlz4", ".tar"), (".lz4", "")),
     sniff.ZSTD: ((".tzst", ".tar"), (".zstd", ""), (".zst", "")),
+    sniff.LZMA: ((".tlz", ".tar"), (".lzma", "")),
 }
 
 

@@ -31,6 +31,7 @@ XAR = "application/x-xar"
 COMPRESS = "application/x-compress"
 LZIP = "application/x-lzip"
 LZ4 = "application/x-lz4"
+LZMA = "application/x-lzma"
 OPENPGP = "application/pgp-encrypted"
 
 def image_type(data: bytes) -> str | None:
@@ -93,6 +94,8 @@ def _more_containers(data: bytes) -> str | None:
         return LZIP
     if head.startswith((b"\x04\x22\x4d\x18", b"\x02\x21\x4c\x18")):  # frame, legacy
         return LZ4
+    if _is_lzma_alone(head):
+        return LZMA
     if any(data[at : at + 5] == b"CD001" for at in (0x8001, 0x8801, 0x9001)):
         return ISO9660
     if _is_cpio(data):
@@ -100,6 +103,18 @@ def _more_containers(data: bytes) -> str | None:
     if _is_openpgp(data):
         return OPENPGP
     return None
+
+
+def _is_lzma_alone(head: bytes) -> bool:
+    """The .lzma (LZMA_Alone) header has no magic: properties byte 0x5D (what lzma and xz
+    write), a power-of-two dictionary of 64 KiB to 256 MiB, and a size that is unknown (all
+    ones) or below 1 TiB."""
+    if len(head) < 13 or head[0] != 0x5D:
+        return False
+    dictionary = int.from_bytes(head[1:5], "little")
+    size = int.from_bytes(head[5:13], "little")
+    return (1 << 16 <= dictionary <= 1 << 28 and dictionary & (dictionary - 1) == 0
+            and (size == (1 << 64) - 1 or size < 1 << 40))
 
 
 _CPIO_ASCII = {b"070707": (76, 8), b"070701": (110, 16), b"070702": (110, 16)}
@@ -267,6 +282,7 @@ _DECLARED_CONTAINERS = {
     "application/x-compress": COMPRESS,
     "application/x-lzip": LZIP,
     "application/x-lz4": LZ4,
+    "application/x-lzma": LZMA,
     "application/zstd": ZSTD,
     "application/x-zstd": ZSTD,
     "application/pgp": OPENPGP,
@@ -282,6 +298,7 @@ _CONTAINER_EXTENSIONS = {
     "eml": MESSAGE, "mht": MESSAGE, "mhtml": MESSAGE,
     "iso": ISO9660, "cab": CAB, "cpio": CPIO, "xar": XAR, "pkg": XAR, "z": COMPRESS,
     "taz": COMPRESS, "lz": LZIP, "tlz": LZIP, "lz4": LZ4, "zst": ZSTD, "tzst": ZSTD,
+    "lzma": LZMA,
     "gpg": OPENPGP, "pgp": OPENPGP,
 }
 

@@ -167,6 +167,7 @@ _PACKERS = {
     "lz": (["lzip", "-c"], "application/x-lzip"),
     "lz4": (["lz4", "-q", "-c"], "application/x-lz4"),
     "zst": (["zstd", "-q", "-c"], "application/zstd"),
+    "lzma": (["xz", "--format=lzma", "-c"], "application/x-lzma"),
 }
 
 
@@ -563,6 +564,7 @@ def test_tnef_rtf_bomb_stays_within_the_budget() -> None:
         (b"\x1f\x9d\x90" + b"\x00" * 40, "application/x-compress"),
         (b"LZIP\x01\x0c" + b"\x00" * 40, "application/x-lzip"),
         (b"\x04\x22\x4d\x18" + b"\x00" * 40, "application/x-lz4"),
+        (b"\x5d\x00\x00\x80\x00" + b"\xff" * 8 + b"\x00" * 40, "application/x-lzma"),
         (b"-----BEGIN PGP MESSAGE-----\n\nabc\n", "application/pgp-encrypted"),
     ],
 )
