@@ -174,10 +174,10 @@ def read_members(
         ) as archive:
             for entry in archive:
                 seen += 1
+                if not entry.isreg:  # directories, links, devices: no data of their own
+                    continue
                 if not ctx.count_member(node.path):
                     break
-                if not entry.isreg:
-                    continue
                 name = _name(entry)
                 path = member_path(node.path, name)
                 if _is_encrypted(entry):

@@ -347,6 +347,13 @@ def test_streamed_zip_without_a_directory(method: int) -> None:
     assert any(d.startswith("zip-without-directory") for d in ex.defects)
 
 
+def test_unlisted_encrypted_entry_is_reported() -> None:
+    z = ec.encrypted_flag_zip({"open.jpg": PHOTO, "locked.jpg": b"x" * 100}, only={"locked.jpg"})
+    ex = attached(_drop_from_directory(z, 1), "x.zip")
+    assert photos(ex) == ["2/x.zip/open.jpg"]
+    assert reasons(ex) == {"encrypted-archive"}
+
+
 def test_unlisted_zip_bomb_is_reported() -> None:
     z = ec.zip_bytes({"a.jpg": PHOTO, "zeros.bin": b"\x00" * 30_000_000})
     ex = attached(_drop_from_directory(z, 1), "x.zip")
