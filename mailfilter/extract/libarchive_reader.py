@@ -72,6 +72,10 @@ STREAM_FILTERS = {
 
 _BLOCK = 1 << 16
 
+# Entries without data (directories, links) do not count as members, but walking them costs
+# time too: at most this many per member allowed.
+_ENTRIES_PER_MEMBER = 10
+
 # What a compressed stream's file name loses (and becomes) once it is decompressed.
 _STRIP = {
     sniff.COMPRESS: ((".taz", ".tar"), (".tz", ".tar"), (".z", "")),
@@ -174,6 +178,10 @@ def read_members(
         ) as archive:
             for entry in archive:
                 seen += 1
+                if seen > _ENTRIES_PER_MEMBER * ctx.limits.max_archive_members + 100:
+                    detail = f"more than {seen - 1} entries (directories, links...)"
+                    ctx.skip(node.path, core.MAX_ARCHIVE_MEMBERS, detail)
+                    break
                 if not entry.isreg:  # directories, links, devices: no data of their own
                     continue
                 if not ctx.count_member(node.path):
