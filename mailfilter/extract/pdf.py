@@ -398,7 +398,9 @@ def images(ctx: Context, node: PayloadNode, quiet: bool = False) -> Iterator[Nod
                 stored.reader = reader
                 _stored(ctx, node, stored)
     yield from stored.found
-    pageless = reader is not None and _page_count(reader) == 0
+    # Nothing to show: no page, or not one object in the file (a stub, or a cut-off file).
+    pageless = reader is not None and (
+        _page_count(reader) == 0 or _OBJ_HEADER.search(node.data) is None)
     yield from _rendered(ctx, node, fail, stored_error, frozenset(stored.plain), pageless)
 
 
@@ -412,7 +414,8 @@ def _page_count(reader: Any) -> int | None:
 def _rendered(ctx: Context, node: PayloadNode, fail: Fail, stored_error: str | None,
               plain: frozenset[bytes], pageless: bool) -> Iterator[Node]:
     """The rendered regions. A file PDFium cannot open is corrupt, unless pypdf read it and
-    found no page in it (PDFium refuses those; there is nothing to show)."""
+    found no page (or no object at all) in it: PDFium refuses those, and there is nothing
+    to show."""
     if ctx.limits.pdf_render_max_pages == 0:
         if stored_error is not None:
             fail(core.CORRUPT_ARCHIVE, stored_error)

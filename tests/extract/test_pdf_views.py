@@ -664,3 +664,11 @@ def test_an_image_too_large_to_render_is_reported() -> None:
     ex = attached(Doc(draw("Im1", X0, Y0, W, H), {"Im1": body}).bytes())
     assert ("2/d.pdf/page-1", "pages-past-limit") in reasons(ex)
     assert region_paths(ex) == []
+
+
+def test_a_pdf_stub_without_objects_is_a_defect() -> None:
+    """A file cut down to its header and trailer (seen in real test fixtures) shows nothing:
+    PDFium refuses it, and that is not worth an unscannable verdict."""
+    ex = attached(b"%PDF-1.4\nstartxref\n53610\n%%EOF\n")
+    assert ex.unscannable == ()
+    assert "pdf-without-pages at 2/d.pdf" in ex.defects
