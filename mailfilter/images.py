@@ -31,6 +31,9 @@
   frames"), with the fingerprints of the frames kept. A frame whose image is under
   `min_dimension` on a shared canvas (GIF, APNG, WebP, AVIF) gives no perceptual hash at all,
   so such files are not walked.
+- Icons (ICO): every entry of at least `min_dimension` is examined like a frame (a viewer
+  shows the entry that fits; the largest may be a decoy). HEIF/AVIF: the sizes claimed in
+  `ispe` boxes are checked against `max_pixels` before libheif sees the file.
 - Errors: only `SkipImage` leaves `decode`. A single image that fails to decode is skipped
   ("corrupt", ...), except a truncated one ("truncated"): that is decoded again with Pillow's
   LOAD_TRUNCATED_IMAGES (the rows that decoded, the rest filled with one colour, which the
@@ -118,9 +121,12 @@ class DecodedImage:
 
 # --- sniffing ----------------------------------------------------------------------------
 
-# Formats the decoder may hand to Pillow; other images (ICO, JPEG 2000, JPEG XL, PSD) are
-# recognised by `mailfilter.magic` but refused here as unsupported.
-_DECODABLE = frozenset({"JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "HEIF", "AVIF"})
+# Formats the decoder may hand to Pillow; other images (JPEG XL, PSD) are recognised by
+# `mailfilter.magic` but refused here as unsupported. ICO: browsers and viewers show icons,
+# and each entry of an icon is a picture of its own (walked like frames). JPEG 2000: when
+# Pillow was built with OpenJPEG (macOS Preview and some PDF readers show it).
+_DECODABLE = frozenset({"JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "HEIF", "AVIF", "ICO",
+                        "JPEG2000"})
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -156,6 +162,8 @@ def _pillow_format(fmt: str) -> str:
         if _heif_available() and "AVIF" in Image.OPEN:
             return "AVIF"
         raise SkipImage("unsupported-format", "AVIF: this Pillow build cannot decode AVIF")
+    if fmt == "JPEG2000" and not features.check("jpg_2000"):
+        raise SkipImage("unsupported-format", "JPEG 2000: this Pillow build has no OpenJPEG")
     if fmt == "HEIF":
         if _heif_available():
             return "HEIF"
@@ -433,17 +441,23 @@ def _scene(luma: Luma) -> _Scene:
 
 
 def _same_scene(a: _Scene, b: _Scene) -> bool:
-    if a.shape != b.shape:
+    # Frames of another size but the same shape are compared too (the entries of an icon,
+    # pages at two resolutions), by their means only: detail within a cell, and so its
+    # standard deviation, depends on the resolution.
+    (ha, wa), (hb, wb) = a.shape, b.shape
+    if abs(ha * wb - hb * wa) > 0.02 * ha * wb:
         return False
+    texture = a.shape == b.shape
     if a.spread < _SCENE_FLAT or b.spread < _SCENE_FLAT:
         return bool(np.abs(a.mean - b.mean).max() <= _SCENE_LEVELS
-                    and np.abs(a.std - b.std).max() <= _SCENE_LEVELS)
+                    and (not texture or np.abs(a.std - b.std).max() <= _SCENE_LEVELS))
     if max(a.spread, b.spread) > _SCENE_SPREAD_RATIO * min(a.spread, b.spread):
         return False
     za = (a.mean - a.mean.mean()) / a.spread
     zb = (b.mean - b.mean.mean()) / b.spread
     return bool(np.abs(za - zb).max() <= _SCENE_Z
-                and np.abs(a.std / a.spread - b.std / b.spread).max() <= _SCENE_Z)
+                and (not texture or np.abs(a.std / a.spread - b.std / b.spread).max()
+                     <= _SCENE_Z))
 
 
 def _orient(luma: Luma, orientation: int) -> Luma:
@@ -651,11 +665,62 @@ def _walk_frames(im: Image.Image, frames: _Frames, frame_count: int | None,
     return index, None, ""
 
 
+def _walk_icon(im: Image.Image, frames: _Frames, limits: ImageSettings,
+               start: float) -> tuple[int, str | None, str]:
+    """The other entries of an icon (Pillow loads the largest): each a picture of its own,
+    kept when it is a new scene and at least `min_dimension` (a smaller one cannot have a
+    perceptual hash). Returns (entries examined, incomplete reason or None, detail)."""
+    ico = getattr(im, "ico", None)
+    if ico is None:
+        return 1, None, ""
+    sizes = sorted((s for s in ico.sizes() if s != im.size), key=lambda s: -s[0] * s[1])
+    total = len(sizes) + 1
+    kept = [_scene(frames.stored[0])]
+    for index, size in enumerate(sizes, start=1):
+        if min(size) < limits.min_dimension:
+            continue
+        if time.monotonic() - start > limits.deadline * _FRAME_BUDGET_SHARE:
+            return index, FRAMES_PAST_LIMIT, f"examined {index} of {total} icon entries"
+        try:
+            _check_pixels(size, limits, f"icon entry {index}")
+            entry = ico.getimage(size)
+            entry.load()
+            luma = _orient(_frame_luma(entry, frames.target), frames.orientation)
+        except MemoryError:
+            raise
+        except Exception as exc:
+            skip = exc if isinstance(exc, SkipImage) else _classify(exc)
+            return index, skip.reason, f"icon entry {size[0]}x{size[1]}: {skip.detail}"
+        scene = _scene(luma)
+        if any(_same_scene(scene, k) for k in kept):
+            continue
+        if len(frames.stored) >= limits.max_frames:
+            return index, FRAMES_PAST_LIMIT, (
+                f"examined {index} of {total} icon entries: more than {limits.max_frames} "
+                "distinct ones")
+        frames.keep(entry, luma)
+        kept.append(scene)
+    return total, None, ""
+
+
+def _check_heif_extents(data: bytes, limits: ImageSettings) -> None:
+    """HEIF/AVIF: every image's size is in an `ispe` box (among the first few KB); libheif
+    reads such boxes before Pillow sees a size, so a claimed size over the limit is refused
+    here, before the file reaches it."""
+    at = data.find(b"ispe", 0, 65536)
+    while at >= 4 and at + 16 <= len(data):
+        width, height = int.from_bytes(data[at + 8:at + 12]), int.from_bytes(data[at + 12:at + 16])
+        _check_pixels((max(width, 1), max(height, 1)), limits)
+        at = data.find(b"ispe", at + 4, 65536)
+
+
 def _decode(data: bytes, fmt: str, limits: ImageSettings, start: float, target: int,
             truncated: bool = False) -> DecodedImage:
     """`truncated`: the second attempt at a truncated image: its first frame as far as it
     decodes, nothing more."""
     plugin = _pillow_format(fmt)
+    if fmt in ("HEIF", "AVIF"):
+        _check_heif_extents(data, limits)
     with Image.open(io.BytesIO(data), formats=[plugin]) as im:
         _check_pixels(im.size, limits)
         width, height = im.size
@@ -678,7 +743,11 @@ def _decode(data: bytes, fmt: str, limits: ImageSettings, start: float, target: 
         # are not frames.
         frame_count = 1 if fmt == "JPEG" or truncated else _frame_count(im)
         examined, incomplete, detail = 1, None, ""
-        if frame_count != 1 and not (
+        if fmt == "ICO" and not truncated:
+            examined, incomplete, detail = _walk_icon(im, frames, limits, start)
+            icon = getattr(im, "ico", None)  # (IcoImageFile's directory)
+            frame_count = len(icon.sizes()) if icon is not None else 1
+        elif frame_count != 1 and not (
             fmt in _CANVAS_FORMATS and min(width, height) < limits.min_dimension
         ):
             examined, incomplete, detail = _walk_frames(im, frames, frame_count, limits, start)

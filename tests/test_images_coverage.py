@@ -279,6 +279,45 @@ def test_heic_in_a_worker_process() -> None:
     assert verdict(fp, reference_pdq(photo)) is Verdict.MATCH
 
 
+def test_a_heif_claiming_a_huge_size_is_refused_before_decoding() -> None:
+    """Only the boxes a size check reads (ftyp, ispe): the claimed size is the reason."""
+    ftyp = struct.pack(">I", 24) + b"ftypheic" + struct.pack(">I", 0) + b"mif1heic"
+    ispe = struct.pack(">I", 20) + b"ispe" + b"\x00" * 4 + struct.pack(">II", 65535, 65535)
+    assert fingerprint_image(ftyp + ispe, PARAMS).skipped == "too-many-pixels"
+
+
+# --- more formats viewers show -----------------------------------------------------------
+
+
+def test_every_entry_of_an_icon_is_examined() -> None:
+    """An icon whose largest entry is a decoy and a smaller one the photo: a viewer picks
+    the entry that fits, so every entry at least min_dimension is fingerprinted."""
+    photo = photo_like(PHOTO_SEED, 128, 96)
+    decoy = photo_like(8, 256, 192)
+    buf = io.BytesIO()
+    decoy.save(buf, "ICO", sizes=[(256, 192), (128, 96)], append_images=[photo])
+    fp = fingerprint_image(buf.getvalue(), PARAMS)
+    assert fp.image_format == "ICO" and fp.incomplete is None
+    assert fp.frame_count == 2
+    assert verdict(fp, reference_pdq(photo)) is Verdict.MATCH
+    assert verdict(fp, reference_pdq(decoy)) is Verdict.MATCH
+
+
+def test_an_icon_of_one_picture_in_many_sizes_is_one_scene() -> None:
+    buf = io.BytesIO()
+    photo_like(PHOTO_SEED, 256, 256).save(buf, "ICO", sizes=[(256, 256), (128, 128), (64, 64)])
+    decoded = decode(buf.getvalue(), ImageSettings())
+    assert (decoded.frame_count, len(decoded.frames)) == (3, 1)
+
+
+@pytest.mark.skipif(not features.check("jpg_2000"), reason="this Pillow has no OpenJPEG")
+def test_jpeg_2000_is_decoded_and_matches_the_original() -> None:
+    photo = photo_like(PHOTO_SEED, 320, 240)
+    fp = fingerprint_image(image_bytes(photo, "JPEG2000"), PARAMS)
+    assert fp.image_format == "JPEG2000" and fp.skipped is None
+    assert verdict(fp, reference_pdq(photo)) is Verdict.MATCH
+
+
 # --- ICC profiles ------------------------------------------------------------------------
 
 
