@@ -281,6 +281,16 @@ def contents(ctx: Context, node: PayloadNode, quiet: bool = False) -> Iterator[N
                 break
         except PacketError as exc:
             fail(core.CORRUPT_ARCHIVE, f"OpenPGP: {exc}")
-    if walk.encrypted:
+    if walk.encrypted and not _inside_encrypted(ctx, node.path):
         ctx.skip(node.path, core.ENCRYPTED_MESSAGE, "OpenPGP encrypted data needs a key")
     yield from walk.found
+
+
+def _inside_encrypted(ctx: Context, path: str) -> bool:
+    """Whether an enclosing part is already recorded as encrypted (multipart/encrypted: the
+    MIME walk records it, then hands on its application/octet-stream part)."""
+    return any(
+        u.reason == core.ENCRYPTED_MESSAGE
+        and path.startswith((f"{u.mime_path}.", f"{u.mime_path}/"))
+        for u in ctx.unscannable
+    )
