@@ -291,6 +291,6 @@ def _inside_encrypted(ctx: Context, path: str) -> bool:
     MIME walk records it, then hands on its application/octet-stream part)."""
     return any(
         u.reason == core.ENCRYPTED_MESSAGE
-        and path.startswith((f"{u.mime_path}.", f"{u.mime_path}/"))
+        and (not u.mime_path or path.startswith((f"{u.mime_path}.", f"{u.mime_path}/")))
         for u in ctx.unscannable
     )
