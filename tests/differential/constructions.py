@@ -22,6 +22,7 @@ import struct
 import subprocess
 import tarfile
 import tempfile
+import warnings
 import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Sequence
@@ -84,10 +85,15 @@ def photo() -> bytes:
 
 
 @functools.cache
-def photo_image() -> Image.Image:
+def _decoded_photo() -> Image.Image:
     img = Image.open(io.BytesIO(photo())).convert("RGB")
     img.info = {}  # JFIF details would go into other formats' headers (TIFF: as bad tags)
     return img
+
+
+def photo_image() -> Image.Image:
+    """A fresh copy each time: saving leaves encoder state on an image object."""
+    return _decoded_photo().copy()
 
 
 def decoy(seed: int, width: int = 640, height: int = 480) -> Image.Image:
@@ -108,6 +114,14 @@ def run_tool(args: list[str], cwd: Path | None = None, stdin: bytes | None = Non
     if proc.returncode != 0 and not (args[0] == "compress" and proc.returncode == 2):
         raise RuntimeError(f"{args} failed: {proc.stderr[-500:]!r}")
     return proc.stdout
+
+
+def sevenz() -> str:
+    """7-Zip's command: `7zz` (Debian's 7zip package) or `7z` (p7zip, other systems)."""
+    for name in ("7zz", "7z"):
+        if shutil.which(name):
+            return name
+    raise Unavailable("7-Zip is not installed")
 
 
 def in_tempdir(files: dict[str, bytes], command: list[str], output: str,
@@ -655,7 +669,8 @@ def _zip_variants(variant: str) -> bytes:
 
 @construction("zip-deflate64", "containers")
 def _deflate64() -> bytes:
-    z = in_tempdir(files(), ["7zz", "a", "-tzip", "-mm=Deflate64", "p.zip", "photo.jpg"], "p.zip")
+    z = in_tempdir(files(), [sevenz(), "a", "-tzip", "-mm=Deflate64", "p.zip", "photo.jpg"],
+                   "p.zip")
     return attach(z, "p.zip")
 
 
@@ -707,7 +722,7 @@ def _single_compressed(variant: str) -> bytes:
 @construction("7z", "containers", variants=["lzma2", "copy"])
 def _sevenz(variant: str) -> bytes:
     method = "-m0=lzma2" if variant == "lzma2" else "-m0=copy"
-    return attach(in_tempdir(files(), ["7zz", "a", method, "p.7z", "photo.jpg"], "p.7z"), "p.7z")
+    return attach(in_tempdir(files(), [sevenz(), "a", method, "p.7z", "photo.jpg"], "p.7z"), "p.7z")
 
 
 @construction("iso9660", "containers", variants=["plain", "joliet-rock"])
@@ -902,7 +917,7 @@ def _nested(variant: str) -> bytes:
     if variant == "tgz-in-zip":
         return attach(zip_of({"a.tar.gz": tar_of(files(), "w:gz")}), "a.zip")
     if variant == "zip-in-7z":
-        return attach(in_tempdir({"a.zip": zip_of(files())}, ["7zz", "a", "p.7z", "a.zip"],
+        return attach(in_tempdir({"a.zip": zip_of(files())}, [sevenz(), "a", "p.7z", "a.zip"],
                                  "p.7z"), "p.7z")
     if variant == "cpio-in-iso":
         cpio = in_tempdir(files(), ["cpio", "-o", "--quiet", "-H", "newc"], "-",
@@ -1253,11 +1268,11 @@ def _password(variant: str) -> bytes:
         writer.write(buf)
         return mixed([PASSWORD_TEXT, file_part(buf.getvalue(), "doc.pdf", "application/pdf")])
     if variant == "7z-encrypted-headers":
-        args = ["7zz", "a", f"-p{PASSWORD}", "-mhe=on", "p.7z", "photo.jpg"]
+        args = [sevenz(), "a", f"-p{PASSWORD}", "-mhe=on", "p.7z", "photo.jpg"]
         name = "p.7z"
     else:
         method = "AES256" if variant == "zip-aes" else "ZipCrypto"
-        args = ["7zz", "a", "-tzip", f"-p{PASSWORD}", f"-mem={method}", "p.zip", "photo.jpg"]
+        args = [sevenz(), "a", "-tzip", f"-p{PASSWORD}", f"-mem={method}", "p.zip", "photo.jpg"]
         name = "p.zip"
     return mixed([PASSWORD_TEXT, file_part(in_tempdir(files(), args, name), name)])
 
@@ -1434,3 +1449,138 @@ def _zip_more(variant: str) -> bytes:
         return attach(buf.getvalue(), "p.zip")
     method = zipfile.ZIP_BZIP2 if variant == "bzip2-method" else zipfile.ZIP_LZMA
     return attach(zip_of(files(), method), "p.zip")
+
+
+@construction("truncated-jpeg", "images", variants=["no-eoi", "cut-at-95-percent"])
+def _truncated(variant: str) -> bytes:
+    data = photo()[:-2] if variant == "no-eoi" else photo()[: len(photo()) * 95 // 100]
+    return attach(data, "photo.jpg", "image/jpeg")
+
+
+@construction("structure-more", "encodings",
+              variants=["zip-nested-5-deep", "photo-after-300-parts", "zip-duplicate-name",
+                        "rfc822-quoted-printable"])
+def _structure_more(variant: str) -> bytes:
+    if variant == "zip-nested-5-deep":
+        data = zip_of(files())
+        for level in range(4):
+            data = zip_of({f"level{level}.zip": data})
+        return attach(data, "deep.zip")
+    if variant == "photo-after-300-parts":
+        return mixed([TEXT] * 300 + [photo_part()])
+    if variant == "zip-duplicate-name":
+        buf = io.BytesIO()
+        with warnings.catch_warnings(), zipfile.ZipFile(buf, "w") as z:
+            warnings.simplefilter("ignore", UserWarning)  # "Duplicate name": the point
+            z.writestr("photo.jpg", image_bytes(decoy(80), "JPEG"))
+            z.writestr("photo.jpg", photo())  # extractors overwrite: the last one stays
+        return attach(buf.getvalue(), "p.zip")
+    inner = mixed([TEXT, photo_part()], b"inner-b2")
+    return mixed([TEXT, part(b"message/rfc822", quoted_printable(inner),
+                             cte=b"quoted-printable")])
+
+
+@construction("pdf-drawing-more", "viewer",
+              variants=["contents-array", "type3-glyph", "strips-48"])
+def _pdf_drawing_more(variant: str) -> bytes:
+    img = photo_image()
+    if variant == "contents-array":
+        objects = [
+            b"<</Type/Catalog/Pages 2 0 R>>",
+            b"<</Type/Pages/Kids[3 0 R]/Count 1>>",
+            b"<</Type/Page/Parent 2 0 R/MediaBox[0 0 %d %d]/Resources<</XObject<</Im0 6 0 R>>>>"
+            b"/Contents[4 0 R 5 0 R]>>" % (W, H),
+            stream(b"", b"q %d 0 0 %d 0 0 cm" % (W, H)),
+            stream(b"", b"/Im0 Do Q"),
+            jpeg_xobject(photo()),
+        ]
+        return attach_pdf(pdf(objects))
+    if variant == "type3-glyph":
+        glyph = stream(b"", b"1000 0 d0 q 1000 0 0 1000 0 0 cm /Im0 Do Q")
+        font = (b"<</Type/Font/Subtype/Type3/FontBBox[0 0 1000 1000]/FontMatrix[0.001 0 0 0.001"
+                b" 0 0]/CharProcs<</a 6 0 R>>/Encoding<</Type/Encoding/Differences[97/a]>>"
+                b"/FirstChar 97/LastChar 97/Widths[1000]/Resources<</XObject<</Im0 7 0 R>>>>>>")
+        content = b"BT /F1 1 Tf %d 0 0 %d 0 0 Tm (a) Tj ET" % (W, H)
+        return attach_pdf(_pdf_with(content, [font, glyph, jpeg_xobject(photo())],
+                                    b"/Font<</F1 5 0 R>>"))
+    strips = 48
+    sh = H // strips
+    xobjects: dict[str, bytes] = {}
+    content = b""
+    for r in range(strips):
+        strip = img.crop((0, r * sh, W, (r + 1) * sh))
+        name = f"S{r}"
+        xobjects[name] = jpeg_xobject(image_bytes(strip, "JPEG", quality=92), W, sh)
+        content += b"q %d 0 0 %d 0 %d cm /%s Do Q\n" % (W, sh, H - (r + 1) * sh, name.encode())
+    return attach_pdf(page_pdf(content, xobjects))
+
+
+@construction("html-even-more", "html",
+              variants=["svg-data-uri-nesting", "entity-newlines-in-base64", "all-entities"])
+def _html_even_more(variant: str) -> bytes:
+    if variant == "svg-data-uri-nesting":
+        svg = ('<svg xmlns="http://www.w3.org/2000/svg" width="640" height="480"><image href="'
+               + data_uri() + '" width="640" height="480"/></svg>')
+        outer = "data:image/svg+xml;base64," + base64.b64encode(svg.encode()).decode()
+        return html_message(img_html(outer))
+    enc = base64.b64encode(photo())
+    if variant == "entity-newlines-in-base64":
+        body = b"&#10;".join(_chunks(enc, 64))
+    else:
+        body = b"".join(b"&#%d;" % c for c in enc)
+    return html_message(img_html(data_uri(body=body)))
+
+
+@construction("archive-methods", "containers",
+              variants=["zip-ppmd", "zip-xz", "7z-ppmd", "7z-bzip2", "7z-deflate", "wim"])
+def _archive_methods(variant: str) -> bytes:
+    kind, method = variant.split("-") if "-" in variant else (variant, "")
+    if kind == "wim":
+        return attach(in_tempdir(files(), [sevenz(), "a", "-twim", "p.wim", "photo.jpg"], "p.wim"),
+                      "p.wim")
+    if kind == "zip":
+        name = "p.zip"
+        args = [sevenz(), "a", "-tzip", f"-mm={ {'ppmd': 'PPMd', 'xz': 'XZ'}[method] }", name,
+                "photo.jpg"]
+    else:
+        name = "p.7z"
+        m = {"ppmd": "PPMd", "bzip2": "BZip2", "deflate": "Deflate"}[method]
+        args = [sevenz(), "a", f"-m0={m}", name, "photo.jpg"]
+    return attach(in_tempdir(files(), args, name), name)
+
+
+def ics_with_attachment(data: bytes) -> bytes:
+    prop = fold(b"ATTACH;FMTTYPE=image/jpeg;ENCODING=BASE64;VALUE=BINARY;X-FILENAME=photo.jpg:"
+                + base64.b64encode(data))
+    return (b"BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//test//EN\r\nBEGIN:VEVENT\r\n"
+            b"UID:1@test.example\r\nDTSTART:20261207T100000Z\r\nSUMMARY:Meeting\r\n" + prop
+            + b"\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n")
+
+
+@construction("icalendar-attach", "containers", variants=["attachment", "text-calendar-part"])
+def _ics(variant: str) -> bytes:
+    ics = ics_with_attachment(photo())
+    if variant == "attachment":
+        return attach(ics, "invite.ics", "text/calendar")
+    return mixed([TEXT, part(b"text/calendar; method=REQUEST; charset=utf-8", b64(ics))])
+
+
+@construction("header-more", "headers",
+              variants=["inner-boundary-extends-outer", "outer-boundary-extends-inner",
+                        "boundary-200-chars", "nul-in-header", "html-utf-16be"])
+def _header_more(variant: str) -> bytes:
+    if variant in ("inner-boundary-extends-outer", "outer-boundary-extends-inner"):
+        outer, inner = (b"B", b"B2") if variant == "inner-boundary-extends-outer" else (b"B2", b"B")
+        nested = (b'Content-Type: multipart/mixed; boundary="' + inner + b'"\r\n\r\n'
+                  + multipart_body(inner, [photo_part()]))
+        return message(b'Content-Type: multipart/mixed; boundary="' + outer + b'"\r\n',
+                       multipart_body(outer, [TEXT, nested]))
+    if variant == "boundary-200-chars":
+        b = b"x" * 200
+        return message(b'Content-Type: multipart/mixed; boundary="' + b + b'"\r\n',
+                       _photo_body(b))
+    if variant == "nul-in-header":
+        return message(b"X-Nul: a\0b\r\n" + b'Content-Type: multipart/mixed; boundary="B"\r\n',
+                       _photo_body())
+    html = img_html(data_uri())
+    return html_message(html, "utf-16be")

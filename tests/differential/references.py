@@ -31,6 +31,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from pathlib import Path
 
 import mailparser
 import numpy as np
-from PIL import Image, ImageCms, ImageOps
+from PIL import Image, ImageCms, ImageFile, ImageOps
 
 from mailfilter.hashing.pdq import hamming, pdq_from_luma
 
@@ -65,9 +66,23 @@ class Leaf:
 # ----------------------------------------------------------------------------- the photo
 
 
-def _frames(data: bytes) -> Iterator[Image.Image]:
+_truncated_lock = threading.Lock()
+
+
+def _frames(data: bytes) -> list[Image.Image]:
     """Every view a viewer may draw of `data`: each frame as stored, and each frame with
-    EXIF orientation and the ICC profile applied."""
+    EXIF orientation and the ICC profile applied. A cut-off image is drawn as far as it
+    decodes, as viewers do (Pillow's switch for that is process-wide: set only here)."""
+    with _truncated_lock:
+        saved = ImageFile.LOAD_TRUNCATED_IMAGES
+        ImageFile.LOAD_TRUNCATED_IMAGES = True
+        try:
+            return list(_decoded_frames(data))
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = saved
+
+
+def _decoded_frames(data: bytes) -> Iterator[Image.Image]:
     try:
         im = Image.open(io.BytesIO(data))
         im.load()
@@ -114,7 +129,7 @@ class Target:
 
     @classmethod
     def of(cls, data: bytes) -> Target:
-        first = next(_frames(data))
+        first = _frames(data)[0]
         return cls(data, pdq_of(first))
 
 
@@ -241,11 +256,18 @@ def reformime(raw: bytes) -> list[Leaf]:
     `-x` extraction of maildrop 2.9.3 crashes)."""
     listing = _run(["reformime", "-i"], stdin=raw).decode("latin-1")
     leaves = []
+    seen: set[bytes] = set()
     for block in listing.split("\n\n"):
         fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
         section, ctype = fields.get("section"), fields.get("content-type", "")
         if not section or ctype.startswith("multipart/"):
             continue
+        # Sections with the same bytes give the same leaf: one `reformime -e` each.
+        with contextlib.suppress(KeyError, ValueError):
+            span = raw[int(fields["starting-pos"]):int(fields["ending-pos"])]
+            if span in seen:
+                continue
+            seen.add(span)
         data = _run(["reformime", "-e", "-s", section], stdin=raw)
         leaves.append(Leaf(data, ctype, fields.get("charset")))
     return leaves
@@ -512,10 +534,11 @@ def _unfold(text: str) -> str:
 
 
 def open_vcard(leaf: Leaf) -> list[bytes]:
+    """vCard PHOTO/LOGO and iCalendar ATTACH properties with inline (base64) values."""
     out = []
     for line in _unfold(_as_text(leaf)).splitlines():
         name, colon, value = line.partition(":")
-        if not colon or name.split(";")[0].upper() not in ("PHOTO", "LOGO"):
+        if not colon or name.split(";")[0].upper() not in ("PHOTO", "LOGO", "ATTACH"):
             continue
         params = name.upper().split(";")[1:]
         if value.lower().startswith("data:"):
@@ -630,6 +653,8 @@ OPENERS: tuple[Opener, ...] = (
     Opener("cpio", lambda lf: _is_cpio(lf.data), _on_data(open_cpio), "cpio"),
     Opener("html-data-url", _is_markup, open_html, typed=True),
     Opener("vcard", lambda lf: lf.data.lstrip()[:11].upper() == b"BEGIN:VCARD", open_vcard),
+    Opener("icalendar", lambda lf: lf.data.lstrip()[:15].upper() == b"BEGIN:VCALENDAR",
+           open_vcard),
     Opener("rtf-pict", lambda lf: lf.data.lstrip().startswith(b"{\\rtf"), open_rtf_pict),
     Opener("flat-odf", lambda lf: b"<office:binary-data>" in lf.data, open_flat_odf),
     Opener("binhex", lambda lf: b"(This file must be converted with BinHex" in lf.data,
