@@ -214,7 +214,11 @@ def carved_end(data: bytes, at: int, kind: str) -> int:
     return size
 
 
+_GIF_MAX_STEPS = 1 << 18  # blocks walked to find a GIF's end (then: the rest of the data)
+
+
 def _gif_end(data: bytes, at: int) -> int:
+    steps = 0
     size = len(data)
     pos = at + 13
     if at + 11 > size:
@@ -240,6 +244,9 @@ def _gif_end(data: bytes, at: int) -> int:
             return size
         while pos < size and data[pos]:  # sub-blocks up to the terminator
             pos += data[pos] + 1
+            steps += 1
+            if steps > _GIF_MAX_STEPS:
+                return size
         pos += 1
     return size
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import time
 import zipfile
 
 import extract_corpus as ec
@@ -388,3 +389,27 @@ def test_a_run_that_starts_in_the_headers_and_goes_on_into_the_body() -> None:
            + "\n").encode()
     ex = walk(raw)
     assert paths_of(ex, PHOTO) == ["sweep/b64-1"]
+
+
+# --- hostile input stays linear -------------------------------------------------------------
+
+HOSTILE = {
+    "lines of 15 base64 characters": ec.part("text/plain", (b"A" * 15 + b"\n") * 100_000),
+    "JPEG signatures everywhere": ec.attachment("application/octet-stream",
+                                                b"\xff\xd8\xff\xe0\x00\x10" * 150_000),
+    "RTF hex with a space after every digit": ec.part("text/rtf",
+                                                      b"{\\rtf1{\\pict " + b"0 " * 600_000 + b"}}"),
+    "BinHex markers": ec.part("text/plain",
+                              b"(This file must be converted with BinHex 4.0)\n:!!:\n" * 20_000),
+    "a GIF of one-byte sub-blocks": ec.attachment(
+        "application/octet-stream",
+        b"xx" + b"GIF89a\x01\x00\x01\x00\x00\x00\x00" + b"\x2c" + b"\x00" * 9 + b"\x02"
+        + b"\x01a" * 1_000_000),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_input_is_swept_in_bounded_time(name: str) -> None:
+    started = time.perf_counter()
+    walk(ec.message(HOSTILE[name]), crlf=False)
+    assert time.perf_counter() - started < 3.0
