@@ -49,6 +49,8 @@ _OBJ_HEADER = re.compile(rb"(?<![0-9])([0-9]{1,10})[\x00\t\n\x0c\r ]+([0-9]{1,5}
                          rb"[\x00\t\n\x0c\r ]+obj(?![A-Za-z0-9])")
 _STREAM_KEYWORD = re.compile(rb"(?<![A-Za-z])stream(?:\r\n|\r|\n)?")
 _MAX_DICT_BYTES = 1 << 20
+_CATALOG = re.compile(rb"/Type\s*/Catalog(?![A-Za-z0-9])")
+_CATALOG_WINDOW = 4096  # a catalog dictionary is short; where it is not, the table has it
 _WHITESPACE = b"\x00\t\n\x0c\r "
 
 _BILEVEL_FILTERS = frozenset({"/CCITTFaxDecode", "/CCF", "/JBIG2Decode"})
@@ -401,7 +403,23 @@ def images(ctx: Context, node: PayloadNode, quiet: bool = False) -> Iterator[Nod
     # Nothing to show: no page, or not one object in the file (a stub, or a cut-off file).
     pageless = reader is not None and (
         _page_count(reader) == 0 or _OBJ_HEADER.search(node.data) is None)
-    yield from _rendered(ctx, node, fail, stored_error, frozenset(stored.plain), pageless)
+    hints = pdf_render.Hints(frozenset(stored.plain), _trailer(node.data))
+    yield from _rendered(ctx, node, fail, stored_error, hints, pageless)
+
+
+def _trailer(data: bytes) -> bytes | None:
+    """A trailer naming the file's (last) catalog, for a file cut off before its own."""
+    root: tuple[int, int] | None = None
+    for num, gen, offset in _scanned_headers(data):
+        body = data[offset : offset + _CATALOG_WINDOW]
+        end = body.find(b"endobj")
+        if _CATALOG.search(body if end < 0 else body[:end]):
+            root = (num, gen)
+    if root is None:
+        return None
+    # Cut off inside a stream: close it, or the trailer would be read as its data.
+    close = b"\nendstream\nendobj" if data.rfind(b"stream") > data.rfind(b"endstream") + 3 else b""
+    return close + f"\ntrailer\n<< /Root {root[0]} {root[1]} R >>\n%%EOF\n".encode()
 
 
 def _page_count(reader: Any) -> int | None:
@@ -412,7 +430,7 @@ def _page_count(reader: Any) -> int | None:
 
 
 def _rendered(ctx: Context, node: PayloadNode, fail: Fail, stored_error: str | None,
-              plain: frozenset[bytes], pageless: bool) -> Iterator[Node]:
+              hints: pdf_render.Hints, pageless: bool) -> Iterator[Node]:
     """The rendered regions. A file PDFium cannot open is corrupt, unless pypdf read it and
     found no page (or no object at all) in it: PDFium refuses those, and there is nothing
     to show."""
@@ -421,7 +439,7 @@ def _rendered(ctx: Context, node: PayloadNode, fail: Fail, stored_error: str | N
             fail(core.CORRUPT_ARCHIVE, stored_error)
         return
     try:
-        for child in pdf_render.regions(ctx, node, plain):
+        for child in pdf_render.regions(ctx, node, hints):
             if not ctx.count_member(node.path):
                 return
             yield child

@@ -363,27 +363,40 @@ def _regions(placements: list[_Placement]) -> list[tuple[Box, float]]:
     return out
 
 
-def _open(data: bytes) -> Any:
+@dataclass(frozen=True, slots=True)
+class Hints:
+    """What the pass over the stored objects (pdf.py) learnt that helps here."""
+
+    # SHA-256 of the raw data of stored images already passed on that viewers draw as
+    # stored: an image drawn whole with nothing painted over it is not rendered again.
+    plain: frozenset[bytes] = frozenset()
+    # A trailer naming the catalog, appended when PDFium cannot open the file as it is (a
+    # file cut off before its cross-reference table and trailer: PDFium then rebuilds the
+    # table by scanning, as MuPDF repairs such files by itself).
+    trailer: bytes | None = None
+
+
+def _open(data: bytes, trailer: bytes | None) -> Any:
     import pypdfium2 as pdfium
 
-    try:
-        return pdfium.PdfDocument(data)
-    except pdfium.PdfiumError as exc:
-        try:  # an empty user password that PDFium did not try by itself
-            return pdfium.PdfDocument(data, password="")
-        except pdfium.PdfiumError:
-            raise CannotOpen(f"PDFium: {exc}"[:200]) from exc
+    attempts = [(data, None), (data, "")]  # "": an empty user password PDFium did not try
+    if trailer:
+        attempts.append((data + trailer, None))
+    first: Exception | None = None
+    for content, password in attempts:
+        try:
+            return pdfium.PdfDocument(content, password=password)
+        except pdfium.PdfiumError as exc:
+            first = first or exc
+    raise CannotOpen(f"PDFium: {first}"[:200])
 
 
-def regions(ctx: Context, node: PayloadNode, plain: frozenset[bytes] = frozenset()
-            ) -> Iterator[PayloadNode]:
-    """PNG renderings of the regions where the PDF at `node` draws images. `plain`: SHA-256
-    of the raw data of stored images already passed on that viewers draw as stored; an
-    image drawn whole with nothing over it is then not rendered again. Raises CannotOpen
+def regions(ctx: Context, node: PayloadNode, hints: Hints = Hints()) -> Iterator[PayloadNode]:
+    """PNG renderings of the regions where the PDF at `node` draws images. Raises CannotOpen
     (before yielding anything) when PDFium cannot read the document."""
-    doc = _open(node.data)
+    doc = _open(node.data, hints.trailer)
     try:
-        yield from _render_document(ctx, node, doc, plain)
+        yield from _render_document(ctx, node, doc, hints.plain)
     finally:
         doc.close()
 

@@ -532,10 +532,25 @@ def test_aes_without_cryptography_is_unsupported_but_still_rendered(
     assert matched(ex)
 
 
-def test_garbage_is_corrupt_once() -> None:
-    ex = attached(b"%PDF-1.7\n" + b"\x00garbage" * 50)
+def test_a_pdf_cut_inside_its_objects_is_corrupt_once() -> None:
+    """Cut inside the content stream: neither pypdf nor PDFium (nor poppler) can show a
+    page; one record, not one per reader."""
+    ex = attached(plain_photo_pdf()[:400])
     assert reasons(ex) == {("2/d.pdf", "corrupt-archive")}
     assert len(ex.unscannable) == 1
+
+
+@pytest.mark.parametrize("cut", [-200, 40_000])
+def test_a_pdf_cut_off_before_its_trailer_is_rendered(cut: int) -> None:
+    """A file cut short (a size limit in transit), before its table and trailer or inside
+    the image: PDFium opens it with a trailer found for it (MuPDF repairs such files by
+    itself; poppler and PDFium alone refuse them)."""
+    pdf = decode_inverted()[:cut]
+    ex = attached(pdf)
+    assert ex.unscannable == ()
+    assert region_paths(ex) == ["2/d.pdf/page-1-region-1.png"]
+    if cut < 0:
+        assert matched(ex)
 
 
 def test_photo_on_a_later_page_is_named_after_it() -> None:
@@ -669,6 +684,7 @@ def test_an_image_too_large_to_render_is_reported() -> None:
 def test_a_pdf_stub_without_objects_is_a_defect() -> None:
     """A file cut down to its header and trailer (seen in real test fixtures) shows nothing:
     PDFium refuses it, and that is not worth an unscannable verdict."""
-    ex = attached(b"%PDF-1.4\nstartxref\n53610\n%%EOF\n")
-    assert ex.unscannable == ()
-    assert "pdf-without-pages at 2/d.pdf" in ex.defects
+    for stub in (b"%PDF-1.4\nstartxref\n53610\n%%EOF\n", b"%PDF-1.7\n" + b"\x00garbage" * 50):
+        ex = attached(stub)
+        assert ex.unscannable == ()
+        assert "pdf-without-pages at 2/d.pdf" in ex.defects
