@@ -333,12 +333,16 @@ def _test_colours(mode: str) -> tuple[Image.Image, npt.NDArray[np.int16]]:
     return Image.fromarray(rgb, "RGB"), rgb.astype(np.int16)
 
 
-def _icc_transform(profile: bytes, mode: str) -> ImageCms.ImageCmsTransform | None:
+def _profile_digest(profile: bytes) -> str:
+    return hashlib.md5(profile, usedforsecurity=False).hexdigest()
+
+
+def _icc_transform(profile: bytes, digest: str, mode: str) -> ImageCms.ImageCmsTransform | None:
     """A transform from `profile` to sRGB for pixels in `mode` ("RGB", "RGBA", "L" or
     "CMYK"), or None when the profile does not change what is drawn (it is sRGB) or changes
     luma too little to matter, does not fit the mode (viewers ignore it then) or cannot be
     read. CMYK is always transformed (Pillow's own CMYK to RGB is naive)."""
-    key = (hashlib.md5(profile, usedforsecurity=False).hexdigest(), mode)
+    key = (digest, mode)
     if key in _icc_cache:
         return _icc_cache[key]
     transform: ImageCms.ImageCmsTransform | None = None
@@ -367,32 +371,26 @@ def _icc_transform(profile: bytes, mode: str) -> ImageCms.ImageCmsTransform | No
     return transform
 
 
-def _managed_luma(im: Image.Image, profile: bytes, target: int) -> Luma | None:
-    """The loaded current frame as a colour-managed viewer draws it (through `profile`, to
-    sRGB), or None when the profile changes nothing or does not apply."""
-    has_transparency = "transparency" in im.info
-    if im.mode == "1":
-        im = im.convert("L")
-    elif im.mode == "P":
-        im = im.convert("RGBA" if has_transparency else "RGB")
-    elif im.mode == "PA":
-        im = im.convert("RGBA")
-    elif im.mode in ("L", "RGB") and has_transparency:
-        im = im.convert("LA" if im.mode == "L" else "RGBA")
-    mode = im.mode
+def _managed_luma(im: Image.Image, profile: bytes, digest: str, target: int) -> Luma | None:
+    """The loaded current frame as a colour-managed viewer draws it (through `profile`, MD5
+    `digest`, to sRGB), or None when the profile changes nothing or does not apply. The
+    usual case (an sRGB profile) costs a dictionary look-up: nothing is converted first."""
+    transparent = "transparency" in im.info
+    mode = {"1": "L", "P": "RGBA" if transparent else "RGB", "PA": "RGBA"}.get(im.mode, im.mode)
+    if mode in ("L", "RGB") and transparent:
+        mode = "LA" if mode == "L" else "RGBA"
+    if mode not in ("RGB", "RGBA", "L", "LA", "CMYK"):
+        return None
+    transform = _icc_transform(profile, digest, "L" if mode == "LA" else mode)
+    if transform is None:
+        return None
+    if im.mode != mode:
+        im = im.convert(mode)
     if mode == "LA":  # a grey profile with alpha: alpha composited by _frame_luma later
-        transform = _icc_transform(profile, "L")
-        if transform is None:
-            return None
         grey, alpha = im.split()
         rgb = ImageCms.applyTransform(grey, transform)
         assert rgb is not None
         return _frame_luma(Image.merge("RGBA", (*rgb.split(), alpha)), target)
-    if mode not in ("RGB", "RGBA", "L", "CMYK"):
-        return None
-    transform = _icc_transform(profile, mode)
-    if transform is None:
-        return None
     # Without alpha, reduce first: a transform of the working-size frame costs a few ms
     # (of the full frame, up to 16x more), and PDQ cannot tell the difference.
     small = im if mode == "RGBA" and not _alpha_is_opaque(im) else _reduce(im, target)
@@ -593,6 +591,7 @@ class _Frames:
     target: int
     orientation: int
     profile: bytes | None
+    digest: str  # of the profile
     stored: list[Luma]
     sizes: list[tuple[int, int]]
     managed: list[Luma]
@@ -608,7 +607,7 @@ class _Frames:
         self.stored.append(luma)
         self.sizes.append(size)
         if self.profile:
-            drawn = _managed_luma(im, self.profile, self.target)
+            drawn = _managed_luma(im, self.profile, self.digest, self.target)
             if drawn is not None:
                 self.managed.append(_orient(drawn, self.orientation))
                 self.managed_sizes.append(size)
@@ -735,8 +734,10 @@ def _decode(data: bytes, fmt: str, limits: ImageSettings, start: float, target: 
         if orientation >= 5:
             width, height = height, width
         profile = im.info.get("icc_profile")
-        frames = _Frames(target, orientation, profile if isinstance(profile, bytes) else None,
-                         [], [], [], [])
+        if not isinstance(profile, bytes) or not profile:
+            profile = None
+        frames = _Frames(target, orientation, profile,
+                         _profile_digest(profile) if profile else "", [], [], [], [])
         frames.keep(im, _orient(_frame_luma(im, target), orientation))
 
         # JPEG: only the primary picture is shown; MPO extras (stereo pair, depth or gain map)

@@ -392,7 +392,8 @@ def test_an_srgb_profile_adds_no_reading() -> None:
     data = image_bytes(photo_like(9, 640, 480), "JPEG", quality=90, icc_profile=srgb)
     decoded = decode(data, ImageSettings())
     assert len(decoded.frames) == 1
-    assert images._icc_transform(srgb, "RGB") is None  # measured as sRGB, and remembered
+    digest = images._profile_digest(srgb)
+    assert images._icc_transform(srgb, digest, "RGB") is None  # measured as sRGB, remembered
     key = (hashlib.md5(srgb).hexdigest(), "RGB")
     assert key in images._icc_cache
 
