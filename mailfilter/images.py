@@ -607,7 +607,10 @@ class _Frames:
         self.stored.append(luma)
         self.sizes.append(size)
         if self.profile:
-            drawn = _managed_luma(im, self.profile, self.digest, self.target)
+            try:
+                drawn = _managed_luma(im, self.profile, self.digest, self.target)
+            except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+                drawn = None  # a profile LittleCMS cannot apply: viewers ignore it too
             if drawn is not None:
                 self.managed.append(_orient(drawn, self.orientation))
                 self.managed_sizes.append(size)

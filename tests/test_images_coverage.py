@@ -14,6 +14,7 @@ All material is generated here (tests/factories.py): benign gradients and shapes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import io
@@ -26,6 +27,7 @@ from factories import image_bytes, jpeg, message, message_bytes, photo_like
 from PIL import Image, ImageCms, ImageFile, features
 
 from mailfilter import images
+from mailfilter.errors import SkipImage
 from mailfilter.fingerprint import FingerprintParams, fingerprint_image
 from mailfilter.frontend.scan_command import scan_record
 from mailfilter.hashing.pdq import hamming
@@ -465,3 +467,43 @@ def test_a_broken_image_with_a_signature_stays_unscannable(scanner: Scanner) -> 
     assert result.verdict is Verdict.UNSCANNABLE
     assert result.attachments[0].fingerprint.skipped in ("corrupt", "truncated")
     assert not result.defects or not any("declared-image" in d for d in result.defects)
+
+
+# --- hostile bytes -----------------------------------------------------------------------
+
+
+def _mutants(data: bytes, seed: int, count: int = 60) -> Iterator[bytes]:
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        buf = bytearray(data)
+        if i % 3 == 0:
+            yield bytes(buf[: int(rng.integers(0, len(buf)))])
+            continue
+        for _ in range(int(rng.integers(1, 8))):
+            buf[int(rng.integers(0, len(buf)))] = int(rng.integers(0, 256))
+        yield bytes(buf)
+
+
+def _sample(kind: str) -> bytes:
+    photo = photo_like(11, 96, 72)
+    if kind == "ico":
+        buf = io.BytesIO()
+        photo.save(buf, "ICO", sizes=[(96, 72), (64, 48)])
+        return buf.getvalue()
+    if kind == "jpeg-icc":
+        return image_bytes(photo, "JPEG", quality=90, icc_profile=inverting_profile())
+    if kind == "heic":
+        return heic(photo)
+    return image_bytes(photo, "JPEG2000")
+
+
+@pytest.mark.parametrize("kind", ["ico", "jpeg-icc", "heic", "jpeg2000"])
+def test_mutated_new_formats_only_ever_skip(kind: str) -> None:
+    """Cut and flipped bytes of the formats and paths added here: decode returns or raises
+    SkipImage, nothing else."""
+    if kind == "jpeg2000" and not features.check("jpg_2000"):
+        pytest.skip("this Pillow has no OpenJPEG")
+    for data in _mutants(_sample(kind), len(kind)):
+        with contextlib.suppress(SkipImage):
+            decode(data, ImageSettings())
+
