@@ -53,6 +53,8 @@ _MAX_PLACEMENTS = 2_000
 # Other page objects remembered per page (to see what is painted over an image); past
 # this, every image on the page is rendered.
 _MAX_OTHERS = 5_000
+# Text render modes that paint nothing (invisible, clip only).
+_UNPAINTED_TEXT = (3, 7)
 # Pages drawing an image larger than this (its own pixels) are not rendered there: the
 # decode stage's own default limit (images.max_pixels).
 _MAX_IMAGE_PIXELS = 100_000_000
@@ -208,8 +210,11 @@ def _page_objects(page: Any, page_box: Box, budget: list[int], deadline: float
             raise _OutOfTime("page objects past the limit or the deadline")
         kind = pdfium_c.FPDFPageObj_GetType(raw)
         if kind not in (image_kind, form_kind):
-            # Only what is painted after an image can change how it shows.
-            if result.images and len(result.others) < _MAX_OTHERS:
+            # Only what is painted after an image can change how it shows; invisible text
+            # (the OCR layer of a scanned page) and clipping-only text paint nothing.
+            if (result.images and len(result.others) < _MAX_OTHERS
+                    and not (kind == pdfium_c.FPDF_PAGEOBJ_TEXT and
+                             pdfium_c.FPDFTextObj_GetTextRenderMode(raw) in _UNPAINTED_TEXT)):
                 bounds = _bounds(raw, pdfium_c)
                 other = _intersect(clip, _transform(to_page, bounds)) if bounds else None
                 if other is not None:
@@ -410,6 +415,7 @@ def _render_document(ctx: Context, node: PayloadNode, doc: Any, plain: frozenset
     objects_left = [_MAX_OBJECTS]
     pages = len(doc)
     rendered_pages = 0
+    rendered: set[bytes] = set()
     containers = (*node.containers, sniff.PDF)
 
     def stop(index: int, why: str) -> None:
@@ -473,6 +479,10 @@ def _render_document(ctx: Context, node: PayloadNode, doc: Any, plain: frozenset
                 if png is None:
                     ctx.defect(path, "pdf-render-failed")
                     continue
+                digest = hashlib.sha256(png).digest()
+                if digest in rendered:
+                    continue  # the same picture again (a letterhead, a repeated page)
+                rendered.add(digest)
                 if not ctx.fits(path, len(png)):
                     return
                 ctx.charge(len(png))

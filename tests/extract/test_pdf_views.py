@@ -447,9 +447,10 @@ def pages_pdf(with_photo: list[bool], extra_image: bytes | None = None) -> bytes
             f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 {PAGE_W} {PAGE_H}] "
             f"/Resources << /XObject << /Im1 {image_num} 0 R >> /Font << /F1 {image_num + 1} 0 R"
             f" >> >> /Contents {3 + n + i} 0 R >>".encode())
-    for photo in with_photo:
-        text = b"BT /F1 12 Tf 72 72 Td (Hello) Tj ET\n"
-        objects.append(ec.pdf_stream("", text + (draw("Im1", X0, Y0, W, H) if photo else b"")))
+    for i, photo in enumerate(with_photo, 1):
+        # The page number is written over the photo: each page's rendering differs.
+        text = f"BT /F1 12 Tf {X0 + 20} {Y0 + 20} Td (Page {i}) Tj ET\n".encode()
+        objects.append(ec.pdf_stream("", (draw("Im1", X0, Y0, W, H) if photo else b"") + text))
     objects.append(extra_image or image_object(ImageOps.invert(PHOTO_IMG),
                                                "/Decode [1 0 1 0 1 0]"))
     objects.append(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
@@ -688,3 +689,30 @@ def test_a_pdf_stub_without_objects_is_a_defect() -> None:
         ex = attached(stub)
         assert ex.unscannable == ()
         assert "pdf-without-pages at 2/d.pdf" in ex.defects
+
+
+def test_the_same_rendering_is_passed_on_once() -> None:
+    """Two pages drawing the same picture the same way: one region."""
+    pdf = pages_pdf([True, True])  # (the page number written over the photo differs)
+    content = draw("Im1", X0, Y0, W, H)
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>",
+               b"<< /Type /Pages /Kids [3 0 R 4 0 R] /Count 2 >>"]
+    for _ in range(2):
+        objects.append(f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 {PAGE_W} {PAGE_H}] "
+                       "/Resources << /XObject << /Im1 6 0 R >> >> /Contents 5 0 R >>".encode())
+    objects += [ec.pdf_stream("", content),
+                image_object(ImageOps.invert(PHOTO_IMG), "/Decode [1 0 1 0 1 0]")]
+    assert len(region_paths(attached(pdf))) == 2
+    assert region_paths(attached(ec.pdf(objects))) == ["2/d.pdf/page-1-region-1.png"]
+
+
+def test_an_ocr_layer_over_a_scanned_page_does_not_force_a_rendering() -> None:
+    """Invisible text (render mode 3) over a plain photo paints nothing: not rendered."""
+    content = draw("Im1", X0, Y0, W, H) + b"BT 3 Tr /F1 24 Tf 100 300 Td (scanned words) Tj ET\n"
+    doc = Doc(content, {"Im1": image_object(PHOTO_IMG)})
+    objects = doc.objects()
+    objects[2] = objects[2].replace(b"/Resources <<", b"/Resources << /Font << /F1 6 0 R >>")
+    objects.append(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
+    ex = attached(ec.pdf(objects))
+    assert region_paths(ex) == []
+    assert matched(ex)
