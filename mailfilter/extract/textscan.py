@@ -30,8 +30,10 @@ _DATA_MARKER = re.compile(rb"data:", re.I)
 _BASE64_DATA = re.compile(rb"[A-Za-z0-9+/%\s]*=*(?:%3D)*", re.I)
 _PLAIN_DATA = re.compile(rb"[^\"'\s<>)]*")
 _B64_OR_SPACE = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/= \t\r\n"
-# A UTF-7 shifted sequence for an ASCII character HTML needs (`+ADw-` is "<").
-_UTF7 = re.compile(rb"\+A[A-H][A-Za-z0-9+/]{1,64}(?:-|(?![A-Za-z0-9+/]))")
+# A UTF-7 shifted sequence for a character markup needs (`+ADw-` is "<"; then " > : ; = , /),
+# closed by "-": base64, uuencode and BinHex text never hold that by chance, and reading
+# them as UTF-7 would cut their payloads into pieces.
+_UTF7 = re.compile(rb"\+A(?:Dw|D4|CI|Do|Ds|D0|Cw|C8)-")
 _RTF_MARKERS = (b"{\\rtf", b"\\pict", b"\\objdata")
 # Browsers drop tabs and line breaks anywhere in a URL (and decode character references in
 # attributes first): the loose reading of a text does both.

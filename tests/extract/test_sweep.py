@@ -17,7 +17,7 @@ import pytest
 from factories import jpeg
 from PIL import Image
 
-from mailfilter.extract import decoders, extract, extract_text_only, sweep
+from mailfilter.extract import decoders, extract, extract_text_only, sweep, textscan
 from mailfilter.model import Extraction
 from mailfilter.settings import ExtractSettings
 
@@ -31,6 +31,11 @@ def walk(raw: bytes, crlf: bool = True) -> Extraction:
 
 
 def paths_of(ex: Extraction, data: bytes) -> list[str]:
+    """Where `data` was found; and no piece of a photo was handed on besides (a reading
+    that cuts a payload short would make the decode stage report it truncated)."""
+    pieces = [a.mime_path for a in ex.attachments
+              if a.data[:3] == b"\xff\xd8\xff" and a.data not in (PHOTO, SMALL)]
+    assert pieces == []
     return [a.mime_path for a in ex.attachments if a.data == data]
 
 
@@ -413,3 +418,10 @@ def test_hostile_input_is_swept_in_bounded_time(name: str) -> None:
     started = time.perf_counter()
     walk(ec.message(HOSTILE[name]), crlf=False)
     assert time.perf_counter() - started < 3.0
+
+
+def test_base64_that_looks_like_utf7_is_not_read_as_utf7() -> None:
+    # "+AD0A..." occurs in base64 by chance; read as UTF-7 it would cut a vCard photo into
+    # pieces. Only shifted markup closed by "-" (never in base64) makes a UTF-7 reading.
+    assert textscan._readings(b"PHOTO;ENCODING=b:/9j/4AAQ+ADwAAAAQ\r\n AAAA+ACIA\r\n") == []
+    assert textscan._readings(b"+ADw-img src+AD0AIg-x+ACI-+AD4-") == [b'<img src="x">']
