@@ -477,7 +477,7 @@ def _render_document(ctx: Context, node: PayloadNode, doc: Any, plain: frozenset
                 pixels_left -= width * height
                 png = _render(page, page_box, box, scale)
                 if png is None:
-                    ctx.defect(path, "pdf-render-failed")
+                    ctx.skip(path, core.PARSE_ERROR, "PDFium could not render the region")
                     continue
                 digest = hashlib.sha256(png).digest()
                 if digest in rendered:

@@ -323,6 +323,23 @@ def in_a_form(clip_inside: bool = False) -> bytes:
     return Doc(content, {"F1": form}, extra=[image_object(img)]).bytes()
 
 
+def graphics_state_soft_mask() -> bytes:
+    """A plain black image (nothing to undo in its own dictionary) drawn through the
+    graphics state's luminosity soft mask, whose group paints the photo's negative: the
+    viewer shows the photo."""
+    group = ec.pdf_stream(
+        f"/Type /XObject /Subtype /Form /BBox [0 0 {PAGE_W} {PAGE_H}] "
+        "/Group << /S /Transparency /CS /DeviceGray >> /Resources << /XObject << /Neg 8 0 R >> >>",
+        draw("Neg", X0, Y0, W, H))
+    black = image_object(Image.new("RGB", (W, H)), fmt="flate")
+    objects = Doc(b"q /GS1 gs " + draw("Im1", X0, Y0, W, H) + b"Q\n", {"Im1": black}).objects()
+    objects[2] = objects[2].replace(b"/Resources <<", b"/Resources << /ExtGState << /GS1 6 0 R >>")
+    objects += [b"<< /Type /ExtGState /SMask << /Type /Mask /S /Luminosity /G 7 0 R >> >>",
+                group,
+                image_object(ImageOps.invert(PHOTO_IMG.convert("L")))]
+    return ec.pdf(objects)
+
+
 def in_an_annotation(subtype: str) -> bytes:
     """The photo shown only by an annotation's appearance stream, stored as its negative
     with a /Decode array; a Widget here belongs to no form (poppler draws it anyway)."""
@@ -389,6 +406,7 @@ CASES: dict[str, Case] = {
     "stamp-annotation": Case(lambda: in_an_annotation("Stamp"), stored=False),
     "widget-annotation": Case(lambda: in_an_annotation("Widget"), stored=False),
     "soft-mask": Case(soft_mask, stored=False),
+    "graphics-state-soft-mask": Case(graphics_state_soft_mask, stored=False),
 }
 VIEWS = [name for name, case in CASES.items() if not case.stored]
 SHOWN = [name for name, case in CASES.items() if case.shown is not None]
