@@ -47,9 +47,9 @@ _B64 = rb"A-Za-z0-9+/"
 # the start of a token of 16 characters or more (words of text are shorter); a run ends at
 # its padding, at a blank line, or before a line that is not all base64 (a line goes on
 # only to its end, or to a quote, `<` or `)` closing an attribute or a CSS url: "From:" or
-# "Thanks for" after a run are text). Tokens are found with
-# a byte search over a translated copy (`_runs_of`): a regex search tried at every position
-# costs 70 ms per MB of text, the byte search a few.
+# "Thanks for" after a run are text). Tokens are found with a byte search over a
+# translated copy (`_runs_of`): a regex search tried at every position costs 70 ms per MB
+# of text, the byte search a few.
 B64_RUN = re.compile(
     rb"[" + _B64 + rb"]{16,}(?:[ \t]*(?:\r\n|\r|\n)[ \t]*[" + _B64 + rb"]+"
     rb"(?==?=?[ \t]*(?:[\r\n\"'<)]|\Z)))*={0,2}"
@@ -191,8 +191,7 @@ def carved_end(data: bytes, at: int, kind: str) -> int:
     `data`): so a carved picture keeps its own bytes, and exact hashes match."""
     size = len(data)
     if kind == "image/jpeg":
-        eoi = data.rfind(b"\xff\xd9", at)
-        return eoi + 2 if eoi > at else size
+        return _jpeg_end(data, at)
     if kind == "image/png":
         pos = at + 8
         for _ in range(1 << 16):
@@ -212,6 +211,29 @@ def carved_end(data: bytes, at: int, kind: str) -> int:
     if kind == "image/gif":
         return _gif_end(data, at)
     return size
+
+
+def _jpeg_end(data: bytes, at: int) -> int:
+    """After the end-of-image marker: marker segments are skipped by their lengths (so an
+    EXIF thumbnail's end is not taken for the picture's), and in the coded data after the
+    first scan no 0xFF 0xD9 occurs but the real one."""
+    size = len(data)
+    pos = at + 2
+    for _ in range(4096):
+        if pos + 4 > size or data[pos] != 0xFF:
+            break
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0xD9:
+            return pos + 2
+        if marker == 0xDA:
+            eoi = data.find(b"\xff\xd9", pos + 2)
+            return eoi + 2 if eoi >= 0 else size
+        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+    eoi = data.rfind(b"\xff\xd9", at)  # not walkable: the last end marker there is
+    return eoi + 2 if eoi > at else size
 
 
 _GIF_MAX_STEPS = 1 << 18  # blocks walked to find a GIF's end (then: the rest of the data)

@@ -425,3 +425,10 @@ def test_base64_that_looks_like_utf7_is_not_read_as_utf7() -> None:
     # pieces. Only shifted markup closed by "-" (never in base64) makes a UTF-7 reading.
     assert textscan._readings(b"PHOTO;ENCODING=b:/9j/4AAQ+ADwAAAAQ\r\n AAAA+ACIA\r\n") == []
     assert textscan._readings(b"+ADw-img src+AD0AIg-x+ACI-+AD4-") == [b'<img src="x">']
+
+
+def test_two_jpegs_glued_in_binary_are_carved_apart() -> None:
+    blob = b"\x00" * 100 + PHOTO + b"\x00" * 50 + SMALL + b"\xff\xd9 junk"
+    ex = walk(ec.message(ec.attachment("application/octet-stream", blob, "two.bin")))
+    assert paths_of(ex, PHOTO) == ["1/two.bin/carved-100"]
+    assert paths_of(ex, SMALL) == [f"1/two.bin/carved-{150 + len(PHOTO)}"]
