@@ -1584,3 +1584,51 @@ def _header_more(variant: str) -> bytes:
                        _photo_body())
     html = img_html(data_uri())
     return html_message(html, "utf-16be")
+
+
+@construction("animation-composited", "partial-scans",
+              variants=["gif-two-halves", "gif-4-strips", "apng-two-halves", "webp-two-halves"])
+def _composited(variant: str) -> bytes:
+    """No stored frame holds the whole photo: each frame adds a part over the last one
+    (the writers store only the changed region), and the viewer shows the sum."""
+    fmt, how = variant.split("-", 1)
+    img = photo_image()
+    if fmt == "gif":
+        # Quantised once, frames in that palette: GIF quantisation per frame costs seconds.
+        img = img.quantize(256)
+    parts = 2 if how == "two-halves" else 4
+    frames = []
+    canvas = Image.new(img.mode, (W, H))
+    if fmt == "gif":
+        canvas.putpalette(img.getpalette() or [])
+    step = H // parts
+    for k in range(parts):
+        box = (0, k * step, W, H if k == parts - 1 else (k + 1) * step)
+        canvas.paste(img.crop(box), box[:2])
+        frames.append(canvas.copy())
+    buf = io.BytesIO()
+    kind = {"gif": "GIF", "apng": "PNG", "webp": "WEBP"}[fmt]
+    extra: dict[str, object] = {"quality": 90} if kind == "WEBP" else {}
+    frames[0].save(buf, format=kind, save_all=True, append_images=frames[1:], duration=200,
+                   loop=0, **extra)
+    return attach(buf.getvalue(), f"anim.{ {'gif': 'gif', 'apng': 'png', 'webp': 'webp'}[fmt] }")
+
+
+@construction("limits-probe", "limits",
+              variants=["zip-with-bomb-padding", "zip-1100-members", "zip-250-images-first",
+                        "pdf-photo-on-page-60"], limit="size-or-count")
+def _limits_probe(variant: str) -> bytes:
+    if variant == "zip-with-bomb-padding":
+        return attach(zip_of({"padding.bin": b"\0" * (8 * 1024 * 1024), "photo.jpg": photo()}),
+                      "p.zip")
+    if variant == "zip-1100-members":
+        # One content for all: the references open each distinct file only once.
+        members = {f"f{i:04d}.txt": b"x\n" for i in range(1100)}
+        members["zz/photo.jpg"] = photo()
+        return attach(zip_of(members), "p.zip")
+    if variant == "zip-250-images-first":
+        small = {f"img{i:03d}.png": image_bytes(filler_frame(i).resize((64, 64)), "PNG")
+                 for i in range(250)}
+        small["zz/photo.jpg"] = photo()
+        return attach(zip_of(small), "p.zip")
+    return attach_pdf(many_pages(60))

@@ -27,6 +27,7 @@ import html.parser
 import io
 import logging
 import mailbox
+import os
 import re
 import shutil
 import subprocess
@@ -177,9 +178,22 @@ def _files_under(d: Path) -> list[bytes]:
     return [p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file() and not p.is_symlink()]
 
 
+def _scratch() -> str | None:
+    """Readers write many small files: in memory where the system offers enough of it
+    (a container's 64 MB /dev/shm is not enough, and a full disk would hide photos)."""
+    with contextlib.suppress(OSError):
+        st = os.statvfs("/dev/shm")
+        if st.f_bavail * st.f_frsize >= 1024**3:
+            return "/dev/shm"
+    return None
+
+
+_SCRATCH = _scratch()
+
+
 @contextlib.contextmanager
 def _workdir() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="mfdiff-ref-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="mfdiff-ref-", dir=_SCRATCH) as tmp:
         yield Path(tmp)
 
 
@@ -383,13 +397,14 @@ def open_gpg(data: bytes) -> list[bytes]:
 
 
 def open_pdftoppm(data: bytes) -> list[bytes]:
-    """Pages rendered at 72 dpi: one pixel per point (the constructions' pages are
-    photo-sized); PPM, as PNG compression would cost more than the rendering."""
+    """Pages rendered at 36 dpi: the constructions' pages are photo-sized, so a page is the
+    photo at half size (PDQ works on 64 x 64 anyway); PPM, as PNG compression would cost
+    more than the rendering."""
     with _workdir() as d:
         (d / "in.pdf").write_bytes(data)
         (d / "x").mkdir()
         for password in ([], ["-upw", PASSWORD]):
-            _run(["pdftoppm", "-r", "72", "-l", "40", *password, str(d / "in.pdf"),
+            _run(["pdftoppm", "-r", "36", "-l", "100", *password, str(d / "in.pdf"),
                   str(d / "x" / "p")])
             pages = _files_under(d / "x")
             if pages:
