@@ -340,6 +340,16 @@ def graphics_state_soft_mask() -> bytes:
     return ec.pdf(objects)
 
 
+def blended_negative() -> bytes:
+    """The photo's negative stored plainly, drawn in Difference blend mode over white."""
+    content = (f"1 1 1 rg {X0} {Y0} {W} {H} re f q /GS1 gs ".encode()
+               + draw("Im1", X0, Y0, W, H) + b"Q\n")
+    objects = Doc(content, {"Im1": image_object(ImageOps.invert(PHOTO_IMG))}).objects()
+    objects[2] = objects[2].replace(b"/Resources <<", b"/Resources << /ExtGState << /GS1 6 0 R >>")
+    objects.append(b"<< /Type /ExtGState /BM /Difference >>")
+    return ec.pdf(objects)
+
+
 def in_an_annotation(subtype: str) -> bytes:
     """The photo shown only by an annotation's appearance stream, stored as its negative
     with a /Decode array; a Widget here belongs to no form (poppler draws it anyway)."""
@@ -407,6 +417,7 @@ CASES: dict[str, Case] = {
     "widget-annotation": Case(lambda: in_an_annotation("Widget"), stored=False),
     "soft-mask": Case(soft_mask, stored=False),
     "graphics-state-soft-mask": Case(graphics_state_soft_mask, stored=False),
+    "negative-in-difference-blend-mode": Case(blended_negative, stored=False),
 }
 VIEWS = [name for name, case in CASES.items() if not case.stored]
 SHOWN = [name for name, case in CASES.items() if case.shown is not None]
