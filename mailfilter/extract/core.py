@@ -142,6 +142,10 @@ class Context:
         self.unscannable: list[Unscannable] = []
         self.defects: list[str] = []
         self.ambiguities: list[str] = []
+        # mime.py: extra readings made, and (once the message turned out ambiguous) the
+        # leaves handed on, so that another reading does not hand them on again.
+        self.readings = 0
+        self.seen_leaves: set[tuple[bytes, str | None]] | None = None
         self.parts = 0
         self.members = 0
         self.decoded = 0

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.header import decode_header, make_header
@@ -165,7 +164,25 @@ def split_headers(ctx: Context, node: EntityNode) -> HeaderSplit:
     return HeaderSplit(buf[node.start : end], end, -1, lone_cr)
 
 
-def parse_headers(block: bytes, mime_only: bool = False) -> Message:
+class Fields(Message):
+    """A compat32 Message that also lists every Content-Type and Content-Transfer-Encoding
+    value, in order (readers disagree about which one counts)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.types: list[str] = []
+        self.encodings: list[str] = []
+
+    def note(self, name: str, value: str) -> None:
+        """Called for the fields whose name starts with C or c."""
+        lname = name.lower()
+        if lname == "content-type":
+            self.types.append(value)
+        elif lname == "content-transfer-encoding":
+            self.encodings.append(value)
+
+
+def parse_headers(block: bytes, mime_only: bool = False) -> Fields:
     """The header fields, unfolded, in a compat32 Message (whose accessors parse parameters,
     RFC 2231 and defaults). 8-bit bytes are read as UTF-8 (what nearly all raw 8-bit headers
     are), else as Windows-1252. Lines that are no header field are left out. `mime_only`:
@@ -177,7 +194,7 @@ def parse_headers(block: bytes, mime_only: bool = False) -> Message:
             text = block.decode("utf-8")
         except UnicodeDecodeError:
             text = block.decode("cp1252", "replace")
-    msg = Message()
+    msg = Fields()
     name: str | None = None
     value: list[str] = []
     for line in _LINE_BREAK.split(text):
@@ -186,14 +203,20 @@ def parse_headers(block: bytes, mime_only: bool = False) -> Message:
                 value.append(line)
             continue
         if name is not None:
-            msg[name] = "".join(value).rstrip()
+            field_value = "".join(value).rstrip()
+            msg[name] = field_value
+            if name[0] in "Cc":
+                msg.note(name, field_value)
         m = _FIELD.match(line)
         if m and (not mime_only or m.group(1).lower().startswith(_KEPT_PAST_LIMIT)):
             name, value = m.group(1), [m.group(2).lstrip(" \t")]
         else:
             name = None
     if name is not None:
-        msg[name] = "".join(value).rstrip()
+        field_value = "".join(value).rstrip()
+        msg[name] = field_value
+        if name[0] in "Cc":
+            msg.note(name, field_value)
     return msg
 
 
@@ -222,12 +245,6 @@ def header_text(msg: Message, name: str) -> str | None:
         if key.lower() == lname:
             return _decode_words(" ".join(str(value).split()))
     return None
-
-
-def _values(msg: Message, name: str) -> list[str]:
-    """Every value of the field `name`, in order."""
-    lname = name.lower()
-    return [str(value) for key, value in msg.raw_items() if key.lower() == lname]
 
 
 def parse_content_type(value: str) -> tuple[str, list[tuple[str, str]]]:
@@ -321,7 +338,8 @@ def boundary_candidates(params: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 
 def _filename(msg: Message) -> str | None:
-    values = _values(msg, "content-type") + _values(msg, "content-disposition")
+    values = [str(value) for key, value in msg.raw_items()
+              if key.lower() in ("content-type", "content-disposition")]
     if not any("name" in value.lower() for value in values):
         return None
     name: object = None
@@ -424,42 +442,22 @@ class _View:
         return (self.body_start, self.ctype, self.cte, self.boundary)
 
 
-@dataclass(slots=True)
-class _Seen:
-    """Per message: the extra readings made so far, and (once the message turned out to be
-    ambiguous) the leaves handed on, so that another reading does not hand them on again."""
-
-    readings: int = 0
-    leaves: set[tuple[bytes, str | None]] | None = None
-
-
-_SEEN: weakref.WeakKeyDictionary[Context, _Seen] = weakref.WeakKeyDictionary()
-
-
-def _seen(ctx: Context) -> _Seen:
-    state = _SEEN.get(ctx)
-    if state is None:
-        state = _SEEN[ctx] = _Seen()
-    return state
-
-
 def _ambiguous(ctx: Context, path: str, code: str) -> None:
     ctx.ambiguity(path, code)
-    state = _seen(ctx)
-    if state.leaves is None:
-        state.leaves = set()
+    if ctx.seen_leaves is None:
+        ctx.seen_leaves = set()
 
 
 def _fresh(ctx: Context, alternate: bool, data: bytes, ctype: str | None) -> bool:
     """Whether a leaf is to be handed on: always, unless it belongs to another reading and
     the same bytes, declared the same, were handed on already."""
-    state = _SEEN.get(ctx)
-    if state is None or state.leaves is None:
+    seen = ctx.seen_leaves
+    if seen is None:
         return True
     key = (hashlib.blake2b(data, digest_size=16).digest(), ctype)
-    if key in state.leaves:
+    if key in seen:
         return not alternate
-    state.leaves.add(key)
+    seen.add(key)
     return True
 
 
@@ -473,12 +471,11 @@ class _Readings:
         self.n = 1
 
     def next(self) -> str | None:
-        state = _seen(self.ctx)
-        if state.readings >= MAX_READINGS:
+        if self.ctx.readings >= MAX_READINGS:
             self.ctx.skip(self.path, core.MAX_READINGS,
                           f"more than {MAX_READINGS} readings of an ambiguous structure")
             return None
-        state.readings += 1
+        self.ctx.readings += 1
         self.n += 1
         return f"{self.path}~{self.n}"
 
@@ -510,7 +507,7 @@ def _ends(values: list[str]) -> list[str]:
     return values[:half] + values[-half:]
 
 
-def _first_view(msg: Message, body_start: int, default: str, code: str = "") -> _View:
+def _first_view(msg: Fields, body_start: int, default: str, code: str = "") -> _View:
     """The stdlib's reading of a header block (the first Content-Type, its first boundary,
     the first Content-Transfer-Encoding)."""
     ctype = _content_type(msg, default)
@@ -518,11 +515,11 @@ def _first_view(msg: Message, body_start: int, default: str, code: str = "") -> 
     return _View(msg, body_start, ctype, _cte(msg), boundary, code)
 
 
-def _field_views(msg: Message, first: _View, default: str) -> list[_View]:
+def _field_views(msg: Fields, first: _View, default: str) -> list[_View]:
     """The other readings of the same header fields: every Content-Type read as RFC 2045
     says, with every boundary it names; every Content-Transfer-Encoding of a leaf."""
     out: list[_View] = []
-    types = _values(msg, "content-type")
+    types, encodings = msg.types, msg.encodings
     if len(types) > 1 or (types and _ct_signal(types[0])):
         for i, value in enumerate(_ends(types)):
             ctype, params = parse_content_type(value)
@@ -536,7 +533,6 @@ def _field_views(msg: Message, first: _View, default: str) -> list[_View]:
             for boundary, code in candidates or [(None, "")]:
                 code = DUPLICATE_CONTENT_TYPE if i else (code or CONTENT_TYPE_SYNTAX)
                 out.append(_View(msg, first.body_start, ctype, first.cte, boundary, code))
-    encodings = _values(msg, "content-transfer-encoding")
     if len(encodings) > 1 and not first.ctype.startswith("multipart/"):
         for value in _ends(encodings):
             m = _CTE_TOKEN.search(_decode_words(value))
@@ -573,11 +569,15 @@ def _past_stray(buf: bytes, stray: int, end: int) -> tuple[bytes, int] | None:
     return None
 
 
-def _views(ctx: Context, node: EntityNode, head: HeaderSplit, msg: Message) -> list[_View]:
+def _views(ctx: Context, node: EntityNode, head: HeaderSplit, msg: Fields) -> list[_View]:
     """Every reading of the entity's header block, the stdlib's first, the same ones once."""
     default = node.default_type
     primary = _first_view(msg, head.body_start, default)
-    blocks: list[tuple[Message, int, str]] = []
+    if head.stray < 0 and len(head.block) <= MAX_HEADER_BYTES:
+        types = msg.types
+        if len(types) <= 1 and len(msg.encodings) <= 1 and not (types and _ct_signal(types[0])):
+            return [primary]  # nothing to read another way (nearly all entities)
+    blocks: list[tuple[Fields, int, str]] = []
     if len(head.block) > MAX_HEADER_BYTES:
         ctx.defect(node.path, "header-too-long")
         nl = node.buf.find(b"\n", node.start + MAX_HEADER_BYTES - 1, node.end)
@@ -762,47 +762,42 @@ def _variant_lines(buf: bytes, start: int, end: int, delim: bytes) -> tuple[bool
     """Whether the body has delimiter lines only other readers see: `delim` in another case
     at the start of a line, and `delim` after a lone CR.
 
-    Cheap on what multiparts mostly carry: one memchr pass for "-" (base64 has none); text
-    full of dashes switches to two regex passes, so the cost stays linear."""
+    Cheap on what multiparts mostly carry: base64, which has no "-", is passed over by
+    memchr; after a few dashes (text) the rest is searched by whole-buffer passes, so the
+    cost stays linear and small."""
     low = delim.lower()
     n = len(delim)
     has_case = low != delim.upper()  # only letters have another case
     case = cr = False
-    budget = 256 + (end - start) // 64
+    budget = 16 + (end - start) // 4096
     pos = start
     while not (case and cr):
         i = buf.find(b"-", pos, end)
         if i < 0 or i + 1 >= end:
-            break
+            return case, cr
         budget -= 1
         if budget < 0:
-            return _variant_lines_slow(buf, i, end, delim, case, cr)
-        if buf[i + 1] != 0x2D:
-            pos = i + 2
-            continue
+            break
         pos = i + 2
+        if buf[i + 1] != 0x2D:
+            continue
         prev = buf[i - 1] if i > start else 0x0A
         if prev == 0x0D and not cr:
             cr = buf[i : i + n].lower() == low
         elif prev == 0x0A and has_case and not case:
             segment = buf[i : i + n]
             case = segment != delim and segment.lower() == low
-    return case, cr
-
-
-def _variant_lines_slow(
-    buf: bytes, start: int, end: int, delim: bytes, case: bool, cr: bool
-) -> tuple[bool, bool]:
-    low = delim.lower()
-    n = len(delim)
-    if not case:
-        for m in _LF_DASHES.finditer(buf, max(start - 1, 0), end):
+    else:
+        return case, cr
+    # Text with many dashes: whole-buffer passes from here.
+    if has_case and not case and buf[i:end].lower().count(low) > buf.count(delim, i, end):
+        for m in _LF_DASHES.finditer(buf, max(i - 1, 0), end):
             segment = buf[m.start() + 1 : m.start() + 1 + n]
             if segment != delim and segment.lower() == low:
                 case = True
                 break
     if not cr:
-        for m in _CR_DASHES.finditer(buf, max(start - 1, 0), end):
+        for m in _CR_DASHES.finditer(buf, max(i - 1, 0), end):
             if buf[m.start() + 1 : m.start() + 1 + n].lower() == low:
                 cr = True
                 break
@@ -842,7 +837,8 @@ def _multipart(
         return
     if view.ctype == "multipart/encrypted":
         protocol = str(view.msg.get_param("protocol") or "")
-        ctx.skip(path, core.ENCRYPTED_MESSAGE, f"multipart/encrypted {protocol}".strip())
+        # (filed under the entity, so that another reading of it does not file it again)
+        ctx.skip(node.path, core.ENCRYPTED_MESSAGE, f"multipart/encrypted {protocol}".strip())
     buf, start, end = node.buf, view.body_start, node.end
     boundary = view.boundary
     if boundary is None:
@@ -882,10 +878,12 @@ def _multipart(
                 yield PayloadNode(leaf, node.containers, text, _filename(view.msg), "text/plain")
 
     others: list[_Body] = []
-    if decoded is not None and findings.found:
-        guess = view.boundary or _guess_boundary(decoded, 0, len(decoded))
-        if guess is not None:
-            others.append(_Body(decoded, 0, len(decoded), guess))
+    if decoded is not None and body is not None:
+        # The raw body has parts; a decoding reader sees more only where decoding makes
+        # delimiter lines (decoding base64 parts as quoted-printable only damages them).
+        delim = b"--" + body.boundary.encode("utf-8", "surrogateescape")
+        if decoded.count(delim) > body.buf.count(delim, body.start, body.end):
+            others.append(_Body(decoded, 0, len(decoded), body.boundary))
     if body is not None:
         delim = b"--" + body.boundary.encode("utf-8", "surrogateescape")
         case, cr = _variant_lines(body.buf, body.start, body.end, delim)

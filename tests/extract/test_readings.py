@@ -303,3 +303,110 @@ def test_a_reference_program_shows_the_photo(build: Callable[[], bytes], code: s
     if not shown and missing:
         pytest.skip(f"not installed: {', '.join(missing)}")
     assert shown
+
+
+# --- more constructions, the same promise --------------------------------------------------
+
+
+def boundary_case_after_decoy() -> bytes:
+    """A decoy text part (full of dashes, as signatures and tables are) under the declared
+    boundary; the photo's delimiter is in another case (reformime splits there)."""
+    decoy = b"Content-Type: text/plain\n\nHello.\n" + b"-- \n" + b"----- table -----\n" * 300
+    return (HEAD + b'Content-Type: multipart/mixed; boundary="photo-boundary"\n'
+            + b"\n--photo-boundary\n" + decoy
+            + b"--PHOTO-BOUNDARY\n" + image_part() + b"--photo-boundary--\n")
+
+
+def multipart_transfer_encoding_hides_a_delimiter() -> bytes:
+    """A quoted-printable multipart: the photo's delimiter is `--b=3Dx`, which only a reader
+    that decodes the multipart takes for `--b=x` (ripmime does)."""
+    return (HEAD + b'Content-Type: multipart/mixed; boundary="b=x"\n'
+            + b"Content-Transfer-Encoding: quoted-printable\n"
+            + b"\n--b=x\nContent-Type: text/plain\n\nHello.\n"
+            + b"--b=3Dx\n" + image_part() + b"--b=3Dx--\n--b=x--\n")
+
+
+def cr_line_ends_in_a_part() -> bytes:
+    """Ordinary line ends around a part whose headers and inner delimiters use lone CRs."""
+    inner = (b'Content-Type: multipart/mixed; boundary="in"\n'
+             + body(b"in", [TEXT_PART, image_part()])).replace(b"\n", b"\r")
+    return (HEAD + b'Content-Type: multipart/mixed; boundary="B"\n'
+            + body(b"B", [TEXT_PART, inner]))
+
+
+MORE: list[tuple[Callable[[], bytes], str]] = [
+    (boundary_case_after_decoy, "boundary-case"),
+    (multipart_transfer_encoding_hides_a_delimiter, "multipart-with-transfer-encoding"),
+    (cr_line_ends_in_a_part, "cr-line-ends"),
+]
+
+
+@pytest.mark.parametrize(("build", "code"), MORE, ids=[b.__name__ for b, _c in MORE])
+def test_more_readings(build: Callable[[], bytes], code: str) -> None:
+    raw = build()
+    ex = run(raw)
+    assert any(a.data == PHOTO for a in ex.attachments), ex.attachments
+    assert code in codes(ex), ex.ambiguities
+    shown, missing = shown_by(raw, PHOTO)
+    if not shown and missing:
+        pytest.skip(f"not installed: {', '.join(missing)}")
+    assert shown
+
+
+def test_an_ordinary_message_is_read_once() -> None:
+    raw = (HEAD + b'Content-Type: multipart/mixed; boundary="B"\n'
+           + body(b"B", [TEXT_PART, image_part()]))
+    ex = run(raw)
+    assert ex.ambiguities == ()
+    assert [(a.mime_path, a.data == PHOTO) for a in ex.attachments] == [("2", True)]
+    assert ex.parts == 3
+
+
+def test_readings_that_agree_hand_the_photo_on_once() -> None:
+    """Two Content-Types that differ only in the subtype: both readings split the same
+    parts; the photo is handed on once."""
+    raw = (HEAD + b'Content-Type: multipart/mixed; boundary="B"\n'
+           + b'Content-Type: multipart/related; boundary="B"\n'
+           + body(b"B", [TEXT_PART, image_part()]))
+    ex = run(raw)
+    assert codes(ex) == {"duplicate-content-type"}
+    assert [a.data == PHOTO for a in ex.attachments] == [True]
+
+
+def test_a_longer_boundary_is_no_junk_after_this_one() -> None:
+    """`--B_1` is the delimiter of a nested multipart with boundary B_1, not `--B` with junk:
+    no ambiguity."""
+    inner = (b'Content-Type: multipart/alternative; boundary="B_1"\n'
+             + body(b"B_1", [TEXT_PART, b"Content-Type: text/html\n\n<p>Hello.</p>\n"]))
+    raw = HEAD + b'Content-Type: multipart/mixed; boundary="B"\n' + body(b"B", [inner,
+                                                                                 image_part()])
+    ex = run(raw)
+    assert ex.ambiguities == ()
+    assert [a.mime_path for a in ex.attachments] == ["2"]
+
+
+def test_the_readings_are_bounded() -> None:
+    """Every part has two transfer encodings: past MAX_READINGS extra readings the message
+    is unscannable (max-readings), never walked without end."""
+    from mailfilter.extract.mime import MAX_READINGS
+
+    cte = b"Content-Transfer-Encoding: 7bit\nContent-Transfer-Encoding: base64\n"
+    parts = [image_part(cte)] * (MAX_READINGS + 8)
+    raw = HEAD + b'Content-Type: multipart/mixed; boundary="B"\n' + body(b"B", parts)
+    ex = run(raw)
+    assert any(u.reason == "max-readings" for u in ex.unscannable), ex.unscannable
+    assert any(a.data == PHOTO for a in ex.attachments)
+
+
+def test_a_huge_parameter_list_is_read_in_linear_time() -> None:
+    """2 MB of `;` in a Content-Type and the boundary after them: compat32's parameter
+    parser, quadratic in them, takes minutes (so does Python's `email` as a reader); ours
+    reads them in linear time."""
+    import time
+
+    raw = (HEAD + b"Content-Type: multipart/mixed" + b"; x=1" * 400_000 + b'; boundary="B"\n'
+           + body(b"B", [TEXT_PART, image_part()]))
+    started = time.perf_counter()
+    ex = run(raw)
+    assert time.perf_counter() - started < 10
+    assert any(a.data == PHOTO for a in ex.attachments)
