@@ -70,8 +70,9 @@ _TEXTISH = bytes(range(32, 127)) + b"\t\r\n\x0c"
 
 # Image and container signatures worth carving, found by one regex alternation of literals
 # (its first bytes let the engine skip quickly: 10 ms per MB, a find per signature costs
-# more) plus a find for ISO-BMFF's `ftyp`, which sits 4 bytes into its file. Every hit is
-# checked by sniff before use (RIFF must be WebP, BM a real BMP header, ...).
+# more) plus a find for each magic that sits further into its file (`_LATE_MAGIC`: ISO-BMFF's
+# `ftyp`, tar's `ustar`, ISO 9660's volume descriptor). Every hit is checked by sniff
+# before use (RIFF must be WebP, BM a real BMP header, ...).
 _SIGNATURES = (
     b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"RIFF", b"BM", b"II*\x00",
     b"MM\x00*", b"PK\x03\x04", b"\x1f\x8b\x08", b"BZh", b"\xfd7zXZ\x00", b"7z\xbc\xaf\x27\x1c",
@@ -79,6 +80,7 @@ _SIGNATURES = (
     b"xar!\x00\x1c", b"LZIP", b"\x04\x22\x4d\x18", b"07070",
 )
 _SIGNATURE_RX = re.compile(b"|".join(re.escape(sig) for sig in _SIGNATURES))
+_LATE_MAGIC = ((b"ftyp", 4), (b"ustar", 257), (b"\x01CD001\x01", 0x8000))
 _SNIFF_BYTES = 64 * 1024
 # A reader's own verdict that it cannot read the bytes (a parse-error is our bug, not the
 # container's: what the reader found before it stays, nothing is carved).
@@ -145,7 +147,8 @@ def kind_at_start(data: bytes) -> str | None:
 def signatures(data: bytes, first: int = 1) -> Iterator[tuple[int, str]]:
     """(offset, type) of each checked image or container signature at `first` or later."""
     candidates = heapq.merge(
-        (m.start() for m in _SIGNATURE_RX.finditer(data, first)), _ftyp_boxes(data, first)
+        (m.start() for m in _SIGNATURE_RX.finditer(data, first)),
+        *(_late_magic(data, first, magic, back) for magic, back in _LATE_MAGIC),
     )
     for hits, at in enumerate(candidates):
         if hits >= MAX_SIGNATURE_HITS:
@@ -162,11 +165,12 @@ def signatures(data: bytes, first: int = 1) -> Iterator[tuple[int, str]]:
             yield at, kind
 
 
-def _ftyp_boxes(data: bytes, first: int) -> Iterator[int]:
-    pos = first + 4
-    while (i := data.find(b"ftyp", pos)) >= 0:
+def _late_magic(data: bytes, first: int, magic: bytes, back: int) -> Iterator[int]:
+    """Where files start whose `magic` sits `back` bytes into them."""
+    pos = first + back
+    while (i := data.find(magic, pos)) >= 0:
         pos = i + 1
-        yield i - 4
+        yield i - back
 
 
 def _plausible_jpeg(head: bytes) -> bool:

@@ -53,8 +53,10 @@ def scan(ctx: Context, node: PayloadNode) -> Iterator[Node]:
         yield from _text(ctx, kids, reading, whole=False)
     yield from _text(ctx, kids, data, whole=True)
     ctype = node.content_type or ""
-    if not ctype.startswith("text/") and data.lstrip()[:5] != b"{\\rtf":
-        # Unknown binary: what is glued inside it (offset 0 was sniffed by the walk).
+    binary = not ctype.startswith("text/") or b"\x00" in data[:4096]
+    if binary and data.lstrip()[:5] != b"{\\rtf":
+        # Unknown binary (also when called text): what is glued inside it (offset 0 was
+        # sniffed by the walk).
         yield from sweep.carve(ctx, kids, data)
 
 

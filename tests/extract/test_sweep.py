@@ -432,3 +432,15 @@ def test_two_jpegs_glued_in_binary_are_carved_apart() -> None:
     ex = walk(ec.message(ec.attachment("application/octet-stream", blob, "two.bin")))
     assert paths_of(ex, PHOTO) == ["1/two.bin/carved-100"]
     assert paths_of(ex, SMALL) == [f"1/two.bin/carved-{150 + len(PHOTO)}"]
+
+
+def test_a_tar_glued_inside_binary_is_carved_and_opened() -> None:
+    blob = b"\x7fELF" + bytes(range(256)) * 3 + ec.tar_bytes({"t.jpg": PHOTO})
+    ex = walk(ec.message(ec.attachment("application/octet-stream", blob, "a.out")))
+    assert paths_of(ex, PHOTO) == ["1/a.out/carved-772/t.jpg"]
+
+
+def test_binary_called_text_is_carved() -> None:
+    blob = b"\x00\x01\x02 not text at all " * 10 + PHOTO
+    ex = walk(ec.message(ec.attachment("text/plain", blob, "notes.txt")))
+    assert paths_of(ex, PHOTO) == ["1/notes.txt/carved-200"]
