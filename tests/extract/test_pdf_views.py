@@ -745,3 +745,22 @@ def test_an_ocr_layer_over_a_scanned_page_does_not_force_a_rendering() -> None:
     ex = attached(ec.pdf(objects))
     assert region_paths(ex) == []
     assert matched(ex)
+
+
+def test_a_page_with_a_1_mp_photo_renders_quickly() -> None:
+    """The cost per page: open, walk, render 1024 x 768 px, grey PNG (about 0.1 s on an
+    idle core; the bound is loose for loaded CI machines)."""
+    import time
+
+    from mailfilter.extract import pdf_render
+    from mailfilter.extract.core import Context, PayloadNode
+
+    big = photo_like(156, 1155, 866)  # 1.0 MP
+    pdf = Doc(draw("Im1", 0, 0, 1155, 866),
+              {"Im1": image_object(ImageOps.invert(big), "/Decode [1 0 1 0 1 0]")},
+              page_size=(1155, 866)).bytes()
+    node = PayloadNode("d.pdf", (), pdf, "d.pdf", "application/pdf")
+    started = time.perf_counter()
+    out = list(pdf_render.regions(Context(LIMITS), node))
+    assert time.perf_counter() - started < 3.0
+    assert [Image.open(io.BytesIO(o.data)).size for o in out] == [(1024, 768)]
