@@ -49,6 +49,9 @@ _OBJ_HEADER = re.compile(rb"(?<![0-9])([0-9]{1,10})[\x00\t\n\x0c\r ]+([0-9]{1,5}
                          rb"[\x00\t\n\x0c\r ]+obj(?![A-Za-z0-9])")
 _STREAM_KEYWORD = re.compile(rb"(?<![A-Za-z])stream(?:\r\n|\r|\n)?")
 _MAX_DICT_BYTES = 1 << 20
+# Pages and patterns per page looked at for patterns that paint images.
+_MAX_PATTERN_PAGES = 1000
+_MAX_PATTERNS = 100
 _CATALOG = re.compile(rb"/Type\s*/Catalog(?![A-Za-z0-9])")
 _CATALOG_WINDOW = 4096  # a catalog dictionary is short; where it is not, the table has it
 _WHITESPACE = b"\x00\t\n\x0c\r "
@@ -403,8 +406,42 @@ def images(ctx: Context, node: PayloadNode, quiet: bool = False) -> Iterator[Nod
     # Nothing to show: no page, or not one object in the file (a stub, or a cut-off file).
     pageless = reader is not None and (
         _page_count(reader) == 0 or _OBJ_HEADER.search(node.data) is None)
-    hints = pdf_render.Hints(frozenset(stored.plain), _trailer(node.data))
+    patterns = _pattern_pages(stored.reader) if stored.reader is not None else frozenset()
+    hints = pdf_render.Hints(frozenset(stored.plain), _trailer(node.data), patterns)
     yield from _rendered(ctx, node, fail, stored_error, hints, pageless)
+
+
+def _pattern_pages(reader: Any) -> frozenset[int]:
+    """Pages (from 0) whose resources hold a tiling pattern that paints an image."""
+    found: set[int] = set()
+    try:
+        pages = reader.pages
+        for index in range(min(len(pages), _MAX_PATTERN_PAGES)):
+            resources = _resolve(pages[index].get("/Resources"))
+            patterns = _resolve(resources.get("/Pattern")) if resources is not None else None
+            if not patterns:
+                continue
+            for value in list(patterns.values())[:_MAX_PATTERNS]:
+                if _pattern_paints_image(_resolve(value)):
+                    found.add(index)
+                    break
+    except Exception:
+        pass  # what was found so far stands; the stored images were read anyway
+    return frozenset(found)
+
+
+def _pattern_paints_image(pattern: Any) -> bool:
+    if not hasattr(pattern, "get") or _resolve(pattern.get("/PatternType")) != 1:
+        return False
+    resources = _resolve(pattern.get("/Resources"))
+    xobjects = _resolve(resources.get("/XObject")) if hasattr(resources, "get") else None
+    if xobjects and any(hasattr(x := _resolve(v), "get") and x.get("/Subtype") in
+                        ("/Image", "/Form") for v in list(xobjects.values())[:_MAX_PATTERNS]):
+        return True
+    try:  # an inline image in the pattern's own content
+        return b"BI" in bytes(pattern.get_data())[: 1 << 20]
+    except Exception:
+        return False
 
 
 def _trailer(data: bytes) -> bytes | None:

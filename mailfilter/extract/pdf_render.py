@@ -58,6 +58,10 @@ _UNPAINTED_TEXT = (3, 7)
 # Pages drawing an image larger than this (its own pixels) are not rendered there: the
 # decode stage's own default limit (images.max_pixels).
 _MAX_IMAGE_PIXELS = 100_000_000
+# Filled paths on pages whose patterns paint images: at least this big (points) to count,
+# and rendered at this many pixels per point (144 dpi; the pattern's image is not measured).
+_MIN_PATTERN_SIDE = 32.0
+_PATTERN_DENSITY = 2.0
 # A region smaller than this (pixels, short side) carries too little to fingerprint.
 _MIN_REGION_SIDE = 32
 # In a group of several placements, at most this many (the largest) are also rendered alone.
@@ -184,10 +188,11 @@ def _matrix(raw: Any, pdfium_c: Any) -> Matrix | None:
     return m.a, m.b, m.c, m.d, m.e, m.f
 
 
-def _page_objects(page: Any, page_box: Box, budget: list[int], deadline: float
-                  ) -> _PageObjects:
+def _page_objects(page: Any, page_box: Box, budget: list[int], deadline: float,
+                  patterns: bool = False) -> _PageObjects:
     """Where the page draws images (visible boxes in page space, forms followed) and what
-    else it paints after the first image, in painting order."""
+    else it paints after the first image, in painting order. `patterns`: the page's
+    patterns paint images, so large filled paths count as image placements too."""
     import pypdfium2 as pdfium
     import pypdfium2.raw as pdfium_c
 
@@ -209,6 +214,12 @@ def _page_objects(page: Any, page_box: Box, budget: list[int], deadline: float
         if budget[0] < 0 or (budget[0] & 1023 == 0 and time.monotonic() > deadline):
             raise _OutOfTime("page objects past the limit or the deadline")
         kind = pdfium_c.FPDFPageObj_GetType(raw)
+        if patterns and kind == pdfium_c.FPDF_PAGEOBJ_PATH:
+            filled = _filled_box(raw, to_page, clip, pdfium_c)
+            if filled is not None:
+                result.images.append(_Placement(filled, _PATTERN_DENSITY, False, seq, None,
+                                                False, 0))
+                continue
         if kind not in (image_kind, form_kind):
             # Only what is painted after an image can change how it shows; invisible text
             # (the OCR layer of a scanned page) and clipping-only text paint nothing.
@@ -246,6 +257,20 @@ def _page_objects(page: Any, page_box: Box, budget: list[int], deadline: float
         if len(result.images) >= _MAX_PLACEMENTS:
             raise _OutOfTime(f"more than {_MAX_PLACEMENTS} images drawn on a page")
     return result
+
+
+def _filled_box(raw: Any, to_page: Matrix, clip: Box | None, pdfium_c: Any) -> Box | None:
+    """The visible box of a filled path large enough to show a picture, else None."""
+    fill_mode, stroke = ctypes.c_int(), ctypes.c_int()
+    if not pdfium_c.FPDFPath_GetDrawMode(raw, fill_mode, stroke) or fill_mode.value == 0:
+        return None
+    bounds = _bounds(raw, pdfium_c)
+    box = _intersect(clip, _transform(to_page, bounds)) if bounds else None
+    if box is None or not _finite(box):
+        return None
+    if min(box[2] - box[0], box[3] - box[1]) < _MIN_PATTERN_SIDE:
+        return None
+    return box
 
 
 def _mark_redundant(found: _PageObjects, plain: frozenset[bytes], annotated: bool) -> None:
@@ -379,6 +404,10 @@ class Hints:
     # file cut off before its cross-reference table and trailer: PDFium then rebuilds the
     # table by scanning, as MuPDF repairs such files by itself).
     trailer: bytes | None = None
+    # Pages (from 0) whose tiling patterns paint images: a viewer shows those images
+    # wherever a path is filled with the pattern, and PDFium lists no image object there,
+    # so large filled paths on these pages are regions too.
+    pattern_pages: frozenset[int] = frozenset()
 
 
 def _open(data: bytes, trailer: bytes | None) -> Any:
@@ -401,13 +430,13 @@ def regions(ctx: Context, node: PayloadNode, hints: Hints = Hints()) -> Iterator
     (before yielding anything) when PDFium cannot read the document."""
     doc = _open(node.data, hints.trailer)
     try:
-        yield from _render_document(ctx, node, doc, hints.plain)
+        yield from _render_document(ctx, node, doc, hints.plain, hints.pattern_pages)
     finally:
         doc.close()
 
 
-def _render_document(ctx: Context, node: PayloadNode, doc: Any, plain: frozenset[bytes]
-                     ) -> Iterator[PayloadNode]:
+def _render_document(ctx: Context, node: PayloadNode, doc: Any, plain: frozenset[bytes],
+                     pattern_pages: frozenset[int]) -> Iterator[PayloadNode]:
     limits = ctx.limits
     start = time.monotonic()
     deadline = start + limits.pdf_render_deadline
@@ -438,7 +467,8 @@ def _render_document(ctx: Context, node: PayloadNode, doc: Any, plain: frozenset
             left, bottom, right, top = (float(v) for v in page.get_bbox())
             page_box: Box = (left, bottom, right, top)
             try:
-                found = _page_objects(page, page_box, objects_left, deadline)
+                found = _page_objects(page, page_box, objects_left, deadline,
+                                      index in pattern_pages)
             except _OutOfTime as exc:
                 stop(index, str(exc))
                 return

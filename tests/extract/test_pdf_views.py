@@ -350,6 +350,21 @@ def blended_negative() -> bytes:
     return ec.pdf(objects)
 
 
+def pattern_fill() -> bytes:
+    """The photo as the cell of a tiling pattern (stored as its negative with /Decode)
+    that fills a rectangle: no image is drawn on the page itself."""
+    cell = ec.pdf_stream(
+        f"/Type /Pattern /PatternType 1 /PaintType 1 /TilingType 1 /BBox [0 0 {W} {H}] "
+        f"/XStep {W} /YStep {H} /Matrix [1 0 0 1 {X0} {Y0}] "
+        "/Resources << /XObject << /Im1 7 0 R >> >>", draw("Im1", 0, 0, W, H))
+    content = f"/Pattern cs /P1 scn {X0} {Y0} {W} {H} re f\n".encode()
+    objects = Doc(content).objects()
+    objects[2] = objects[2].replace(b"/Resources <<", b"/Resources << /Pattern << /P1 6 0 R >>")
+    objects += [b"<< >>", cell,
+                image_object(ImageOps.invert(PHOTO_IMG), "/Decode [1 0 1 0 1 0]")]
+    return ec.pdf(objects)
+
+
 def in_an_annotation(subtype: str) -> bytes:
     """The photo shown only by an annotation's appearance stream, stored as its negative
     with a /Decode array; a Widget here belongs to no form (poppler draws it anyway)."""
@@ -418,6 +433,7 @@ CASES: dict[str, Case] = {
     "soft-mask": Case(soft_mask, stored=False),
     "graphics-state-soft-mask": Case(graphics_state_soft_mask, stored=False),
     "negative-in-difference-blend-mode": Case(blended_negative, stored=False),
+    "tiling-pattern": Case(pattern_fill, stored=False),
 }
 VIEWS = [name for name, case in CASES.items() if not case.stored]
 SHOWN = [name for name, case in CASES.items() if case.shown is not None]
