@@ -3,7 +3,10 @@ Maildirs.
 
 - A file whose first line starts with `From ` is an mbox: it is read in chunks (a mailbox of
   many gigabytes is never held in memory), split at `From ` lines that follow an empty line
-  (or open the file), and `>From ` lines are un-escaped the mboxrd way. Each message is
+  (or open the file), and also at `From ` lines without an empty line before them that look
+  like separators (`From sender Mon Jan  1 00:00:00 2024`: writers that forget the empty
+  line exist, and mutt and Python's `mailbox` split there, so a message hidden behind one is
+  still a message), and `>From ` lines are un-escaped the mboxrd way. Each message is
   labelled `path:N`, N counting from 1.
 - Any other file is one message, labelled with its path.
 - A directory with `cur` and `new` subdirectories is a Maildir: the files in `cur` and `new`
@@ -28,7 +31,16 @@ CHUNK = 1 << 20
 # estimated from this much of its start.
 COUNT_EXACT_LIMIT = 64 << 20
 
-_SEPARATOR = re.compile(rb"\n\r?\nFrom ")
+_DAY = rb"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
+_MONTH = rb"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
+# A `From ` line after an empty line; or, without one, a From_ line proper: a sender and an
+# asctime (`Mon Jan  1 00:00:00 2024`) or RFC 5322 (`Mon, 1 Jan 2024 00:00`) date.
+_SEPARATOR = re.compile(
+    rb"\n\r?\nFrom |\nFrom (?=[^\s]{1,256} {1,8}" + _DAY + rb",? {1,4}(?:" + _MONTH
+    + rb" {1,4}\d{1,2}|\d{1,2} {1,4}" + _MONTH + rb") {1,4}(?:\d{4} {1,4})?\d{1,2}:\d\d)"
+)
+# A separator may still be incomplete this far before the end of what was read so far.
+_SEPARATOR_REACH = 512
 _ESCAPED_FROM = re.compile(rb"^>(>*From )", re.M)
 
 
@@ -166,7 +178,7 @@ def _mbox_messages(path: Path) -> Iterator[bytes]:
             while True:
                 m = _SEPARATOR.search(buf, max(scan, start - 1))
                 if m is None:
-                    scan = max(start, len(buf) - 8)
+                    scan = max(start, len(buf) - _SEPARATOR_REACH)
                     break
                 nl = buf.find(b"\n", m.end())
                 if nl < 0 and not eof:
@@ -193,17 +205,23 @@ def _count_mbox(path: Path) -> int:
     limit = size if size <= COUNT_EXACT_LIMIT else COUNT_EXACT_LIMIT // 4
     count = 1
     read = 0
-    tail = b""
+    pending = b""  # the end of what was read, where a separator may still be incomplete
     with path.open("rb") as f:
-        while read < limit:
-            chunk = f.read(min(CHUNK, limit - read))
+        while True:
+            chunk = f.read(min(CHUNK, limit - read)) if read < limit else b""
+            read += len(chunk)
+            data = pending + chunk
+            # separators starting before `cut` are complete; the rest waits for more data
+            cut = max(0, len(data) - _SEPARATOR_REACH) if chunk else len(data)
+            counted_end = 0
+            for m in _SEPARATOR.finditer(data):
+                if m.start() >= cut:
+                    break
+                count += 1
+                counted_end = m.end()
+            pending = data[max(cut, counted_end) :]
             if not chunk:
                 break
-            read += len(chunk)
-            data = tail + chunk
-            # a separator reaching into the new chunk is new; one inside the tail was counted
-            count += sum(1 for m in _SEPARATOR.finditer(data) if m.end() > len(tail))
-            tail = data[-8:]
     if read < size and read:
         count = max(count, round(count * size / read))
     return count

@@ -410,3 +410,48 @@ def test_a_huge_parameter_list_is_read_in_linear_time() -> None:
     ex = run(raw)
     assert time.perf_counter() - started < 10
     assert any(a.data == PHOTO for a in ex.attachments)
+
+
+# --- mbox files -----------------------------------------------------------------------------
+
+
+def mbox_without_blank_lines() -> bytes:
+    """Three messages; the photo's is the second, its From_ line right after the first
+    message's last line (no empty line before it)."""
+    first = HEAD + b"Content-Type: text/plain\n\nHello, no photo here.\n"
+    second = (HEAD + b'Content-Type: multipart/mixed; boundary="B"\n'
+              + body(b"B", [TEXT_PART, image_part()]))
+    third = HEAD + b"Content-Type: text/plain\n\nHello,\nFrom here on, plain text.\n"
+    return (b"From alice@example.org Mon Jan  1 00:00:00 2024\n" + first
+            + b"From alice@example.org Mon Jan  1 00:01:00 2024\n" + second
+            + b"\nFrom alice@example.org Mon, 1 Jan 2024 00:02:00 +0000\n" + third)
+
+
+@pytest.mark.parametrize("chunk", [7, 100, 1 << 20])
+def test_mbox_split_at_from_lines_without_a_blank_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
+    from mailfilter.frontend import mailbox
+
+    path = tmp_path / "box.mbox"
+    path.write_bytes(mbox_without_blank_lines())
+    monkeypatch.setattr(mailbox, "CHUNK", chunk)
+    messages = [raw for _label, raw in mailbox.iter_messages([path])]
+    assert len(messages) == 3
+    assert mailbox.count_messages([path]) == 3
+    assert [a.data == PHOTO for a in run(messages[1]).attachments] == [True]
+    assert messages[2].endswith(b"From here on, plain text.\n")  # not a separator
+
+
+def test_python_mailbox_shows_the_photo_in_such_an_mbox(tmp_path: Path) -> None:
+    """The reference: Python's `mailbox.mbox` splits there too."""
+    import mailbox as stdlib_mailbox
+
+    path = tmp_path / "box.mbox"
+    path.write_bytes(mbox_without_blank_lines())
+    box = stdlib_mailbox.mbox(str(path), create=False)
+    try:
+        leaves = [_python_email(email.policy.default)(bytes(m)) for m in box]
+    finally:
+        box.close()
+    assert any(PHOTO in found for found in leaves)
