@@ -12,13 +12,19 @@ then every `N G obj` header in the file that the table does not point at (a brok
 missing table, an object left out of it, an older version of an object shadowed by a newer
 one). A file without any `startxref` is read again with one pointing nowhere, which makes
 pypdf rebuild the table by scanning. A stream whose `/Length` is wrong and whose `endstream`
-is missing runs to the next `endobj`, object header or the end of the file; ASCII85 without
-its `~>` end marker is decoded as far as it goes (pypdf). Encrypted files are opened with
-the empty user password (RC4 and AES, with the cryptography package); one that needs a real
-password is `encrypted-archive`, and AES without cryptography is `unsupported-archive`.
+is missing runs to the next `endobj`, object header or the end of the file; ASCII85 is
+decoded leniently (no `~>` end marker, junk after it, a `<~` start). Encrypted files are
+opened with the empty user password (RC4 and AES, with the cryptography package); one that
+needs a real password is `encrypted-archive`, and AES without cryptography is
+`unsupported-archive` (PDFium still renders it).
 
 Then the pages are rendered where they draw images (pdf_render.py), so that what a viewer
-shows is fingerprinted too: inline images, /Decode inversions, clips, soft masks, tiles.
+shows is fingerprinted too: inline images, /Decode inversions, clips, soft masks, blend
+modes, tiles, annotation appearances, tiling patterns. An image drawn whole with nothing
+painted over it, whose stored copy is plain (8-bit RGB or grey, JPEG or Flate, nothing in
+its dictionary that changes the samples), is not rendered again. A file PDFium cannot
+open, even with a trailer found for it, is `corrupt-archive`, unless it holds no page (or
+no object) at all: defect `pdf-without-pages`.
 
 pypdf decodes the streams, with its limits set from what is left of the decoded-byte budget
 for the duration of the file, and never calls external programs.
