@@ -611,9 +611,15 @@ def _html_variant(variant: str) -> bytes:
     return html_message(_HTML_VARIANTS[variant]())
 
 
-@construction("html-charset", "html", variants=["utf-16", "utf-16le-bom", "utf-7", "utf-32"])
+@construction("html-charset", "html",
+              variants=["utf-16", "utf-16le-bom", "utf-7", "utf-7-all-encoded", "utf-32"])
 def _html_charset(variant: str) -> bytes:
     html = img_html(data_uri())
+    if variant == "utf-7-all-encoded":
+        # UTF-7 may shift any character into modified base64; Python's encoder keeps ASCII
+        # direct, so the whole text is shifted here by hand.
+        shifted = base64.b64encode(html.encode("utf-16-be")).rstrip(b"=")
+        return html_message(html, "utf-7", encoded=b"+" + shifted + b"-")
     if variant == "utf-16le-bom":
         return html_message(html, "utf-16", encoded=b"\xff\xfe" + html.encode("utf-16-le"))
     return html_message(html, variant)
@@ -1108,8 +1114,19 @@ def _pdf_plain() -> bytes:
 
 
 @construction("pdf-structure", "partial-scans",
-              variants=["wrong-startxref", "no-xref", "junk-before-header", "page-17"])
+              variants=["wrong-startxref", "no-xref", "junk-before-header", "page-17",
+                        "xref-offsets-shifted", "cut-after-last-object"])
 def _pdf_structure(variant: str) -> bytes:
+    if variant == "xref-offsets-shifted":
+        doc = photo_pdf()
+        head, sep, tail = doc.partition(b"xref\n")
+        lines = tail.split(b"\n")
+        shifted = [b"%010d 00000 n " % (int(ln[:10]) + 7) if ln.endswith(b" n ") else ln
+                   for ln in lines]
+        return attach_pdf(head + sep + b"\n".join(shifted))
+    if variant == "cut-after-last-object":
+        doc = photo_pdf()
+        return attach_pdf(doc[:doc.rindex(b"endobj") + len(b"endobj\n")])
     if variant == "wrong-startxref":
         return attach_pdf(photo_pdf(startxref_shift=-37))
     if variant == "no-xref":
@@ -1252,7 +1269,7 @@ def names() -> list[str]:
 
 # ----------------------------------------------------------------------------- more
 
-PASSWORD = "photo123"
+PASSWORD = "photo123"  # references.PASSWORD: the recipient reads it in the message
 PASSWORD_TEXT = part(b"text/plain", f"The password is {PASSWORD}\r\n".encode(), cte=b"7bit")
 
 

@@ -3,12 +3,13 @@
 A reference is a chain: a MIME parser (Python `email` with two policies, mail-parser,
 GMime via `mu extract`, ripmime, munpack, reformime; Python's `mailbox` for mbox files)
 followed by the openers a recipient would use on what it yields (bsdtar, 7z, tnef, gpg,
-pdftoppm, cabextract, cpio, a mail client for attached messages, and small decoders written
-to published formats where no program is installed: HTML/SVG `data:` URLs after the WHATWG
-URL and data-URL rules, vCard PHOTO, RTF `\\pict`, flat ODF, BinHex 4.0). Every file a chain
-yields is opened again, to a bounded depth; the chain "shows the photo" when a file is the
-photo's bytes or decodes (all frames; EXIF orientation and ICC profile applied, as viewers
-do) to an image within PDQ distance `PDQ_THRESHOLD` of the photo's.
+pdftoppm, pdfdetach, openssl cms, cabextract, cpio, a mail client for attached messages, and
+small decoders written to published formats where no program is installed: HTML/SVG `data:`
+URLs after the WHATWG URL and data-URL rules, vCard PHOTO, iCalendar ATTACH, RTF `\\pict`,
+flat ODF, BinHex 4.0). Every file a chain yields is opened again, to a bounded depth; the
+chain "shows the photo" when a file is the photo's bytes or decodes (all frames; EXIF
+orientation and ICC profile applied, as viewers do) to an image within PDQ distance
+`PDQ_THRESHOLD` of the photo's.
 
 Chains are named like `mu>bsdtar>pdftoppm`. Programs that are not installed are left out
 (`available()`); CI installs them all.
@@ -50,7 +51,6 @@ PASSWORD = "photo123"
 MAX_DEPTH = 6
 MAX_FRAMES = 300
 TOOL_TIMEOUT = 30.0
-Image.MAX_IMAGE_PIXELS = 50_000_000
 # mail-parser logs a warning for every content type it does not handle itself.
 logging.getLogger("mailparser").setLevel(logging.ERROR)
 
