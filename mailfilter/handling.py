@@ -119,7 +119,7 @@ class MessageHandler:
             action = decide(result, self.settings.policy)
         else:
             action = decide_error(failure or "scan-failed", self.settings.policy)
-        if action.reason not in ("clean", "match", "unscannable"):
+        if action.reason not in ("clean", "match", "unscannable", "ambiguous"):
             # no verdict: a failure of ours (tempfail, or relayed unscanned when fail-open)
             self.count_error(action.reason)
             log.warning("message not scanned", extra={"fields": {
@@ -184,6 +184,8 @@ class MessageHandler:
             "reply": str(outcome.reply),
             "images": len(result.attachments) if result is not None else 0,
         }
+        if result is not None and result.ambiguities:
+            fields["ambiguities"] = list(result.ambiguities)
         if self.front_end != "smtp":
             fields["front_end"] = self.front_end
         if result is not None:

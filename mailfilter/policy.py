@@ -8,6 +8,7 @@ quarantine, refuse) and turn it into protocol replies.
 |-----------------------------------------|------------------|---------------------------------|
 | clean                                   |                  | relay                           |
 | match                                   | `on_match`       | quarantine / reject / tag       |
+| ambiguous structure (readers disagree)  | `on_ambiguous`   | scan-all / 451 / 550 / quarantine |
 | unscannable (limits, broken images)     | `on_unscannable` | relay / tag / quarantine / 451  |
 | failure (store, worker crash, deadline) | `on_error`       | 451 / relay unscanned           |
 
@@ -15,6 +16,11 @@ A worker that crashed or ran out of time under an image or the MIME walk says no
 the message (the machine may be overloaded, a worker killed from outside): it is a failure
 of ours, decided by `on_error` like a store outage, not "unscannable". A decoder that needs
 more than the memory limit is a limit the image broke, like `max_pixels`: unscannable.
+
+A message whose structure readers take differently (two Content-Types, a boundary in
+another case, ...: `ScanResult.ambiguities`) had every reading scanned; with
+`on_ambiguous = "scan-all"` the union's verdict stands, otherwise the operator's choice
+applies to it unless it matched (a match is acted on first).
 """
 
 from __future__ import annotations
@@ -83,6 +89,8 @@ class Action:
 
 REJECT_REPLY: Final = Reply(550, "5.7.1", "Message content rejected")
 UNSCANNABLE_TEMPFAIL: Final = Reply(451, "4.7.0", "Message could not be scanned, try again later")
+AMBIGUOUS_REJECT: Final = Reply(550, "5.6.0", "Ambiguous MIME structure rejected")
+AMBIGUOUS_TEMPFAIL: Final = Reply(451, "4.6.0", "Ambiguous MIME structure, try again later")
 
 _FAILURE_TEXT: Final = {
     "scan-timeout": "Scan timed out, try again later",
@@ -126,6 +134,12 @@ def decide(result: ScanResult, policy: PolicySettings) -> Action:
     failure = failure_of(result)
     if failure is not None:
         return decide_error(failure, policy)
+    if result.ambiguities and policy.on_ambiguous != "scan-all":
+        if policy.on_ambiguous == "reject":
+            return Action(ActionKind.REJECT, "ambiguous", reply=AMBIGUOUS_REJECT)
+        if policy.on_ambiguous == "tempfail":
+            return Action(ActionKind.TEMPFAIL, "ambiguous", reply=AMBIGUOUS_TEMPFAIL)
+        return Action(ActionKind.QUARANTINE, "ambiguous")
     if result.verdict is Verdict.UNSCANNABLE:
         choice = policy.on_unscannable
         if choice == "tag":

@@ -265,6 +265,7 @@ class PolicySettings(_Section):
     on_match: Literal["quarantine", "reject", "tag"] = "quarantine"
     on_error: Literal["tempfail", "accept"] = "tempfail"
     on_unscannable: Literal["accept", "tag", "quarantine", "tempfail"] = "accept"
+    on_ambiguous: Literal["scan-all", "tempfail", "reject", "quarantine"] = "scan-all"
 
 
 class QuarantineSettings(_Section):

@@ -186,6 +186,7 @@ def build_record(
         "unscannable": [
             u.as_json() for u in (result.unscannable if result is not None else ())
         ],
+        "ambiguities": list(result.ambiguities) if result is not None else [],
         "matches": matches,
         "action": action,
         "reason": reason,

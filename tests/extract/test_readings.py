@@ -455,3 +455,61 @@ def test_python_mailbox_shows_the_photo_in_such_an_mbox(tmp_path: Path) -> None:
     finally:
         box.close()
     assert any(PHOTO in found for found in leaves)
+
+
+# --- what the operator sees, and decides -----------------------------------------------------
+
+
+def test_scan_json_lists_the_ambiguities_and_matches_the_photo(tmp_path: Path) -> None:
+    """End to end: `mailfilter scan --json` matches the photo read the other way, and says
+    where readers disagree."""
+    import json
+    import sys
+
+    photo = tmp_path / "known.jpg"
+    photo.write_bytes(PHOTO)
+    hashed = subprocess.run([sys.executable, "-m", "mailfilter", "hash", "--json", str(photo)],
+                            capture_output=True, text=True, timeout=180, check=True)
+    hashes = tmp_path / "list.hma"
+    hashes.write_text(f"md5 {json.loads(hashed.stdout)['md5']}\n")
+    mail = tmp_path / "m.eml"
+    mail.write_bytes(duplicate_content_type_last())
+    out = subprocess.run([sys.executable, "-m", "mailfilter", "scan", "--json", "--hashes",
+                          str(hashes), str(mail)], capture_output=True, text=True, timeout=180)
+    assert out.returncode == 1, out.stderr
+    record = json.loads(out.stdout)
+    assert record["verdict"] == "match"
+    assert record["ambiguities"] == ["duplicate-content-type at message"]
+
+
+@pytest.mark.parametrize(("choice", "kind", "code"), [
+    ("scan-all", "relay", None),
+    ("tempfail", "tempfail", 451),
+    ("reject", "reject", 550),
+    ("quarantine", "quarantine", None),
+])
+def test_on_ambiguous_decides_for_a_clean_ambiguous_message(
+    choice: str, kind: str, code: int | None
+) -> None:
+    from mailfilter.model import ScanResult, Verdict
+    from mailfilter.policy import decide
+    from mailfilter.settings import PolicySettings
+
+    policy = PolicySettings.model_validate({"on_ambiguous": choice})
+    result = ScanResult("m", None, Verdict.CLEAN, ambiguities=("boundary-case at message",))
+    action = decide(result, policy)
+    assert action.kind.value == kind
+    assert (action.reply.code if action.reply else None) == code
+    assert action.reason == ("clean" if choice == "scan-all" else "ambiguous")
+    # without ambiguities the choice changes nothing
+    assert decide(ScanResult("m", None, Verdict.CLEAN), policy).kind.value == "relay"
+
+
+def test_a_match_is_acted_on_whatever_on_ambiguous_says() -> None:
+    from mailfilter.model import ScanResult, Verdict
+    from mailfilter.policy import decide
+    from mailfilter.settings import PolicySettings
+
+    policy = PolicySettings.model_validate({"on_ambiguous": "tempfail", "on_match": "reject"})
+    result = ScanResult("m", None, Verdict.MATCH, ambiguities=("boundary-case at message",))
+    assert decide(result, policy).reason == "match"
