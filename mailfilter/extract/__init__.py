@@ -39,6 +39,14 @@ examined is listed in `unscannable` with one of these reason codes:
     unsupported-image-encoding  a PDF image in a colour space we cannot rebuild
     partial-message      message/partial (a fragment of a message split over several mails)
     parse-error          anything unexpected while reading a part (the rest is still walked)
+    max-readings         more extra readings of ambiguous structures than the walk makes per
+                         message (mime.MAX_READINGS)
+
+Where mail readers would take the structure differently (two Content-Types, a boundary in
+another case, lone CRs, ...), every reading is walked and the union handed on; readings
+after the first are numbered under `PATH~N` (`~2/1`: part 1 of the message's second
+reading), and each disagreement is listed in `ambiguities` (`code at path`; the codes are
+listed in mime.py).
 """
 
 from __future__ import annotations
