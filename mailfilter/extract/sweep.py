@@ -17,6 +17,7 @@ Every payload found goes through `Children.make`, so the message's budgets apply
 
 from __future__ import annotations
 
+import binascii
 import bisect
 import heapq
 import re
@@ -402,14 +403,26 @@ def decode_run(run: bytes) -> tuple[bytes, str | None]:
     whole: dict[int, bytes] = {}
     for k in starts:
         if len(stripped) - k <= _HEAD_CHARS:  # short: decode it all once
-            whole[k] = head = decoders.b64decode(stripped[k:])[0]
+            whole[k] = head = _b64(stripped[k:])
         else:
-            head = decoders.b64decode(stripped[k : k + _HEAD_CHARS])[0]
+            head = _b64(stripped[k : k + _HEAD_CHARS])
         kind = kind_at_start(head)
         if kind is not None:
-            return whole.get(k) or decoders.b64decode(stripped[k:])[0], kind
+            return whole.get(k) or _b64(stripped[k:]), kind
     k = starts[-1] if first is not None and first.start() % 4 else 0
-    return whole.get(k) or decoders.b64decode(stripped[k:])[0], None
+    return whole.get(k) or _b64(stripped[k:]), None
+
+
+def _b64(chars: bytes) -> bytes:
+    """Base64 characters (a run, whitespace taken out) decoded: binascii directly, the
+    forgiving decoder when that fails (padding in the middle, a dangling character)."""
+    body = chars.rstrip(b"=")
+    if len(body) % 4 == 1:
+        body = body[:-1]
+    try:
+        return binascii.a2b_base64(body + b"=" * (-len(body) % 4), strict_mode=True)
+    except binascii.Error:
+        return decoders.b64decode(chars)[0]
 
 
 def base64_runs(
