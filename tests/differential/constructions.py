@@ -22,6 +22,7 @@ import struct
 import subprocess
 import tarfile
 import tempfile
+import urllib.parse
 import warnings
 import zipfile
 import zlib
@@ -601,6 +602,20 @@ _HTML_VARIANTS: dict[str, Callable[[], str]] = {
                               "</head><body><p>x</p></body></html>"),
     "inline-svg-image": lambda: (f'<html><body><svg width="640" height="480"><image href="'
                                  f'{data_uri()}" width="640" height="480"/></svg></body></html>'),
+    "named-entities-slash-plus": lambda: img_html(data_uri(body=base64.b64encode(photo())
+                                                           .replace(b"/", b"&sol;")
+                                                           .replace(b"+", b"&plus;"))),
+    "css-escapes": lambda: ("<html><body><div style=\"background:url(data\\3a image\\2f jpeg"
+                            "\\3b base64\\2c " + base64.b64encode(photo()).decode()
+                            + ')">x</div></body></html>'),
+    "css-import-data-stylesheet": lambda: (
+        '<html><head><style>@import url("data:text/css;base64,'
+        + base64.b64encode(f"body{{background:url({data_uri()})}}".encode()).decode()
+        + '");</style></head><body>x</body></html>'),
+    "svg-utf8-data-uri": lambda: img_html(
+        "data:image/svg+xml;utf8," + urllib.parse.quote(
+            '<svg xmlns="http://www.w3.org/2000/svg" width="640" height="480"><image href="'
+            + data_uri() + '" width="640" height="480"/></svg>')),
     "picture-srcset": lambda: (f'<html><body><picture><source srcset="{data_uri()}">'
                                '<img src="cid:none"></picture></body></html>'),
 }

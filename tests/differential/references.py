@@ -513,8 +513,32 @@ class _UrlCollector(html.parser.HTMLParser):
             self._css(data)
 
     def _css(self, css: str) -> None:
-        for m in re.finditer(r"url\(\s*(['\"]?)(.*?)\1\s*\)", css, re.DOTALL | re.IGNORECASE):
-            self.urls.append(m.group(2))
+        self.urls += css_urls(css)
+
+
+def _css_unescape(css: str) -> str:
+    """CSS escapes (CSS Syntax 3, 4.3.7): `\\` + 1-6 hex digits (+ one optional space) is
+    that code point, `\\` + any other character is the character."""
+    def one(m: re.Match[str]) -> str:
+        if m.group(1):
+            cp = int(m.group(1), 16)
+            return chr(cp) if 0 < cp <= 0x10FFFF else "\ufffd"
+        return m.group(2)
+    return re.sub(r"\\(?:([0-9a-fA-F]{1,6})[ \t\n]?|(.))", one, css, flags=re.DOTALL)
+
+
+def css_urls(css: str, depth: int = 0) -> list[str]:
+    """`url(...)` and `@import "..."` targets; a `data:` stylesheet is read in turn."""
+    text = _css_unescape(css)
+    found = [m.group(2) for m in re.finditer(r"url\(\s*(['\"]?)(.*?)\1\s*\)", text,
+                                             re.DOTALL | re.IGNORECASE)]
+    found += [m.group(2) for m in re.finditer(r"@import\s+(['\"])(.*?)\1", text, re.DOTALL)]
+    for url in list(found):
+        if depth < 3 and re.match(r"\s*data:\s*text/css", url, re.IGNORECASE):
+            body = data_url_body(url)
+            if body:
+                found += css_urls(body.decode("utf-8", "replace"), depth + 1)
+    return found
 
 
 def _as_text(leaf: Leaf) -> str:
