@@ -464,14 +464,15 @@ def _next_at(positions: list[int], after: int, default: int) -> int:
 
 
 def uuencoded(
-    ctx: Context, kids: Children, data: bytes, start: int = 0, end: int | None = None,
-    spans: list[tuple[int, int]] | None = None,
+    ctx: Context, kids: Children, data: bytes,
+    regions: list[tuple[int, int]] | None = None, spans: list[tuple[int, int]] | None = None,
 ) -> Iterator[PayloadNode]:
-    """uuencoded (and `begin-base64`) blocks whose begin line lies in data[start:end]; a
-    block runs to its end line, and never past the next begin line. `spans` collects the
-    blocks' extents."""
-    end = len(data) if end is None else end
-    begins = [(m.start(), m) for m in _UU_BEGIN.finditer(data, start, end)]
+    """uuencoded (and `begin-base64`) blocks whose begin line lies in one of `regions` (by
+    default: anywhere); a block runs to its end line, and never past the next begin line.
+    `spans` collects the blocks' extents. (All regions at once: the end lines are found in
+    one pass, however many regions have a begin line.)"""
+    regions = [(0, len(data))] if regions is None else regions
+    begins = [(m.start(), m) for s, e in regions for m in _UU_BEGIN.finditer(data, s, e)]
     if not begins:
         return
     starts = [s for s, _ in begins]
@@ -615,12 +616,14 @@ def raw_message(ctx: Context) -> Iterator[Node]:
     covered = merged(ctx.covered)
     node = PayloadNode(SWEEP, (), raw, None, SWEEP)
     kids = _RawChildren(ctx, node)
-    for start, end in uncovered(covered, len(raw)):
+    gaps = uncovered(covered, len(raw))
+    for start, end in gaps:
         if end - start >= MIN_RUN or end < len(raw):  # (a short gap's run may go on)
             yield from base64_runs(ctx, kids, raw, start, end, covered, extend=True)
-        if raw.find(b"begin", start, end) >= 0:
-            yield from uuencoded(ctx, kids, raw, start, end)
         yield from binhex(ctx, kids, raw, start, end)
+    with_begin = [(s, e) for s, e in gaps if raw.find(b"begin", s, e) >= 0]
+    if with_begin:
+        yield from uuencoded(ctx, kids, raw, with_begin)
 
 
 class _RawChildren(Children):

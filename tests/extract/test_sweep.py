@@ -406,6 +406,10 @@ HOSTILE = {
                                                       b"{\\rtf1{\\pict " + b"0 " * 600_000 + b"}}"),
     "BinHex markers": ec.part("text/plain",
                               b"(This file must be converted with BinHex 4.0)\n:!!:\n" * 20_000),
+    "begin lines in many bodies the walk does not read": ec.multipart("mixed", [
+        ec.part("message/external-body", b"begin 644 a\n" + b"filler line\n" * 200)
+        for _ in range(400)
+    ], "many"),
     "a GIF of one-byte sub-blocks": ec.attachment(
         "application/octet-stream",
         b"xx" + b"GIF89a\x01\x00\x01\x00\x00\x00\x00" + b"\x2c" + b"\x00" * 9 + b"\x02"
