@@ -850,7 +850,10 @@ def _multipart(
         # decode it anyway see another body: read it raw first, then decoded.
         ctx.defect(path, "encoded-multipart")
         _ambiguous(ctx, path, MULTIPART_WITH_TRANSFER_ENCODING)
-        decoded = decode_body(ctx, path, buf, start, end, view.cte)
+        if view.cte == "quoted-printable":
+            decoded = _qp_escapes(ctx, path, buf, start, end)
+        else:
+            decoded = decode_body(ctx, path, buf, start, end, view.cte)
         if decoded is not None and decoded == buf[start:end]:
             decoded = None
     default = "message/rfc822" if view.ctype == "multipart/digest" else "text/plain"
@@ -905,6 +908,20 @@ def _multipart(
             return
         skip = findings.spans if body is not None and other.buf is body.buf else None
         yield from _split(ctx, node, alt, mp_depth, default, True, other, _Findings(), skip)
+
+
+_QP_ESCAPE = re.compile(rb"=([0-9A-Fa-f]{2})")
+
+
+def _qp_escapes(ctx: Context, path: str, buf: bytes, start: int, end: int) -> bytes | None:
+    """A quoted-printable multipart as a decoding reader splits it: `=XX` escapes decoded,
+    but line breaks kept (soft ones too), so that the base64 parts inside, whose `=`
+    padding ends a line, come through whole. Charged to the budget."""
+    if not ctx.fits(path, end - start):
+        return None
+    data = _QP_ESCAPE.sub(lambda m: bytes((int(m.group(1), 16),)), buf[start:end])
+    ctx.charge(len(data))
+    return data
 
 
 def _split(

@@ -288,10 +288,18 @@ def codes(ex: Extraction) -> set[str]:
     return {entry.split(" at ", 1)[0] for entry in ex.ambiguities}
 
 
+def found_as_a_part(ex: Extraction) -> bool:
+    """The photo is a MIME part of some reading (`2`, `~2/2`, `2~2`, `2.2`), not only a
+    base64 run found in text (the text sweep may find that too: it proves nothing here)."""
+    return any(a.data == PHOTO and all(seg[:1].isdigit() or seg[:1] == "~"
+                                       for seg in a.mime_path.split("/"))
+               for a in ex.attachments)
+
+
 @pytest.mark.parametrize(("build", "code"), CONSTRUCTIONS, ids=IDS)
 def test_every_reading_is_scanned(build: Callable[[], bytes], code: str) -> None:
     ex = run(build())
-    assert any(a.data == PHOTO for a in ex.attachments), ex.attachments
+    assert found_as_a_part(ex), [(a.mime_path, a.data == PHOTO) for a in ex.attachments]
     assert code in codes(ex), ex.ambiguities
     assert not ex.unscannable, ex.unscannable
 
@@ -345,7 +353,7 @@ MORE: list[tuple[Callable[[], bytes], str]] = [
 def test_more_readings(build: Callable[[], bytes], code: str) -> None:
     raw = build()
     ex = run(raw)
-    assert any(a.data == PHOTO for a in ex.attachments), ex.attachments
+    assert found_as_a_part(ex), [(a.mime_path, a.data == PHOTO) for a in ex.attachments]
     assert code in codes(ex), ex.ambiguities
     shown, missing = shown_by(raw, PHOTO)
     if not shown and missing:
