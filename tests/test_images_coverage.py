@@ -262,6 +262,18 @@ def test_heic_is_decoded_and_matches_the_original() -> None:
     assert verdict(fp, reference_pdq(photo)) is Verdict.MATCH
 
 
+def test_the_photo_as_the_second_image_of_a_heif_is_matched() -> None:
+    pillow_heif = pytest.importorskip("pillow_heif")
+    photo = photo_like(PHOTO_SEED, 320, 240)
+    collection = pillow_heif.from_pillow(photo_like(5, 320, 240))
+    collection.add_from_pillow(photo)
+    buf = io.BytesIO()
+    collection.save(buf, quality=90)
+    fp = fingerprint_image(buf.getvalue(), PARAMS)
+    assert (fp.frame_count, fp.incomplete) == (2, None)
+    assert verdict(fp, reference_pdq(photo)) is Verdict.MATCH
+
+
 @pytest.mark.skipif(not features.check("avif"), reason="this Pillow has no AVIF codec")
 def test_avif_is_decoded_and_matches_the_original() -> None:
     photo = photo_like(PHOTO_SEED, 640, 480)
