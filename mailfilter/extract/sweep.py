@@ -437,13 +437,15 @@ def base64_runs(
     for s, e in list(_long_runs(data, start, end, len(data) if extend else end)):
         if skip and _inside(skip, s, e):
             continue
-        if not ctx.fits(kids.node.path, (e - s) * 3 // 4 + 3):
-            return
+        # Decoded first, charged only if handed on: a signature header that decodes to
+        # nothing of interest must not make a message near its budget unscannable.
         decoded, kind = decode_run(data[s:e])
         if len(decoded) < 16 or (kind is None and not has_hidden(decoded, False)):
             continue
         if not kids.novel(decoded) or kids.fragment(decoded):
             continue
+        if not ctx.fits(kids.node.path, len(decoded)):
+            return
         if not kids.open():
             return
         kind = sniff.image_type(decoded)
@@ -559,8 +561,6 @@ def hex_runs(
     their writers) and RTF `\\binN` binary data, decoded; what holds an image or container
     is handed on."""
     for m in _runs_of(HEX_RUN, _HEX_MAP, b"H" * MIN_HEX_RUN, data, 0, len(data)):
-        if not ctx.fits(kids.node.path, (m.end() - m.start()) // 2):
-            return
         decoded = _hex_payload(data, m.start(), m.end())
         before = data[max(0, m.start() - 512) : m.start() + 16]
         label = "objdata" if before.rfind(b"\\objdata") > before.rfind(b"\\pict") else "pict"
@@ -568,7 +568,7 @@ def hex_runs(
             spans.append((m.start(), m.end()))
         if not kids.novel(decoded) or not has_hidden(decoded):
             continue
-        if not kids.open():
+        if not ctx.fits(kids.node.path, len(decoded)) or not kids.open():
             return
         yield kids.make(kids.next_name(label), decoded, sniff.image_type(decoded), None)
     for m in _RTF_BIN.finditer(data):
