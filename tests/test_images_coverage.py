@@ -347,20 +347,24 @@ def _srgb_to_linear(v: np.ndarray) -> np.ndarray:
     return np.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4)
 
 
-def inverting_profile(description: str = "sRGB IEC61966-2.1") -> bytes:
-    """A minimal ICC v2 RGB display profile: sRGB's primaries (D50-adapted) and white point,
-    and tone curves (`curv`, 256 entries) that are sRGB's curve backwards, so the stored value
-    v is drawn as 255 - v. Named like the common sRGB profile: a name proves nothing."""
+def inverting_profile(description: str = "sRGB IEC61966-2.1", grey: bool = False) -> bytes:
+    """A minimal ICC v2 RGB (or grey) display profile: sRGB's primaries (D50-adapted) and
+    white point, and tone curves (`curv`, 256 entries) that are sRGB's curve backwards, so the
+    stored value v is drawn as 255 - v. Named like the common sRGB profile: a name proves
+    nothing."""
     table = np.round(_srgb_to_linear(1.0 - np.arange(256) / 255.0) * 65535).astype(">u2")
     curve = b"curv\0\0\0\0" + struct.pack(">I", 256) + table.tobytes()
     text = description.encode() + b"\0"
     desc = (b"desc\0\0\0\0" + struct.pack(">I", len(text)) + text + struct.pack(">II", 0, 0)
             + struct.pack(">HB", 0, 0) + b"\0" * 67)
-    tags = [(b"desc", desc), (b"wtpt", _xyz(0.9642, 1.0, 0.8249)),
-            (b"rXYZ", _xyz(0.4361, 0.2225, 0.0139)), (b"gXYZ", _xyz(0.3851, 0.7169, 0.0971)),
-            (b"bXYZ", _xyz(0.1431, 0.0606, 0.7141)),
-            (b"rTRC", curve), (b"gTRC", curve), (b"bTRC", curve),
-            (b"cprt", b"text\0\0\0\0none\0")]
+    tags = [(b"desc", desc), (b"wtpt", _xyz(0.9642, 1.0, 0.8249))]
+    if grey:
+        tags.append((b"kTRC", curve))
+    else:
+        tags += [(b"rXYZ", _xyz(0.4361, 0.2225, 0.0139)), (b"gXYZ", _xyz(0.3851, 0.7169, 0.0971)),
+                 (b"bXYZ", _xyz(0.1431, 0.0606, 0.7141)),
+                 (b"rTRC", curve), (b"gTRC", curve), (b"bTRC", curve)]
+    tags.append((b"cprt", b"text\0\0\0\0none\0"))
     start = 128 + 4 + 12 * len(tags)
     directory, body = b"", b""
     for signature, data in tags:
@@ -369,7 +373,8 @@ def inverting_profile(description: str = "sRGB IEC61966-2.1") -> bytes:
         body += data
     body += b"\0" * (-len(body) % 4)
     header = (struct.pack(">I", start + len(body)) + b"\0" * 4 + bytes([2, 0x10, 0, 0])
-              + b"mntrRGB XYZ " + struct.pack(">6H", 2026, 1, 1, 0, 0, 0) + b"acsp"
+              + b"mntr" + (b"GRAY" if grey else b"RGB ") + b"XYZ "
+              + struct.pack(">6H", 2026, 1, 1, 0, 0, 0) + b"acsp"
               + b"\0" * 24 + b"\0" * 4 + _s15(0.9642) + _s15(1.0) + _s15(0.8249))
     header += b"\0" * (128 - len(header))
     return header + struct.pack(">I", len(tags)) + directory + body
@@ -399,6 +404,14 @@ def test_a_picture_inverted_back_by_its_profile_is_matched(fmt: str) -> None:
     assert verdict(fp, reference_pdq(photo)) is Verdict.MATCH  # what a viewer draws
     # and the stored reading still counts too (viewers without colour management)
     assert verdict(fp, reference_pdq(inverted(photo))) is Verdict.MATCH
+
+
+def test_a_grey_picture_inverted_back_by_its_profile_is_matched() -> None:
+    photo = photo_like(PHOTO_SEED, 640, 480).convert("L")
+    stored = Image.fromarray(255 - np.asarray(photo), "L")
+    data = image_bytes(stored, "JPEG", quality=92, icc_profile=inverting_profile(grey=True))
+    fp = fingerprint_image(data, PARAMS)
+    assert verdict(fp, reference_pdq(photo.convert("RGB"))) is Verdict.MATCH
 
 
 def test_an_srgb_profile_adds_no_reading() -> None:
