@@ -718,15 +718,17 @@ def _delimiters(
     cannot be part of a longer one (`--B;x`, `--B junk`). What a strict reading rejects but
     others accept is noted in `findings`.
     """
-    hay, off = (buf[start:end].lower(), start) if fold else (buf, 0)
-    needle = delim.lower() if fold else delim
+    folded = re.compile(re.escape(delim), re.I) if fold else None  # (no copy of the body)
     pos = start
     n = len(delim)
     while True:
-        i = hay.find(needle, pos - off, end - off)
+        if folded is None:
+            i = buf.find(delim, pos, end)
+        else:
+            m = folded.search(buf, pos, end)
+            i = -1 if m is None else m.start()
         if i < 0:
             return
-        i += off
         pos = i + 1
         if i != start and buf[i - 1] != 0x0A:
             continue
@@ -790,7 +792,10 @@ def _variant_lines(buf: bytes, start: int, end: int, delim: bytes) -> tuple[bool
     else:
         return case, cr
     # Text with many dashes: whole-buffer passes from here.
-    if has_case and not case and buf[i:end].lower().count(low) > buf.count(delim, i, end):
+    folded = re.compile(re.escape(delim), re.I)
+    if has_case and not case and (
+        sum(1 for _m in folded.finditer(buf, i, end)) > buf.count(delim, i, end)
+    ):
         for m in _LF_DASHES.finditer(buf, max(i - 1, 0), end):
             segment = buf[m.start() + 1 : m.start() + 1 + n]
             if segment != delim and segment.lower() == low:
