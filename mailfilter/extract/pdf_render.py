@@ -387,8 +387,10 @@ def _regions(placements: list[_Placement]) -> list[tuple[Box, float]]:
             union = _union(union, m.box)
         add(union, max(m.density for m in members))
         if len(members) > 1:
-            largest = sorted(members, key=lambda m: -(m.box[2] - m.box[0]) * (m.box[3] - m.box[1]))
-            for m in largest[:_MAX_MEMBERS_ALONE]:
+            # Alone, a member shows what its stored copy shows when it is redundant.
+            alone = [m for m in members if not m.redundant]
+            alone.sort(key=lambda m: -(m.box[2] - m.box[0]) * (m.box[3] - m.box[1]))
+            for m in alone[:_MAX_MEMBERS_ALONE]:
                 add(m.box, m.density)
     return out
 

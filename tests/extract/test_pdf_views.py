@@ -780,3 +780,15 @@ def test_a_page_with_a_1_mp_photo_renders_quickly() -> None:
     out = list(pdf_render.regions(Context(LIMITS), node))
     assert time.perf_counter() - started < 3.0
     assert [Image.open(io.BytesIO(o.data)).size for o in out] == [(1024, 768)]
+
+
+def test_a_tricked_photo_edge_to_edge_with_another_picture_is_seen_alone() -> None:
+    """Two pictures side by side (one region together): the photo, stored as its negative
+    with /Decode, is also rendered alone; the plain neighbour is not (its stored copy is
+    what viewers show)."""
+    decoy = image_object(photo_like(157, 64, H))
+    photo = image_object(ImageOps.invert(PHOTO_IMG), "/Decode [1 0 1 0 1 0]")
+    content = draw("Im1", X0 + W, Y0, 64, H) + draw("Im2", X0, Y0, W, H)
+    ex = attached(Doc(content, {"Im1": decoy, "Im2": photo}).bytes())
+    assert region_paths(ex) == ["2/d.pdf/page-1-region-1.png", "2/d.pdf/page-1-region-2.png"]
+    assert matched(ex)
