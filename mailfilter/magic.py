@@ -8,9 +8,9 @@ from __future__ import annotations
 import struct
 
 # Formats we recognise: Pillow's names, so the decode stage can restrict Pillow to them.
-# Those Pillow cannot decode here (ICO is deliberately left out of decoding, JPEG 2000 and
-# JPEG XL depend on the build, PSD is a layered document) are still images: the extract
-# stage passes them on and the decode stage reports them as `unsupported-format`.
+# Those Pillow cannot decode here (JPEG XL depends on the build, PSD is a layered document)
+# are still images: the extract stage passes them on and the decode stage reports them as
+# `unsupported-format`. ICO files are decoded entry by entry, JPEG 2000 through OpenJPEG.
 MIME_TYPES: dict[str, str] = {
     "JPEG": "image/jpeg",
     "PNG": "image/png",
