@@ -16,6 +16,7 @@ import binascii
 import functools
 import gzip
 import io
+import itertools
 import quopri
 import shutil
 import struct
@@ -1664,3 +1665,98 @@ def _limits_probe(variant: str) -> bytes:
         small["zz/photo.jpg"] = photo()
         return attach(zip_of(small), "p.zip")
     return attach_pdf(many_pages(60))
+
+
+@construction("ambiguity-budget", "headers",
+              variants=["ten-content-types", "nested-two-readings-3-levels", "five-boundaries",
+                        "cte-with-comment"])
+def _ambiguity_budget(variant: str) -> bytes:
+    if variant == "ten-content-types":
+        plain = b"".join(b"Content-Type: text/plain; x=%d\r\n" % i for i in range(9))
+        return message(plain + b'Content-Type: multipart/mixed; boundary="B"\r\n', _photo_body())
+    if variant == "nested-two-readings-3-levels":
+        inner = photo_part()
+        for level in range(3):
+            b = b"L%d" % level
+            inner = (b"Content-Type: text/plain\r\n"
+                     b'Content-Type: multipart/mixed; boundary="' + b + b'"\r\n\r\n'
+                     + multipart_body(b, [TEXT, inner]))
+        head, _, body = inner.partition(b"\r\n\r\n")
+        return message(head + CRLF, body)
+    if variant == "five-boundaries":
+        params = b"".join(b'; boundary="b%d"' % i for i in range(5))
+        return message(b"Content-Type: multipart/mixed" + params + CRLF, _photo_body(b"b4"))
+    img = part(b'image/jpeg; name="photo.jpg"', b64(photo()), cte=b"base64 (the usual)")
+    return mixed([TEXT, img])
+
+
+@construction("encoding-edges", "encodings",
+              variants=["base64-padding-mid-stream", "qp-soft-break-trailing-space",
+                        "uuencode-in-base64-text", "binhex-in-qp-text"])
+def _encoding_edges(variant: str) -> bytes:
+    if variant == "base64-padding-mid-stream":
+        data = photo()
+        cuts = [0, 1000, 2001, 30002, len(data)]
+        enc = b"".join(base64.b64encode(data[a:b]) for a, b in itertools.pairwise(cuts))
+        return mixed([TEXT, part(b'image/jpeg; name="photo.jpg"',
+                                 CRLF.join(_chunks(enc, 76)) + CRLF)])
+    if variant == "qp-soft-break-trailing-space":
+        body = quoted_printable(photo()).replace(b"=\r\n", b"= \t\r\n")
+        return mixed([TEXT, part(b'image/jpeg; name="photo.jpg"', body, cte=b"quoted-printable")])
+    if variant == "uuencode-in-base64-text":
+        text = b"Here:\r\n\r\n" + uuencode(photo()) + b"\r\n"
+        return mixed([part(b"text/plain; charset=us-ascii", b64(text))])
+    text = b"Mac file:\r\n\r\n" + binhex(photo())
+    return mixed([part(b"text/plain; charset=us-ascii", quoted_printable(text),
+                       cte=b"quoted-printable")])
+
+
+@construction("html-image-count", "limits", variants=["300-tiny-images-first",
+                                                      "250-small-images-first"],
+              limit="image-count")
+def _html_image_count(variant: str) -> bytes:
+    size = (1, 1) if variant.startswith("300") else (64, 64)
+    count = 300 if variant.startswith("300") else 250
+    imgs = []
+    for i in range(count):
+        colour = (i % 256, (i * 7) % 256, (i * 13) % 256)
+        png = image_bytes(Image.new("RGB", size, colour), "PNG")
+        imgs.append(f'<img src="data:image/png;base64,{base64.b64encode(png).decode()}">')
+    return html_message("<html><body>" + "".join(imgs) + f'<img src="{data_uri()}">'
+                        "</body></html>")
+
+
+@construction("polyglot", "containers", variants=["pdf-then-zip", "jpeg-then-zip",
+                                                  "png-then-zip", "gif-then-7z"])
+def _polyglot(variant: str) -> bytes:
+    """A decoy file that viewers open, with an archive holding the photo glued after it:
+    unarchivers find the archive (zip: by its central directory at the end)."""
+    if variant == "gif-then-7z":
+        arc = in_tempdir(files(), [sevenz(), "a", "p.7z", "photo.jpg"], "p.7z")
+        first = image_bytes(decoy(81), "GIF")
+        return attach(first + arc, "picture.gif", "image/gif")
+    arc = zip_of(files())
+    if variant == "pdf-then-zip":
+        first = page_pdf(DRAW, {"Im0": jpeg_xobject(image_bytes(decoy(82), "JPEG"))})
+        return attach(first + arc, "doc.pdf", "application/pdf")
+    fmt = "JPEG" if variant == "jpeg-then-zip" else "PNG"
+    first = image_bytes(decoy(83), fmt)
+    return attach(first + arc, f"picture.{fmt.lower()}", f"image/{fmt.lower()}")
+
+
+@construction("wrapped-twice", "containers",
+              variants=["html-gz", "svgz", "openpgp-literal-zip", "tnef-zip", "rtf-pict-bin"])
+def _wrapped_twice(variant: str) -> bytes:
+    if variant == "html-gz":
+        return attach(gzip.compress(img_html(data_uri()).encode()), "page.html.gz")
+    if variant == "svgz":
+        svg = ('<svg xmlns="http://www.w3.org/2000/svg" width="640" height="480"><image href="'
+               + data_uri() + '" width="640" height="480"/></svg>')
+        return attach(gzip.compress(svg.encode()), "picture.svgz", "image/svg+xml")
+    if variant == "openpgp-literal-zip":
+        return attach(gpg_store(zip_of(files())), "photos.zip.gpg")
+    if variant == "tnef-zip":
+        return attach(tnef(zip_of(files())), "winmail.dat", "application/ms-tnef")
+    rtf = (b"{\\rtf1\\ansi Photo:\\par{\\pict\\jpegblip\\picw640\\pich480\\bin%d " % len(photo())
+           + photo() + b"}\\par}")
+    return attach(rtf, "doc.rtf", "application/rtf")

@@ -340,7 +340,12 @@ def _texty(data: bytes) -> bool:
 
 
 def _archive_candidate(data: bytes) -> bool:
-    return len(data) > 64 and not _is_image(data) and not _is_pdf(data) and not _texty(data)
+    if len(data) <= 64 or _texty(data):
+        return False
+    if _is_image(data) or _is_pdf(data):
+        # A picture or document with an archive glued after it (a polyglot).
+        return b"PK\x05\x06" in data[-65536:] or b"7z\xbc\xaf\x27\x1c" in data[64:]
+    return True
 
 
 def open_bsdtar(data: bytes) -> list[bytes]:
@@ -599,6 +604,12 @@ def open_rtf_pict(leaf: Leaf) -> list[bytes]:
             depth += {"{": 1, "}": -1}.get(text[i], 0)
             i += 1
         group = text[m.end():i - 1]
+        binary = re.search(r"\\bin(\d+) ?", group)
+        if binary:
+            # \binN: N raw bytes follow (the brace counting above may stop inside them).
+            start = m.end() + binary.end()
+            out.append(leaf.data[start:start + int(binary.group(1))])
+            continue
         # Control words first, then the picture as hex digits.
         body = re.sub(r"\\[a-z]+-?\d* ?", "", group)
         body = re.sub(r"\{[^}]*\}", "", body)

@@ -23,6 +23,12 @@ KNOWN_GAPS: list[tuple[str, str]] = [
     ("html-charset[utf-32]", "clean: an HTML body in UTF-32 (charset parameter) is not decoded"),
     ("archive-methods[zip-ppmd]", "unscannable (unsupported-archive): zip entries "
      "compressed with PPMd (method 98), which 7-Zip and bsdtar read"),
+    ("encoding-edges[qp-soft-break-trailing-space]",
+     "unscannable (corrupt): quoted-printable soft breaks followed by blanks (RFC 2045 6.7: "
+     "a robust decoder drops the blanks), decoded by reformime and ripmime"),
+    ("polyglot[pdf-then-zip]", "clean: a zip glued after a PDF (found by its central directory "
+     "at the end by bsdtar and 7-Zip) is not read"),
+    ("polyglot[gif-then-7z]", "clean: a 7z archive glued after a GIF is not read"),
 ]
 
 
