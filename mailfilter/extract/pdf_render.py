@@ -137,9 +137,10 @@ def _finite(box: Box) -> bool:
     return all(math.isfinite(v) for v in box)
 
 
-def _clip_box(raw: Any, pdfium_c: Any) -> Box | None:
+def _clip_box(raw: Any, pdfium_c: Any, budget: list[int]) -> Box | None:
     """The bounding box of an object's clip paths (in its container's space), or None when
-    it has none."""
+    it has none. Each path segment read is taken from `budget` (the document's allowance
+    of page objects)."""
     clip = pdfium_c.FPDFPageObj_GetClipPath(raw)
     if not clip:
         return None
@@ -148,7 +149,11 @@ def _clip_box(raw: Any, pdfium_c: Any) -> Box | None:
     for i in range(max(0, min(pdfium_c.FPDFClipPath_CountPaths(clip), 64))):
         xs: list[float] = []
         ys: list[float] = []
-        for j in range(max(0, min(pdfium_c.FPDFClipPath_CountPathSegments(clip, i), 4096))):
+        segments = max(0, min(pdfium_c.FPDFClipPath_CountPathSegments(clip, i), 4096))
+        budget[0] -= segments
+        if budget[0] < 0:
+            raise _OutOfTime("clip paths past the limit")
+        for j in range(segments):
             seg = pdfium_c.FPDFClipPath_GetPathSegment(clip, i, j)
             if seg and pdfium_c.FPDFPathSegment_GetPoint(seg, x, y):
                 xs.append(x.value)
@@ -231,7 +236,7 @@ def _page_objects(page: Any, page_box: Box, budget: list[int], deadline: float,
                 if other is not None:
                     result.others.append((seq, other))
             continue
-        own_clip = _clip_box(raw, pdfium_c)
+        own_clip = _clip_box(raw, pdfium_c, budget)
         visible = _intersect(clip, _transform(to_page, own_clip) if own_clip else None)
         matrix = _matrix(raw, pdfium_c)
         if visible is None or matrix is None:
