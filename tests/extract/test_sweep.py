@@ -250,7 +250,8 @@ DATA_URIS = {
     "quoted parameter with a semicolon": f'<img src=\'data:image/jpeg;name="a;b";base64,{_S}\'>',
     "space before base64": f'<img src="data:image/jpeg; base64,{_S}">',
     "upper case": f'<img src="DATA:IMAGE/JPEG;BASE64,{_S}">',
-    "scheme spelled in references": f'<img src="&#100;&#x61;&#116;&#97;&#58;image/jpeg;base64,{_S}">',
+    "scheme spelled in references": '<img src="&#100;&#x61;&#116;&#97;&#58;'
+                                    f'image/jpeg;base64,{_S}">',
     "base64 letters as references": '<img src="data:image/jpeg;base64,'
                                     + "".join(f"&#{ord(c)};" for c in _S[:400]) + _S[400:] + '">',
     "css url with newlines": "<div style=\"background:url(data:image/jpeg;base64,"
