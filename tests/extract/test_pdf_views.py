@@ -792,3 +792,19 @@ def test_a_tricked_photo_edge_to_edge_with_another_picture_is_seen_alone() -> No
     ex = attached(Doc(content, {"Im1": decoy, "Im2": photo}).bytes())
     assert region_paths(ex) == ["2/d.pdf/page-1-region-1.png", "2/d.pdf/page-1-region-2.png"]
     assert matched(ex)
+
+
+def test_pypdf_decrypts_with_cryptography() -> None:
+    """AES needs a crypto provider: the cryptography package is a dependency, and pypdf
+    must be using it (pypdf's fallback without one reads RC4 only)."""
+    from pypdf._crypt_providers import crypt_provider
+
+    assert crypt_provider[0] == "cryptography"
+
+
+def test_a_long_text_document_with_a_photo_on_its_last_page() -> None:
+    """600 pages of text are walked (not rendered) quickly; the photo on the last page is
+    found, and nothing is reported unscannable."""
+    ex = attached(pages_pdf([False] * 600 + [True]))
+    assert region_paths(ex) == ["2/d.pdf/page-601-region-1.png"]
+    assert ex.unscannable == ()
