@@ -37,6 +37,7 @@ import hashlib
 import io
 import logging
 import re
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,6 +59,10 @@ _MAX_DICT_BYTES = 1 << 20
 # Pages and patterns per page looked at for patterns that paint images.
 _MAX_PATTERN_PAGES = 1000
 _MAX_PATTERNS = 100
+# The inline-image operator `BI` (between delimiters), and how many decoded content bytes
+# per document are searched for it before every image counts as possibly inline-drawn.
+_INLINE_IMAGE = re.compile(rb"(?:^|[\x00\t\n\x0c\r \]\)>}])BI[\x00\t\n\x0c\r /]")
+_INLINE_SCAN_BYTES = 64 << 20
 _CATALOG = re.compile(rb"/Type\s*/Catalog(?![A-Za-z0-9])")
 _CATALOG_WINDOW = 4096  # a catalog dictionary is short; where it is not, the table has it
 _WHITESPACE = b"\x00\t\n\x0c\r "
@@ -370,7 +375,17 @@ class _Stored:
     # Raw stream data (SHA-256) of images passed on that any viewer draws exactly as
     # stored: the renderer need not render them again where nothing else changes them.
     plain: set[bytes] = field(default_factory=set)
+    # Raw data (SHA-256) of image objects that are not plain: a plain twin with the same
+    # bytes does not make them plain (PDFium tells the raw data, not the dictionary).
+    tricky: set[bytes] = field(default_factory=set)
+    # A content stream may paint an inline image, whose dictionary (a /Decode array) no
+    # pass over the objects sees: then nothing counts as plain.
+    inline: bool = False
+    inline_budget: int = _INLINE_SCAN_BYTES
     errors: int = 0
+
+    def plain_for_rendering(self) -> frozenset[bytes]:
+        return frozenset() if self.inline else frozenset(self.plain - self.tricky)
 
 
 def images(ctx: Context, node: PayloadNode, quiet: bool = False) -> Iterator[Node]:
@@ -413,7 +428,7 @@ def images(ctx: Context, node: PayloadNode, quiet: bool = False) -> Iterator[Nod
     pageless = reader is not None and (
         _page_count(reader) == 0 or _OBJ_HEADER.search(node.data) is None)
     patterns = _pattern_pages(stored.reader) if stored.reader is not None else frozenset()
-    hints = pdf_render.Hints(frozenset(stored.plain), _trailer(node.data), patterns)
+    hints = pdf_render.Hints(stored.plain_for_rendering(), _trailer(node.data), patterns)
     yield from _rendered(ctx, node, fail, stored_error, hints, pageless)
 
 
@@ -551,12 +566,19 @@ def _stored_object(ctx: Context, node: PayloadNode, stored: _Stored, num: int, g
             obj = _object_at(reader, node.data, offset, num, gen)
         if not isinstance(obj, StreamObject):
             return True
+        raw_digest: bytes | None = None
         if obj.get("/Subtype") == "/Image":
+            raw = getattr(obj, "_data", None)
+            raw_digest = hashlib.sha256(raw).digest() if isinstance(raw, bytes) else None
+            plain = _plain(obj)
+            if raw_digest is not None and not plain:
+                stored.tricky.add(raw_digest)
             child = _image(ctx, node, obj, name)
-            plain = child is not None and _plain(obj)
         elif obj.get("/Type") == "/EmbeddedFile":
             child, plain = _embedded(ctx, node, obj, name), False
         else:
+            if not stored.inline and _may_paint_inline_image(obj, stored):
+                stored.inline = True
             return True
     except LimitReachedError as exc:
         where = member_path(node.path, f"object-{name}")
@@ -577,16 +599,48 @@ def _stored_object(ctx: Context, node: PayloadNode, stored: _Stored, num: int, g
     if not ctx.count_member(node.path):
         return False
     stored.found.append(child)
-    raw = getattr(obj, "_data", None)
-    if plain and isinstance(raw, bytes):
-        stored.plain.add(hashlib.sha256(raw).digest())
+    if plain and raw_digest is not None:
+        stored.plain.add(raw_digest)
     return True
+
+
+def _may_paint_inline_image(obj: Any, stored: _Stored) -> bool:
+    """Whether a stream that may be content (a page's, a form's, a pattern's, a glyph's)
+    holds the `BI` operator. Fonts, profiles and metadata are not looked at; data that
+    cannot be looked at cheaply (other filters, past the byte allowance) counts as yes."""
+    if obj.get("/Type") is not None and obj.get("/Type") != "/Pattern":
+        return False  # metadata, object and xref streams, embedded files...
+    subtype = obj.get("/Subtype")
+    if (subtype is not None and subtype != "/Form") or "/Length1" in obj or "/N" in obj:
+        return False  # font programs, ICC profiles
+    filters = _filters(obj)
+    raw = getattr(obj, "_data", b"")
+    if not isinstance(raw, bytes):
+        return True
+    if not filters:
+        data = raw
+    elif filters in (["/FlateDecode"], ["/Fl"]):
+        try:
+            data = zlib.decompressobj().decompress(raw, max(1, stored.inline_budget))
+        except zlib.error:
+            return True
+    else:
+        return True
+    stored.inline_budget -= len(data)
+    return stored.inline_budget < 0 or _INLINE_IMAGE.search(data) is not None
 
 
 def _plain(obj: Any) -> bool:
     """Whether every viewer draws this image XObject's samples as our copy of it shows them:
     8-bit RGB or grey, a JPEG or Flate (or no) filter, nothing that changes the samples on
     the way to the page (/Decode, /SMask, /Mask, an ICC profile, a palette)."""
+    try:
+        return _plain_dictionary(obj)
+    except Exception:
+        return False
+
+
+def _plain_dictionary(obj: Any) -> bool:
     if any(key in obj for key in ("/Decode", "/SMask", "/Mask", "/ImageMask", "/SMaskInData")):
         return False
     colour = _resolve(obj.get("/ColorSpace"))

@@ -808,3 +808,29 @@ def test_a_long_text_document_with_a_photo_on_its_last_page() -> None:
     ex = attached(pages_pdf([False] * 600 + [True]))
     assert region_paths(ex) == ["2/d.pdf/page-601-region-1.png"]
     assert ex.unscannable == ()
+
+
+def test_a_plain_twin_does_not_hide_a_decode_inverted_image() -> None:
+    """The photo's negative stored twice with the same bytes: once plainly (drawn tiny),
+    once with /Decode (drawn large, showing the photo). PDFium tells only the bytes of what
+    is drawn, so a plain twin must not make the inverted one look plain."""
+    negative = ImageOps.invert(PHOTO_IMG)
+    content = draw("Im1", 10, 10, 32, 24) + draw("Im2", X0, Y0, W, H)
+    doc = Doc(content, {"Im1": image_object(negative),
+                        "Im2": image_object(negative, "/Decode [1 0 1 0 1 0]")})
+    ex = attached(doc.bytes())
+    assert region_paths(ex)
+    assert matched(ex)
+
+
+def test_a_plain_twin_does_not_hide_an_inverted_inline_image() -> None:
+    """The same with an inline image (no object of its own for the stored pass to see)."""
+    negative = jpeg_of(ImageOps.invert(PHOTO_IMG))
+    content = (draw("Im1", 10, 10, 32, 24)
+               + f"q {W} 0 0 {H} {X0} {Y0} cm\nBI /W {W} /H {H} /CS /RGB /BPC 8 /F /DCT "
+                 "/D [1 0 1 0 1 0]\nID\n".encode() + negative + b"\nEI\nQ\n")
+    body = ec.pdf_stream(f"/Type /XObject /Subtype /Image /Width {W} /Height {H} "
+                         "/ColorSpace /DeviceRGB /BitsPerComponent 8 /Filter /DCTDecode",
+                         negative)
+    ex = attached(Doc(content, {"Im1": body}).bytes())
+    assert matched(ex)
