@@ -1726,19 +1726,37 @@ def _html_image_count(variant: str) -> bytes:
                         "</body></html>")
 
 
-@construction("polyglot", "containers", variants=["pdf-then-zip", "jpeg-then-zip",
-                                                  "png-then-zip", "gif-then-7z"])
+@construction("polyglot", "containers",
+              variants=["pdf-then-zip", "jpeg-then-zip", "png-then-zip", "gif-then-7z",
+                        "pdf-then-7z", "jpeg-then-cab", "text-then-zip", "html-then-zip"])
 def _polyglot(variant: str) -> bytes:
     """A decoy file that viewers open, with an archive holding the photo glued after it:
     unarchivers find the archive (zip: by its central directory at the end)."""
-    if variant == "gif-then-7z":
+    pdf_decoy = page_pdf(DRAW, {"Im0": jpeg_xobject(image_bytes(decoy(82), "JPEG"))})
+    if variant in ("gif-then-7z", "pdf-then-7z"):
         arc = in_tempdir(files(), [sevenz(), "a", "p.7z", "photo.jpg"], "p.7z")
+        if variant == "pdf-then-7z":
+            return attach(pdf_decoy + arc, "doc.pdf", "application/pdf")
         first = image_bytes(decoy(81), "GIF")
         return attach(first + arc, "picture.gif", "image/gif")
+    if variant == "jpeg-then-cab":
+        cab = in_tempdir(files(), ["gcab", "-c", "-z", "p.cab", "photo.jpg"], "p.cab")
+        return attach(image_bytes(decoy(84), "JPEG") + cab, "picture.jpg", "image/jpeg")
     arc = zip_of(files())
+    if variant in ("text-then-zip", "html-then-zip"):
+        # Over 4 KiB of text before the archive: a reader that sniffs the start sees text.
+        if variant == "text-then-zip":
+            prefix = b"Meeting notes, line %d.\r\n"
+            first = b"".join(prefix % i for i in range(300))
+            return mixed([TEXT, part(b'text/plain; name="notes.zip"', b64(first + arc),
+                                     extra=b'Content-Disposition: attachment; '
+                                           b'filename="notes.zip"\r\n')])
+        first = b"<html><body>" + b"<p>paragraph</p>\r\n" * 300 + b"</body></html>\r\n"
+        return mixed([TEXT, part(b'text/html; name="page.zip"', b64(first + arc),
+                                 extra=b'Content-Disposition: attachment; '
+                                       b'filename="page.zip"\r\n')])
     if variant == "pdf-then-zip":
-        first = page_pdf(DRAW, {"Im0": jpeg_xobject(image_bytes(decoy(82), "JPEG"))})
-        return attach(first + arc, "doc.pdf", "application/pdf")
+        return attach(pdf_decoy + arc, "doc.pdf", "application/pdf")
     fmt = "JPEG" if variant == "jpeg-then-zip" else "PNG"
     first = image_bytes(decoy(83), fmt)
     return attach(first + arc, f"picture.{fmt.lower()}", f"image/{fmt.lower()}")
@@ -1760,3 +1778,33 @@ def _wrapped_twice(variant: str) -> bytes:
     rtf = (b"{\\rtf1\\ansi Photo:\\par{\\pict\\jpegblip\\picw640\\pich480\\bin%d " % len(photo())
            + photo() + b"}\\par}")
     return attach(rtf, "doc.rtf", "application/rtf")
+
+
+@construction("delimiter-games", "headers",
+              variants=["part-after-close-delimiter", "inner-same-boundary",
+                        "boundary-regex-chars", "boundary-trailing-space-quoted"])
+def _delimiter_games(variant: str) -> bytes:
+    if variant == "part-after-close-delimiter":
+        body = (multipart_body(b"B", [TEXT]) + b"--B" + CRLF + photo_part() + CRLF
+                + b"--B--" + CRLF)
+        return message(b'Content-Type: multipart/mixed; boundary="B"\r\n', body)
+    if variant == "inner-same-boundary":
+        inner = (b'Content-Type: multipart/mixed; boundary="B"\r\n\r\n'
+                 + multipart_body(b"B", [photo_part()]))
+        return message(b'Content-Type: multipart/mixed; boundary="B"\r\n',
+                       multipart_body(b"B", [TEXT, inner]))
+    if variant == "boundary-regex-chars":
+        b = b"a.b*c+?(d)[e]"
+        return message(b'Content-Type: multipart/mixed; boundary="' + b + b'"\r\n',
+                       _photo_body(b))
+    return message(b'Content-Type: multipart/mixed; boundary="B "\r\n', _photo_body(b"B "))
+
+
+@construction("zip-inside-pdf-stream", "containers")
+def _zip_in_pdf_stream() -> bytes:
+    """A zip as an unused stream near the end of a PDF that draws a decoy: viewers show the
+    decoy, unarchivers find the zip by its central directory."""
+    arc = zip_of(files())
+    doc = page_pdf(DRAW, {"Im0": jpeg_xobject(image_bytes(decoy(85), "JPEG")),
+                          "Unused": stream(b"/Type/XObject/Subtype/Form/BBox[0 0 1 1]", arc)})
+    return attach_pdf(doc)

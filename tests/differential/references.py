@@ -340,10 +340,10 @@ def _texty(data: bytes) -> bool:
 
 
 def _archive_candidate(data: bytes) -> bool:
-    if len(data) <= 64 or _texty(data):
+    if len(data) <= 64:
         return False
-    if _is_image(data) or _is_pdf(data):
-        # A picture or document with an archive glued after it (a polyglot).
+    if _is_image(data) or _is_pdf(data) or _texty(data):
+        # A picture, document or text with an archive glued after it (a polyglot).
         return b"PK\x05\x06" in data[-65536:] or b"7z\xbc\xaf\x27\x1c" in data[64:]
     return True
 
@@ -698,7 +698,8 @@ OPENERS: tuple[Opener, ...] = (
     Opener("pdfdetach", lambda lf: _is_pdf(lf.data), _on_data(open_pdfdetach), "pdfdetach"),
     Opener("openssl-cms", lambda lf: _is_cms_signed(lf.data), _on_data(open_openssl_cms),
            "openssl"),
-    Opener("cabextract", lambda lf: lf.data.startswith(b"MSCF"), _on_data(open_cabextract),
+    # cabextract also finds cabinets inside other files (self-extractors).
+    Opener("cabextract", lambda lf: b"MSCF\0\0\0\0" in lf.data, _on_data(open_cabextract),
            "cabextract"),
     Opener("cpio", lambda lf: _is_cpio(lf.data), _on_data(open_cpio), "cpio"),
     Opener("html-data-url", _is_markup, open_html, typed=True),

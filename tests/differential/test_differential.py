@@ -29,6 +29,11 @@ KNOWN_GAPS: list[tuple[str, str]] = [
     ("polyglot[pdf-then-zip]", "clean: a zip glued after a PDF (found by its central directory "
      "at the end by bsdtar and 7-Zip) is not read"),
     ("polyglot[gif-then-7z]", "clean: a 7z archive glued after a GIF is not read"),
+    ("polyglot[pdf-then-7z]", "clean: a 7z archive glued after a PDF is not read"),
+    ("polyglot[jpeg-then-cab]", "clean: a cabinet glued after a JPEG (cabextract finds it) "
+     "is not read"),
+    ("zip-inside-pdf-stream", "clean: a zip stored as an unused PDF stream near the end "
+     "(bsdtar finds its central directory) is not read"),
 ]
 
 
