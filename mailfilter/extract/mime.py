@@ -780,15 +780,20 @@ def _variant_lines(buf: bytes, start: int, end: int, delim: bytes) -> tuple[bool
         budget -= 1
         if budget < 0:
             break
-        pos = i + 2
-        if buf[i + 1] != 0x2D:
-            continue
         prev = buf[i - 1] if i > start else 0x0A
-        if prev == 0x0D and not cr:
-            cr = buf[i : i + n].lower() == low
-        elif prev == 0x0A and has_case and not case:
-            segment = buf[i : i + n]
-            case = segment != delim and segment.lower() == low
+        if prev in (0x0A, 0x0D) and buf[i + 1] == 0x2D:
+            if prev == 0x0D and not cr:
+                cr = buf[i : i + n].lower() == low
+            elif prev == 0x0A and has_case and not case:
+                segment = buf[i : i + n]
+                case = segment != delim and segment.lower() == low
+            pos = i + max(n, 2)
+            continue
+        # a dash inside a line: go on from the next line break (LF, or a lone CR)
+        nl = buf.find(b"\n", i, end)
+        nl = end if nl < 0 else nl
+        r = buf.find(b"\r", i, nl)
+        pos = nl if r < 0 else r
     else:
         return case, cr
     # Text with many dashes: whole-buffer passes from here.
