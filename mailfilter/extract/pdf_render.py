@@ -203,11 +203,13 @@ def _page_objects(page: Any, page_box: Box, budget: list[int], deadline: float,
 
     image_kind, form_kind = pdfium_c.FPDF_PAGEOBJ_IMAGE, pdfium_c.FPDF_PAGEOBJ_FORM
     result = _PageObjects([], [])
-    stack: list[tuple[Iterator[Any], Matrix, Box | None, int]] = [
-        (_children(page, None, pdfium_c), _IDENTITY, page_box, 0)]
+    # (objects, their space to the page's, clip so far, depth, a form above them has a
+    # blend mode, soft mask or transparency of its own)
+    stack: list[tuple[Iterator[Any], Matrix, Box | None, int, bool]] = [
+        (_children(page, None, pdfium_c), _IDENTITY, page_box, 0, False)]
     seq = 0
     while stack:
-        objects, to_page, clip, depth = stack[-1]
+        objects, to_page, clip, depth, blended = stack[-1]
         raw = next(objects, None)
         if raw is None:
             stack.pop()
@@ -244,7 +246,8 @@ def _page_objects(page: Any, page_box: Box, budget: list[int], deadline: float,
         if kind == form_kind:
             if depth < _MAX_FORM_DEPTH:
                 stack.append((_children(page, raw, pdfium_c), _concat(matrix, to_page), visible,
-                              depth + 1))
+                              depth + 1,
+                              blended or bool(pdfium_c.FPDFPageObj_HasTransparency(raw))))
             continue
         bounds = _bounds(raw, pdfium_c)
         if bounds is None:
@@ -254,7 +257,7 @@ def _page_objects(page: Any, page_box: Box, budget: list[int], deadline: float,
         if box is None or not _finite(box) or box[2] - box[0] < 1 or box[3] - box[1] < 1:
             continue
         whole = (all(abs(u - v) < 0.5 for u, v in zip(box, drawn, strict=True))
-                 and not pdfium_c.FPDFPageObj_HasTransparency(raw))
+                 and not blended and not pdfium_c.FPDFPageObj_HasTransparency(raw))
         image = pdfium.PdfObject(raw, page=page, pdf=page.pdf, level=depth)
         width, height = _px_size(image)
         result.images.append(_Placement(box, _density(width, height, _concat(matrix, to_page)),

@@ -323,10 +323,10 @@ def in_a_form(clip_inside: bool = False) -> bytes:
     return Doc(content, {"F1": form}, extra=[image_object(img)]).bytes()
 
 
-def graphics_state_soft_mask() -> bytes:
-    """A plain black image (nothing to undo in its own dictionary) drawn through the
-    graphics state's luminosity soft mask, whose group paints the photo's negative: the
-    viewer shows the photo."""
+def graphics_state_soft_mask_objects() -> list[bytes]:
+    """Objects 1-8: a plain black image (5, nothing to undo in its own dictionary) drawn
+    through the graphics state's (6) luminosity soft mask, whose group (7) paints the
+    photo's negative (8): the viewer shows the photo."""
     group = ec.pdf_stream(
         f"/Type /XObject /Subtype /Form /BBox [0 0 {PAGE_W} {PAGE_H}] "
         "/Group << /S /Transparency /CS /DeviceGray >> /Resources << /XObject << /Neg 8 0 R >> >>",
@@ -337,6 +337,22 @@ def graphics_state_soft_mask() -> bytes:
     objects += [b"<< /Type /ExtGState /SMask << /Type /Mask /S /Luminosity /G 7 0 R >> >>",
                 group,
                 image_object(ImageOps.invert(PHOTO_IMG.convert("L")))]
+    return objects
+
+
+def graphics_state_soft_mask() -> bytes:
+    return ec.pdf(graphics_state_soft_mask_objects())
+
+
+def graphics_state_soft_mask_on_a_form() -> bytes:
+    """The same, with the image inside a form XObject (9) and the soft mask set where the
+    form is drawn: the image's own state has none."""
+    objects = graphics_state_soft_mask_objects()
+    objects[2] = objects[2].replace(b"/Im1 5 0 R", b"/Fm1 9 0 R")
+    objects[3] = ec.pdf_stream("", b"q /GS1 gs /Fm1 Do Q\n")
+    objects.append(ec.pdf_stream(f"/Type /XObject /Subtype /Form /BBox [0 0 {PAGE_W} {PAGE_H}] "
+                                 "/Resources << /XObject << /Im1 5 0 R >> >>",
+                                 draw("Im1", X0, Y0, W, H)))
     return ec.pdf(objects)
 
 
@@ -432,6 +448,8 @@ CASES: dict[str, Case] = {
     "widget-annotation": Case(lambda: in_an_annotation("Widget"), stored=False),
     "soft-mask": Case(soft_mask, stored=False),
     "graphics-state-soft-mask": Case(graphics_state_soft_mask, stored=False),
+    "graphics-state-soft-mask-on-a-form": Case(graphics_state_soft_mask_on_a_form,
+                                               stored=False),
     "negative-in-difference-blend-mode": Case(blended_negative, stored=False),
     "tiling-pattern": Case(pattern_fill, stored=False),
 }
