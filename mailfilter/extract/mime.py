@@ -490,6 +490,10 @@ class _Findings:
     spans: set[tuple[int, int]] = field(default_factory=set)  # parts and gaps handed on
 
 
+# What a leaf reading passes on (it never writes to it): no multipart findings.
+_LEAF = _Findings()
+
+
 def _ct_signal(value: str) -> bool:
     """Whether a Content-Type value could read differently to RFC 2045 than to the stdlib
     (comments, encoded words, RFC 2231, escapes, several boundaries, a huge value)."""
@@ -627,7 +631,7 @@ def entity(ctx: Context, node: EntityNode) -> Iterator[Node]:
     if head.lone_cr:
         _ambiguous(ctx, node.path, CR_LINE_ENDS)
     readings = _Readings(ctx, node.path)
-    findings = _Findings()
+    findings = _Findings() if primary.ctype.startswith("multipart/") else _LEAF
     yield from _read(ctx, node, node.path, primary, node.alternate, readings, findings)
     for view in alternates:
         path = readings.next()
