@@ -1808,3 +1808,113 @@ def _zip_in_pdf_stream() -> bytes:
     doc = page_pdf(DRAW, {"Im0": jpeg_xobject(image_bytes(decoy(85), "JPEG")),
                           "Unused": stream(b"/Type/XObject/Subtype/Form/BBox[0 0 1 1]", arc)})
     return attach_pdf(doc)
+
+
+@construction("images-even-more", "images",
+              variants=["tiff-lzw", "tiff-jpeg", "j2k-codestream", "progressive-cut-at-60-percent"])
+def _images_even_more(variant: str) -> bytes:
+    img = photo_image()
+    if variant == "tiff-lzw":
+        data = image_bytes(img, "TIFF", compression="tiff_lzw")
+    elif variant == "tiff-jpeg":
+        data = image_bytes(img, "TIFF", compression="jpeg")
+    elif variant == "j2k-codestream":
+        data = image_bytes(img, "JPEG2000", no_jp2=True)
+    else:
+        full = image_bytes(img, "JPEG", quality=90, progressive=True)
+        data = full[: len(full) * 60 // 100]
+    return attach(data, "picture.img")
+
+
+def run_length(data: bytes) -> bytes:
+    """PDF RunLengthDecode, literal runs only (length byte n-1, then n bytes; 128 ends)."""
+    return b"".join(bytes([len(c) - 1]) + c for c in _chunks(data, 128)) + b"\x80"
+
+
+@construction("pdf-images-more", "viewer",
+              variants=["runlength-raw-rgb", "16-bits-per-component", "iccbased-rgb", "cropbox",
+                        "rotate-90", "rc4-40-empty-password"])
+def _pdf_images_more(variant: str) -> bytes:
+    img = photo_image()
+    head = b"/Type/XObject/Subtype/Image/Width %d/Height %d" % (W, H)
+    if variant == "runlength-raw-rgb":
+        xo = stream(head + b"/ColorSpace/DeviceRGB/BitsPerComponent 8/Filter/RunLengthDecode",
+                    run_length(img.tobytes()))
+        return attach_pdf(page_pdf(DRAW, {"Im0": xo}))
+    if variant == "16-bits-per-component":
+        arr = np.asarray(img, np.uint16) * 257
+        xo = stream(head + b"/ColorSpace/DeviceRGB/BitsPerComponent 16/Filter/FlateDecode",
+                    zlib.compress(arr.astype(">u2").tobytes()))
+        return attach_pdf(page_pdf(DRAW, {"Im0": xo}))
+    if variant == "iccbased-rgb":
+        from PIL import ImageCms
+        profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+        objects = [
+            b"<</Type/Catalog/Pages 2 0 R>>",
+            b"<</Type/Pages/Kids[3 0 R]/Count 1>>",
+            b"<</Type/Page/Parent 2 0 R/MediaBox[0 0 %d %d]/Resources<</XObject<</Im0 5 0 R>>>>"
+            b"/Contents 4 0 R>>" % (W, H),
+            stream(b"", DRAW),
+            stream(head + b"/ColorSpace[/ICCBased 6 0 R]/BitsPerComponent 8/Filter/DCTDecode",
+                   photo()),
+            stream(b"/N 3", profile),
+        ]
+        return attach_pdf(pdf(objects))
+    if variant == "cropbox":
+        wide = Image.new("RGB", (2 * W, H))
+        wide.paste(img, (0, 0))
+        wide.paste(decoy(86), (W, 0))
+        content = b"q %d 0 0 %d 0 0 cm /Im0 Do Q" % (2 * W, H)
+        objects = [
+            b"<</Type/Catalog/Pages 2 0 R>>",
+            b"<</Type/Pages/Kids[3 0 R]/Count 1>>",
+            b"<</Type/Page/Parent 2 0 R/MediaBox[0 0 %d %d]/CropBox[0 0 %d %d]/Resources"
+            b"<</XObject<</Im0 5 0 R>>>>/Contents 4 0 R>>" % (2 * W, H, W, H),
+            stream(b"", content),
+            jpeg_xobject(image_bytes(wide, "JPEG", quality=92), 2 * W, H),
+        ]
+        return attach_pdf(pdf(objects))
+    if variant == "rotate-90":
+        # Stored turned a quarter anticlockwise on a portrait page; /Rotate 90 turns the
+        # page clockwise: the viewer shows the photo upright.
+        turned = img.transpose(Image.Transpose.ROTATE_90)
+        content = b"q %d 0 0 %d 0 0 cm /Im0 Do Q" % (H, W)
+        objects = [
+            b"<</Type/Catalog/Pages 2 0 R>>",
+            b"<</Type/Pages/Kids[3 0 R]/Count 1>>",
+            b"<</Type/Page/Parent 2 0 R/MediaBox[0 0 %d %d]/Rotate 90/Resources"
+            b"<</XObject<</Im0 5 0 R>>>>/Contents 4 0 R>>" % (H, W),
+            stream(b"", content),
+            jpeg_xobject(image_bytes(turned, "JPEG", quality=92), H, W),
+        ]
+        return attach_pdf(pdf(objects))
+    from pypdf import PdfReader, PdfWriter
+    writer = PdfWriter(clone_from=PdfReader(io.BytesIO(photo_pdf())))
+    writer.encrypt(user_password="", owner_password="owner-secret", algorithm="RC4-40")
+    buf = io.BytesIO()
+    writer.write(buf)
+    return attach_pdf(buf.getvalue())
+
+
+@construction("gzip-members", "containers", variants=["tar-gz-two-members",
+                                                      "jpeg-gz-two-members"])
+def _gzip_members(variant: str) -> bytes:
+    data = tar_of(files()) if variant.startswith("tar") else photo()
+    half = len(data) // 2
+    two = gzip.compress(data[:half]) + gzip.compress(data[half:])
+    return attach(two, "p.tar.gz" if variant.startswith("tar") else "photo.jpg.gz")
+
+
+@construction("mime-types-more", "encodings",
+              variants=["multipart-digest", "message-partial-total-1", "application-x-uuencode"])
+def _mime_types_more(variant: str) -> bytes:
+    inner = mixed([TEXT, photo_part()], b"inner-b2")
+    if variant == "multipart-digest":
+        # In a digest a part without headers is a message/rfc822.
+        return message(b'Content-Type: multipart/digest; boundary="D"\r\n',
+                       multipart_body(b"D", [CRLF + inner]))
+    if variant == "message-partial-total-1":
+        return message(b'Content-Type: message/partial; id="p1@test.example"; number=1; '
+                       b"total=1\r\n", inner)
+    return mixed([TEXT, part(b'application/x-uuencode; name="photo.jpg"', uuencode(photo()),
+                             cte=None)])

@@ -409,7 +409,8 @@ def open_pdftoppm(data: bytes) -> list[bytes]:
         (d / "in.pdf").write_bytes(data)
         (d / "x").mkdir()
         for password in ([], ["-upw", PASSWORD]):
-            _run(["pdftoppm", "-r", "36", "-l", "100", *password, str(d / "in.pdf"),
+            # -cropbox: what viewers show of a page (pdftoppm's default is the media box).
+            _run(["pdftoppm", "-cropbox", "-r", "36", "-l", "100", *password, str(d / "in.pdf"),
                   str(d / "x" / "p")])
             pages = _files_under(d / "x")
             if pages:
