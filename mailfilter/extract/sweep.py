@@ -332,6 +332,30 @@ def carve(ctx: Context, kids: Children, data: bytes, first: int = 1) -> Iterator
         yield kids.make(f"carved-{at}", piece, image or CARVED, None)
 
 
+# What readers report about a container carved out of other bytes (and about what is in
+# it) that says nothing but "these bytes are not what their signature promised": a
+# signature met by chance, or a file stored in pieces (an Office theme zip inside an OLE
+# document reads as a zip bomb). Budget records stay: they mean the walk stopped looking.
+_CARVED_NOISE = frozenset({
+    core.CORRUPT_ARCHIVE, core.ZIP_BOMB, core.UNSUPPORTED_ARCHIVE, core.PARSE_ERROR,
+    core.ENCRYPTED_ARCHIVE, core.ENCRYPTED_MESSAGE, core.MAX_DEPTH, core.MAX_EXPANSION_RATIO,
+    core.UNSUPPORTED_IMAGE,
+})
+
+
+def forget_reader_failures(ctx: Context, path: str, since: int) -> None:
+    """Drop the reader failures recorded (from record `since` on) for a carved container
+    at `path` and what is in it."""
+    prefix = path + "/"
+    kept = [
+        u for u in ctx.unscannable[since:]
+        if u.reason not in _CARVED_NOISE
+        or not (u.mime_path == path or u.mime_path.startswith(prefix))
+    ]
+    del ctx.unscannable[since:]
+    ctx.unscannable.extend(kept)
+
+
 def after_failed_container(ctx: Context, node: PayloadNode, since: int) -> Iterator[Node]:
     """A container whose reader failed (or whose format is unsupported) is carved for the
     pictures and containers it holds uncompressed. `since`: the number of unscannable

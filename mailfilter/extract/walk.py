@@ -100,6 +100,8 @@ def payload(ctx: Context, node: PayloadNode) -> Iterator[Node]:
                     yield child
             except Exception as exc:  # contained here, so it is filed under the container
                 ctx.skip(inner.path, core.PARSE_ERROR, f"{type(exc).__name__}: {exc}"[:300])
+        if ctype == sweep.CARVED:
+            sweep.forget_reader_failures(ctx, node.path, since)
         if quiet and opened:
             return
         if not quiet:

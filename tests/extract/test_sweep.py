@@ -452,3 +452,13 @@ def test_binary_called_text_is_carved() -> None:
     blob = b"\x00\x01\x02 not text at all " * 10 + PHOTO
     ex = walk(ec.message(ec.attachment("text/plain", blob, "notes.txt")))
     assert paths_of(ex, PHOTO) == ["1/notes.txt/carved-200"]
+
+
+def test_a_broken_container_carved_out_of_binary_is_no_unscannable_part() -> None:
+    # Carved containers are guesses (an Office theme zip stored in pieces inside an OLE
+    # document reads as a zip bomb): what their readers say against them is not recorded.
+    stored = bytearray(ec.zip_bytes({"a.txt": b"x" * 2000}, zipfile.ZIP_STORED))
+    stored[100] ^= 0xFF  # inside the member's data: its CRC no longer holds
+    blob = b"\x00\x01" * 64 + bytes(stored)
+    ex = walk(ec.message(ec.attachment("application/octet-stream", blob, "doc.bin")))
+    assert ex.unscannable == ()
