@@ -337,6 +337,32 @@ def boundary_candidates(params: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(value, code) for value, code in out if value][:MAX_FIELD_READINGS]
 
 
+_LENIENT_BOUNDARY = re.compile(
+    r"""boundary\*?[ \t]*=[ \t]*(?:"([^"]*)"|'([^']*)'|([^\s;,]+))""", re.I
+)
+
+
+def lenient_boundaries(values: list[str]) -> list[str]:
+    """Boundaries that lenient readers find in Content-Type values where a parameter parser
+    finds none, or none that delimits anything: `boundary=` anywhere (after a missing `;`
+    or a `,`), in single quotes, or with its quotes taken as part of it."""
+    out: list[str] = []
+    for value in values[:MAX_FIELD_READINGS]:
+        for m in _LENIENT_BOUNDARY.finditer(value, 0, MAX_PARAM_CHARS):
+            double, single, bare = m.groups()
+            found = ([double, f'"{double}"'] if double is not None
+                     else [single, f"'{single}'"] if single is not None else [bare])
+            out += [b for b in found if b and b not in out]
+            if len(out) >= MAX_FIELD_READINGS:
+                return out
+    return out
+
+
+def _delimits(buf: bytes, start: int, end: int, boundary: str) -> bool:
+    """Whether `--boundary` occurs in the body at all (a candidate worth a reading)."""
+    return buf.find(b"--" + boundary.encode("utf-8", "surrogateescape"), start, end) >= 0
+
+
 def _filename(msg: Message) -> str | None:
     values = [str(value) for key, value in msg.raw_items()
               if key.lower() in ("content-type", "content-disposition")]
@@ -431,7 +457,7 @@ def decode_body(
 class _View:
     """One reading of an entity: its fields, where its body starts, and what it is."""
 
-    msg: Message
+    msg: Fields
     body_start: int
     ctype: str
     cte: str
@@ -519,7 +545,7 @@ def _first_view(msg: Fields, body_start: int, default: str, code: str = "") -> _
     return _View(msg, body_start, ctype, _cte(msg), boundary, code)
 
 
-def _field_views(msg: Fields, first: _View, default: str) -> list[_View]:
+def _field_views(msg: Fields, first: _View, default: str, node: EntityNode) -> list[_View]:
     """The other readings of the same header fields: every Content-Type read as RFC 2045
     says, with every boundary it names; every Content-Transfer-Encoding of a leaf."""
     out: list[_View] = []
@@ -537,6 +563,12 @@ def _field_views(msg: Fields, first: _View, default: str) -> list[_View]:
             for boundary, code in candidates or [(None, "")]:
                 code = DUPLICATE_CONTENT_TYPE if i else (code or CONTENT_TYPE_SYNTAX)
                 out.append(_View(msg, first.body_start, ctype, first.cte, boundary, code))
+    if first.boundary is None and first.ctype.startswith("multipart/"):
+        # no boundary parameter to the stdlib: lenient readers find one anyway
+        for boundary in lenient_boundaries(types):
+            if _delimits(node.buf, first.body_start, node.end, boundary):
+                out.append(_View(msg, first.body_start, first.ctype, first.cte, boundary,
+                                 CONTENT_TYPE_SYNTAX))
     if len(encodings) > 1 and not first.ctype.startswith("multipart/"):
         for value in _ends(encodings):
             m = _CTE_TOKEN.search(_decode_words(value))
@@ -577,7 +609,8 @@ def _views(ctx: Context, node: EntityNode, head: HeaderSplit, msg: Fields) -> li
     """Every reading of the entity's header block, the stdlib's first, the same ones once."""
     default = node.default_type
     primary = _first_view(msg, head.body_start, default)
-    if head.stray < 0 and len(head.block) <= MAX_HEADER_BYTES:
+    if (head.stray < 0 and len(head.block) <= MAX_HEADER_BYTES
+            and not (primary.boundary is None and primary.ctype.startswith("multipart/"))):
         types = msg.types
         if len(types) <= 1 and len(msg.encodings) <= 1 and not (types and _ct_signal(types[0])):
             return [primary]  # nothing to read another way (nearly all entities)
@@ -594,10 +627,10 @@ def _views(ctx: Context, node: EntityNode, head: HeaderSplit, msg: Fields) -> li
             fields = head.block + more[0]
             extended = parse_headers(fields, mime_only=len(fields) > MAX_HEADER_BYTES)
             blocks.append((extended, more[1], MALFORMED_HEADER_LINE))
-    views = [primary, *_field_views(msg, primary, default)]
+    views = [primary, *_field_views(msg, primary, default, node)]
     for fields_msg, body_start, code in blocks:
         first = _first_view(fields_msg, body_start, default, code)
-        views += [first, *_field_views(fields_msg, first, default)]
+        views += [first, *_field_views(fields_msg, first, default, node)]
     keys: set[tuple[int, str, str, str | None]] = set()
     out: list[_View] = []
     for view in views:
@@ -895,6 +928,13 @@ def _multipart(
                 yield PayloadNode(leaf, node.containers, text, _filename(view.msg), "text/plain")
 
     others: list[_Body] = []
+    if not findings.found and view.boundary is not None:
+        # No delimiter: lenient readers may take the boundary with its quotes, or from
+        # single quotes.
+        for candidate in lenient_boundaries(view.msg.types):
+            if candidate != view.boundary and _delimits(buf, start, end, candidate):
+                _ambiguous(ctx, path, CONTENT_TYPE_SYNTAX)
+                others.append(_Body(buf, start, end, candidate))
     if decoded is not None and body is not None:
         # The raw body has parts; a decoding reader sees more only where decoding makes
         # delimiter lines (decoding base64 parts as quoted-printable only damages them).

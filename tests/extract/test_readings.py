@@ -342,7 +342,29 @@ def cr_line_ends_in_a_part() -> bytes:
             + body(b"B", [TEXT_PART, inner]))
 
 
+def boundary_after_a_missing_semicolon() -> bytes:
+    """`multipart/mixed boundary="B"`: no parameter to a strict parser, which guesses the
+    boundary from the first delimiter-like line (a decoy); munpack and ripmime find B."""
+    return (HEAD + b'Content-Type: multipart/mixed boundary="B"\n'
+            + b"\n--X\nContent-Type: text/plain\n\nhi\n--X\nContent-Type: text/plain\n\nho\n"
+            + body(b"B", [TEXT_PART, image_part()]) + b"--X--\n")
+
+
+def boundary_quotes_in_the_delimiters() -> bytes:
+    """boundary="B", delimiters `--"B"` (ripmime takes the quotes as part of it)."""
+    return (HEAD + b'Content-Type: multipart/mixed; boundary="B"\n'
+            + body(b'"B"', [TEXT_PART, image_part()]))
+
+
+def boundary_in_single_quotes() -> bytes:
+    return (HEAD + b"Content-Type: multipart/mixed; boundary='B'\n"
+            + body(b"B", [TEXT_PART, image_part()]))
+
+
 MORE: list[tuple[Callable[[], bytes], str]] = [
+    (boundary_after_a_missing_semicolon, "content-type-syntax"),
+    (boundary_quotes_in_the_delimiters, "content-type-syntax"),
+    (boundary_in_single_quotes, "content-type-syntax"),
     (boundary_case_after_decoy, "boundary-case"),
     (multipart_transfer_encoding_hides_a_delimiter, "multipart-with-transfer-encoding"),
     (cr_line_ends_in_a_part, "cr-line-ends"),
