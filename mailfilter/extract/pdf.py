@@ -42,7 +42,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from mailfilter.extract import core, pdf_render, sniff
+from mailfilter.extract import archives, core, pdf_render, sniff, sweep
 from mailfilter.extract.archives import Fail
 from mailfilter.extract.core import Context, Node, PayloadNode, member_path
 
@@ -430,6 +430,23 @@ def images(ctx: Context, node: PayloadNode, quiet: bool = False) -> Iterator[Nod
     patterns = _pattern_pages(stored.reader) if stored.reader is not None else frozenset()
     hints = pdf_render.Hints(stored.plain_for_rendering(), _trailer(node.data), patterns)
     yield from _rendered(ctx, node, fail, stored_error, hints, pageless)
+    yield from _glued(ctx, node)
+
+
+def _glued(ctx: Context, node: PayloadNode) -> Iterator[Node]:
+    """What unarchivers find in the PDF's bytes while viewers show the document: a zip whose
+    directory ends the file (glued after it, or stored in one of its streams), and files
+    whose signatures follow the last `%%EOF` (a 7z glued after it)."""
+    opened = False
+    if sniff.find_appended_zip(node.data):
+        for child in archives.appended_zip(ctx, node):
+            opened = True
+            yield child
+    if opened:
+        return
+    end = node.data.rfind(b"%%EOF")
+    if end >= 0 and node.data[end + 5 :].strip(_WHITESPACE):
+        yield from sweep.carve(ctx, sweep.Children(ctx, node, sniff.PDF), node.data, end + 5)
 
 
 def _pattern_pages(reader: Any) -> frozenset[int]:

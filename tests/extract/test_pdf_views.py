@@ -14,6 +14,7 @@ import base64
 import io
 import shutil
 import subprocess
+import zipfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -852,3 +853,28 @@ def test_a_plain_twin_does_not_hide_an_inverted_inline_image() -> None:
                          negative)
     ex = attached(Doc(content, {"Im1": body}).bytes())
     assert matched(ex)
+
+
+# --- polyglots: what unarchivers find in a PDF's bytes ----------------------------------
+
+
+def _decoy_pdf() -> bytes:
+    return Doc(draw("Im1", X0, Y0, W, H), {"Im1": image_object(photo_like(158, W, H))}).bytes()
+
+
+@pytest.mark.parametrize("glued", ["zip-after", "7z-after", "zip-in-a-stream"])
+def test_an_archive_in_a_pdfs_bytes_is_opened(glued: str) -> None:
+    """A PDF that viewers show as a decoy, whose bytes also hold an archive with the photo
+    that bsdtar or 7z open (a zip by its directory at the end of the file, a 7z by its
+    signature after %%EOF)."""
+    if glued == "zip-after":
+        data = _decoy_pdf() + ec.zip_bytes({"photo.jpg": PHOTO})
+    elif glued == "7z-after":
+        data = _decoy_pdf() + ec.sevenzip_bytes({"photo.jpg": PHOTO})
+    else:
+        unused = ec.pdf_stream("/Type /XObject /Subtype /Form /BBox [0 0 1 1]",
+                               ec.zip_bytes({"photo.jpg": PHOTO}, zipfile.ZIP_STORED))
+        data = Doc(draw("Im1", X0, Y0, W, H), {"Im1": image_object(photo_like(158, W, H)),
+                                                "Unused": unused}).bytes()
+    ex = attached(data)
+    assert ec.sha(PHOTO) in {ec.sha(a.data) for a in ex.attachments}
