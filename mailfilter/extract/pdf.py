@@ -26,6 +26,10 @@ its dictionary that changes the samples), is not rendered again. A file PDFium c
 open, even with a trailer found for it, is `corrupt-archive`, unless it holds no page (or
 no object) at all: defect `pdf-without-pages`.
 
+Last, what unarchivers find in the same bytes: a zip whose directory ends the file (glued
+after the PDF, or stored in one of its streams), and signatures after the last `%%EOF`
+(carved as sweep.py does).
+
 pypdf decodes the streams, with its limits set from what is left of the decoded-byte budget
 for the duration of the file, and never calls external programs.
 """
