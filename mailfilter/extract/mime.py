@@ -61,12 +61,14 @@ MAX_HEADER_BYTES = 256 * 1024
 # quadratic in the number of `;`s; `parse_content_type` (linear) reads it instead.
 MAX_PARAM_CHARS = 16 * 1024
 # At most this many tokens of one such value are read.
-MAX_PARAM_TOKENS = 1 << 16
+MAX_PARAM_TOKENS = 1 << 14
 # At most this many extra readings of the structure per message.
 MAX_READINGS = 32
 # At most this many Content-Type / Content-Transfer-Encoding fields are read per entity (the
 # first and the last ones), and this many boundary candidates per field.
 MAX_FIELD_READINGS = 8
+# A boundary candidate longer than this is no boundary any reader uses (RFC 2046: 70).
+MAX_BOUNDARY_CHARS = 1024
 # A preamble or epilogue longer than this is searched for hidden payloads (uuencode etc.).
 SCAN_PREAMBLE_BYTES = 256
 
@@ -259,10 +261,15 @@ def parse_content_type(value: str) -> tuple[str, list[tuple[str, str]]]:
         if m is None:  # cannot happen: every character starts some token
             break
         pos = m.end()
+        tokens += 1
         quoted, sep, comment, atom = m.group(1), m.group(2), m.group(3), m.group(4)
         if comment:
             depth = 1
             for c in _COMMENT_PART.finditer(value, pos):
+                tokens += 1
+                if tokens >= MAX_PARAM_TOKENS:
+                    pos = n
+                    break
                 if c.group() == "(":
                     depth += 1
                 elif c.group() == ")":
@@ -273,11 +280,12 @@ def parse_content_type(value: str) -> tuple[str, list[tuple[str, str]]]:
             else:
                 pos = n  # an unterminated comment runs to the end
             continue
-        tokens += 1
         if sep == ";":
             segments.append([])
         elif quoted is not None:
-            segments[-1].append((False, _QUOTED_PAIR.sub(r"\1", quoted)))
+            if "\\" in quoted and len(quoted) <= MAX_BOUNDARY_CHARS:
+                quoted = _QUOTED_PAIR.sub(_unescaped, quoted)
+            segments[-1].append((False, quoted))
         elif sep:
             segments[-1].append((True, sep))
         elif atom:
@@ -293,6 +301,10 @@ def parse_content_type(value: str) -> tuple[str, list[tuple[str, str]]]:
         name = "".join(text for _sep, text in seg[:eq]).strip().lower()
         params.append((name, "".join(text for _sep, text in seg[eq + 1 :])))
     return ctype, params
+
+
+def _unescaped(m: re.Match[str]) -> str:
+    return m.group(1)
 
 
 def _rfc2231_text(data: bytes, charset: str) -> str:
@@ -334,7 +346,8 @@ def boundary_candidates(params: list[tuple[str, str]]) -> list[tuple[str, str]]:
             decoded = _decode_words(value)
             if decoded != value:
                 out.append((decoded, BOUNDARY_ENCODED_WORD))
-    return [(value, code) for value, code in out if value][:MAX_FIELD_READINGS]
+    return [(value, code) for value, code in out
+            if value and len(value) <= MAX_BOUNDARY_CHARS][:MAX_FIELD_READINGS]
 
 
 _LENIENT_BOUNDARY = re.compile(
@@ -348,7 +361,7 @@ def lenient_boundaries(values: list[str]) -> list[str]:
     or a `,`), in single quotes, or with its quotes taken as part of it."""
     out: list[str] = []
     for value in values[:MAX_FIELD_READINGS]:
-        for m in _LENIENT_BOUNDARY.finditer(value, 0, MAX_PARAM_CHARS):
+        for m in _LENIENT_BOUNDARY.finditer(value):
             double, single, bare = m.groups()
             found = ([double, f'"{double}"'] if double is not None
                      else [single, f"'{single}'"] if single is not None else [bare])
