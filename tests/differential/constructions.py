@@ -1157,13 +1157,14 @@ def many_pages(n: int) -> bytes:
     objects: list[bytes] = [b"<</Type/Catalog/Pages 2 0 R>>", b""]
     for i in range(n):
         img = photo() if i == n - 1 else image_bytes(noise_image(2000 + i, 64, 48), "JPEG")
+        # Filler pages are small: cheap to render for the references and for mailfilter.
         w, h = (W, H) if i == n - 1 else (64, 48)
         base = len(objects) + 1
         pages.append(base)
         objects += [
             b"<</Type/Page/Parent 2 0 R/MediaBox[0 0 %d %d]/Resources<</XObject<</Im0 %d 0 R>>>>"
-            b"/Contents %d 0 R>>" % (W, H, base + 2, base + 1),
-            stream(b"", DRAW),
+            b"/Contents %d 0 R>>" % (w, h, base + 2, base + 1),
+            stream(b"", b"q %d 0 0 %d 0 0 cm /Im0 Do Q" % (w, h)),
             jpeg_xobject(img, w, h),
         ]
     objects[1] = b"<</Type/Pages/Kids[%s]/Count %d>>" % (
@@ -1918,3 +1919,14 @@ def _mime_types_more(variant: str) -> bytes:
                        b"total=1\r\n", inner)
     return mixed([TEXT, part(b'application/x-uuencode; name="photo.jpg"', uuencode(photo()),
                              cte=None)])
+
+
+@construction("split-archive", "containers", variants=["7z-two-volumes"], limit="split-archive")
+def _split_archive(variant: str) -> bytes:
+    """An archive in volumes, one attachment each: only together do they hold the photo."""
+    with tempfile.TemporaryDirectory(prefix="mfdiff-") as tmp:
+        d = Path(tmp)
+        (d / "photo.jpg").write_bytes(photo())
+        run_tool([sevenz(), "a", "-v40k", "-mx=0", "p.7z", "photo.jpg"], cwd=d)
+        volumes = sorted(d.glob("p.7z.0*"))
+        return mixed([TEXT] + [file_part(v.read_bytes(), v.name) for v in volumes])

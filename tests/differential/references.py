@@ -62,6 +62,7 @@ class Leaf:
     data: bytes
     ctype: str | None = None
     charset: str | None = None
+    via: str | None = None  # a program the parser's files went through (in the chain name)
 
 
 # ----------------------------------------------------------------------------- the photo
@@ -244,7 +245,19 @@ def _with_file(raw: bytes, fn: Callable[[Path, Path], None]) -> list[Leaf]:
         out = d / "out"
         out.mkdir()
         fn(src, out)
-        return [Leaf(data) for data in _files_under(out)]
+        return [Leaf(data) for data in _files_under(out)] + _volumes(out)
+
+
+def _volumes(saved: Path) -> list[Leaf]:
+    """A multi-volume 7z archive sent as several attachments: saved side by side by the
+    reader, 7-Zip joins the volumes when opening the first."""
+    program = seven_zip()
+    leaves: list[Leaf] = []
+    for first in sorted(saved.rglob("*.001")) if program else []:
+        with _workdir() as d:
+            _run([program, "x", "-y", "-bd", f"-p{PASSWORD}", f"-o{d}", str(first)])
+            leaves += [Leaf(data, via="7z-volumes") for data in _files_under(d)]
+    return leaves
 
 
 def mu(raw: bytes) -> list[Leaf]:
@@ -764,7 +777,8 @@ def _walk(chain0: str, parse: MimeParser, raw: bytes, target: Target,
         first = parse(raw)
     except Exception:
         return found
-    queue: list[tuple[str, Leaf, int]] = [(chain0, leaf, 0) for leaf in first]
+    queue: list[tuple[str, Leaf, int]] = [
+        (f"{chain0}>{leaf.via}" if leaf.via else chain0, leaf, 0) for leaf in first]
     while queue:
         chain, leaf, depth = queue.pop(0)
         digest = hashlib.sha256(leaf.data).hexdigest()
