@@ -543,3 +543,18 @@ def test_a_match_is_acted_on_whatever_on_ambiguous_says() -> None:
     policy = PolicySettings.model_validate({"on_ambiguous": "tempfail", "on_match": "reject"})
     result = ScanResult("m", None, Verdict.MATCH, ambiguities=("boundary-case at message",))
     assert decide(result, policy).reason == "match"
+
+
+def test_a_boundary_after_a_megabyte_of_parameters_and_a_decoy() -> None:
+    """1 MB of parameters before the boundary (past what the parameter parsers read), and
+    delimiter-like decoy lines first in the body (what guessing the boundary would take):
+    the lenient reading of `boundary=` still splits the photo out as a part."""
+    import time
+
+    decoy = b"\n--X\nContent-Type: text/plain\n\nhi\n--X\nContent-Type: text/plain\n\nho\n"
+    raw = (HEAD + b"Content-Type: multipart/mixed" + b"; x=1" * 200_000 + b'; boundary="B"\n'
+           + decoy + body(b"B", [TEXT_PART, image_part()]) + b"--X--\n")
+    started = time.perf_counter()
+    ex = run(raw)
+    assert time.perf_counter() - started < 10
+    assert found_as_a_part(ex)
