@@ -29,10 +29,11 @@ _IS_BASE64 = re.compile(rb";[ \t]*base64[ \t]*(?:;|$)", re.I)
 _BASE64_DATA = re.compile(rb"[A-Za-z0-9+/%\s]*=*(?:%3D)*", re.I)
 _PLAIN_DATA = re.compile(rb"[^\"'\s<>)]*")
 _B64_OR_SPACE = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/= \t\r\n"
-# A UTF-7 shifted sequence for a character markup needs (`+ADw-` is "<"; then " > : ; = , /),
-# closed by "-": base64, uuencode and BinHex text never hold that by chance, and reading
-# them as UTF-7 would cut their payloads into pieces.
-_UTF7 = re.compile(rb"\+A(?:Dw|D4|CI|Do|Ds|D0|Cw|C8)-")
+# A UTF-7 shifted sequence that starts with a character markup needs (`+ADw-` is "<"; then
+# > " : ; = , /) and is closed by "-" (a whole document may be one sequence): base64 text
+# never holds that by chance (its runs end at line breaks or quotes), and reading it as
+# UTF-7 would cut its payloads into pieces. (BinHex text may: it is not read as UTF-7.)
+_UTF7 = re.compile(rb"\+A(?:Dw|D4|CI|Do|Ds|D0|Cw|C8)[A-Za-z0-9+/]*-")
 _RTF_MARKERS = (b"{\\rtf", b"\\pict", b"\\objdata")
 # Browsers drop tabs and line breaks anywhere in a URL (and decode character references in
 # attributes first): the loose reading of a text does both.
@@ -79,7 +80,11 @@ def _readings(data: bytes) -> list[bytes]:
     encoding = _utf16(data)
     if encoding is not None:
         out.append(data.decode(encoding, "replace").encode("utf-8", "replace"))
-    elif b"\x00" not in data[:4096] and _UTF7.search(data, 0, 1 << 20) is not None:
+    elif (
+        b"\x00" not in data[:4096]
+        and decoders.BINHEX_MARKER not in data
+        and _UTF7.search(data, 0, 1 << 20) is not None
+    ):
         out.append(data.decode("utf-7", "replace").encode("utf-8", "replace"))
     return out
 

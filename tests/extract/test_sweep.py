@@ -298,6 +298,12 @@ def _utf7_shifting_markup(text: str) -> bytes:
     return "".join(out).encode("ascii")
 
 
+def test_html_in_utf7_shifted_whole() -> None:
+    shifted = base64.b64encode(_HTML.encode("utf-16-be")).rstrip(b"=")
+    raw = ec.message(ec.part("text/html; charset=utf-7", b"+" + shifted + b"-"))
+    assert [a.data for a in walk(raw).attachments] == [PHOTO]
+
+
 def test_html_in_utf7() -> None:
     body = _utf7_shifting_markup(_HTML)
     assert b"+ADw-" in body and b"data:" not in body
