@@ -39,7 +39,7 @@ DOCUMENTED = {
     "max-depth", "max-parts", "max-decoded-bytes", "max-archive-members",
     "max-expansion-ratio", "max-images", "zip-bomb", "encrypted-archive",
     "encrypted-message", "corrupt-archive", "unsupported-archive",
-    "unsupported-image-encoding", "partial-message",
+    "unsupported-image-encoding", "partial-message", "pages-past-limit", "max-readings",
 }
 
 
