@@ -90,11 +90,21 @@ def _readings(data: bytes) -> list[bytes]:
 
 
 def _utf16(data: bytes) -> str | None:
+    """UTF-32 or UTF-16 (by byte order mark, or by NULs where ASCII text in them has
+    them), else None."""
+    if data[:4] in (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff"):
+        return "utf-32"
     if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
         return "utf-16"
     sample = data[:512]
     if len(sample) < 16:
         return None
+    quarters = [sample[i::4] for i in range(4)]
+    nul = [q.count(0) >= len(q) * 0.8 for q in quarters]
+    if nul == [False, True, True, True]:
+        return "utf-32-le"
+    if nul == [True, True, True, False]:
+        return "utf-32-be"
     even, odd = sample[0::2], sample[1::2]
     if odd.count(0) >= len(odd) * 0.8 and even.count(0) <= len(even) * 0.2:
         return "utf-16-le"
@@ -224,6 +234,7 @@ def _data_uris(
             (mediatype or "").startswith("image/")
             or sniff.image_type(decoded)
             or sniff.container_type(decoded)
+            or sweep.has_hidden(decoded, False)  # a stylesheet or page holding more URIs
         ):
             continue
         if not kids.novel(decoded) or kids.fragment(decoded):

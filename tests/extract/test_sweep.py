@@ -265,6 +265,13 @@ def test_data_uri_written_the_ways_browsers_accept(name: str) -> None:
     assert [a.data for a in ex.attachments] == [PHOTO]  # once, and no piece of it
 
 
+def test_a_data_stylesheet_holding_a_data_image() -> None:
+    css = f".x {{ background: url(data:image/jpeg;base64,{_S}) }}".encode()
+    html = f'<style>@import url(data:text/css;base64,{b64_text(css)});</style>'.encode()
+    ex = walk(html_message(html))
+    assert paths_of(ex, PHOTO) == ["1/data-uri-1/data-uri-1"]
+
+
 def test_entity_encoded_data_uri_goes_to_a_worker() -> None:
     raw = ec.crlf(html_message(f'<img src="data&#58;image/jpeg;base64&#44;{b64_text(SMALL)}">'
                                .encode()))
@@ -277,8 +284,9 @@ def test_entity_encoded_data_uri_goes_to_a_worker() -> None:
 _HTML = f'<html><body><img src="data:image/jpeg;base64,{_S}"></body></html>'
 
 
-@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be"])
-def test_html_in_utf16(encoding: str) -> None:
+@pytest.mark.parametrize(
+    "encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be"])
+def test_html_in_utf16_and_utf32(encoding: str) -> None:
     body = _HTML.encode(encoding)
     raw = ec.message(ec.part(f"text/html; charset={encoding}", ec.b64(body), cte="base64"))
     assert [a.data for a in walk(raw).attachments] == [PHOTO]
