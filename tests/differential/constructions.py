@@ -1930,3 +1930,36 @@ def _split_archive(variant: str) -> bytes:
         run_tool([sevenz(), "a", "-v40k", "-mx=0", "p.7z", "photo.jpg"], cwd=d)
         volumes = sorted(d.glob("p.7z.0*"))
         return mixed([TEXT] + [file_part(v.read_bytes(), v.name) for v in volumes])
+
+
+@construction("pdf-streams-more", "viewer",
+              variants=["inline-image-ahx", "inline-image-in-flate-content", "length-too-short",
+                        "length-too-long"])
+def _pdf_streams_more(variant: str) -> bytes:
+    if variant.startswith("inline-image"):
+        if variant == "inline-image-ahx":
+            inline = (b"BI /W %d /H %d /CS /RGB /BPC 8 /F [/AHx /DCT] ID\n" % (W, H)
+                      + binascii.hexlify(photo()) + b">\nEI")
+            content = b"q %d 0 0 %d 0 0 cm " % (W, H) + inline + b" Q"
+            return attach_pdf(page_pdf(content, {}))
+        content = (b"q %d 0 0 %d 0 0 cm BI /W %d /H %d /CS /RGB /BPC 8 /F /DCT ID\n"
+                   % (W, H, W, H) + photo() + b"\nEI Q")
+        objects = [
+            b"<</Type/Catalog/Pages 2 0 R>>",
+            b"<</Type/Pages/Kids[3 0 R]/Count 1>>",
+            b"<</Type/Page/Parent 2 0 R/MediaBox[0 0 %d %d]/Contents 4 0 R>>" % (W, H),
+            stream(b"/Filter/FlateDecode", zlib.compress(content)),
+        ]
+        return attach_pdf(pdf(objects))
+    # A /Length that lies: readers find the data's end by its "endstream".
+    xo = jpeg_xobject(photo())
+    real = b"/Length %d>>" % len(photo())
+    lie = len(photo()) - 5000 if variant == "length-too-short" else len(photo()) + 5000
+    return attach_pdf(page_pdf(DRAW, {"Im0": xo.replace(real, b"/Length %d>>" % lie)}))
+
+
+@construction("css-escapes-everything", "html")
+def _css_escape_all() -> bytes:
+    escaped = "".join(f"\\{ord(ch):x} " for ch in data_uri())
+    return html_message(f'<html><body><div style="background:url({escaped})">x</div>'
+                        "</body></html>")
