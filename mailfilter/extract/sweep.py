@@ -356,6 +356,17 @@ def forget_reader_failures(ctx: Context, path: str, since: int) -> None:
     ctx.unscannable.extend(kept)
 
 
+def after_image(ctx: Context, node: PayloadNode, image: str) -> Iterator[Node]:
+    """What is glued after a picture's own end (a polyglot: a GIF then a 7z archive, a JPEG
+    then a cabinet, which unarchivers find): carved like unknown binary."""
+    data = node.data
+    end = carved_end(data, 0, image)
+    if end >= len(data) - 16:  # nothing after it, or a few bytes of padding
+        return
+    path = core.container_path(node.path, node.filename)
+    yield from carve(ctx, Children(ctx, replace(node, path=path), image), data, end)
+
+
 def after_failed_container(ctx: Context, node: PayloadNode, since: int) -> Iterator[Node]:
     """A container whose reader failed (or whose format is unsupported) is carved for the
     pictures and containers it holds uncompressed. `since`: the number of unscannable

@@ -76,6 +76,8 @@ def payload(ctx: Context, node: PayloadNode) -> Iterator[Node]:
             yield from archives.appended_zip(
                 ctx, replace(node, path=core.container_path(node.path, node.filename))
             )
+        else:
+            yield from sweep.after_image(ctx, node, image)
         return
     if sniff.declared_image(ctype, node.filename):
         ctx.add_image(node)  # claims to be an image: the decode stage decides

@@ -198,6 +198,16 @@ def test_a_carved_container_is_opened() -> None:
     assert paths_of(ex, PHOTO) == ["1/setup.exe/carved-1026/in.jpg"]
 
 
+@pytest.mark.parametrize("cover", ["gif", "png", "jpeg"])
+def test_an_archive_glued_after_a_picture_is_opened(cover: str) -> None:
+    first = {"gif": ec.gif(3), "png": ec.png(4), "jpeg": SMALL}[cover]
+    archive = ec.sevenzip_bytes({"in.jpg": PHOTO}) if cover == "gif" else ec.tar_bytes(
+        {"in.jpg": PHOTO})
+    ex = walk(ec.message(ec.attachment(f"image/{cover}", first + archive, f"a.{cover}")))
+    assert [a.mime_path for a in ex.attachments] == ["1", f"1/a.{cover}/carved-{len(first)}/in.jpg"]
+    assert ex.attachments[1].data == PHOTO
+
+
 # --- RTF ----------------------------------------------------------------------------------
 
 
