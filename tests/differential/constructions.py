@@ -728,12 +728,15 @@ def _tar_compressed(variant: str) -> bytes:
     return attach(data, f"p.tar.{variant}")
 
 
-@construction("single-file-compressed", "containers", variants=["gz", "bz2", "xz", "zst"])
+@construction("single-file-compressed", "containers",
+              variants=["gz", "bz2", "xz", "zst", "Z", "lz", "lz4"])
 def _single_compressed(variant: str) -> bytes:
     if variant == "gz":
         data = gzip.compress(photo())
-    elif variant == "zst":
-        data = in_tempdir({}, ["zstd", "-c", "-q"], "-", stdin=photo())
+    elif variant in ("zst", "Z", "lz", "lz4"):
+        tool = {"zst": ["zstd", "-c", "-q"], "Z": ["compress", "-c", "-f"],
+                "lz": ["lzip", "-c"], "lz4": ["lz4", "-c"]}[variant]
+        data = in_tempdir({}, tool, "-", stdin=photo())
     else:
         import bz2
         import lzma
@@ -1963,3 +1966,31 @@ def _css_escape_all() -> bytes:
     escaped = "".join(f"\\{ord(ch):x} " for ch in data_uri())
     return html_message(f'<html><body><div style="background:url({escaped})">x</div>'
                         "</body></html>")
+
+
+@construction("header-edges", "headers",
+              variants=["boundary-star-only", "boundary-escaped-quote", "long-content-type-line",
+                        "leading-continuation-line", "utf8-bom-before-headers"])
+def _header_edges(variant: str) -> bytes:
+    if variant == "boundary-star-only":
+        return message(b"Content-Type: multipart/mixed; boundary*=us-ascii''Bstar\r\n",
+                       _photo_body(b"Bstar"))
+    if variant == "boundary-escaped-quote":
+        return message(b'Content-Type: multipart/mixed; boundary="a\\"b"\r\n',
+                       _photo_body(b'a"b'))
+    if variant == "long-content-type-line":
+        return message(b'Content-Type: multipart/mixed; x-pad="' + b"p" * 3000
+                       + b'"; boundary="B"\r\n', _photo_body())
+    if variant == "leading-continuation-line":
+        raw = mixed([TEXT, photo_part()], b"B")
+        return b" continued\r\n" + raw
+    return b"\xef\xbb\xbf" + mixed([TEXT, photo_part()], b"B")
+
+
+@construction("html-syntax-edges", "html", variants=["css-image-set-string",
+                                                      "slash-separated-attribute"])
+def _html_syntax_edges(variant: str) -> bytes:
+    if variant == "css-image-set-string":
+        return html_message('<html><body><div style="background-image:image-set(\''
+                            + data_uri() + '\' 1x)">x</div></body></html>')
+    return html_message(f'<html><body><img/src="{data_uri()}"></body></html>')

@@ -453,6 +453,14 @@ def open_openssl_cms(data: bytes) -> list[bytes]:
         return [(d / "out").read_bytes()] if (d / "out").exists() else []
 
 
+def _decompressor(program: str) -> Callable[[bytes], list[bytes]]:
+    """A single-stream decompressor (`program -dc`): a compressed file is its content."""
+    def run(data: bytes) -> list[bytes]:
+        out = _run([program, "-dc"], stdin=data)
+        return [out] if out else []
+    return run
+
+
 def open_cabextract(data: bytes) -> list[bytes]:
     with _workdir() as d:
         (d / "in.cab").write_bytes(data)
@@ -547,11 +555,15 @@ def _css_unescape(css: str) -> str:
 
 
 def css_urls(css: str, depth: int = 0) -> list[str]:
-    """`url(...)` and `@import "..."` targets; a `data:` stylesheet is read in turn."""
+    """`url(...)`, `@import "..."` and `image-set("...")` targets; a `data:` stylesheet is
+    read in turn."""
     text = _css_unescape(css)
     found = [m.group(2) for m in re.finditer(r"url\(\s*(['\"]?)(.*?)\1\s*\)", text,
                                              re.DOTALL | re.IGNORECASE)]
     found += [m.group(2) for m in re.finditer(r"@import\s+(['\"])(.*?)\1", text, re.DOTALL)]
+    # image-set() takes plain strings as well as url()s.
+    for m in re.finditer(r"image-set\((.*?)\)", text, re.DOTALL | re.IGNORECASE):
+        found += [q.group(2) for q in re.finditer(r"(['\"])(.*?)\1", m.group(1), re.DOTALL)]
     for url in list(found):
         if depth < 3 and re.match(r"\s*data:\s*text/css", url, re.IGNORECASE):
             body = data_url_body(url)
@@ -716,6 +728,10 @@ OPENERS: tuple[Opener, ...] = (
     Opener("cabextract", lambda lf: b"MSCF\0\0\0\0" in lf.data, _on_data(open_cabextract),
            "cabextract"),
     Opener("cpio", lambda lf: _is_cpio(lf.data), _on_data(open_cpio), "cpio"),
+    Opener("lzip", lambda lf: lf.data.startswith(b"LZIP"), _on_data(_decompressor("lzip")),
+           "lzip"),
+    Opener("lz4", lambda lf: lf.data.startswith(b"\x04\x22\x4d\x18"),
+           _on_data(_decompressor("lz4")), "lz4"),
     Opener("html-data-url", _is_markup, open_html, typed=True),
     Opener("vcard", lambda lf: lf.data.lstrip()[:11].upper() == b"BEGIN:VCARD", open_vcard),
     Opener("icalendar", lambda lf: lf.data.lstrip()[:15].upper() == b"BEGIN:VCALENDAR",
