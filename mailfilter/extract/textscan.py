@@ -34,6 +34,9 @@ _B64_OR_SPACE = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789
 # never holds that by chance (its runs end at line breaks or quotes), and reading it as
 # UTF-7 would cut its payloads into pieces. (BinHex text may: it is not read as UTF-7.)
 _UTF7 = re.compile(rb"\+A(?:Dw|D4|CI|Do|Ds|D0|Cw|C8)[A-Za-z0-9+/]*-")
+# UTF-7 writes "+" as "+-": inside runs of base64 characters (a data: URI's payload written by
+# an encoder that keeps markup direct) that never happens in base64 itself.
+_UTF7_PLUS = re.compile(rb"[A-Za-z0-9/]{4}\+-[A-Za-z0-9/]{4}")
 _RTF_MARKERS = (b"{\\rtf", b"\\pict", b"\\objdata")
 # Browsers drop tabs and line breaks anywhere in a URL (and decode character references in
 # attributes first): the loose reading of a text does both.
@@ -83,10 +86,17 @@ def _readings(data: bytes) -> list[bytes]:
     elif (
         b"\x00" not in data[:4096]
         and decoders.BINHEX_MARKER not in data
-        and _UTF7.search(data, 0, 1 << 20) is not None
+        and (_UTF7.search(data, 0, 1 << 20) is not None or _utf7_plus(data))
     ):
         out.append(data.decode("utf-7", "replace").encode("utf-8", "replace"))
     return out
+
+
+def _utf7_plus(data: bytes) -> bool:
+    if b"+-" not in data:
+        return False
+    found = _UTF7_PLUS.finditer(data, 0, 1 << 20)
+    return next(found, None) is not None and next(found, None) is not None
 
 
 def _utf16(data: bytes) -> str | None:

@@ -316,6 +316,12 @@ def _utf7_shifting_markup(text: str) -> bytes:
     return "".join(out).encode("ascii")
 
 
+def test_html_in_utf7_as_python_writes_it() -> None:
+    # Markup direct, "+" in the payload written "+-": the raw text holds only pieces.
+    raw = ec.message(ec.part("text/html; charset=utf-7", _HTML.encode("utf-7")))
+    assert [a.data for a in walk(raw).attachments] == [PHOTO]
+
+
 def test_html_in_utf7_shifted_whole() -> None:
     shifted = base64.b64encode(_HTML.encode("utf-16-be")).rstrip(b"=")
     raw = ec.message(ec.part("text/html; charset=utf-7", b"+" + shifted + b"-"))
