@@ -31,6 +31,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     shown = [o for o in run.outcomes.values() if o.shown]
     failing = [o for o in shown if o.verdict not in expected(o)]
     for o in run.outcomes.values():
+        if o.unavailable and o.unavailable.startswith("not selected"):
+            continue
         if o.unavailable or o.error:
             tr.write_line(f"{o.name:58} not built: {o.unavailable or o.error}")
             continue

@@ -628,9 +628,15 @@ def _html_variant(variant: str) -> bytes:
 
 
 @construction("html-charset", "html",
-              variants=["utf-16", "utf-16le-bom", "utf-7", "utf-7-all-encoded", "utf-32"])
+              variants=["utf-16", "utf-16le-bom", "utf-7", "utf-7-all-encoded", "utf-32",
+                        "iso-2022-jp-redundant-escapes"])
 def _html_charset(variant: str) -> bytes:
     html = img_html(data_uri())
+    if variant == "iso-2022-jp-redundant-escapes":
+        # ESC ( B switches to ASCII, which the text already is: decoders (the WHATWG one
+        # too, as text comes between escapes) drop it, a search of the raw bytes trips on it.
+        encoded = b"\x1b(B".join(_chunks(html.encode("ascii"), 40))
+        return html_message(html, "iso-2022-jp", encoded=encoded)
     if variant == "utf-7-all-encoded":
         # UTF-7 may shift any character into modified base64; Python's encoder keeps ASCII
         # direct, so the whole text is shifted here by hand.
