@@ -69,6 +69,9 @@ MAX_READINGS = 32
 MAX_FIELD_READINGS = 8
 # A boundary candidate longer than this is no boundary any reader uses (RFC 2046: 70).
 MAX_BOUNDARY_CHARS = 1024
+# A multipart body up to this size is searched for other-case and CR delimiters by whole-
+# buffer passes; a bigger one first by memchr for dashes.
+SMALL_BODY = 64 * 1024
 # A preamble or epilogue longer than this is searched for hidden payloads (uuencode etc.).
 SCAN_PREAMBLE_BYTES = 256
 
@@ -806,62 +809,68 @@ def _delimiters(
         pos = line_end
 
 
-_LF_DASHES = re.compile(rb"\n--")
-_CR_DASHES = re.compile(rb"\r--")
-
-
 def _variant_lines(buf: bytes, start: int, end: int, delim: bytes) -> tuple[bool, bool]:
     """Whether the body has delimiter lines only other readers see: `delim` in another case
     at the start of a line, and `delim` after a lone CR.
 
-    Cheap on what multiparts mostly carry: base64, which has no "-", is passed over by
-    memchr; after a few dashes (text) the rest is searched by whole-buffer passes, so the
-    cost stays linear and small."""
+    Small bodies (most text mail) are searched by two regex or find passes (about 1 us per
+    KiB each). Big ones mostly carry base64, which has no "-": memchr passes over it to the
+    few dashes there are, and after a few dashes the rest is searched by the same passes, so
+    the cost stays linear and small."""
     low = delim.lower()
     n = len(delim)
     has_case = low != delim.upper()  # only letters have another case
     case = cr = False
-    budget = 16 + (end - start) // 4096
-    pos = start
-    while not (case and cr):
-        i = buf.find(b"-", pos, end)
-        if i < 0 or i + 1 >= end:
+    i = start
+    if end - start > SMALL_BODY:
+        budget = 16 + (end - start) // 4096
+        pos = start
+        while not (case and cr):
+            i = buf.find(b"-", pos, end)
+            if i < 0 or i + 1 >= end:
+                return case, cr
+            budget -= 1
+            if budget < 0:
+                break
+            prev = buf[i - 1] if i > start else 0x0A
+            if prev in (0x0A, 0x0D) and buf[i + 1] == 0x2D:
+                if prev == 0x0D and not cr:
+                    cr = buf[i : i + n].lower() == low
+                elif prev == 0x0A and has_case and not case:
+                    segment = buf[i : i + n]
+                    case = segment != delim and segment.lower() == low
+                pos = i + max(n, 2)
+                continue
+            # a dash inside a line: go on from the next line break (LF, or a lone CR)
+            nl = buf.find(b"\n", i, end)
+            nl = end if nl < 0 else nl
+            r = buf.find(b"\r", i, nl)
+            pos = nl if r < 0 else r
+        else:
             return case, cr
-        budget -= 1
-        if budget < 0:
-            break
-        prev = buf[i - 1] if i > start else 0x0A
-        if prev in (0x0A, 0x0D) and buf[i + 1] == 0x2D:
-            if prev == 0x0D and not cr:
-                cr = buf[i : i + n].lower() == low
-            elif prev == 0x0A and has_case and not case:
-                segment = buf[i : i + n]
-                case = segment != delim and segment.lower() == low
-            pos = i + max(n, 2)
-            continue
-        # a dash inside a line: go on from the next line break (LF, or a lone CR)
-        nl = buf.find(b"\n", i, end)
-        nl = end if nl < 0 else nl
-        r = buf.find(b"\r", i, nl)
-        pos = nl if r < 0 else r
-    else:
-        return case, cr
-    # Text with many dashes: whole-buffer passes from here.
-    folded = re.compile(re.escape(delim), re.I)
-    if has_case and not case and (
-        sum(1 for _m in folded.finditer(buf, i, end)) > buf.count(delim, i, end)
-    ):
-        for m in _LF_DASHES.finditer(buf, max(i - 1, 0), end):
-            segment = buf[m.start() + 1 : m.start() + 1 + n]
-            if segment != delim and segment.lower() == low:
+    # Whole-buffer passes from `i`.
+    if has_case and not case:
+        if i == start and buf[i : i + n] != delim and buf[i : i + n].lower() == low:
+            return True, cr or _cr_delimiter(buf, i, end, low)
+        # "\n-" is a literal prefix the regex engine searches fast; the rest ignores case
+        other_case = re.compile(b"\n-(?i:" + re.escape(delim[1:]) + b")")
+        for m in other_case.finditer(buf, max(i - 1, 0), end):
+            if buf[m.start() + 1 : m.end()] != delim:
                 case = True
                 break
-    if not cr:
-        for m in _CR_DASHES.finditer(buf, max(i - 1, 0), end):
-            if buf[m.start() + 1 : m.start() + 1 + n].lower() == low:
-                cr = True
-                break
-    return case, cr
+    return case, cr or _cr_delimiter(buf, i, end, low)
+
+
+def _cr_delimiter(buf: bytes, start: int, end: int, low: bytes) -> bool:
+    """Whether a delimiter (any case) follows a lone CR somewhere in buf[start:end]."""
+    if buf.find(b"\r", start, end) < 0:
+        return False
+    pos = max(start - 1, 0)
+    while (j := buf.find(b"\r--", pos, end)) >= 0:
+        if buf[j + 1 : j + 1 + len(low)].lower() == low:
+            return True
+        pos = j + 1
+    return False
 
 
 def _before_break(buf: bytes, start: int, i: int) -> int:
