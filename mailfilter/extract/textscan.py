@@ -53,6 +53,9 @@ _ASCII_NAMED = {
     for name, value in html5.items()
     if len(value) == 1 and ord(value) < 128
 }
+# CSS escapes (a style attribute or sheet may write every character of a url() so): a
+# backslash and up to six hex digits (and one whitespace after them), or any other character.
+_CSS_ESCAPE = re.compile(rb"\\(?:([0-9a-fA-F]{1,6})(?:\r\n|[ \t\r\n\f])?|([^0-9a-fA-F\r\n\f]))")
 # Line breaks or tabs between "data:" and its comma (searched in a lower-cased copy, so the
 # engine can skip to each "data:" quickly; a case-insensitive pattern costs 100 ms per MB).
 _WS_AFTER_SCHEME = re.compile(rb"data:[^,]{0,300}?[\t\r\n]")
@@ -124,26 +127,36 @@ def _utf16(data: bytes) -> str | None:
 
 
 def _loose(data: bytes) -> bytes | None:
-    """The text with character references decoded and tabs and line breaks dropped, when
-    it has character references or a `data:` URI broken by tabs or line breaks (None
-    otherwise)."""
-    if b"&" not in data and not _split_uri(data):
+    """The text with character references and CSS escapes decoded and tabs and line breaks
+    dropped, when it has references, escapes or a `data:` URI broken by tabs or line breaks
+    (None otherwise). RTF's backslashes are control words, not CSS escapes."""
+    css = b"\\" in data and not data.lstrip().startswith(b"{\\rtf")
+    if b"&" not in data and not css and not _split_uri(data):
         return None
     loose = _REFERENCE.sub(_referenced, data) if b"&" in data else data
+    if css:
+        loose = _CSS_ESCAPE.sub(_css_unescaped, loose)
     loose = loose.translate(None, _URL_IGNORED)
     return None if loose == data else loose
 
 
-def _referenced(m: re.Match[bytes]) -> bytes:
-    if m.group(3) is not None:
-        return _ASCII_NAMED.get(m.group(3), m.group(0))
-    n = int(m.group(1)) if m.group(1) is not None else int(m.group(2), 16)
+def _code_point(n: int) -> bytes:
     if n < 128:
         return bytes([n])
     try:
         return chr(n).encode("utf-8")
     except (ValueError, OverflowError):  # past U+10FFFF, or a lone surrogate
         return "\ufffd".encode()
+
+
+def _css_unescaped(m: re.Match[bytes]) -> bytes:
+    return _code_point(int(m.group(1), 16)) if m.group(1) is not None else m.group(2)
+
+
+def _referenced(m: re.Match[bytes]) -> bytes:
+    if m.group(3) is not None:
+        return _ASCII_NAMED.get(m.group(3), m.group(0))
+    return _code_point(int(m.group(1)) if m.group(1) is not None else int(m.group(2), 16))
 
 
 def _split_uri(data: bytes) -> bool:

@@ -275,6 +275,12 @@ def test_data_uri_written_the_ways_browsers_accept(name: str) -> None:
     assert [a.data for a in ex.attachments] == [PHOTO]  # once, and no piece of it
 
 
+def test_css_url_written_in_escapes() -> None:
+    escaped = "".join(f"\\{ord(ch):x} " for ch in f"data:image/jpeg;base64,{_S}")
+    ex = walk(html_message(f'<div style="background:url({escaped})">x</div>'.encode()))
+    assert [a.data for a in ex.attachments] == [PHOTO]
+
+
 def test_a_data_stylesheet_holding_a_data_image() -> None:
     css = f".x {{ background: url(data:image/jpeg;base64,{_S}) }}".encode()
     html = f'<style>@import url(data:text/css;base64,{b64_text(css)});</style>'.encode()
