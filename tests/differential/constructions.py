@@ -2000,3 +2000,87 @@ def _html_syntax_edges(variant: str) -> bytes:
         return html_message('<html><body><div style="background-image:image-set(\''
                             + data_uri() + '\' 1x)">x</div></body></html>')
     return html_message(f'<html><body><img/src="{data_uri()}"></body></html>')
+
+
+def lzw_encode(data: bytes) -> bytes:
+    """PDF LZWDecode (EarlyChange 1, as TIFF): 9-12 bit codes, clear 256, end 257."""
+    out = 0
+    nbits = 0
+    width = 9
+
+    def emit(code: int) -> None:
+        nonlocal out, nbits
+        out = (out << width) | code
+        nbits += width
+
+    table = {bytes([i]): i for i in range(256)}
+    next_code = 258
+    emit(256)
+    w = b""
+    for byte in data:
+        wc = w + bytes([byte])
+        if wc in table:
+            w = wc
+            continue
+        emit(table[w])
+        table[wc] = next_code
+        next_code += 1
+        w = bytes([byte])
+        # The decoder's table runs one entry behind: with EarlyChange it widens its codes
+        # when its table reaches 2**width - 1, i.e. when ours reaches 2**width.
+        if next_code == (1 << width) and width < 12:
+            width += 1
+        elif next_code >= 4093:
+            emit(256)
+            table = {bytes([i]): i for i in range(256)}
+            next_code = 258
+            width = 9
+    if w:
+        emit(table[w])
+    emit(257)
+    pad = -nbits % 8
+    return (out << pad).to_bytes((nbits + pad) // 8, "big")
+
+
+@construction("pdf-filters-more", "viewer",
+              variants=["flate-png-predictor", "flate-tiff-predictor", "lzw-raw-rgb",
+                        "embedded-file-flate", "file-attachment-annotation"])
+def _pdf_filters_more(variant: str) -> bytes:
+    img = photo_image()
+    arr = np.asarray(img, np.uint8)
+    head = (b"/Type/XObject/Subtype/Image/Width %d/Height %d/ColorSpace/DeviceRGB"
+            b"/BitsPerComponent 8" % (W, H))
+    if variant == "flate-png-predictor":
+        up = arr.astype(np.int16) - np.vstack([np.zeros((1, W, 3), np.int16), arr[:-1]])
+        rows = np.concatenate([np.full((H, 1), 2, np.uint8),
+                               (up % 256).astype(np.uint8).reshape(H, W * 3)], axis=1)
+        xo = stream(head + b"/Filter/FlateDecode/DecodeParms<</Predictor 12/Colors 3"
+                    b"/BitsPerComponent 8/Columns %d>>" % W, zlib.compress(rows.tobytes()))
+        return attach_pdf(page_pdf(DRAW, {"Im0": xo}))
+    if variant == "flate-tiff-predictor":
+        left = np.concatenate([np.zeros((H, 1, 3), np.int16), arr[:, :-1].astype(np.int16)], 1)
+        diff = ((arr.astype(np.int16) - left) % 256).astype(np.uint8)
+        xo = stream(head + b"/Filter/FlateDecode/DecodeParms<</Predictor 2/Colors 3"
+                    b"/BitsPerComponent 8/Columns %d>>" % W, zlib.compress(diff.tobytes()))
+        return attach_pdf(page_pdf(DRAW, {"Im0": xo}))
+    if variant == "lzw-raw-rgb":
+        small = img.resize((320, 240))
+        xo = stream(b"/Type/XObject/Subtype/Image/Width 320/Height 240/ColorSpace/DeviceRGB"
+                    b"/BitsPerComponent 8/Filter/LZWDecode", lzw_encode(small.tobytes()))
+        return attach_pdf(page_pdf(DRAW, {"Im0": xo}))
+    ef = stream(b"/Type/EmbeddedFile/Subtype/image#2Fjpeg/Filter/FlateDecode",
+                zlib.compress(photo()))
+    if variant == "embedded-file-flate":
+        objects = [b"<</Type/Catalog/Pages 2 0 R/Names<</EmbeddedFiles<</Names[(photo.jpg) "
+                   b"6 0 R]>>>>>>", b"<</Type/Pages/Kids[3 0 R]/Count 1>>",
+                   b"<</Type/Page/Parent 2 0 R/MediaBox[0 0 %d %d]/Contents 4 0 R>>" % (W, H),
+                   stream(b"", b""), ef,
+                   b"<</Type/Filespec/F(photo.jpg)/UF(photo.jpg)/EF<</F 5 0 R>>>>"]
+        return attach_pdf(pdf(objects))
+    objects = [b"<</Type/Catalog/Pages 2 0 R>>", b"<</Type/Pages/Kids[3 0 R]/Count 1>>",
+               b"<</Type/Page/Parent 2 0 R/MediaBox[0 0 %d %d]/Contents 4 0 R/Annots[7 0 R]>>"
+               % (W, H), stream(b"", b""), ef,
+               b"<</Type/Filespec/F(photo.jpg)/UF(photo.jpg)/EF<</F 5 0 R>>>>",
+               b"<</Type/Annot/Subtype/FileAttachment/Rect[10 10 30 30]/FS 6 0 R"
+               b"/Contents(photo)/Name/PushPin>>"]
+    return attach_pdf(pdf(objects))
