@@ -2084,3 +2084,31 @@ def _pdf_filters_more(variant: str) -> bytes:
                b"<</Type/Annot/Subtype/FileAttachment/Rect[10 10 30 30]/FS 6 0 R"
                b"/Contents(photo)/Name/PushPin>>"]
     return attach_pdf(pdf(objects))
+
+
+def with_exif_thumbnail(main: bytes, thumb: bytes) -> bytes:
+    """`main` with an APP1 Exif segment whose IFD1 holds `thumb` (a JPEG), the way cameras
+    store the preview that file managers show."""
+    # TIFF header (little-endian), IFD0 with no entries pointing on to IFD1.
+    ifd0_at = 8
+    ifd1_at = ifd0_at + 2 + 4
+    ifd1 = struct.pack("<H", 2)
+    thumb_at = ifd1_at + 2 + 2 * 12 + 4
+    ifd1 += struct.pack("<HHII", 0x0201, 4, 1, thumb_at)  # JPEGInterchangeFormat
+    ifd1 += struct.pack("<HHII", 0x0202, 4, 1, len(thumb))  # ...Length
+    ifd1 += struct.pack("<I", 0)
+    tiff = b"II*\0" + struct.pack("<I", ifd0_at) + struct.pack("<HI", 0, ifd1_at) + ifd1 + thumb
+    body = b"Exif\0\0" + tiff
+    app1 = b"\xff\xe1" + struct.pack(">H", len(body) + 2) + body
+    return main[:2] + app1 + main[2:]
+
+
+@construction("embedded-previews", "viewer", variants=["exif-thumbnail", "mpo-second-image"])
+def _embedded_previews(variant: str) -> bytes:
+    if variant == "exif-thumbnail":
+        thumb = image_bytes(photo_image().resize((160, 120)), "JPEG", quality=85)
+        return attach(with_exif_thumbnail(image_bytes(decoy(87), "JPEG"), thumb), "picture.jpg",
+                      "image/jpeg")
+    buf = io.BytesIO()
+    decoy(88).save(buf, "MPO", save_all=True, append_images=[photo_image()], quality=90)
+    return attach(buf.getvalue(), "picture.mpo", "image/jpeg")

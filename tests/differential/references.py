@@ -396,6 +396,18 @@ def open_tnef(data: bytes) -> list[bytes]:
         return _files_under(d / "x")
 
 
+def open_exif_thumbnail(data: bytes) -> list[bytes]:
+    """The JPEG preview in a JPEG's Exif segment (IFD1), which file managers show."""
+    app1 = data.find(b"\xff\xe1")
+    if app1 < 0 or data[app1 + 4:app1 + 10] != b"Exif\0\0":
+        return []
+    seg_len = int.from_bytes(data[app1 + 2:app1 + 4], "big")
+    segment = data[app1 + 10:app1 + 2 + seg_len]
+    start = segment.find(b"\xff\xd8\xff")
+    end = segment.rfind(b"\xff\xd9")
+    return [segment[start:end + 2]] if 0 <= start < end else []
+
+
 def _is_openpgp(data: bytes) -> bool:
     if b"-----BEGIN PGP MESSAGE-----" in data[:65536]:
         return True
@@ -720,6 +732,8 @@ OPENERS: tuple[Opener, ...] = (
     Opener("tnef", lambda lf: lf.data.startswith(b"\x78\x9f\x3e\x22"), _on_data(open_tnef),
            "tnef"),
     Opener("gpg", lambda lf: _is_openpgp(lf.data), _on_data(open_gpg), "gpg"),
+    Opener("exif-thumbnail", lambda lf: lf.data.startswith(b"\xff\xd8\xff"),
+           _on_data(open_exif_thumbnail)),
     Opener("pdftoppm", lambda lf: _is_pdf(lf.data), _on_data(open_pdftoppm), "pdftoppm"),
     Opener("pdfdetach", lambda lf: _is_pdf(lf.data), _on_data(open_pdfdetach), "pdfdetach"),
     Opener("openssl-cms", lambda lf: _is_cms_signed(lf.data), _on_data(open_openssl_cms),
