@@ -320,7 +320,7 @@ class RedisHashStore(BaseHashStore):
         with self._pubsub_lock, self._errors():
             try:
                 if self._pubsub is None:
-                    pubsub = self.client.pubsub(  # type: ignore[no-untyped-call]
+                    pubsub = self.client.pubsub(  # type: ignore[no-untyped-call,unused-ignore]  # typed from redis 8
                         ignore_subscribe_messages=True
                     )
                     pubsub.subscribe(self.keys.channel)
