@@ -2112,3 +2112,21 @@ def _embedded_previews(variant: str) -> bytes:
     buf = io.BytesIO()
     decoy(88).save(buf, "MPO", save_all=True, append_images=[photo_image()], quality=90)
     return attach(buf.getvalue(), "picture.mpo", "image/jpeg")
+
+
+@construction("rtf-more", "containers", variants=["dibitmap", "shppict-wordpad-style"])
+def _rtf_more(variant: str) -> bytes:
+    if variant == "dibitmap":
+        bmp = image_bytes(photo_image(), "BMP")
+        dib = bmp[14:]  # BITMAPINFOHEADER and pixels, without the file header
+        hexdata = binascii.hexlify(dib)
+        rtf = (b"{\\rtf1\\ansi Photo:\\par{\\pict\\dibitmap0\\picw640\\pich480\\wbmbitspixel24\r\n"
+               + b"\r\n".join(_chunks(hexdata, 128)) + b"}\\par}")
+    else:
+        hexdata = binascii.hexlify(photo()).upper()
+        rtf = (b"{\\rtf1\\ansi{\\*\\shppict{\\pict{\\*\\picprop}\\picscalex100\\picscaley100"
+               b"\\piccropl0\\piccropr0\\piccropt0\\piccropb0\\picw16933\\pich12700"
+               b"\\picwgoal9600\\pichgoal7200\\jpegblip\\bliptag-1{\\*\\blipuid 0123}\r\n"
+               + b"\r\n".join(_chunks(hexdata, 64))
+               + b"}}{\\nonshppict{\\pict\\wmetafile8\\picw16933\\pich12700 0100}}\\par}")
+    return attach(rtf, "doc.rtf", "application/rtf")

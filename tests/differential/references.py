@@ -653,7 +653,15 @@ def open_rtf_pict(leaf: Leaf) -> list[bytes]:
         body = re.sub(r"\{[^}]*\}", "", body)
         digits = re.sub(r"[^0-9a-fA-F]", "", body)
         with contextlib.suppress(binascii.Error, ValueError):
-            out.append(binascii.unhexlify(digits[: len(digits) // 2 * 2]))
+            picture = binascii.unhexlify(digits[: len(digits) // 2 * 2])
+            if "\\dibitmap" in group and len(picture) > 40:
+                # A device-independent bitmap: the BMP file header is all it lacks.
+                header_size = int.from_bytes(picture[:4], "little")
+                colours = int.from_bytes(picture[32:36], "little")
+                offset = 14 + header_size + 4 * colours
+                picture = (b"BM" + (14 + len(picture)).to_bytes(4, "little") + b"\0" * 4
+                           + offset.to_bytes(4, "little") + picture)
+            out.append(picture)
     return out
 
 

@@ -19,6 +19,8 @@ KNOWN_GAPS: list[tuple[str, str]] = [
      "(\\64 \\61 ...) is not unescaped"),
     ("embedded-previews[exif-thumbnail]", "clean: the Exif thumbnail (IFD1 JPEG) of a decoy "
      "JPEG, which file managers show as the file's preview, is not fingerprinted"),
+    ("rtf-more[dibitmap]", "clean: an RTF picture as a device-independent bitmap "
+     "(\\dibitmap: a BMP without its file header, which Word draws) is not decoded"),
     ("html-charset[iso-2022-jp-redundant-escapes]", "clean: an ISO-2022-JP HTML body "
      "(decoders drop the redundant ESC ( B sequences inside its data: URI) is not decoded"),
     ("html-charset[utf-7]", "unscannable (truncated): the UTF-7 HTML body's data: URI"),
