@@ -2130,3 +2130,27 @@ def _rtf_more(variant: str) -> bytes:
                + b"\r\n".join(_chunks(hexdata, 64))
                + b"}}{\\nonshppict{\\pict\\wmetafile8\\picw16933\\pich12700 0100}}\\par}")
     return attach(rtf, "doc.rtf", "application/rtf")
+
+
+@construction("pdf-vector-pixels", "viewer", variants=["64x48", "128x96"])
+def _pdf_vector_pixels(variant: str) -> bytes:
+    """No image at all: the photo drawn as a grid of filled rectangles, one per pixel of a
+    downscaled copy. Only a renderer sees it."""
+    cols, rows = (int(v) for v in variant.split("x"))
+    small = np.asarray(photo_image().resize((cols, rows)), np.uint8)
+    cw, ch = W / cols, H / rows
+    ops = []
+    for r in range(rows):
+        y = H - (r + 1) * ch
+        for c in range(cols):
+            red, green, blue = (int(v) for v in small[r, c])
+            ops.append(f"{red / 255:.3f} {green / 255:.3f} {blue / 255:.3f} rg "
+                       f"{c * cw:.2f} {y:.2f} {cw + 0.05:.2f} {ch + 0.05:.2f} re f")
+    content = "\n".join(ops).encode()
+    objects = [
+        b"<</Type/Catalog/Pages 2 0 R>>",
+        b"<</Type/Pages/Kids[3 0 R]/Count 1>>",
+        b"<</Type/Page/Parent 2 0 R/MediaBox[0 0 %d %d]/Contents 4 0 R>>" % (W, H),
+        stream(b"/Filter/FlateDecode", zlib.compress(content)),
+    ]
+    return attach_pdf(pdf(objects))

@@ -19,6 +19,9 @@ KNOWN_GAPS: list[tuple[str, str]] = [
      "(\\64 \\61 ...) is not unescaped"),
     ("embedded-previews[exif-thumbnail]", "clean: the Exif thumbnail (IFD1 JPEG) of a decoy "
      "JPEG, which file managers show as the file's preview, is not fingerprinted"),
+    ("pdf-vector-pixels[64x48]", "clean: a page that draws the photo as filled rectangles "
+     "(no image object at all): only rendering the whole page sees it"),
+    ("pdf-vector-pixels[128x96]", "clean: as pdf-vector-pixels[64x48], finer"),
     ("rtf-more[dibitmap]", "clean: an RTF picture as a device-independent bitmap "
      "(\\dibitmap: a BMP without its file header, which Word draws) is not decoded"),
     ("html-charset[iso-2022-jp-redundant-escapes]", "clean: an ISO-2022-JP HTML body "
