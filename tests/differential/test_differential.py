@@ -15,8 +15,6 @@ from differential_run import Run, expected
 # Constructions that references show and mailfilter does not match yet: each is an open gap,
 # to be removed from this list as the fix lands (strict: a fixed gap fails until removed).
 KNOWN_GAPS: list[tuple[str, str]] = [
-    ("css-escapes-everything", "clean: a CSS url() whose every character is a CSS escape "
-     "(\\64 \\61 ...) is not unescaped"),
     ("embedded-previews[exif-thumbnail]", "clean: the Exif thumbnail (IFD1 JPEG) of a decoy "
      "JPEG, which file managers show as the file's preview, is not fingerprinted"),
     ("pdf-vector-pixels[64x48]", "clean: a page that draws the photo as filled rectangles "
@@ -26,7 +24,6 @@ KNOWN_GAPS: list[tuple[str, str]] = [
      "(\\dibitmap: a BMP without its file header, which Word draws) is not decoded"),
     ("html-charset[iso-2022-jp-redundant-escapes]", "clean: an ISO-2022-JP HTML body "
      "(decoders drop the redundant ESC ( B sequences inside its data: URI) is not decoded"),
-    ("html-charset[utf-7]", "unscannable (truncated): the UTF-7 HTML body's data: URI"),
     ("archive-methods[zip-ppmd]", "unscannable (unsupported-archive): zip entries "
      "compressed with PPMd (method 98), which 7-Zip and bsdtar read"),
     ("encoding-edges[qp-soft-break-trailing-space]",
