@@ -2004,14 +2004,19 @@ def _html_syntax_edges(variant: str) -> bytes:
 
 def lzw_encode(data: bytes) -> bytes:
     """PDF LZWDecode (EarlyChange 1, as TIFF): 9-12 bit codes, clear 256, end 257."""
-    out = 0
+    out = bytearray()
+    acc = 0
     nbits = 0
     width = 9
 
     def emit(code: int) -> None:
-        nonlocal out, nbits
-        out = (out << width) | code
+        nonlocal acc, nbits
+        acc = (acc << width) | code
         nbits += width
+        while nbits >= 8:
+            nbits -= 8
+            out.append((acc >> nbits) & 0xFF)
+        acc &= (1 << nbits) - 1
 
     table = {bytes([i]): i for i in range(256)}
     next_code = 258
@@ -2038,8 +2043,9 @@ def lzw_encode(data: bytes) -> bytes:
     if w:
         emit(table[w])
     emit(257)
-    pad = -nbits % 8
-    return (out << pad).to_bytes((nbits + pad) // 8, "big")
+    if nbits:
+        out.append((acc << (8 - nbits)) & 0xFF)
+    return bytes(out)
 
 
 @construction("pdf-filters-more", "viewer",
