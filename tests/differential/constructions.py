@@ -2160,3 +2160,17 @@ def _pdf_vector_pixels(variant: str) -> bytes:
         stream(b"/Filter/FlateDecode", zlib.compress(content)),
     ]
     return attach_pdf(pdf(objects))
+
+
+@construction("pdf-smask-carries-photo", "viewer")
+def _pdf_smask_photo() -> bytes:
+    """A black image whose soft mask is the photo's inverted luminance: over a white page
+    the viewer draws the photo (in grey); no stored image looks like it."""
+    luma = np.asarray(photo_image().convert("L"), np.uint8)
+    mask = stream(b"/Type/XObject/Subtype/Image/Width %d/Height %d/ColorSpace/DeviceGray"
+                  b"/BitsPerComponent 8/Filter/FlateDecode" % (W, H),
+                  zlib.compress((255 - luma).tobytes()))
+    black = stream(b"/Type/XObject/Subtype/Image/Width 8/Height 8/ColorSpace/DeviceRGB"
+                   b"/BitsPerComponent 8/SMask 6 0 R/Filter/FlateDecode",
+                   zlib.compress(b"\0" * 192))
+    return attach_pdf(page_pdf(DRAW, {"Im0": black, "Mask": mask}))

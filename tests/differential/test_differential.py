@@ -20,6 +20,8 @@ KNOWN_GAPS: list[tuple[str, str]] = [
     ("pdf-vector-pixels[64x48]", "clean: a page that draws the photo as filled rectangles "
      "(no image object at all): only rendering the whole page sees it"),
     ("pdf-vector-pixels[128x96]", "clean: as pdf-vector-pixels[64x48], finer"),
+    ("pdf-smask-carries-photo", "clean: a black image whose soft mask is the photo's "
+     "inverted luminance draws the photo over a white page; no stored image resembles it"),
     ("rtf-more[dibitmap]", "clean: an RTF picture as a device-independent bitmap "
      "(\\dibitmap: a BMP without its file header, which Word draws) is not decoded"),
     ("html-charset[iso-2022-jp-redundant-escapes]", "clean: an ISO-2022-JP HTML body "
