@@ -2174,3 +2174,29 @@ def _pdf_smask_photo() -> bytes:
                    b"/BitsPerComponent 8/SMask 6 0 R/Filter/FlateDecode",
                    zlib.compress(b"\0" * 192))
     return attach_pdf(page_pdf(DRAW, {"Im0": black, "Mask": mask}))
+
+
+@construction("pdf-blend-layers", "viewer", variants=["difference", "multiply"])
+def _pdf_blend_layers(variant: str) -> bytes:
+    """Two layers, each a mixture of the photo and a decoy, that a blend mode combines
+    into the photo: no stored image is the photo, the page a viewer draws is."""
+    p = np.asarray(photo_image(), np.float64) / 255
+    d = np.asarray(decoy(89), np.float64) / 255
+    if variant == "difference":
+        under = 0.5 * d
+        over = under + 0.5 * p  # |over - under| = photo / 2
+    else:
+        under = 0.75 + 0.25 * d  # in [0.75, 1]
+        over = 0.75 * p / under  # over * under = 0.75 * photo
+    mode = b"/Difference" if variant == "difference" else b"/Multiply"
+
+    def raw(layer: np.ndarray) -> bytes:
+        return stream(b"/Type/XObject/Subtype/Image/Width %d/Height %d/ColorSpace/DeviceRGB"
+                      b"/BitsPerComponent 8/Filter/FlateDecode" % (W, H),
+                      zlib.compress(np.clip(layer * 255 + 0.5, 0, 255).astype(np.uint8)
+                                    .tobytes()))
+    content = (b"q %d 0 0 %d 0 0 cm /Im0 Do Q q /GS0 gs %d 0 0 %d 0 0 cm /Im1 Do Q"
+               % (W, H, W, H))
+    return attach_pdf(_pdf_with(content, [raw(under), raw(over)],
+                                b"/XObject<</Im0 5 0 R/Im1 6 0 R>>/ExtGState<</GS0<</BM " + mode
+                                + b">>>>"))
