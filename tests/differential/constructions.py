@@ -2200,3 +2200,23 @@ def _pdf_blend_layers(variant: str) -> bytes:
     return attach_pdf(_pdf_with(content, [raw(under), raw(over)],
                                 b"/XObject<</Im0 5 0 R/Im1 6 0 R>>/ExtGState<</GS0<</BM " + mode
                                 + b">>>>"))
+
+
+@construction("header-syntax-more", "headers",
+              variants=["indented-delimiters", "missing-semicolon", "spaces-around-equals",
+                        "no-content-type-part", "cr-only-part-headers"])
+def _header_syntax_more(variant: str) -> bytes:
+    if variant == "indented-delimiters":
+        body = _photo_body().replace(b"\r\n--B", b"\r\n  --B")
+        return message(b'Content-Type: multipart/mixed; boundary="B"\r\n', body)
+    if variant == "missing-semicolon":
+        return message(b'Content-Type: multipart/mixed\r\n boundary="B"\r\n', _photo_body())
+    if variant == "spaces-around-equals":
+        return message(b'Content-Type: multipart/mixed; boundary = "B"\r\n', _photo_body())
+    if variant == "no-content-type-part":
+        img = (b"Content-Transfer-Encoding: base64\r\n"
+               b'Content-Disposition: attachment; filename="photo.jpg"\r\n\r\n' + b64(photo()))
+        return mixed([TEXT, img])
+    img = photo_part()
+    head, _, body = img.partition(b"\r\n\r\n")
+    return mixed([TEXT, head.replace(b"\r\n", b"\r") + b"\r\r" + body])
