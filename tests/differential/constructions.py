@@ -2220,3 +2220,19 @@ def _header_syntax_more(variant: str) -> bytes:
     img = photo_part()
     head, _, body = img.partition(b"\r\n\r\n")
     return mixed([TEXT, head.replace(b"\r\n", b"\r") + b"\r\r" + body])
+
+
+@construction("archive-variants", "containers",
+              variants=["tar-v7", "tar-pax", "tar-gnu", "7z-delta", "7z-bcj2", "7z-arm64",
+                        "7z-lzma1"])
+def _archive_variants(variant: str) -> bytes:
+    kind, form = variant.split("-", 1)
+    if kind == "tar":
+        fmt = {"v7": "v7", "pax": "pax", "gnu": "gnutar"}[form]
+        data = in_tempdir(files(), ["bsdtar", "-cf", "p.tar", "--format", fmt, "photo.jpg"],
+                          "p.tar")
+        return attach(data, "p.tar")
+    methods = {"delta": ["-m0=Delta:4", "-m1=LZMA2"], "bcj2": ["-mf=BCJ2"],
+               "arm64": ["-mf=ARM64"], "lzma1": ["-m0=LZMA"]}[form]
+    data = in_tempdir(files(), [sevenz(), "a", *methods, "p.7z", "photo.jpg"], "p.7z")
+    return attach(data, "p.7z")
