@@ -2236,3 +2236,16 @@ def _archive_variants(variant: str) -> bytes:
                "arm64": ["-mf=ARM64"], "lzma1": ["-m0=LZMA"]}[form]
     data = in_tempdir(files(), [sevenz(), "a", *methods, "p.7z", "photo.jpg"], "p.7z")
     return attach(data, "p.7z")
+
+
+@construction("alpha-carries-photo", "viewer", variants=["png", "webp", "tiff"])
+def _alpha_carries_photo(variant: str) -> bytes:
+    """Black pixels whose opacity is the photo's inverted luminance: drawn over a white
+    page (as mail clients do) they show the photo in grey; the colour channels are black."""
+    luma = np.asarray(photo_image().convert("L"), np.uint8)
+    rgba = np.zeros((H, W, 4), np.uint8)
+    rgba[..., 3] = 255 - luma
+    img = Image.fromarray(rgba, "RGBA")
+    fmt = {"png": "PNG", "webp": "WEBP", "tiff": "TIFF"}[variant]
+    extra: dict[str, object] = {"lossless": True} if fmt == "WEBP" else {}
+    return attach(image_bytes(img, fmt, **extra), f"picture.{variant}", f"image/{variant}")

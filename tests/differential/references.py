@@ -98,6 +98,12 @@ def _decoded_frames(data: bytes) -> Iterator[Image.Image]:
         except Exception:
             return
         yield frame
+        if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+            # Mail clients and browsers draw transparent pictures over a white page.
+            with contextlib.suppress(Exception):
+                rgba = im.convert("RGBA")
+                white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                yield Image.alpha_composite(white, rgba).convert("RGB")
         if i == 0:
             with contextlib.suppress(Exception):
                 turned = ImageOps.exif_transpose(im)
