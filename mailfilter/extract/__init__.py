@@ -5,8 +5,12 @@
 Walks the MIME tree (numbering parts the way IMAP does: `2.1.3`), decodes transfer
 encodings (forgiving broken base64 the way mail clients do), and opens what the bytes turn out
 to be, whatever they are called: forwarded messages (`message/rfc822`, saved .eml files),
-opaque S/MIME, ZIP (so OOXML and ODF too), TAR, gzip, bzip2, xz, 7z, RAR, TNEF (winmail.dat)
-and PDF files, uuencoded blocks, `data:` URIs and bare base64 in text.
+opaque S/MIME, OpenPGP, ZIP (so OOXML and ODF too), TAR, gzip, bzip2, xz, lzma, compress,
+lzip, lz4, zstd, 7z, RAR, ISO 9660, CAB, cpio, xar, TNEF (winmail.dat) and PDF files (image
+objects, and pages rendered where they draw images), uuencoded blocks, BinHex, RTF pictures,
+`data:` URIs and bare base64 in text. After the walk, the content sweep (sweep.py) decodes
+base64, uuencode and BinHex runs the walk did not decode, and carves signatures out of
+unknown binary.
 
 Paths: a container that is a MIME part adds its filename, and each member its name:
 `2/photos.zip/a.jpg` is a.jpg inside photos.zip, which is part 2; `2/photos.zip/in.zip/b.png`
@@ -35,10 +39,13 @@ examined is listed in `unscannable` with one of these reason codes:
     encrypted-message    S/MIME enveloped data or PGP/MIME multipart/encrypted
     corrupt-archive      a container whose bytes say what it is but which cannot be read
     unsupported-archive  a container format or method we cannot read (e.g. compressed RAR
-                         without an extraction tool installed, zstd, deflate64)
+                         without an extraction tool installed, zip implode or PPMd)
     unsupported-image-encoding  a PDF image in a colour space we cannot rebuild
     partial-message      message/partial (a fragment of a message split over several mails)
     parse-error          anything unexpected while reading a part (the rest is still walked)
+    pages-past-limit     PDF pages (or images on them) not rendered: the pdf_render_* limits
+                         or an image over 100 MP
+    carve-limit          more pieces carved out of other bytes than sweep.MAX_CARVED
     max-readings         more extra readings of ambiguous structures than the walk makes per
                          message (mime.MAX_READINGS)
 
