@@ -1101,7 +1101,7 @@ def pdf(objects: list[bytes], *, startxref_shift: int = 0, xref: bool = True,
 
 
 def page_pdf(content: bytes, xobjects: dict[str, bytes], *, width: int = W, height: int = H,
-             **kw: int | bool | bytes) -> bytes:
+             startxref_shift: int = 0, xref: bool = True, prefix: bytes = b"") -> bytes:
     """One page of `width` x `height` points drawing `content` with image XObjects."""
     names = list(xobjects)
     first_x = 5
@@ -1114,7 +1114,7 @@ def page_pdf(content: bytes, xobjects: dict[str, bytes], *, width: int = W, heig
         stream(b"", content),
         *xobjects.values(),
     ]
-    return pdf(objects, **kw)  # type: ignore[arg-type]
+    return pdf(objects, startxref_shift=startxref_shift, xref=xref, prefix=prefix)
 
 
 def jpeg_xobject(data: bytes, width: int = W, height: int = H, extra: bytes = b"") -> bytes:
@@ -1125,8 +1125,9 @@ def jpeg_xobject(data: bytes, width: int = W, height: int = H, extra: bytes = b"
 DRAW = b"q %d 0 0 %d 0 0 cm /Im0 Do Q" % (W, H)
 
 
-def photo_pdf(**kw: int | bool | bytes) -> bytes:
-    return page_pdf(DRAW, {"Im0": jpeg_xobject(photo())}, **kw)
+def photo_pdf(*, startxref_shift: int = 0, xref: bool = True, prefix: bytes = b"") -> bytes:
+    return page_pdf(DRAW, {"Im0": jpeg_xobject(photo())}, startxref_shift=startxref_shift,
+                    xref=xref, prefix=prefix)
 
 
 def attach_pdf(data: bytes) -> bytes:

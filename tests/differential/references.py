@@ -258,8 +258,10 @@ def _volumes(saved: Path) -> list[Leaf]:
     """A multi-volume 7z archive sent as several attachments: saved side by side by the
     reader, 7-Zip joins the volumes when opening the first."""
     program = seven_zip()
+    if program is None:
+        return []
     leaves: list[Leaf] = []
-    for first in sorted(saved.rglob("*.001")) if program else []:
+    for first in sorted(saved.rglob("*.001")):
         with _workdir() as d:
             _run([program, "x", "-y", "-bd", f"-p{PASSWORD}", f"-o{d}", str(first)])
             leaves += [Leaf(data, via="7z-volumes") for data in _files_under(d)]
