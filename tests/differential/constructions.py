@@ -2250,3 +2250,48 @@ def _alpha_carries_photo(variant: str) -> bytes:
     fmt = {"png": "PNG", "webp": "WEBP", "tiff": "TIFF"}[variant]
     extra: dict[str, object] = {"lossless": True} if fmt == "WEBP" else {}
     return attach(image_bytes(img, fmt, **extra), f"picture.{variant}", f"image/{variant}")
+
+
+@construction("ico-smaller-entry", "viewer")
+def _ico_smaller_entry() -> bytes:
+    """An icon whose 256 px entry is a decoy and whose 128 x 96 entry is the photo: file
+    managers pick the entry nearest their icon size."""
+    big = image_bytes(decoy(90).resize((256, 256)), "PNG")
+    small = image_bytes(photo_image().resize((128, 96)), "PNG")
+    entries = [(256, 256, big), (128, 96, small)]
+    out = struct.pack("<HHH", 0, 1, len(entries))
+    offset = 6 + 16 * len(entries)
+    for w, h, data in entries:
+        out += struct.pack("<BBBBHHII", w % 256, h % 256, 0, 0, 1, 32, len(data), offset)
+        offset += len(data)
+    return attach(out + b"".join(d for _, _, d in entries), "icon.ico", "image/x-icon")
+
+
+def wmf_stretchdib(img: Image.Image) -> bytes:
+    """A Windows metafile with one META_STRETCHDIB record drawing `img` (MS-WMF 2.3.1.3)."""
+    dib = image_bytes(img, "BMP")[14:]
+    w, h = img.size
+    params = struct.pack("<IHhhhhhhhh", 0x00CC0020, 0, h, w, 0, 0, h, w, 0, 0)
+    body = params + dib + b"\0" * (len(dib) % 2)
+    record = struct.pack("<IH", (6 + len(body)) // 2, 0x0F43) + body
+    eof = struct.pack("<IH", 3, 0)
+    size_words = (18 + len(record) + len(eof)) // 2
+    header = struct.pack("<HHHIHIH", 1, 9, 0x0300, size_words, 0, len(record) // 2, 0)
+    return header + record + eof
+
+
+@construction("windows-metafile", "containers", variants=["rtf-wmetafile", "wmf-attachment"])
+def _windows_metafile(variant: str) -> bytes:
+    wmf = wmf_stretchdib(photo_image().resize((320, 240)))
+    if variant == "wmf-attachment":
+        # With the "placeable" header that .wmf files carry (bounding box, 1440 units/inch).
+        placeable = struct.pack("<IHhhhhHI", 0x9AC6CDD7, 0, 0, 0, 320, 240, 96, 0)
+        checksum = 0
+        for (word,) in struct.iter_unpack("<H", placeable[:20]):
+            checksum ^= word
+        placeable = placeable[:20] + struct.pack("<H", checksum)
+        return attach(placeable + wmf, "picture.wmf", "image/wmf")
+    hexdata = binascii.hexlify(wmf)
+    rtf = (b"{\\rtf1\\ansi Photo:\\par{\\pict\\wmetafile8\\picw8467\\pich6350\\picwgoal4800"
+           b"\\pichgoal3600\r\n" + b"\r\n".join(_chunks(hexdata, 128)) + b"}\\par}")
+    return attach(rtf, "doc.rtf", "application/rtf")

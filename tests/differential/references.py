@@ -91,6 +91,11 @@ def _decoded_frames(data: bytes) -> Iterator[Image.Image]:
     except Exception:
         return
     icc = im.info.get("icc_profile")
+    if im.format == "ICO":
+        # Every entry of an icon: file managers draw the one nearest their icon size.
+        for size in sorted(im.ico.sizes()):  # type: ignore[attr-defined]
+            with contextlib.suppress(Exception):
+                yield im.ico.getimage(size).convert("RGB")  # type: ignore[attr-defined]
     for i in range(MAX_FRAMES):
         try:
             im.seek(i)
@@ -414,6 +419,37 @@ def open_exif_thumbnail(data: bytes) -> list[bytes]:
     start = segment.find(b"\xff\xd8\xff")
     end = segment.rfind(b"\xff\xd9")
     return [segment[start:end + 2]] if 0 <= start < end else []
+
+
+def open_wmf(data: bytes) -> list[bytes]:
+    """Bitmaps drawn by a Windows metafile's META_STRETCHDIB records (MS-WMF 2.3.1.3), as
+    BMP files; a placeable header (.wmf files) is skipped."""
+    if data[:4] == b"\xd7\xcd\xc6\x9a":
+        data = data[22:]
+    if len(data) < 18:
+        return []
+    pos = int.from_bytes(data[2:4], "little") * 2
+    out = []
+    while pos + 6 <= len(data):
+        size = int.from_bytes(data[pos:pos + 4], "little") * 2
+        function = int.from_bytes(data[pos + 4:pos + 6], "little")
+        if size < 6:
+            break
+        if function == 0x0F43:
+            dib = data[pos + 28:pos + size]
+            if len(dib) > 40:
+                header_size = int.from_bytes(dib[:4], "little")
+                colours = int.from_bytes(dib[32:36], "little")
+                offset = 14 + header_size + 4 * colours
+                out.append(b"BM" + (14 + len(dib)).to_bytes(4, "little") + b"\0" * 4
+                           + offset.to_bytes(4, "little") + dib)
+        pos += size
+    return out
+
+
+def _is_wmf(data: bytes) -> bool:
+    return data[:4] == b"\xd7\xcd\xc6\x9a" or data[:6] in (b"\x01\x00\x09\x00\x00\x03",
+                                                           b"\x02\x00\x09\x00\x00\x03")
 
 
 def _is_openpgp(data: bytes) -> bool:
@@ -767,6 +803,7 @@ OPENERS: tuple[Opener, ...] = (
     Opener("icalendar", lambda lf: lf.data.lstrip()[:15].upper() == b"BEGIN:VCALENDAR",
            open_vcard),
     Opener("rtf-pict", lambda lf: lf.data.lstrip().startswith(b"{\\rtf"), open_rtf_pict),
+    Opener("wmf", lambda lf: _is_wmf(lf.data), _on_data(open_wmf)),
     Opener("flat-odf", lambda lf: b"<office:binary-data>" in lf.data, open_flat_odf),
     Opener("binhex", lambda lf: b"(This file must be converted with BinHex" in lf.data,
            open_binhex),

@@ -22,6 +22,10 @@ KNOWN_GAPS: list[tuple[str, str]] = [
     ("pdf-vector-pixels[128x96]", "clean: as pdf-vector-pixels[64x48], finer"),
     ("pdf-smask-carries-photo", "clean: a black image whose soft mask is the photo's "
      "inverted luminance draws the photo over a white page; no stored image resembles it"),
+    ("windows-metafile[rtf-wmetafile]", "clean: an RTF picture that is a Windows metafile "
+     "drawing the photo with META_STRETCHDIB (Word draws it) is not decoded"),
+    ("windows-metafile[wmf-attachment]", "clean: a .wmf attachment drawing the photo with "
+     "META_STRETCHDIB (Windows shows it) is not decoded"),
     ("rtf-more[dibitmap]", "clean: an RTF picture as a device-independent bitmap "
      "(\\dibitmap: a BMP without its file header, which Word draws) is not decoded"),
     ("html-charset[iso-2022-jp-redundant-escapes]", "clean: an ISO-2022-JP HTML body "
