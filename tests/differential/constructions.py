@@ -2295,3 +2295,33 @@ def _windows_metafile(variant: str) -> bytes:
     rtf = (b"{\\rtf1\\ansi Photo:\\par{\\pict\\wmetafile8\\picw8467\\pich6350\\picwgoal4800"
            b"\\pichgoal3600\r\n" + b"\r\n".join(_chunks(hexdata, 128)) + b"}\\par}")
     return attach(rtf, "doc.rtf", "application/rtf")
+
+
+def emf_stretchdibits(img: Image.Image) -> bytes:
+    """An enhanced metafile with one EMR_STRETCHDIBITS record drawing `img` (MS-EMF)."""
+    dib = image_bytes(img, "BMP")[14:]
+    bmi, bits = dib[:40], dib[40:]
+    w, h = img.size
+    fixed = 80
+    record = (struct.pack("<II", 81, fixed + len(dib)) + struct.pack("<4i", 0, 0, w - 1, h - 1)
+              + struct.pack("<6i", 0, 0, 0, 0, w, h)
+              + struct.pack("<6I", fixed, len(bmi), fixed + len(bmi), len(bits), 0, 0x00CC0020)
+              + struct.pack("<2i", w, h) + dib)
+    eof = struct.pack("<5I", 14, 20, 0, 16, 20)
+    total = 88 + len(record) + len(eof)
+    header = (struct.pack("<II", 1, 88) + struct.pack("<4i", 0, 0, w - 1, h - 1)
+              + struct.pack("<4i", 0, 0, w * 26, h * 26)
+              + struct.pack("<IIIIHHIII", 0x464D4520, 0x10000, total, 3, 1, 0, 0, 0, 0)
+              + struct.pack("<4i", 1920, 1080, 508, 286))
+    return header + record + eof
+
+
+@construction("enhanced-metafile", "containers", variants=["emf-attachment", "emf-in-docx"])
+def _enhanced_metafile(variant: str) -> bytes:
+    emf = emf_stretchdibits(photo_image().resize((320, 240)))
+    if variant == "emf-attachment":
+        return attach(emf, "picture.emf", "image/emf")
+    z = zip_of({"[Content_Types].xml": b"<Types/>", "word/document.xml": b"<w:document/>",
+                "word/media/image1.emf": emf})
+    return attach(z, "doc.docx",
+                  "application/vnd.openxmlformats-officedocument.wordprocessingml.document")

@@ -31,6 +31,7 @@ import mailbox
 import os
 import re
 import shutil
+import struct
 import subprocess
 import tempfile
 import threading
@@ -447,6 +448,25 @@ def open_wmf(data: bytes) -> list[bytes]:
     return out
 
 
+def open_emf(data: bytes) -> list[bytes]:
+    """Bitmaps drawn by an enhanced metafile's EMR_STRETCHDIBITS records (MS-EMF 2.3.1.7),
+    as BMP files."""
+    out = []
+    pos = 0
+    while pos + 8 <= len(data):
+        kind, size = struct.unpack_from("<II", data, pos)
+        if size < 8:
+            break
+        if kind == 81 and size >= 80:
+            off_bmi, cb_bmi, off_bits, cb_bits = struct.unpack_from("<4I", data, pos + 48)
+            bmi = data[pos + off_bmi:pos + off_bmi + cb_bmi]
+            bits = data[pos + off_bits:pos + off_bits + cb_bits]
+            out.append(b"BM" + (14 + len(bmi) + len(bits)).to_bytes(4, "little") + b"\0" * 4
+                       + (14 + len(bmi)).to_bytes(4, "little") + bmi + bits)
+        pos += size
+    return out
+
+
 def _is_wmf(data: bytes) -> bool:
     return data[:4] == b"\xd7\xcd\xc6\x9a" or data[:6] in (b"\x01\x00\x09\x00\x00\x03",
                                                            b"\x02\x00\x09\x00\x00\x03")
@@ -804,6 +824,8 @@ OPENERS: tuple[Opener, ...] = (
            open_vcard),
     Opener("rtf-pict", lambda lf: lf.data.lstrip().startswith(b"{\\rtf"), open_rtf_pict),
     Opener("wmf", lambda lf: _is_wmf(lf.data), _on_data(open_wmf)),
+    Opener("emf", lambda lf: lf.data[:4] == b"\x01\0\0\0" and lf.data[40:44] == b" EMF",
+           _on_data(open_emf)),
     Opener("flat-odf", lambda lf: b"<office:binary-data>" in lf.data, open_flat_odf),
     Opener("binhex", lambda lf: b"(This file must be converted with BinHex" in lf.data,
            open_binhex),
