@@ -2325,3 +2325,17 @@ def _enhanced_metafile(variant: str) -> bytes:
                 "word/media/image1.emf": emf})
     return attach(z, "doc.docx",
                   "application/vnd.openxmlformats-officedocument.wordprocessingml.document")
+
+
+@construction("eps-tiff-preview", "containers")
+def _eps_preview() -> bytes:
+    """A DOS EPS: PostScript drawing nothing, plus the TIFF preview that Office and other
+    page-layout programs show in its place."""
+    ps = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 640 480\nnewpath 0 0 moveto "
+          b"showpage\n%%EOF\n")
+    tiff = image_bytes(photo_image(), "TIFF")
+    ps_at = 30
+    tiff_at = ps_at + len(ps)
+    header = struct.pack("<IIIIIIIH", 0xC6D3D0C5, ps_at, len(ps), 0, 0, tiff_at, len(tiff),
+                         0xFFFF)
+    return attach(header + ps + tiff, "figure.eps", "application/postscript")

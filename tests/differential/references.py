@@ -467,6 +467,14 @@ def open_emf(data: bytes) -> list[bytes]:
     return out
 
 
+def open_eps_preview(data: bytes) -> list[bytes]:
+    """The WMF and TIFF previews of a DOS EPS file (binary header C5 D0 D3 C6)."""
+    if len(data) < 30:
+        return []
+    _, _, _, wmf_at, wmf_len, tiff_at, tiff_len = struct.unpack_from("<7I", data)
+    return [data[at:at + n] for at, n in ((wmf_at, wmf_len), (tiff_at, tiff_len)) if at and n]
+
+
 def _is_wmf(data: bytes) -> bool:
     return data[:4] == b"\xd7\xcd\xc6\x9a" or data[:6] in (b"\x01\x00\x09\x00\x00\x03",
                                                            b"\x02\x00\x09\x00\x00\x03")
@@ -824,6 +832,8 @@ OPENERS: tuple[Opener, ...] = (
            open_vcard),
     Opener("rtf-pict", lambda lf: lf.data.lstrip().startswith(b"{\\rtf"), open_rtf_pict),
     Opener("wmf", lambda lf: _is_wmf(lf.data), _on_data(open_wmf)),
+    Opener("eps-preview", lambda lf: lf.data[:4] == b"\xc5\xd0\xd3\xc6",
+           _on_data(open_eps_preview)),
     Opener("emf", lambda lf: lf.data[:4] == b"\x01\0\0\0" and lf.data[40:44] == b" EMF",
            _on_data(open_emf)),
     Opener("flat-odf", lambda lf: b"<office:binary-data>" in lf.data, open_flat_odf),
