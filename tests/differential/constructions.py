@@ -1,10 +1,17 @@
 """Constructions of the differential suite: one benign generated photo, carried to the
 recipient in every way we know that some mail client, unarchiver or viewer shows it.
 
-Each construction is registered by name with the classes of issue 15 it belongs to and a
-builder that returns the raw message. Builders run lazily (some call real programs:
-genisoimage, gcab, gpg, lzip, ...); a builder whose tool is missing raises `Unavailable`
-and the construction is skipped with that reason (CI installs them all).
+Each construction is registered by name (`name[variant]` for variants) with the classes of
+issue 15 it belongs to (control, headers, encodings, html, containers, partial-scans,
+viewer, images, limits) and a builder that returns the raw message. A construction with a
+`limit` (a password, a count or size limit) may also end `unscannable`; all others must
+`match`. Builders run lazily (some call real programs: genisoimage, gcab, gpg, 7-Zip, lzip,
+...); a builder whose tool is missing raises `Unavailable` and the construction is skipped
+with that reason (CI installs them all).
+
+Many constructions glue the photo's container inside another, or draw it in a way that no
+stored image resembles: the attacker is assumed to cooperate with the recipient, who opens
+the file with whichever program shows it (that is what the references model).
 
 Everything is generated here from `factories.jpeg(PHOTO_SEED)`: no fixture files.
 """
