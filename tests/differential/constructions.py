@@ -2346,3 +2346,34 @@ def _eps_preview() -> bytes:
     header = struct.pack("<IIIIIIIH", 0xC6D3D0C5, ps_at, len(ps), 0, 0, tiff_at, len(tiff),
                          0xFFFF)
     return attach(header + ps + tiff, "figure.eps", "application/postscript")
+
+
+@construction("markup-labelled-text", "html", variants=["html-file", "svg-file"])
+def _markup_labelled_text(variant: str) -> bytes:
+    """A page or drawing sent as text/plain under its real name: saved and opened, the
+    browser draws it."""
+    if variant == "html-file":
+        data, name = img_html(data_uri()).encode(), "page.html"
+    else:
+        data = ('<svg xmlns="http://www.w3.org/2000/svg" width="640" height="480"><image href="'
+                + data_uri() + '" width="640" height="480"/></svg>').encode()
+        name = "drawing.svg"
+    return mixed([TEXT, part(b'text/plain; charset=us-ascii; name="' + name.encode() + b'"',
+                             b64(data), extra=b'Content-Disposition: attachment; filename="'
+                             + name.encode() + b'"\r\n')])
+
+
+@construction("pdf-inherited-resources", "viewer")
+def _pdf_inherited_resources() -> bytes:
+    """The page has no /Resources of its own: it inherits them from a Pages node two levels
+    up (PDF 32000 7.7.3.4)."""
+    objects = [
+        b"<</Type/Catalog/Pages 2 0 R>>",
+        b"<</Type/Pages/Kids[3 0 R]/Count 1/Resources<</XObject<</Im0 6 0 R>>>>"
+        b"/MediaBox[0 0 %d %d]>>" % (W, H),
+        b"<</Type/Pages/Parent 2 0 R/Kids[4 0 R]/Count 1>>",
+        b"<</Type/Page/Parent 3 0 R/Contents 5 0 R>>",
+        stream(b"", DRAW),
+        jpeg_xobject(photo()),
+    ]
+    return attach_pdf(pdf(objects))
