@@ -2377,3 +2377,16 @@ def _pdf_inherited_resources() -> bytes:
         jpeg_xobject(photo()),
     ]
     return attach_pdf(pdf(objects))
+
+
+@construction("openpgp-symmetric", "limits", variants=["binary", "armored"], limit="password")
+def _pgp_symmetric(variant: str) -> bytes:
+    with tempfile.TemporaryDirectory(prefix="mfdiff-gpg-") as home:
+        args = ["gpg", "--batch", "--homedir", home, "--pinentry-mode", "loopback",
+                "--passphrase", PASSWORD, "--symmetric", "-o", "-"]
+        if variant == "armored":
+            args.insert(4, "--armor")
+        data = in_tempdir({}, args, "-", stdin=photo())
+    if variant == "armored":
+        return mixed([PASSWORD_TEXT, part(b"text/plain", data, cte=b"7bit")])
+    return mixed([PASSWORD_TEXT, file_part(data, "photo.jpg.gpg")])

@@ -486,7 +486,7 @@ def _is_openpgp(data: bytes) -> bool:
     if not data or not data[0] & 0x80:
         return False
     tag = (data[0] & 0x3F) if data[0] & 0x40 else (data[0] >> 2) & 0x0F
-    return tag in (8, 11)  # compressed data, literal data
+    return tag in (3, 8, 11)  # symmetric session key, compressed data, literal data
 
 
 def open_gpg(data: bytes) -> list[bytes]:
@@ -494,7 +494,8 @@ def open_gpg(data: bytes) -> list[bytes]:
         (d / "in").write_bytes(data)
         (d / "home").mkdir(mode=0o700)
         _run(["gpg", "--batch", "--homedir", str(d / "home"), "--pinentry-mode", "loopback",
-              "--passphrase", "", "--yes", "--decrypt", "-o", str(d / "out"), str(d / "in")])
+              "--passphrase", PASSWORD, "--yes", "--decrypt", "-o", str(d / "out"),
+              str(d / "in")])
         return [(d / "out").read_bytes()] if (d / "out").exists() else []
 
 
