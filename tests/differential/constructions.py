@@ -2390,3 +2390,11 @@ def _pgp_symmetric(variant: str) -> bytes:
     if variant == "armored":
         return mixed([PASSWORD_TEXT, part(b"text/plain", data, cte=b"7bit")])
     return mixed([PASSWORD_TEXT, file_part(data, "photo.jpg.gpg")])
+
+
+@construction("zip-900-members-then-photo", "limits")
+def _zip_900_members() -> bytes:
+    """Under the member limit (1000): the photo after 900 members must be reached."""
+    members = {f"f{i:03d}.txt": b"x\n" for i in range(900)}
+    members["zz/photo.jpg"] = photo()
+    return attach(zip_of(members), "p.zip")
