@@ -87,7 +87,8 @@ def _readings(data: bytes) -> list[bytes]:
     if encoding is not None:
         out.append(data.decode(encoding, "replace").encode("utf-8", "replace"))
     elif (
-        b"\x00" not in data[:4096]
+        b"+" in data  # (both UTF-7 signals start with one: a memchr rules most text out)
+        and b"\x00" not in data[:4096]
         and decoders.BINHEX_MARKER not in data
         and (_UTF7.search(data, 0, 1 << 20) is not None or _utf7_plus(data))
     ):
@@ -110,8 +111,8 @@ def _utf16(data: bytes) -> str | None:
     if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
         return "utf-16"
     sample = data[:512]
-    if len(sample) < 16:
-        return None
+    if len(sample) < 16 or b"\x00" not in sample:
+        return None  # (every reading below needs NULs in most of some byte column)
     quarters = [sample[i::4] for i in range(4)]
     nul = [q.count(0) >= len(q) * 0.8 for q in quarters]
     if nul == [False, True, True, True]:
@@ -126,12 +127,13 @@ def _utf16(data: bytes) -> str | None:
     return None
 
 
-def _loose(data: bytes) -> bytes | None:
+def _loose(data: bytes, low: bytes | None = None) -> bytes | None:
     """The text with character references and CSS escapes decoded and tabs and line breaks
     dropped, when it has references, escapes or a `data:` URI broken by tabs or line breaks
-    (None otherwise). RTF's backslashes are control words, not CSS escapes."""
+    (None otherwise). RTF's backslashes are control words, not CSS escapes. `low`: the
+    text lower-cased, when the caller has it."""
     css = b"\\" in data and not data.lstrip().startswith(b"{\\rtf")
-    if b"&" not in data and not css and not _split_uri(data):
+    if b"&" not in data and not css and not _split_uri(data, low):
         return None
     loose = _REFERENCE.sub(_referenced, data) if b"&" in data else data
     if css:
@@ -159,13 +161,17 @@ def _referenced(m: re.Match[bytes]) -> bytes:
     return _code_point(int(m.group(1)) if m.group(1) is not None else int(m.group(2), 16))
 
 
-def _split_uri(data: bytes) -> bool:
+def _split_uri(data: bytes, low: bytes | None = None) -> bool:
     """Whether a `data:` URI has tabs or line breaks inside its scheme (joining the lines
     makes more "data:") or between the scheme and its comma."""
-    if not any(c in data for c in (b"\t", b"\r", b"\n")):
+    if b":" not in data or (b"\n" not in data and b"\r" not in data and b"\t" not in data):
         return False
-    low = data.lower()
-    if low.translate(None, _URL_IGNORED).count(b"data:") > low.count(b"data:"):
+    if low is None:
+        low = data.lower()
+    joined = low.translate(None, _URL_IGNORED).count(b"data:")
+    if not joined:
+        return False  # (dropping tabs and line breaks never breaks a "data:" up)
+    if joined > low.count(b"data:"):
         return True
     return _WS_AFTER_SCHEME.search(low) is not None
 
@@ -174,11 +180,13 @@ def _text(ctx: Context, kids: Children, data: bytes, whole: bool) -> Iterator[Pa
     found = False
     spans: list[tuple[int, int]] = []
     uu_marker = b"begin" in data
-    # (URI schemes are case-insensitive: "Data:image/png;base64,..." works in a browser)
-    uri_marker = _has_scheme(data)
+    # (URI schemes are case-insensitive: "Data:image/png;base64,..." works in a browser; one
+    # lower-cased copy serves both searches, and text without a colon needs none)
+    low = data.lower() if b":" in data else None
+    uri_marker = low is not None and b"data:" in low
     hqx_marker = decoders.BINHEX_MARKER in data
-    rtf_marker = any(m in data for m in _RTF_MARKERS)
-    loose = _loose(data)
+    rtf_marker = b"\\" in data and any(m in data for m in _RTF_MARKERS)
+    loose = _loose(data, low)
     loose_marker = loose is not None and _has_scheme(loose)
     if ctx.text_only and (uu_marker or uri_marker or hqx_marker or rtf_marker or loose_marker):
         # Looking for payloads behind these markers can take milliseconds on hostile
@@ -270,7 +278,9 @@ def _data_uris(
 def _bare_base64(ctx: Context, kids: Children, data: bytes) -> Iterator[PayloadNode]:
     """A body that is nothing but base64 of an image or archive (a part that lost its
     Content-Transfer-Encoding, or was encoded twice)."""
-    if len(data) < 64 or data[:4096].translate(None, _B64_OR_SPACE):
+    # (the first line decides for nearly all text: only then the first 4 KiB)
+    if (len(data) < 64 or data[:64].translate(None, _B64_OR_SPACE)
+            or data[:4096].translate(None, _B64_OR_SPACE)):
         return
     head, _ = decoders.b64decode(data[:128].translate(None, b" \t\r\n")[:64])
     if not (sniff.image_type(head) or sniff.container_type(head)):
