@@ -25,6 +25,7 @@ import gzip
 import io
 import itertools
 import quopri
+import re
 import shutil
 import struct
 import subprocess
@@ -2398,3 +2399,17 @@ def _zip_900_members() -> bytes:
     members = {f"f{i:03d}.txt": b"x\n" for i in range(900)}
     members["zz/photo.jpg"] = photo()
     return attach(zip_of(members), "p.zip")
+
+
+@construction("encoding-edges-more", "encodings",
+              variants=["qp-lowercase-hex", "qp-bare-lf-soft-breaks", "base64-url-safe-alphabet"])
+def _encoding_edges_more(variant: str) -> bytes:
+    if variant == "qp-lowercase-hex":
+        body = re.sub(rb"=([0-9A-F]{2})", lambda m: b"=" + m.group(1).lower(),
+                      quoted_printable(photo()))
+        return mixed([TEXT, part(b'image/jpeg; name="photo.jpg"', body, cte=b"quoted-printable")])
+    if variant == "qp-bare-lf-soft-breaks":
+        body = quoted_printable(photo()).replace(b"=\r\n", b"=\n")
+        return mixed([TEXT, part(b'image/jpeg; name="photo.jpg"', body, cte=b"quoted-printable")])
+    enc = base64.urlsafe_b64encode(photo())
+    return mixed([TEXT, part(b'image/jpeg; name="photo.jpg"', CRLF.join(_chunks(enc, 76)) + CRLF)])
