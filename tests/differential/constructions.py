@@ -2275,22 +2275,31 @@ def _ico_smaller_entry() -> bytes:
     return attach(out + b"".join(d for _, _, d in entries), "icon.ico", "image/x-icon")
 
 
-def wmf_stretchdib(img: Image.Image) -> bytes:
-    """A Windows metafile with one META_STRETCHDIB record drawing `img` (MS-WMF 2.3.1.3)."""
+def wmf_stretchdib(img: Image.Image, dibstretchblt: bool = False) -> bytes:
+    """A Windows metafile with one META_STRETCHDIB record (MS-WMF 2.3.1.3), or one
+    META_DIBSTRETCHBLT record (2.3.1.2), drawing `img`."""
     dib = image_bytes(img, "BMP")[14:]
     w, h = img.size
-    params = struct.pack("<IHhhhhhhhh", 0x00CC0020, 0, h, w, 0, 0, h, w, 0, 0)
+    if dibstretchblt:
+        params = struct.pack("<Ihhhhhhhh", 0x00CC0020, h, w, 0, 0, h, w, 0, 0)
+        function = 0x0B41
+    else:
+        params = struct.pack("<IHhhhhhhhh", 0x00CC0020, 0, h, w, 0, 0, h, w, 0, 0)
+        function = 0x0F43
     body = params + dib + b"\0" * (len(dib) % 2)
-    record = struct.pack("<IH", (6 + len(body)) // 2, 0x0F43) + body
+    record = struct.pack("<IH", (6 + len(body)) // 2, function) + body
     eof = struct.pack("<IH", 3, 0)
     size_words = (18 + len(record) + len(eof)) // 2
     header = struct.pack("<HHHIHIH", 1, 9, 0x0300, size_words, 0, len(record) // 2, 0)
     return header + record + eof
 
 
-@construction("windows-metafile", "containers", variants=["rtf-wmetafile", "wmf-attachment"])
+@construction("windows-metafile", "containers",
+              variants=["rtf-wmetafile", "wmf-attachment", "wmf-dibstretchblt"])
 def _windows_metafile(variant: str) -> bytes:
-    wmf = wmf_stretchdib(photo_image().resize((320, 240)))
+    wmf = wmf_stretchdib(photo_image().resize((320, 240)), variant == "wmf-dibstretchblt")
+    if variant == "wmf-dibstretchblt":
+        return attach(wmf, "picture.wmf", "image/wmf")
     if variant == "wmf-attachment":
         # With the "placeable" header that .wmf files carry (bounding box, 1440 units/inch).
         placeable = struct.pack("<IHhhhhHI", 0x9AC6CDD7, 0, 0, 0, 320, 240, 96, 0)
@@ -2305,16 +2314,27 @@ def _windows_metafile(variant: str) -> bytes:
     return attach(rtf, "doc.rtf", "application/rtf")
 
 
-def emf_stretchdibits(img: Image.Image) -> bytes:
-    """An enhanced metafile with one EMR_STRETCHDIBITS record drawing `img` (MS-EMF)."""
+def emf_stretchdibits(img: Image.Image, stretchblt: bool = False) -> bytes:
+    """An enhanced metafile with one EMR_STRETCHDIBITS record (MS-EMF 2.3.1.7), or one
+    EMR_STRETCHBLT record (2.3.1.6), drawing `img`."""
     dib = image_bytes(img, "BMP")[14:]
     bmi, bits = dib[:40], dib[40:]
     w, h = img.size
-    fixed = 80
-    record = (struct.pack("<II", 81, fixed + len(dib)) + struct.pack("<4i", 0, 0, w - 1, h - 1)
-              + struct.pack("<6i", 0, 0, 0, 0, w, h)
-              + struct.pack("<6I", fixed, len(bmi), fixed + len(bmi), len(bits), 0, 0x00CC0020)
-              + struct.pack("<2i", w, h) + dib)
+    bounds = struct.pack("<4i", 0, 0, w - 1, h - 1)
+    if stretchblt:
+        fixed = 108
+        record = (struct.pack("<II", 77, fixed + len(dib)) + bounds
+                  + struct.pack("<4iI2i", 0, 0, w, h, 0x00CC0020, 0, 0)
+                  + struct.pack("<6f", 1, 0, 0, 1, 0, 0) + struct.pack("<II", 0, 0)
+                  + struct.pack("<4I", fixed, len(bmi), fixed + len(bmi), len(bits))
+                  + struct.pack("<2i", w, h) + dib)
+    else:
+        fixed = 80
+        record = (struct.pack("<II", 81, fixed + len(dib)) + bounds
+                  + struct.pack("<6i", 0, 0, 0, 0, w, h)
+                  + struct.pack("<6I", fixed, len(bmi), fixed + len(bmi), len(bits), 0,
+                                0x00CC0020)
+                  + struct.pack("<2i", w, h) + dib)
     eof = struct.pack("<5I", 14, 20, 0, 16, 20)
     total = 88 + len(record) + len(eof)
     header = (struct.pack("<II", 1, 88) + struct.pack("<4i", 0, 0, w - 1, h - 1)
@@ -2324,9 +2344,12 @@ def emf_stretchdibits(img: Image.Image) -> bytes:
     return header + record + eof
 
 
-@construction("enhanced-metafile", "containers", variants=["emf-attachment", "emf-in-docx"])
+@construction("enhanced-metafile", "containers",
+              variants=["emf-attachment", "emf-in-docx", "emf-stretchblt"])
 def _enhanced_metafile(variant: str) -> bytes:
-    emf = emf_stretchdibits(photo_image().resize((320, 240)))
+    emf = emf_stretchdibits(photo_image().resize((320, 240)), variant == "emf-stretchblt")
+    if variant == "emf-stretchblt":
+        return attach(emf, "picture.emf", "image/emf")
     if variant == "emf-attachment":
         return attach(emf, "picture.emf", "image/emf")
     z = zip_of({"[Content_Types].xml": b"<Types/>", "word/document.xml": b"<w:document/>",

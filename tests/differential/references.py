@@ -423,8 +423,8 @@ def open_exif_thumbnail(data: bytes) -> list[bytes]:
 
 
 def open_wmf(data: bytes) -> list[bytes]:
-    """Bitmaps drawn by a Windows metafile's META_STRETCHDIB records (MS-WMF 2.3.1.3), as
-    BMP files; a placeable header (.wmf files) is skipped."""
+    """Bitmaps drawn by a Windows metafile's META_STRETCHDIB and META_DIBSTRETCHBLT records
+    (MS-WMF 2.3.1), as BMP files; a placeable header (.wmf files) is skipped."""
     if data[:4] == b"\xd7\xcd\xc6\x9a":
         data = data[22:]
     if len(data) < 18:
@@ -436,8 +436,10 @@ def open_wmf(data: bytes) -> list[bytes]:
         function = int.from_bytes(data[pos + 4:pos + 6], "little")
         if size < 6:
             break
-        if function == 0x0F43:
-            dib = data[pos + 28:pos + size]
+        # META_STRETCHDIB (0x0F43) and META_DIBSTRETCHBLT (0x0B41): where the DIB starts.
+        start = {0x0F43: 28, 0x0B41: 26}.get(function)
+        if start is not None:
+            dib = data[pos + start:pos + size]
             if len(dib) > 40:
                 header_size = int.from_bytes(dib[:4], "little")
                 colours = int.from_bytes(dib[32:36], "little")
@@ -449,16 +451,18 @@ def open_wmf(data: bytes) -> list[bytes]:
 
 
 def open_emf(data: bytes) -> list[bytes]:
-    """Bitmaps drawn by an enhanced metafile's EMR_STRETCHDIBITS records (MS-EMF 2.3.1.7),
-    as BMP files."""
+    """Bitmaps drawn by an enhanced metafile's EMR_STRETCHDIBITS and EMR_STRETCHBLT records
+    (MS-EMF 2.3.1), as BMP files."""
     out = []
     pos = 0
     while pos + 8 <= len(data):
         kind, size = struct.unpack_from("<II", data, pos)
         if size < 8:
             break
-        if kind == 81 and size >= 80:
-            off_bmi, cb_bmi, off_bits, cb_bits = struct.unpack_from("<4I", data, pos + 48)
+        # EMR_STRETCHDIBITS (81) and EMR_STRETCHBLT (77): where their bitmap fields are.
+        fields = {81: 48, 77: 84}.get(kind)
+        if fields is not None and size >= fields + 16:
+            off_bmi, cb_bmi, off_bits, cb_bits = struct.unpack_from("<4I", data, pos + fields)
             bmi = data[pos + off_bmi:pos + off_bmi + cb_bmi]
             bits = data[pos + off_bits:pos + off_bits + cb_bits]
             out.append(b"BM" + (14 + len(bmi) + len(bits)).to_bytes(4, "little") + b"\0" * 4

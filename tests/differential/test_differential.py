@@ -30,6 +30,10 @@ KNOWN_GAPS: list[tuple[str, str]] = [
      "EMR_STRETCHDIBITS (Windows shows it) is not decoded"),
     ("enhanced-metafile[emf-in-docx]", "clean: the same EMF as a picture of a .docx (Word "
      "draws it) is not decoded"),
+    ("windows-metafile[wmf-dibstretchblt]", "clean: a .wmf drawing the photo with "
+     "META_DIBSTRETCHBLT is not decoded"),
+    ("enhanced-metafile[emf-stretchblt]", "clean: an .emf drawing the photo with "
+     "EMR_STRETCHBLT is not decoded"),
     ("rtf-more[dibitmap]", "clean: an RTF picture as a device-independent bitmap "
      "(\\dibitmap: a BMP without its file header, which Word draws) is not decoded"),
     ("html-charset[iso-2022-jp-redundant-escapes]", "clean: an ISO-2022-JP HTML body "
