@@ -877,13 +877,16 @@ def chains_showing(raw: bytes, target: Target) -> dict[str, list[str]]:
     return result
 
 
-_opened: dict[tuple[str, str, str | None, str | None], list[bytes]] = {}
+_opened: dict[tuple[str, str], list[bytes]] = {}
 
 
 def _open_cached(opener: Opener, leaf: Leaf, digest: str) -> list[bytes]:
-    """Every parser yields the same attachment: open it once per opener."""
-    key = (opener.name, digest, leaf.ctype, leaf.charset) if opener.typed else (
-        opener.name, digest, None, None)
+    """Every parser yields the same attachment: open it once per opener. An opener that
+    reads text is keyed by the text (parsers differ in the charset they report, rarely in
+    the text it gives)."""
+    if opener.typed:
+        digest = hashlib.sha256(_as_text(leaf).encode("utf-8", "surrogatepass")).hexdigest()
+    key = (opener.name, digest)
     if key not in _opened:
         _opened[key] = opener.open(leaf)
     return _opened[key]
