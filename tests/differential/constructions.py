@@ -2436,3 +2436,11 @@ def _encoding_edges_more(variant: str) -> bytes:
         return mixed([TEXT, part(b'image/jpeg; name="photo.jpg"', body, cte=b"quoted-printable")])
     enc = base64.urlsafe_b64encode(photo())
     return mixed([TEXT, part(b'image/jpeg; name="photo.jpg"', CRLF.join(_chunks(enc, 76)) + CRLF)])
+
+
+@construction("zip-odd-names", "containers", variants=["dot-dot", "absolute", "backslashes"])
+def _zip_odd_names(variant: str) -> bytes:
+    """Entry names that extractors sanitise (or refuse) but whose data they still hold."""
+    name = {"dot-dot": "../../photo.jpg", "absolute": "/tmp/photo.jpg",
+            "backslashes": "dir\\\\sub\\\\photo.jpg"}[variant]
+    return attach(zip_of({name: photo()}), "p.zip")
