@@ -2444,3 +2444,25 @@ def _zip_odd_names(variant: str) -> bytes:
     name = {"dot-dot": "../../photo.jpg", "absolute": "/tmp/photo.jpg",
             "backslashes": "dir\\\\sub\\\\photo.jpg"}[variant]
     return attach(zip_of({name: photo()}), "p.zip")
+
+
+def id3_with_cover(picture: bytes, unsynchronise: bool) -> bytes:
+    """An ID3v2.3 tag with an APIC (front cover) frame, optionally unsynchronised (every
+    0xFF followed by a 0x00, undone by players), then one silent MPEG-1 Layer III frame."""
+    apic = b"\0" + b"image/jpeg\0" + b"\x03" + b"cover\0" + picture
+    frames = b"APIC" + struct.pack(">I", len(apic)) + b"\0\0" + apic
+    flags = 0
+    if unsynchronise:
+        frames = re.sub(rb"\xff(?=[\x00\xe0-\xff])|\xff$", b"\xff\x00", frames)
+        flags = 0x80
+    size = len(frames)
+    syncsafe = bytes([(size >> 21) & 0x7F, (size >> 14) & 0x7F, (size >> 7) & 0x7F, size & 0x7F])
+    mpeg_frame = b"\xff\xfb\x90\x64" + b"\0" * 413
+    return b"ID3\x03\x00" + bytes([flags]) + syncsafe + frames + mpeg_frame
+
+
+@construction("audio-cover-art", "containers", variants=["mp3-id3", "mp3-id3-unsynchronised"])
+def _audio_cover(variant: str) -> bytes:
+    """Cover art, which players and file managers show for a music file."""
+    return attach(id3_with_cover(photo(), variant.endswith("unsynchronised")), "song.mp3",
+                  "audio/mpeg")

@@ -479,6 +479,39 @@ def open_eps_preview(data: bytes) -> list[bytes]:
     return [data[at:at + n] for at, n in ((wmf_at, wmf_len), (tiff_at, tiff_len)) if at and n]
 
 
+def open_id3_pictures(data: bytes) -> list[bytes]:
+    """APIC pictures of an ID3v2.3/2.4 tag, after undoing unsynchronisation (ID3v2.3 3.1)."""
+    if len(data) < 10 or data[:3] != b"ID3":
+        return []
+    version, flags = data[3], data[5]
+    size = 0
+    for b in data[6:10]:
+        size = (size << 7) | (b & 0x7F)
+    tag = data[10:10 + size]
+    if flags & 0x80:
+        tag = tag.replace(b"\xff\x00", b"\xff")
+    out = []
+    pos = 0
+    while pos + 10 <= len(tag) and tag[pos:pos + 4].strip(b"\0"):
+        frame_id = tag[pos:pos + 4]
+        raw_size = tag[pos + 4:pos + 8]
+        if version >= 4:
+            n = 0
+            for b in raw_size:
+                n = (n << 7) | (b & 0x7F)
+        else:
+            n = int.from_bytes(raw_size, "big")
+        body = tag[pos + 10:pos + 10 + n]
+        if frame_id == b"APIC" and body:
+            encoding = body[0]
+            mime_end = body.index(b"\0", 1)
+            rest = body[mime_end + 2:]  # past the MIME type's NUL and the picture type
+            terminator = b"\0\0" if encoding in (1, 2) else b"\0"
+            out.append(rest[rest.index(terminator) + len(terminator):])
+        pos += 10 + n
+    return out
+
+
 def _is_wmf(data: bytes) -> bool:
     return data[:4] == b"\xd7\xcd\xc6\x9a" or data[:6] in (b"\x01\x00\x09\x00\x00\x03",
                                                            b"\x02\x00\x09\x00\x00\x03")
@@ -837,6 +870,7 @@ OPENERS: tuple[Opener, ...] = (
            open_vcard),
     Opener("rtf-pict", lambda lf: lf.data.lstrip().startswith(b"{\\rtf"), open_rtf_pict),
     Opener("wmf", lambda lf: _is_wmf(lf.data), _on_data(open_wmf)),
+    Opener("id3-picture", lambda lf: lf.data[:3] == b"ID3", _on_data(open_id3_pictures)),
     Opener("eps-preview", lambda lf: lf.data[:4] == b"\xc5\xd0\xd3\xc6",
            _on_data(open_eps_preview)),
     Opener("emf", lambda lf: lf.data[:4] == b"\x01\0\0\0" and lf.data[40:44] == b" EMF",
