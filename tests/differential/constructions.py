@@ -2466,3 +2466,50 @@ def _audio_cover(variant: str) -> bytes:
     """Cover art, which players and file managers show for a music file."""
     return attach(id3_with_cover(photo(), variant.endswith("unsynchronised")), "song.mp3",
                   "audio/mpeg")
+
+
+def _ogg_crc(data: bytes) -> int:
+    crc = 0
+    for byte in data:
+        crc ^= byte << 24
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x04C11DB7) if crc & 0x80000000 else crc << 1
+            crc &= 0xFFFFFFFF
+    return crc
+
+
+def ogg_pages(packets: list[bytes], serial: int = 1, segments_per_page: int = 16) -> bytes:
+    """Ogg pages (RFC 3533) carrying `packets`, each packet starting a page (as RFC 7845
+    wants for Opus headers) and split over several pages where it is long: readers join
+    it back."""
+    out = b""
+    seq = 0
+    for number, packet in enumerate(packets):
+        pieces = [packet[i:i + 255] for i in range(0, len(packet), 255)] or [b""]
+        if len(pieces[-1]) == 255:
+            pieces.append(b"")
+        for start in range(0, len(pieces), segments_per_page):
+            chunk = pieces[start:start + segments_per_page]
+            flags = (0x01 if start else 0) | (0x02 if seq == 0 else 0)
+            if number == len(packets) - 1 and start + segments_per_page >= len(pieces):
+                flags |= 0x04
+            header = (b"OggS\0" + bytes([flags]) + struct.pack("<qII", 0, serial, seq)
+                      + b"\0" * 4 + bytes([len(chunk)]) + bytes(len(p) for p in chunk))
+            page = header + b"".join(chunk)
+            out += page[:22] + struct.pack("<I", _ogg_crc(page)) + page[26:]
+            seq += 1
+    return out
+
+
+@construction("ogg-opus-cover-art", "containers")
+def _ogg_opus_cover() -> bytes:
+    """An Opus file whose tags hold the cover picture (METADATA_BLOCK_PICTURE: a FLAC
+    picture block in base64), split over Ogg pages as players read it back."""
+    pic = (struct.pack(">I", 3) + struct.pack(">I", 10) + b"image/jpeg" + struct.pack(">I", 0)
+           + struct.pack(">IIII", W, H, 24, 0) + struct.pack(">I", len(photo())) + photo())
+    comment = b"METADATA_BLOCK_PICTURE=" + base64.b64encode(pic)
+    vendor = b"mailfilter-test"
+    tags = (b"OpusTags" + struct.pack("<I", len(vendor)) + vendor + struct.pack("<I", 1)
+            + struct.pack("<I", len(comment)) + comment)
+    head = b"OpusHead" + bytes([1, 1]) + struct.pack("<HIhB", 312, 48000, 0, 0)
+    return attach(ogg_pages([head, tags]), "song.opus", "audio/ogg")

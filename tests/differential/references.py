@@ -512,6 +512,43 @@ def open_id3_pictures(data: bytes) -> list[bytes]:
     return out
 
 
+def _ogg_packets(data: bytes) -> list[bytes]:
+    packets: list[bytes] = []
+    current = b""
+    pos = 0
+    while data[pos:pos + 4] == b"OggS" and pos + 27 <= len(data):
+        n = data[pos + 26]
+        table = data[pos + 27:pos + 27 + n]
+        body = pos + 27 + n
+        for length in table:
+            current += data[body:body + length]
+            body += length
+            if length < 255:
+                packets.append(current)
+                current = b""
+        pos = body
+    return packets
+
+
+def open_ogg_pictures(data: bytes) -> list[bytes]:
+    """Cover pictures in Vorbis comments (OpusTags or the Vorbis comment header) of an Ogg
+    file: METADATA_BLOCK_PICTURE, a FLAC picture block in base64."""
+    out = []
+    for packet in _ogg_packets(data):
+        for m in re.finditer(rb"METADATA_BLOCK_PICTURE=([A-Za-z0-9+/=]+)", packet,
+                             re.IGNORECASE):
+            with contextlib.suppress(binascii.Error, struct.error, ValueError):
+                block = base64.b64decode(m.group(1))
+                pos = 4
+                (mime_len,) = struct.unpack_from(">I", block, pos)
+                pos += 4 + mime_len
+                (desc_len,) = struct.unpack_from(">I", block, pos)
+                pos += 4 + desc_len + 16
+                (data_len,) = struct.unpack_from(">I", block, pos)
+                out.append(block[pos + 4:pos + 4 + data_len])
+    return out
+
+
 def _is_wmf(data: bytes) -> bool:
     return data[:4] == b"\xd7\xcd\xc6\x9a" or data[:6] in (b"\x01\x00\x09\x00\x00\x03",
                                                            b"\x02\x00\x09\x00\x00\x03")
@@ -871,6 +908,7 @@ OPENERS: tuple[Opener, ...] = (
     Opener("rtf-pict", lambda lf: lf.data.lstrip().startswith(b"{\\rtf"), open_rtf_pict),
     Opener("wmf", lambda lf: _is_wmf(lf.data), _on_data(open_wmf)),
     Opener("id3-picture", lambda lf: lf.data[:3] == b"ID3", _on_data(open_id3_pictures)),
+    Opener("ogg-picture", lambda lf: lf.data[:4] == b"OggS", _on_data(open_ogg_pictures)),
     Opener("eps-preview", lambda lf: lf.data[:4] == b"\xc5\xd0\xd3\xc6",
            _on_data(open_eps_preview)),
     Opener("emf", lambda lf: lf.data[:4] == b"\x01\0\0\0" and lf.data[40:44] == b" EMF",
