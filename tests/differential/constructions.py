@@ -2446,11 +2446,16 @@ def _zip_odd_names(variant: str) -> bytes:
     return attach(zip_of({name: photo()}), "p.zip")
 
 
-def id3_with_cover(picture: bytes, unsynchronise: bool) -> bytes:
+def id3_with_cover(picture: bytes, unsynchronise: bool, compress: bool = False) -> bytes:
     """An ID3v2.3 tag with an APIC (front cover) frame, optionally unsynchronised (every
-    0xFF followed by a 0x00, undone by players), then one silent MPEG-1 Layer III frame."""
+    0xFF followed by a 0x00, undone by players) or zlib-compressed (frame flag 0x0080,
+    ID3v2.3 3.3.1), then one silent MPEG-1 Layer III frame."""
     apic = b"\0" + b"image/jpeg\0" + b"\x03" + b"cover\0" + picture
-    frames = b"APIC" + struct.pack(">I", len(apic)) + b"\0\0" + apic
+    frame_flags = b"\0\0"
+    if compress:
+        apic = struct.pack(">I", len(apic)) + zlib.compress(apic)
+        frame_flags = b"\0\x80"
+    frames = b"APIC" + struct.pack(">I", len(apic)) + frame_flags + apic
     flags = 0
     if unsynchronise:
         frames = re.sub(rb"\xff(?=[\x00\xe0-\xff])|\xff$", b"\xff\x00", frames)
@@ -2461,11 +2466,24 @@ def id3_with_cover(picture: bytes, unsynchronise: bool) -> bytes:
     return b"ID3\x03\x00" + bytes([flags]) + syncsafe + frames + mpeg_frame
 
 
-@construction("audio-cover-art", "containers", variants=["mp3-id3", "mp3-id3-unsynchronised"])
+@construction("audio-cover-art", "containers",
+              variants=["mp3-id3", "mp3-id3-unsynchronised", "mp3-id3-compressed-frame",
+                        "flac-picture"])
 def _audio_cover(variant: str) -> bytes:
     """Cover art, which players and file managers show for a music file."""
-    return attach(id3_with_cover(photo(), variant.endswith("unsynchronised")), "song.mp3",
-                  "audio/mpeg")
+    if variant == "flac-picture":
+        streaminfo = struct.pack(">HH", 4096, 4096) + b"\0" * 6 + bytes.fromhex(
+            "0ac44" "0f0000000" "00") + b"\0" * 16
+        streaminfo = streaminfo[:34].ljust(34, b"\0")
+        pic = (struct.pack(">I", 3) + struct.pack(">I", 10) + b"image/jpeg"
+               + struct.pack(">I", 0) + struct.pack(">IIII", W, H, 24, 0)
+               + struct.pack(">I", len(photo())) + photo())
+        flac = (b"fLaC" + bytes([0]) + len(streaminfo).to_bytes(3, "big") + streaminfo
+                + bytes([0x80 | 6]) + len(pic).to_bytes(3, "big") + pic)
+        return attach(flac, "song.flac", "audio/flac")
+    data = id3_with_cover(photo(), variant.endswith("unsynchronised"),
+                          variant.endswith("compressed-frame"))
+    return attach(data, "song.mp3", "audio/mpeg")
 
 
 def _ogg_crc(data: bytes) -> int:

@@ -36,6 +36,7 @@ import subprocess
 import tempfile
 import threading
 import urllib.parse
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -502,6 +503,10 @@ def open_id3_pictures(data: bytes) -> list[bytes]:
         else:
             n = int.from_bytes(raw_size, "big")
         body = tag[pos + 10:pos + 10 + n]
+        if version == 3 and tag[pos + 9] & 0x80 and len(body) > 4:
+            # A compressed frame (ID3v2.3 3.3.1): decompressed size, then zlib data.
+            with contextlib.suppress(zlib.error):
+                body = zlib.decompress(body[4:])
         if frame_id == b"APIC" and body:
             encoding = body[0]
             mime_end = body.index(b"\0", 1)
@@ -546,6 +551,29 @@ def open_ogg_pictures(data: bytes) -> list[bytes]:
                 pos += 4 + desc_len + 16
                 (data_len,) = struct.unpack_from(">I", block, pos)
                 out.append(block[pos + 4:pos + 4 + data_len])
+    return out
+
+
+def open_flac_pictures(data: bytes) -> list[bytes]:
+    """PICTURE metadata blocks (type 6) of a FLAC stream."""
+    out = []
+    pos = 4
+    while pos + 4 <= len(data):
+        head = data[pos]
+        length = int.from_bytes(data[pos + 1:pos + 4], "big")
+        block = data[pos + 4:pos + 4 + length]
+        if head & 0x7F == 6:
+            with contextlib.suppress(struct.error):
+                p = 4
+                (mime_len,) = struct.unpack_from(">I", block, p)
+                p += 4 + mime_len
+                (desc_len,) = struct.unpack_from(">I", block, p)
+                p += 4 + desc_len + 16
+                (data_len,) = struct.unpack_from(">I", block, p)
+                out.append(block[p + 4:p + 4 + data_len])
+        pos += 4 + length
+        if head & 0x80:
+            break
     return out
 
 
@@ -908,6 +936,7 @@ OPENERS: tuple[Opener, ...] = (
     Opener("rtf-pict", lambda lf: lf.data.lstrip().startswith(b"{\\rtf"), open_rtf_pict),
     Opener("wmf", lambda lf: _is_wmf(lf.data), _on_data(open_wmf)),
     Opener("id3-picture", lambda lf: lf.data[:3] == b"ID3", _on_data(open_id3_pictures)),
+    Opener("flac-picture", lambda lf: lf.data[:4] == b"fLaC", _on_data(open_flac_pictures)),
     Opener("ogg-picture", lambda lf: lf.data[:4] == b"OggS", _on_data(open_ogg_pictures)),
     Opener("eps-preview", lambda lf: lf.data[:4] == b"\xc5\xd0\xd3\xc6",
            _on_data(open_eps_preview)),

@@ -37,6 +37,8 @@ KNOWN_GAPS: list[tuple[str, str]] = [
     ("audio-cover-art[mp3-id3-unsynchronised]", "clean: the cover picture of an MP3 whose "
      "ID3v2.3 tag is unsynchronised (FF 00 for every FF before E0-FF or 00; players undo it) "
      "is not decoded"),
+    ("audio-cover-art[mp3-id3-compressed-frame]", "clean: an MP3 cover picture in a "
+     "zlib-compressed ID3v2.3 frame is not decoded"),
     ("ogg-opus-cover-art", "unscannable (truncated): an Opus file's cover picture "
      "(METADATA_BLOCK_PICTURE, base64 split over Ogg pages; players join the pages) is not "
      "read whole"),
