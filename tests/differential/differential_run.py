@@ -115,8 +115,10 @@ def _build(c: constructions.Construction) -> Outcome:
 def differential_run() -> Run:
     started = time.perf_counter()
     seconds: dict[str, float] = {}
-    # Serially: Pillow's encoders are not all safe to call from two threads at once.
-    outcomes = [_build(c) for c in constructions.REGISTRY.values()]
+    # Builders share no image objects (constructions.photo_image() hands out copies: an
+    # image once saved keeps encoder state that broke a TIFF written from another thread).
+    with ThreadPoolExecutor(THREADS) as ex:
+        outcomes = list(ex.map(_build, constructions.REGISTRY.values()))
     seconds["build"] = time.perf_counter() - started
     target = references.Target.of(constructions.photo())
 

@@ -71,7 +71,7 @@ def test_known_gaps_name_constructions() -> None:
     assert not unknown
 
 
-@pytest.mark.slow  # the whole run: 70-100 s on two busy cores
+@pytest.mark.slow  # the whole run: 70-130 s on two cores shared with other work
 @pytest.mark.parametrize("name", _params())
 def test_shown_photo_is_matched(differential: Run, name: str) -> None:
     o = differential.outcomes[name]
