@@ -283,9 +283,17 @@ def has_hidden(data: bytes, sniff_start: bool = True) -> bool:
     (unless the caller looked already) or further in, or text with something hidden in it."""
     if sniff_start and kind_at_start(data) is not None:
         return True
-    if next(signatures(data), None) is not None:
+    if _signature_candidates(data) and next(signatures(data), None) is not None:
         return True
     return _text_markers(data)
+
+
+def _signature_candidates(data: bytes, first: int = 1) -> bool:
+    """Whether `signatures` has any candidate to check (C-level searches: the generators,
+    heap merge and checks cost several microseconds even where none is found)."""
+    return _SIGNATURE_RX.search(data, first) is not None or any(
+        data.find(magic, first + back) >= 0 for magic, back in _LATE_MAGIC
+    )
 
 
 def _text_markers(data: bytes) -> bool:
@@ -469,9 +477,23 @@ def base64_runs(
     inside one is left alone). `extend`: a run that starts before `end` may go on past it
     (into what the walk decoded: the part before it alone would be cut off)."""
     end = len(data) if end is None else end
-    for s, e in list(_long_runs(data, start, end, len(data) if extend else end)):
-        if skip and _inside(skip, s, e):
-            continue
+    yield from _decoded_runs(ctx, kids, data, _run_spans(data, start, end, skip, extend), name)
+
+
+def _run_spans(
+    data: bytes, start: int, end: int, skip: list[tuple[int, int]] | None, extend: bool
+) -> list[tuple[int, int]]:
+    """The spans `base64_runs` looks at (see there)."""
+    spans = list(_long_runs(data, start, end, len(data) if extend else end))
+    if skip and spans:
+        spans = [(s, e) for s, e in spans if not _inside(skip, s, e)]
+    return spans
+
+
+def _decoded_runs(
+    ctx: Context, kids: Children, data: bytes, spans: list[tuple[int, int]], name: str
+) -> Iterator[PayloadNode]:
+    for s, e in spans:
         # Decoded first, charged only if handed on: a signature header that decodes to
         # nothing of interest must not make a message near its budget unscannable.
         decoded, kind = decode_run(data[s:e])
@@ -646,17 +668,29 @@ def raw_message(ctx: Context) -> Iterator[Node]:
     """After the walk: base64 runs, uuencode blocks and BinHex in the raw message outside
     what the walk decoded. Payloads the walk already found are not handed on again."""
     raw = ctx.raw
-    if not raw or any(u.reason in _WALK_LIMITS for u in ctx.unscannable):
+    if not raw or (ctx.unscannable and any(u.reason in _WALK_LIMITS for u in ctx.unscannable)):
         return
+    size = len(raw)
     covered = merged(ctx.covered)
-    node = PayloadNode(SWEEP, (), raw, None, SWEEP)
-    kids = _RawChildren(ctx, node)
-    gaps = uncovered(covered, len(raw))
-    for start, end in gaps:
-        if end - start >= MIN_RUN or end < len(raw):  # (a short gap's run may go on)
-            yield from base64_runs(ctx, kids, raw, start, end, covered, extend=True)
-        yield from binhex(ctx, kids, raw, start, end)
+    gaps = uncovered(covered, size)
+    # What each gap holds is found first (searches of the raw bytes, which the walk does not
+    # change), so that an ordinary message makes no generators and no payload node.
+    found = [
+        (start, end,
+         # (a short gap's run may go on)
+         _run_spans(raw, start, end, covered, True) if end - start >= MIN_RUN or end < size
+         else [],
+         raw.find(decoders.BINHEX_MARKER, start, end) >= 0)
+        for start, end in gaps
+    ]
     with_begin = [(s, e) for s, e in gaps if raw.find(b"begin", s, e) >= 0]
+    if not with_begin and not any(runs or hqx for _s, _e, runs, hqx in found):
+        return
+    kids = _RawChildren(ctx, PayloadNode(SWEEP, (), raw, None, SWEEP))
+    for start, end, runs, hqx in found:
+        yield from _decoded_runs(ctx, kids, raw, runs, "b64")
+        if hqx:
+            yield from binhex(ctx, kids, raw, start, end)
     if with_begin:
         yield from uuencoded(ctx, kids, raw, with_begin)
 
