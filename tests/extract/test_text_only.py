@@ -90,3 +90,79 @@ def test_repeated_data_uri_prefixes_take_linear_time() -> None:
         started = time.perf_counter()
         extract(raw, LIMITS)
         assert time.perf_counter() - started < 5.0, unit
+
+
+# --- the raw sweep's gate in text-only mode (sweep.may_start_file) ------------------------
+
+import base64 as _base64  # noqa: E402
+import bz2 as _bz2  # noqa: E402
+import lzma as _lzma  # noqa: E402
+import os as _os  # noqa: E402
+import random as _random  # noqa: E402
+
+from mailfilter.extract import sweep  # noqa: E402
+
+
+def _dkim_signed(sig: bytes) -> bytes:
+    b64 = _base64.b64encode(sig).decode()
+    folded = "\r\n\t ".join(b64[i : i + 70] for i in range(0, len(b64), 70))
+    bh = _base64.b64encode(bytes(range(32))).decode()
+    header = (f"DKIM-Signature: v=1; a=rsa-sha256; d=example.com; s=s1;\r\n\th=from:to; bh={bh};"
+              f"\r\n\tb={folded}\r\n")
+    return header.encode() + ec.crlf(TEXT_ONLY["plain"])
+
+
+def _formats() -> dict[str, bytes]:
+    return {
+        "jpeg": ec.jpeg(1), "png": ec.png(1), "gif": ec.gif(1), "webp": ec.webp(1),
+        "bmp": ec.bmp(1), "tiff": ec.tiff(1), "ico": ec.ico(1), "heic": ec.heic_header(),
+        "avif": ec.avif_header(), "zip": ec.zip_bytes({"a.txt": b"words"}),
+        "tar": ec.tar_bytes({"a.txt": b"words"}), "gzip": ec.gzip_bytes(b"words"),
+        "bzip2": _bz2.compress(b"words"), "xz": _lzma.compress(b"words"),
+        "lzma": _lzma.compress(b"words", format=_lzma.FORMAT_ALONE),
+        "7z": ec.sevenzip_bytes({"a.txt": b"words"}), "rar": ec.rar4({"a.txt": b"words"}),
+        "tnef": ec.tnef([("a.txt", b"words")]), "pdf": ec.pdf([b"<< >>"]),
+        "cms": ec.cms_signed(b"words"), "pgp armor": b"\n-----BEGIN PGP MESSAGE-----\n\nxx",
+        "pgp literal": b"\xcb\x0bb\x00\x00\x00\x00\x00words",
+        "pdf after junk": b"junk" * 10 + b"%PDF-1.4\n",
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_formats()))
+def test_the_gate_lets_every_format_through(name: str) -> None:
+    data = _formats()[name]
+    assert sweep.kind_at_start(data) is not None, name
+    for size in (16, 64, 200, 511, len(data)):
+        if sweep.kind_at_start(data[:size]) is not None:
+            assert sweep.may_start_file(data[:size]), (name, size)
+
+
+def test_the_gate_never_stops_what_sniff_finds_in_random_heads() -> None:
+    rng = _random.Random(7)
+    for first in range(256):
+        for second in range(0, 256, 3):
+            for _ in range(4):
+                head = bytes([first, second]) + rng.randbytes(rng.choice((14, 62, 254)))
+                if sweep.kind_at_start(head) is not None:
+                    assert sweep.may_start_file(head), head[:8]
+
+
+@pytest.mark.parametrize("size", [64, 128, 256])
+def test_dkim_signed_text_mail_stays_inline(size: int) -> None:
+    for _ in range(20):
+        raw = _dkim_signed(_os.urandom(size))
+        inline = extract_text_only(raw, LIMITS)
+        full = extract(raw, LIMITS)
+        if full.attachments:  # (random bytes that happen to be a file: a worker's job)
+            assert inline is None
+        else:
+            assert inline == full
+
+
+@pytest.mark.parametrize("name", ["gif", "png", "zip", "pgp literal"])
+def test_a_file_in_a_signature_header_goes_to_a_worker(name: str) -> None:
+    # (the full walk hands it on from the sweep: a picture, or a container it opens)
+    raw = _dkim_signed(_formats()[name] + b"\x00" * 300)
+    if name in ("gif", "png"):
+        assert extract(raw, LIMITS).attachments
+    assert extract_text_only(raw, LIMITS) is None
