@@ -96,7 +96,7 @@ def _more_containers(data: bytes) -> str | None:
         return LZ4
     if _is_lzma_alone(head):
         return LZMA
-    if any(data[at : at + 5] == b"CD001" for at in (0x8001, 0x8801, 0x9001)):
+    if len(data) > 0x8001 and any(data[at : at + 5] == b"CD001" for at in (0x8001, 0x8801, 0x9001)):
         return ISO9660
     if _is_cpio(data):
         return CPIO

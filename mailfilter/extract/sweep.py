@@ -529,6 +529,8 @@ def _run_spans(
     data: bytes, start: int, end: int, skip: list[tuple[int, int]] | None, extend: bool
 ) -> list[tuple[int, int]]:
     """The spans `base64_runs` looks at (see there)."""
+    if b"A" * 16 not in data[start:end].translate(_B64_MAP):
+        return []  # (no token long enough: most text, and most header blocks)
     spans = list(_long_runs(data, start, end, len(data) if extend else end))
     if skip and spans:
         spans = [(s, e) for s, e in spans if not _inside(skip, s, e)]

@@ -166,3 +166,21 @@ def test_a_file_in_a_signature_header_goes_to_a_worker(name: str) -> None:
     if name in ("gif", "png"):
         assert extract(raw, LIMITS).attachments
     assert extract_text_only(raw, LIMITS) is None
+
+
+def test_header_fields_are_stored_as_the_policy_would_store_them() -> None:
+    # mime.Fields.add appends to the Message directly (compat32's __setitem__ does just that)
+    from email.message import Message
+
+    from mailfilter.extract import mime
+
+    block = (b"From: a@example.com\r\nSubject: =?utf-8?q?hi?=\r\nContent-Type: text/plain;\r\n"
+             b" charset=utf-8\r\nX-8bit: caf\xc3\xa9\r\nSubject: two\r\n")
+    fields = mime.parse_headers(block)
+    reference = Message()
+    for name, value in fields.raw_items():
+        reference[name] = value
+    assert list(fields.raw_items()) == list(reference.raw_items())
+    assert fields.get_all("subject") == reference.get_all("subject")
+    assert fields.get_content_type() == "text/plain"
+    assert fields.get_param("charset") == "utf-8"
