@@ -179,11 +179,14 @@ _FIRST_BYTES = _first_bytes()
 
 def may_start_file(head: bytes) -> bool:
     """Whether `kind_at_start(head)` may find an image or container (False: it finds none,
-    for certain), by a table of first bytes and three C-level tests."""
-    if len(head) < 2 or len(head) >= 512:  # (tar headers and ISO 9660 start with anything)
+    for certain), by a table of first bytes and a few C-level tests."""
+    if len(head) < 2:
         return True
     gate = _FIRST_BYTES[head[0] << 8 | head[1]]
     if gate == 1 or head[4:8] == b"ftyp" or b"%PDF-" in head[:1040]:
+        return True
+    # (tar headers and ISO 9660 images start with anything: sniff's own tests)
+    if len(head) >= 512 and (len(head) > 0x8001 or sniff._is_tar(head)):
         return True
     return gate == 2 and sniff._is_openpgp(head)  # (no other format starts so)
 

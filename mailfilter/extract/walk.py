@@ -69,7 +69,9 @@ def payload(ctx: Context, node: PayloadNode) -> Iterator[Node]:
     data = node.data
     ctype = node.content_type
     texty = bool(ctype and ctype.startswith("text/"))
-    image = sniff.image_type(data)
+    # (text-only mode: a table of first bytes rules out nearly all text at once)
+    maybe = not ctx.text_only or sweep.may_start_file(data)
+    image = sniff.image_type(data) if maybe else None
     if image is not None:
         ctx.add_image(node)
         if sniff.find_appended_zip(data):
@@ -81,7 +83,7 @@ def payload(ctx: Context, node: PayloadNode) -> Iterator[Node]:
         return
     if sniff.declared_image(ctype, node.filename):
         ctx.add_image(node)  # claims to be an image: the decode stage decides
-    kind = sniff.container_type(data, text=texty)
+    kind = sniff.container_type(data, text=texty) if maybe else None
     # a signature met by chance inside other bytes is no corrupt archive
     quiet = ctype == sweep.CARVED
     if kind is None:
@@ -110,9 +112,8 @@ def payload(ctx: Context, node: PayloadNode) -> Iterator[Node]:
             yield from sweep.after_failed_container(ctx, node, since)
             return
     if data:
-        yield from textscan.scan(
-            ctx, replace(node, path=core.container_path(node.path, node.filename))
-        )
+        path = core.container_path(node.path, node.filename)
+        yield from textscan.scan(ctx, node if path == node.path else replace(node, path=path))
 
 
 def open_node(ctx: Context, node: Node) -> Iterator[Node]:
