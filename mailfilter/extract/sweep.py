@@ -58,6 +58,7 @@ B64_RUN = re.compile(
 _B64_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 _B64_MAP = bytes(65 if c in _B64_CHARS else 46 for c in range(256))  # "A" or "."
 _TOKEN_END = re.compile(rb"[ \t\r\n]")
+_SEED = b"A" * 16  # (a token of 16 base64 characters, in the translated copy)
 # Hexadecimal with whitespace anywhere in it (RTF writers wrap it), from its first digit.
 HEX_RUN = re.compile(rb"[ \t\r\n]*[0-9A-Fa-f](?:[ \t\r\n]*[0-9A-Fa-f]){255,}")
 _HEX_MAP = bytes(72 if c in b"0123456789abcdefABCDEF \t\r\n" else 46 for c in range(256))
@@ -337,9 +338,9 @@ def has_hidden(data: bytes, sniff_start: bool = True) -> bool:
 def _signature_candidates(data: bytes, first: int = 1) -> bool:
     """Whether `signatures` has any candidate to check (C-level searches: the generators,
     heap merge and checks cost several microseconds even where none is found)."""
-    return _SIGNATURE_RX.search(data, first) is not None or any(
-        data.find(magic, first + back) >= 0 for magic, back in _LATE_MAGIC
-    )
+    if _SIGNATURE_RX.search(data, first) is not None:
+        return True
+    return any(data.find(magic, first + back) >= 0 for magic, back in _LATE_MAGIC)
 
 
 def _text_markers(data: bytes) -> bool:
@@ -466,7 +467,7 @@ def _long_runs(
 ) -> Iterator[tuple[int, int]]:
     """Spans of base64 runs of at least MIN_RUN characters starting in data[start:end]
     (and going on up to `limit`, by default `end`)."""
-    for m in _runs_of(B64_RUN, _B64_MAP, b"A" * 16, data, start, end, limit):
+    for m in _runs_of(B64_RUN, _B64_MAP, _SEED, data, start, end, limit):
         if m.end() - m.start() >= MIN_RUN and _run_chars(data, m.start(), m.end()) >= MIN_RUN:
             yield m.start(), m.end()
 
@@ -534,7 +535,12 @@ def _run_spans(
     """The spans `base64_runs` looks at (see there)."""
     if b"A" * 16 not in data[start:end].translate(_B64_MAP):
         return []  # (no token long enough: most text, and most header blocks)
-    spans = list(_long_runs(data, start, end, len(data) if extend else end))
+    # (`_long_runs`, one generator less)
+    spans = [
+        (m.start(), m.end())
+        for m in _runs_of(B64_RUN, _B64_MAP, _SEED, data, start, end, len(data) if extend else end)
+        if m.end() - m.start() >= MIN_RUN and _run_chars(data, m.start(), m.end()) >= MIN_RUN
+    ]
     if skip and spans:
         spans = [(s, e) for s, e in spans if not _inside(skip, s, e)]
     return spans
