@@ -2,7 +2,9 @@
 
 Images are recognised by content (JPEG, PNG, GIF, WebP, BMP, TIFF, HEIC/AVIF, ICO, JPEG 2000,
 JPEG XL, PSD); so are the containers the walk opens. Declared types and filename extensions
-are only a fallback (`declared_container`, `declared_image`).
+are only a fallback (`declared_container`, `declared_image`). A format added here (or in
+magic.py) needs its first two bytes in sweep._first_bytes too: text-only mode sniffs only past
+that table (`sweep.may_start_file`).
 """
 
 from __future__ import annotations
