@@ -177,11 +177,14 @@ class Fields(Message):
         super().__init__()
         self.types: list[str] = []
         self.encodings: list[str] = []
+        # the first value of each field, by lower-cased name (`header_text`)
+        self.first: dict[str, str] = {}
 
     def add(self, name: str, value: str) -> None:
         """`self[name] = value` without the policy's indirections: compat32 stores the pair
         as it is and limits no field's count (a microsecond a field, a third of the parse)."""
         self._headers.append((name, value))  # type: ignore[attr-defined]  # (not in typeshed)
+        self.first.setdefault(name.lower(), value)
 
     def note(self, name: str, value: str) -> None:
         """Called for the fields whose name starts with C or c."""
@@ -251,6 +254,9 @@ def _decode_words(value: str) -> str:
 
 def header_text(msg: Message, name: str) -> str | None:
     lname = name.lower()
+    if isinstance(msg, Fields):  # (fields are only ever added by `Fields.add`)
+        first = msg.first.get(lname)
+        return None if first is None else _decode_words(" ".join(first.split()))
     for key, value in msg.raw_items():
         if key.lower() == lname:
             return _decode_words(" ".join(str(value).split()))

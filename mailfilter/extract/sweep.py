@@ -441,13 +441,14 @@ def after_failed_container(ctx: Context, node: PayloadNode, since: int) -> Itera
 
 def _runs_of(
     pattern: re.Pattern[bytes], table: bytes, seed: bytes, data: bytes, start: int, end: int,
-    limit: int | None = None,
+    limit: int | None = None, mapped: bytes | None = None,
 ) -> Iterator[re.Match[bytes]]:
     """Matches of `pattern` starting in data[start:end] (and going on up to `limit`, by
     default `end`), each tried only where a token of the characters `table` maps to "A"/"H"
-    and `seed` (a row of those) begins."""
+    and `seed` (a row of those) begins. `mapped`: data[start:end] translated, if at hand."""
     limit = end if limit is None else limit
-    mapped = data[start:end].translate(table)
+    if mapped is None:
+        mapped = data[start:end].translate(table)
     other = b"."
     pos = 0
     while (i := mapped.find(seed, pos)) >= 0:
@@ -533,12 +534,14 @@ def _run_spans(
     data: bytes, start: int, end: int, skip: list[tuple[int, int]] | None, extend: bool
 ) -> list[tuple[int, int]]:
     """The spans `base64_runs` looks at (see there)."""
-    if b"A" * 16 not in data[start:end].translate(_B64_MAP):
+    mapped = data[start:end].translate(_B64_MAP)
+    if _SEED not in mapped:
         return []  # (no token long enough: most text, and most header blocks)
+    limit = len(data) if extend else end
     # (`_long_runs`, one generator less)
     spans = [
         (m.start(), m.end())
-        for m in _runs_of(B64_RUN, _B64_MAP, _SEED, data, start, end, len(data) if extend else end)
+        for m in _runs_of(B64_RUN, _B64_MAP, _SEED, data, start, end, limit, mapped)
         if m.end() - m.start() >= MIN_RUN and _run_chars(data, m.start(), m.end()) >= MIN_RUN
     ]
     if skip and spans:

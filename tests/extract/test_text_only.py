@@ -184,3 +184,19 @@ def test_header_fields_are_stored_as_the_policy_would_store_them() -> None:
     assert fields.get_all("subject") == reference.get_all("subject")
     assert fields.get_content_type() == "text/plain"
     assert fields.get_param("charset") == "utf-8"
+
+
+def test_header_text_reads_the_first_field_of_a_name_in_any_case() -> None:
+    from email.message import Message
+
+    from mailfilter.extract import mime
+
+    block = (b"subject: one\r\nMessage-ID: <a@x>\r\nSUBJECT: two\r\nContent-Transfer-Encoding:"
+             b"\r\n BASE64\r\nX-Long: a\r\n  b\r\n")
+    fields = mime.parse_headers(block)
+    reference = Message()
+    for name, value in fields.raw_items():
+        reference[name] = value
+    for name in ("Subject", "message-id", "Content-Transfer-Encoding", "X-Long", "Absent"):
+        assert mime.header_text(fields, name) == mime.header_text(reference, name), name
+    assert mime.header_text(fields, "Subject") == "one"
