@@ -474,8 +474,7 @@ def _long_runs(
 
 
 def _run_chars(data: bytes, start: int, end: int) -> int:
-    return end - start - (data.count(b" ", start, end) + data.count(b"\t", start, end)
-                          + data.count(b"\r", start, end) + data.count(b"\n", start, end))
+    return len(data[start:end].translate(None, b" \t\r\n"))  # (one C pass, not four)
 
 
 _HEAD_CHARS = _SNIFF_BYTES * 4 // 3
