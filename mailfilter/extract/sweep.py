@@ -340,7 +340,10 @@ def _signature_candidates(data: bytes, first: int = 1) -> bool:
     heap merge and checks cost several microseconds even where none is found)."""
     if _SIGNATURE_RX.search(data, first) is not None:
         return True
-    return any(data.find(magic, first + back) >= 0 for magic, back in _LATE_MAGIC)
+    for magic, back in _LATE_MAGIC:  # noqa: SIM110  (a loop: any() costs a generator)
+        if data.find(magic, first + back) >= 0:
+            return True
+    return False
 
 
 def _text_markers(data: bytes) -> bool:
