@@ -200,3 +200,22 @@ def test_header_text_reads_the_first_field_of_a_name_in_any_case() -> None:
     for name in ("Subject", "message-id", "Content-Transfer-Encoding", "X-Long", "Absent"):
         assert mime.header_text(fields, name) == mime.header_text(reference, name), name
     assert mime.header_text(fields, "Subject") == "one"
+
+
+@pytest.mark.parametrize("body", [
+    b"see https://example.com/" + b"aB3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY3zA5bC7dE9fG1hJ3kL5mN7pQ9rS" * 6
+    + b"?utm_source=mail&amp;x=1\n",
+    b"<p>Caf&eacute; &amp; cr&egrave;me, 10&nbsp;&euro;: see <a href=\"https://example.com/a\">"
+    b"this</a></p>\n",
+])
+def test_ordinary_text_with_a_long_url_or_references_stays_inline(body: bytes) -> None:
+    raw = ec.crlf(ec.message(ec.part("text/html", body)))
+    for signature_bytes in (b"", _os.urandom(256)):
+        signed = _dkim_signed(signature_bytes)[: -len(ec.crlf(TEXT_ONLY["plain"]))] + raw
+        arc = (b"ARC-Seal: i=1; a=rsa-sha256; cv=none; d=example.com; s=a;\r\n\tb="
+               + _base64.b64encode(_os.urandom(256)) + b"\r\n")
+        for message in (signed, arc + signed):
+            inline = extract_text_only(message, LIMITS)
+            full = extract(message, LIMITS)
+            if not full.attachments:  # (random signature bytes may be a file: rare)
+                assert inline == full
