@@ -1,6 +1,10 @@
 """Which image format bytes are in, by their magic numbers: the one table both the extract
 stage (is this payload an image?) and the decode stage (which decoder?) read, so they never
 disagree. Declared types and file names are never consulted here.
+
+A new format's first two bytes must also go into `extract.sweep._first_bytes`, the gate that
+lets small text mail be walked in the event loop (tests/extract/test_text_only.py checks the
+gate against every format the tests can build).
 """
 
 from __future__ import annotations
