@@ -46,9 +46,16 @@ def b64decode(data: bytes) -> tuple[bytes, list[str]]:
     return b"".join(out), defects
 
 
+_QP_PADDED_SOFT_BREAK = re.compile(rb"=[ \t]+(?=\r?\n|\Z)")
+
+
 def qpdecode(data: bytes) -> bytes:
-    """Quoted-printable; soft breaks with LF or CRLF, bad escapes left as they are."""
-    return binascii.a2b_qp(data)
+    """Quoted-printable; soft breaks with LF or CRLF, bad escapes left as they are.
+
+    Blanks after a soft break's `=` are transport padding (RFC 2045 6.7 says to drop them);
+    `a2b_qp` would keep the `=` and the line break, so they are dropped first.
+    """
+    return binascii.a2b_qp(_QP_PADDED_SOFT_BREAK.sub(b"=", data))
 
 
 def _uu_line(line: bytes) -> bytes | None:

@@ -50,9 +50,6 @@ KNOWN_GAPS: list[tuple[str, str]] = [
      "the ARM64 branch filter, which 7-Zip reads"),
     ("archive-methods[zip-ppmd]", "unscannable (unsupported-archive): zip entries "
      "compressed with PPMd (method 98), which 7-Zip and bsdtar read"),
-    ("encoding-edges[qp-soft-break-trailing-space]",
-     "unscannable (corrupt): quoted-printable soft breaks followed by blanks (RFC 2045 6.7: "
-     "a robust decoder drops the blanks), decoded by reformime and ripmime"),
 ]
 
 

@@ -181,6 +181,18 @@ def test_quoted_printable_binary_and_8bit_and_binary(eol: str) -> None:
     assert found(run(raw, eol)) == {"1": ec.sha(q), "2": ec.sha(e)}
 
 
+@EOLS
+def test_quoted_printable_soft_breaks_padded_with_blanks(eol: str) -> None:
+    # RFC 2045 6.7: blanks after a soft break's "=" are transport padding, dropped by MIME
+    # readers (reformime, ripmime); kept, they would corrupt the image.
+    q = ec.jpeg(13)
+    body = ec.qp_binary(q).replace(b"=\n", b"= \t\n")
+    assert b"= \t\n" in body
+    raw = ec.message(ec.multipart("mixed", [
+        ec.part("image/jpeg", body, cte="quoted-printable")], "qs"))
+    assert found(run(raw, eol)) == {"1": ec.sha(q)}
+
+
 def test_binary_transfer_encoding_keeps_bytes_exactly() -> None:
     img = ec.png(12)  # contains CR, LF and NUL bytes
     for cte in ("binary", "8bit", "7bit", None):
