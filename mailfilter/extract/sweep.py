@@ -416,13 +416,63 @@ def forget_reader_failures(ctx: Context, path: str, since: int) -> None:
 
 def after_image(ctx: Context, node: PayloadNode, image: str) -> Iterator[Node]:
     """What is glued after a picture's own end (a polyglot: a GIF then a 7z archive, a JPEG
-    then a cabinet, which unarchivers find): carved like unknown binary."""
+    then a cabinet, which unarchivers find): carved like unknown binary. A JPEG's
+    application segments are searched for the JPEGs they hold (the Exif thumbnail, which
+    file managers show as the file's preview)."""
     data = node.data
+    path = core.container_path(node.path, node.filename)
+    kids = Children(ctx, replace(node, path=path), image)
+    if image == "image/jpeg":
+        yield from _jpeg_app_pictures(ctx, kids, data)
     end = carved_end(data, 0, image)
     if end >= len(data) - 16:  # nothing after it, or a few bytes of padding
         return
-    path = core.container_path(node.path, node.filename)
-    yield from carve(ctx, Children(ctx, replace(node, path=path), image), data, end)
+    yield from carve(ctx, kids, data, end)
+
+
+def _app_segments(data: bytes) -> Iterator[tuple[int, int]]:
+    """(start, end) of the payload of each APPn segment before a JPEG's first scan."""
+    size = len(data)
+    pos = 2
+    for _ in range(4096):
+        if pos + 4 > size or data[pos] != 0xFF:
+            return
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0xD9, 0xDA):
+            return
+        end = min(size, pos + 2 + int.from_bytes(data[pos + 2 : pos + 4], "big"))
+        if 0xE0 <= marker <= 0xEF:
+            yield pos + 4, end
+        pos = end
+
+
+def _jpeg_app_pictures(ctx: Context, kids: Children, data: bytes) -> Iterator[PayloadNode]:
+    """The JPEGs inside a JPEG's APPn segments (Exif IFD1 thumbnail, FlashPix or vendor
+    previews), each cut at its end marker within the segment."""
+    for start, end in _app_segments(data):
+        segment = data[start:end]
+        at = segment.find(b"\xff\xd8\xff")
+        while at >= 0:
+            if not _plausible_jpeg(segment[at : at + _SNIFF_BYTES]):
+                at = segment.find(b"\xff\xd8\xff", at + 1)
+                continue
+            if ctx.carved >= MAX_CARVED:
+                ctx.skip(
+                    kids.node.path, core.CARVE_LIMIT,
+                    f"more than {MAX_CARVED} signatures carved out of payloads in the message",
+                )
+                return
+            stop = _jpeg_end(segment, at)
+            piece = segment[at:stop]
+            if kids.novel(piece) and ctx.fits(kids.node.path, len(piece)):
+                if not kids.open():
+                    return
+                ctx.carved += 1
+                yield kids.make(f"preview-{start + at}", piece, "image/jpeg", None)
+            at = segment.find(b"\xff\xd8\xff", max(stop, at + 1))
 
 
 def after_failed_container(ctx: Context, node: PayloadNode, since: int) -> Iterator[Node]:

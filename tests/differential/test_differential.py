@@ -15,8 +15,6 @@ from differential_run import Run, expected
 # Constructions that references show and mailfilter does not match yet: each is an open gap,
 # to be removed from this list as the fix lands (strict: a fixed gap fails until removed).
 KNOWN_GAPS: list[tuple[str, str]] = [
-    ("embedded-previews[exif-thumbnail]", "clean: the Exif thumbnail (IFD1 JPEG) of a decoy "
-     "JPEG, which file managers show as the file's preview, is not fingerprinted"),
     ("pdf-vector-pixels[64x48]", "clean: a page that draws the photo as filled rectangles "
      "(no image object at all): only rendering the whole page sees it"),
     ("pdf-vector-pixels[128x96]", "clean: as pdf-vector-pixels[64x48], finer"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import struct
 import time
 import zipfile
 
@@ -206,6 +207,31 @@ def test_an_archive_glued_after_a_picture_is_opened(cover: str) -> None:
     ex = walk(ec.message(ec.attachment(f"image/{cover}", first + archive, f"a.{cover}")))
     assert [a.mime_path for a in ex.attachments] == ["1", f"1/a.{cover}/carved-{len(first)}/in.jpg"]
     assert ex.attachments[1].data == PHOTO
+
+
+def _with_exif_thumbnail(main: bytes, thumb: bytes) -> bytes:
+    """`main` with an APP1 Exif segment whose IFD1 holds `thumb`, as cameras write it."""
+    ifd1_at = 8 + 2 + 4
+    thumb_at = ifd1_at + 2 + 2 * 12 + 4
+    ifd1 = struct.pack("<HHHIIHHII", 2, 0x0201, 4, 1, thumb_at, 0x0202, 4, 1, len(thumb))
+    tiff = b"II*\0" + struct.pack("<IHI", 8, 0, ifd1_at) + ifd1 + struct.pack("<I", 0) + thumb
+    body = b"Exif\0\0" + tiff
+    return main[:2] + b"\xff\xe1" + struct.pack(">H", len(body) + 2) + body + main[2:]
+
+
+def test_the_exif_thumbnail_of_a_jpeg_is_a_candidate() -> None:
+    # File managers show the Exif thumbnail as the file's picture, not the main image.
+    decoy = jpeg(9, 320, 240)
+    cover = _with_exif_thumbnail(decoy, PHOTO)
+    ex = walk(ec.message(ec.attachment("image/jpeg", cover, "a.jpg")))
+    assert [a.mime_path for a in ex.attachments] == ["1", "1/a.jpg/preview-56"]
+    assert ex.attachments[1].data == PHOTO
+    assert not ex.unscannable
+
+
+def test_a_jpeg_without_app_pictures_has_no_children() -> None:
+    ex = walk(ec.message(ec.attachment("image/jpeg", SMALL, "a.jpg")))
+    assert [a.mime_path for a in ex.attachments] == ["1"]
 
 
 # --- RTF ----------------------------------------------------------------------------------
