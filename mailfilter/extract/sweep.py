@@ -722,6 +722,36 @@ def _hex_payload(data: bytes, start: int, end: int) -> bytes:
     return decoders.hexdecode(data[ws.end() : end]) if ws is not None else decoded
 
 
+_BI_BITFIELDS = 3
+
+
+def dib_as_bmp(dib: bytes) -> bytes:
+    """A device-independent bitmap (RTF `\\dibitmap`: a BMP without its 14-byte file
+    header, which Word draws) as a BMP file, so the decode stage reads it; bytes that do not
+    start with a bitmap header are returned as they are."""
+    if len(dib) < 16:
+        return dib
+    header = int.from_bytes(dib[0:4], "little")
+    if header == 12:  # BITMAPCOREHEADER: 3-byte palette entries, no colour count
+        bits = int.from_bytes(dib[10:12], "little")
+        palette = (1 << bits) * 3 if bits <= 8 else 0
+    elif header in (40, 52, 56, 64, 108, 124) and len(dib) >= 40:
+        bits = int.from_bytes(dib[14:16], "little")
+        compression = int.from_bytes(dib[16:20], "little")
+        used = int.from_bytes(dib[32:36], "little")
+        colours = used or (1 << bits if bits <= 8 else 0)
+        palette = colours * 4
+        if header == 40 and compression == _BI_BITFIELDS:
+            palette += 12  # the three colour masks follow a plain info header
+    else:
+        return dib
+    offset = 14 + header + palette
+    if offset > 14 + len(dib):
+        return dib
+    return b"BM" + (14 + len(dib)).to_bytes(4, "little") + bytes(4) + offset.to_bytes(
+        4, "little") + dib
+
+
 def hex_runs(
     ctx: Context, kids: Children, data: bytes, spans: list[tuple[int, int]] | None = None,
 ) -> Iterator[PayloadNode]:
@@ -731,7 +761,10 @@ def hex_runs(
     for m in _runs_of(HEX_RUN, _HEX_MAP, b"H" * MIN_HEX_RUN, data, 0, len(data)):
         decoded = _hex_payload(data, m.start(), m.end())
         before = data[max(0, m.start() - 512) : m.start() + 16]
-        label = "objdata" if before.rfind(b"\\objdata") > before.rfind(b"\\pict") else "pict"
+        pict_at = before.rfind(b"\\pict")
+        label = "objdata" if before.rfind(b"\\objdata") > pict_at else "pict"
+        if label == "pict" and pict_at >= 0 and b"\\dibitmap" in before[pict_at:]:
+            decoded = dib_as_bmp(decoded)
         if spans is not None:
             spans.append((m.start(), m.end()))
         if not kids.novel(decoded) or not has_hidden(decoded):

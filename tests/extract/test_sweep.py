@@ -252,6 +252,23 @@ def test_rtf_pict_picture_wrapped_by_the_writer() -> None:
     assert paths_of(ex, PHOTO) == ["2/doc.rtf/pict-1"]
 
 
+@pytest.mark.parametrize("mode", ["RGB", "P", "1"])
+def test_rtf_dibitmap_is_handed_on_as_a_bmp(mode: str) -> None:
+    # \\dibitmap holds a BMP without its 14-byte file header; Word draws it.
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(SMALL)).convert(mode).save(buf, "BMP")
+    bmp = buf.getvalue()
+    rtf = ("{\\rtf1\\ansi Photo:\\par{\\pict\\dibitmap0\\picw64\\pich48\n"
+           + _wrapped_hex(bmp[14:]) + "\n}\\par}").encode()
+    ex = walk(ec.message(ec.attachment("application/rtf", rtf, "doc.rtf")))
+    assert [(a.mime_path, a.data) for a in ex.attachments] == [("1/doc.rtf/pict-1", bmp)]
+
+
+def test_dib_as_bmp_leaves_other_bytes_alone() -> None:
+    assert sweep.dib_as_bmp(b"\x00" * 64) == b"\x00" * 64
+    assert sweep.dib_as_bmp(PHOTO) == PHOTO
+
+
 def test_rtf_objdata_holding_a_picture_after_a_header() -> None:
     ole = bytes.fromhex("0105000002000000") + b"\x08\x00\x00\x00Package\x00" + b"\x00" * 40 + PHOTO
     rtf = ("{\\rtf1{\\object\\objemb{\\*\\objclass Package}{\\*\\objdata\n"
