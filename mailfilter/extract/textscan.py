@@ -80,8 +80,8 @@ def scan(ctx: Context, node: PayloadNode) -> Iterator[Node]:
 
 def _readings(data: bytes) -> list[bytes]:
     """The text as UTF-8 when it is UTF-16 (by its byte order mark, or NULs at every other
-    byte) or UTF-7 (by a shifted sequence): an HTML body in either hides its markup from a
-    search over the raw bytes."""
+    byte), UTF-7 (by a shifted sequence) or ISO-2022 (by its escape sequences): an HTML body
+    in any of them hides its markup from a search over the raw bytes."""
     out: list[bytes] = []
     encoding = _utf16(data)
     if encoding is not None:
@@ -93,6 +93,10 @@ def _readings(data: bytes) -> list[bytes]:
         and (_UTF7.search(data, 0, 1 << 20) is not None or _utf7_plus(data))
     ):
         out.append(data.decode("utf-7", "replace").encode("utf-8", "replace"))
+    elif b"\x1b" in data and (b"\x1b(" in data or b"\x1b$" in data):
+        # ISO-2022-JP and kin: escape sequences switch character sets, and decoders drop
+        # them, even redundant ones inside ASCII (a data: URI split by ESC ( B).
+        out.append(data.decode("iso2022_jp_2", "replace").encode("utf-8", "replace"))
     return out
 
 

@@ -40,8 +40,6 @@ KNOWN_GAPS: list[tuple[str, str]] = [
     ("ogg-opus-cover-art", "unscannable (truncated): an Opus file's cover picture "
      "(METADATA_BLOCK_PICTURE, base64 split over Ogg pages; players join the pages) is not "
      "read whole"),
-    ("html-charset[iso-2022-jp-redundant-escapes]", "clean: an ISO-2022-JP HTML body "
-     "(decoders drop the redundant ESC ( B sequences inside its data: URI) is not decoded"),
     ("archive-variants[7z-arm64]", "unscannable (unsupported-archive): a 7z archive with "
      "the ARM64 branch filter, which 7-Zip reads"),
     ("archive-methods[zip-ppmd]", "unscannable (unsupported-archive): zip entries "

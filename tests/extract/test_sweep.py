@@ -384,6 +384,16 @@ def test_html_in_utf7() -> None:
     assert [a.data for a in walk(raw).attachments] == [PHOTO]
 
 
+def test_html_in_iso_2022_jp_with_redundant_escapes() -> None:
+    # ESC ( B (to ASCII) where the text is ASCII already: decoders drop it, so the data: URI
+    # a browser reads is whole though no run of the raw bytes holds it.
+    ascii_html = _HTML.encode("ascii")
+    body = b"\x1b(B".join(ascii_html[i : i + 40] for i in range(0, len(ascii_html), 40))
+    body = "日本語".encode("iso2022_jp") + body
+    raw = ec.message(ec.part("text/html; charset=iso-2022-jp", ec.b64(body), cte="base64"))
+    assert [a.data for a in walk(raw).attachments] == [PHOTO]
+
+
 # --- vCard, flat ODF, SVG ---------------------------------------------------------------------
 
 
