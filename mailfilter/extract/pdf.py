@@ -386,6 +386,10 @@ class _Stored:
     # pass over the objects sees: then nothing counts as plain.
     inline: bool = False
     inline_budget: int = _INLINE_SCAN_BYTES
+    # Raw data (SHA-256) of image objects with a soft or image mask -> the mask's pixel
+    # size: a viewer draws the image at the mask's resolution when that is finer (a black
+    # 8 x 8 image whose soft mask carries a photo shows the photo).
+    masks: dict[bytes, tuple[int, int]] = field(default_factory=dict)
     errors: int = 0
 
     def plain_for_rendering(self) -> frozenset[bytes]:
@@ -432,7 +436,8 @@ def images(ctx: Context, node: PayloadNode, quiet: bool = False) -> Iterator[Nod
     pageless = reader is not None and (
         _page_count(reader) == 0 or _OBJ_HEADER.search(node.data) is None)
     patterns = _pattern_pages(stored.reader) if stored.reader is not None else frozenset()
-    hints = pdf_render.Hints(stored.plain_for_rendering(), _trailer(node.data), patterns)
+    hints = pdf_render.Hints(stored.plain_for_rendering(), _trailer(node.data), patterns,
+                             stored.masks)
     yield from _rendered(ctx, node, fail, stored_error, hints, pageless)
     yield from _glued(ctx, node)
 
@@ -594,6 +599,9 @@ def _stored_object(ctx: Context, node: PayloadNode, stored: _Stored, num: int, g
             plain = _plain(obj)
             if raw_digest is not None and not plain:
                 stored.tricky.add(raw_digest)
+                mask = _mask_size(obj)
+                if mask is not None:
+                    stored.masks[raw_digest] = mask
             child = _image(ctx, node, obj, name)
         elif obj.get("/Type") == "/EmbeddedFile":
             child, plain = _embedded(ctx, node, obj, name), False
@@ -649,6 +657,22 @@ def _may_paint_inline_image(obj: Any, stored: _Stored) -> bool:
         return True
     stored.inline_budget -= len(data)
     return stored.inline_budget < 0 or _INLINE_IMAGE.search(data) is not None
+
+
+def _mask_size(obj: Any) -> tuple[int, int] | None:
+    """The pixel size of an image XObject's /SMask (or image /Mask), if it has one."""
+    try:
+        for key in ("/SMask", "/Mask"):
+            mask = _resolve(obj.get(key))
+            if mask is None or not hasattr(mask, "get"):
+                continue
+            width = int(_resolve(mask.get("/Width", 0)))
+            height = int(_resolve(mask.get("/Height", 0)))
+            if width > 0 and height > 0:
+                return width, height
+    except Exception:
+        return None
+    return None
 
 
 def _plain(obj: Any) -> bool:

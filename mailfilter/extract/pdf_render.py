@@ -32,8 +32,8 @@ import hashlib
 import io
 import math
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from mailfilter.extract import core, sniff
@@ -302,6 +302,23 @@ def _mark_redundant(found: _PageObjects, plain: frozenset[bytes], annotated: boo
         p.redundant = hashlib.sha256(raw).digest() in plain
 
 
+def _mask_density(found: _PageObjects, masks: Mapping[bytes, tuple[int, int]]) -> None:
+    """Raise the density of placements whose image has a finer mask than itself to the
+    mask's: PDFium draws the masked image at the mask's resolution."""
+    for p in found.images:
+        if p.obj is None or p.redundant:
+            continue
+        try:
+            raw = bytes(p.obj.get_data(decode_simple=False))
+        except Exception:
+            continue
+        size = masks.get(hashlib.sha256(raw).digest())
+        width, height = _px_size(p.obj)
+        if size is None or width <= 0 or height <= 0:
+            continue
+        p.density *= max(1.0, size[0] / width, size[1] / height)
+
+
 def _overlap(a: Box, b: Box) -> bool:
     """Whether two boxes share more than a sliver (edges that merely touch do not count)."""
     return min(a[2], b[2]) - max(a[0], b[0]) > 0.5 and min(a[3], b[3]) - max(a[1], b[1]) > 0.5
@@ -418,6 +435,10 @@ class Hints:
     # wherever a path is filled with the pattern, and PDFium lists no image object there,
     # so large filled paths on these pages are regions too.
     pattern_pages: frozenset[int] = frozenset()
+    # Raw data (SHA-256) of images with a soft or image mask -> the mask's pixel size: the
+    # region is rendered as finely as the mask when it is finer than the image (a black
+    # 8 x 8 image whose soft mask is a photo shows the photo at the mask's resolution).
+    masks: Mapping[bytes, tuple[int, int]] = field(default_factory=dict)
 
 
 def _open(data: bytes, trailer: bytes | None) -> Any:
@@ -440,13 +461,16 @@ def regions(ctx: Context, node: PayloadNode, hints: Hints = Hints()) -> Iterator
     (before yielding anything) when PDFium cannot read the document."""
     doc = _open(node.data, hints.trailer)
     try:
-        yield from _render_document(ctx, node, doc, hints.plain, hints.pattern_pages)
+        yield from _render_document(ctx, node, doc, hints.plain, hints.pattern_pages,
+                                    hints.masks)
     finally:
         doc.close()
 
 
 def _render_document(ctx: Context, node: PayloadNode, doc: Any, plain: frozenset[bytes],
-                     pattern_pages: frozenset[int]) -> Iterator[PayloadNode]:
+                     pattern_pages: frozenset[int],
+                     masks: Mapping[bytes, tuple[int, int]] | None = None,
+                     ) -> Iterator[PayloadNode]:
     limits = ctx.limits
     start = time.monotonic()
     deadline = start + limits.pdf_render_deadline
@@ -486,6 +510,8 @@ def _render_document(ctx: Context, node: PayloadNode, doc: Any, plain: frozenset
             if not found.images:
                 continue
             _mark_redundant(found, plain, annotated)
+            if masks:
+                _mask_density(found, masks)
             huge = [p for p in found.images if p.pixels > _MAX_IMAGE_PIXELS and not p.redundant]
             if huge:
                 # PDFium would decode each at full size to draw it: a memory and time bomb.

@@ -295,10 +295,11 @@ def tiles(nx: int = 3, ny: int = 2) -> bytes:
     return Doc(content, xobjects).bytes()
 
 
-def soft_mask() -> bytes:
+def soft_mask(black_side: int | None = None) -> bytes:
     """A black image whose /SMask (alpha) is the photo's negative: on a white page the viewer
-    shows the photo in grey; neither stored image is the photo."""
-    black = Image.new("RGB", (W, H))
+    shows the photo in grey; neither stored image is the photo. `black_side`: the black
+    image is that many pixels square (viewers draw it at the finer mask's resolution)."""
+    black = Image.new("RGB", (black_side, black_side) if black_side else (W, H))
     alpha = ImageOps.invert(PHOTO_IMG.convert("L"))
     doc = Doc(draw("Im1", X0, Y0, W, H))
     smask_num = 5 + 1  # right after the one XObject
@@ -448,6 +449,7 @@ CASES: dict[str, Case] = {
     "stamp-annotation": Case(lambda: in_an_annotation("Stamp"), stored=False),
     "widget-annotation": Case(lambda: in_an_annotation("Widget"), stored=False),
     "soft-mask": Case(soft_mask, stored=False),
+    "soft-mask-finer-than-the-image": Case(lambda: soft_mask(8), stored=False),
     "graphics-state-soft-mask": Case(graphics_state_soft_mask, stored=False),
     "graphics-state-soft-mask-on-a-form": Case(graphics_state_soft_mask_on_a_form,
                                                stored=False),
