@@ -213,3 +213,10 @@ def state_dir(tmp_path: Path) -> Path:
     path = tmp_path / "state"
     path.mkdir(mode=0o700)
     return path
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The differential suite's table, when it ran (tests/differential/differential_run.py)."""
+    run_module = sys.modules.get("differential_run")
+    if run_module is not None:
+        run_module.terminal_summary(terminalreporter)
