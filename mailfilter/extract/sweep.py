@@ -161,6 +161,8 @@ def _first_bytes() -> bytes:
     for prefix in (
         b"\xff\xd8", b"\xff\x4f", b"\xff\x0a", b"\x89P", b"GI", b"RI", b"II", b"MM", b"BM",
         b"\x00\x00", b"8B",  # images (ICO, JPEG 2000 and JPEG XL boxes start with 0 0)
+        b"P1", b"P2", b"P3", b"P4", b"P5", b"P6", b"#d", b"\x0a\x00", b"\x0a\x02", b"\x0a\x03",
+        b"\x0a\x04", b"\x0a\x05",  # Netpbm, XBM, PCX
         b"PK", b"\x1f\x8b", b"\x1f\x9d", b"BZ", b"\xfd7", b"7z", b"Ra", b"\x78\x9f", b"\x28\xb5",
         b"MS", b"xa", b"LZ", b"\x04\x22", b"\x02\x21", b"07", b"\xc7\x71", b"\x71\xc7",
         b"\x5d\x00",  # LZMA_Alone: a dictionary of at least 64 KiB, a power of two
@@ -752,6 +754,37 @@ def dib_as_bmp(dib: bytes) -> bytes:
         4, "little") + dib
 
 
+_PICT_PARAM = re.compile(rb"\\(picw|pich|wbmbitspixel|wbmplanes|wbmwidthbytes)(-?[0-9]{1,9})")
+
+
+def wbitmap_as_bmp(bits: bytes, controls: bytes) -> bytes:
+    """An RTF `\\wbitmap` (a Windows device-dependent bitmap: rows of pixels, top row first,
+    each `\\wbmwidthbytes` long, sized by `\\picw` and `\\pich` in pixels) as a BMP file,
+    for the depths whose colours need no device palette (1: black and white, 24, 32);
+    else the bytes as they are."""
+    params = {m.group(1): int(m.group(2)) for m in _PICT_PARAM.finditer(controls)}
+    width, height = params.get(b"picw", 0), params.get(b"pich", 0)
+    depth, planes = params.get(b"wbmbitspixel", 1), params.get(b"wbmplanes", 1)
+    if depth not in (1, 24, 32) or planes != 1 or not 0 < width <= 1 << 15 or not (
+            0 < height <= 1 << 15):
+        return bits
+    row = (width * depth + 7) // 8
+    given = params.get(b"wbmwidthbytes", (row + 1) // 2 * 2)
+    stride = (width * depth + 31) // 32 * 4
+    if given < row or given * height > len(bits):
+        return bits
+    pixels = b"".join(bits[y * given : y * given + row].ljust(stride, b"\0")
+                      for y in range(height))
+    palette = b"\0\0\0\0\xff\xff\xff\0" if depth == 1 else b""
+    offset = 14 + 40 + len(palette)
+    info = (40).to_bytes(4, "little") + width.to_bytes(4, "little") + (-height).to_bytes(
+        4, "little", signed=True) + (1).to_bytes(2, "little") + depth.to_bytes(2, "little")
+    info += bytes(4) + len(pixels).to_bytes(4, "little") + bytes(8)
+    info += (2 if depth == 1 else 0).to_bytes(4, "little") + bytes(4)
+    return (b"BM" + (offset + len(pixels)).to_bytes(4, "little") + bytes(4)
+            + offset.to_bytes(4, "little") + info + palette + pixels)
+
+
 def hex_runs(
     ctx: Context, kids: Children, data: bytes, spans: list[tuple[int, int]] | None = None,
 ) -> Iterator[PayloadNode]:
@@ -765,6 +798,8 @@ def hex_runs(
         label = "objdata" if before.rfind(b"\\objdata") > pict_at else "pict"
         if label == "pict" and pict_at >= 0 and b"\\dibitmap" in before[pict_at:]:
             decoded = dib_as_bmp(decoded)
+        elif label == "pict" and pict_at >= 0 and b"\\wbitmap" in before[pict_at:]:
+            decoded = wbitmap_as_bmp(decoded, before[pict_at:])
         if spans is not None:
             spans.append((m.start(), m.end()))
         if not kids.novel(decoded) or not has_hidden(decoded):

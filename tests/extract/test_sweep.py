@@ -264,6 +264,25 @@ def test_rtf_dibitmap_is_handed_on_as_a_bmp(mode: str) -> None:
     assert [(a.mime_path, a.data) for a in ex.attachments] == [("1/doc.rtf/pict-1", bmp)]
 
 
+@pytest.mark.parametrize("depth", [1, 24])
+def test_rtf_wbitmap_is_handed_on_as_a_bmp(depth: int) -> None:
+    # \\wbitmap: a device-dependent bitmap, rows top first, each padded to an even length.
+    img = Image.open(io.BytesIO(SMALL)).convert("1" if depth == 1 else "RGB")
+    width, height = img.size
+    raw = img.tobytes("raw", "1" if depth == 1 else "BGR")
+    row = (width * depth + 7) // 8
+    wide = row + row % 2
+    bits = b"".join(raw[y * row : (y + 1) * row] + b"\0" * (wide - row) for y in range(height))
+    rtf = (f"{{\\rtf1{{\\pict\\wbitmap0\\picw{width}\\pich{height}\\wbmbitspixel{depth}"
+           f"\\wbmplanes1\\wbmwidthbytes{wide}\n" + _wrapped_hex(bits) + "\n}}").encode()
+    ex = walk(ec.message(ec.attachment("application/rtf", rtf, "doc.rtf")))
+    [picture] = ex.attachments
+    assert picture.mime_path == "1/doc.rtf/pict-1"
+    shown = Image.open(io.BytesIO(picture.data))
+    assert shown.size == img.size
+    assert shown.convert(img.mode).tobytes() == img.tobytes()
+
+
 def test_dib_as_bmp_leaves_other_bytes_alone() -> None:
     assert sweep.dib_as_bmp(b"\x00" * 64) == b"\x00" * 64
     assert sweep.dib_as_bmp(PHOTO) == PHOTO
