@@ -126,7 +126,7 @@ class DecodedImage:
 # and each entry of an icon is a picture of its own (walked like frames). JPEG 2000: when
 # Pillow was built with OpenJPEG (macOS Preview and some PDF readers show it).
 _DECODABLE = frozenset({"JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "HEIF", "AVIF", "ICO",
-                        "JPEG2000"})
+                        "JPEG2000", "PPM", "XBM", "PCX"})
 
 
 def sniff_format(data: bytes) -> str | None:

@@ -9,6 +9,7 @@ gate against every format the tests can build).
 
 from __future__ import annotations
 
+import re
 import struct
 
 # Formats we recognise: Pillow's names, so the decode stage can restrict Pillow to them.
@@ -28,6 +29,11 @@ MIME_TYPES: dict[str, str] = {
     "JPEG2000": "image/jp2",
     "JXL": "image/jxl",
     "PSD": "image/vnd.adobe.photoshop",
+    # Older formats that file viewers (and Pillow) still open, and mail from Unix clients
+    # carries (the jwz test mailbox has PBM/PGM/PPM and XBM attachments).
+    "PPM": "image/x-portable-anymap",
+    "XBM": "image/x-xbitmap",
+    "PCX": "image/x-pcx",
 }
 
 _HEIF_BRANDS = frozenset(
@@ -64,7 +70,30 @@ def image_format(data: bytes) -> str | None:
         return "JXL"
     if head.startswith(b"8BPS\x00\x01"):
         return "PSD"
+    if head[:1] == b"P" and _NETPBM.match(head):
+        return "PPM"
+    if head.startswith(b"#define") and _XBM.match(bytes(data[:256])):
+        return "XBM"
+    if head[:1] == b"\x0a" and _plausible_pcx(head):
+        return "PCX"
     return None
+
+
+# Netpbm: "P1".."P6", then width and height (comments may sit between them). Strict, since
+# "P3 12 ..." could start a text; a text part is never sniffed for images, only payloads.
+_NETPBM = re.compile(rb"P[1-6](?:\s+(?:#[^\n]*\n\s*)*[1-9][0-9]{0,5}){2}\s")
+_XBM = re.compile(rb"#define[ \t]+\S*_width[ \t]+[0-9]+\s+#define[ \t]+\S*_height[ \t]+[0-9]+")
+
+
+def _plausible_pcx(head: bytes) -> bool:
+    """PCX has a one-byte signature: also require a known version, RLE, a real bit depth
+    and a window whose corners are in order."""
+    if len(head) < 12 or head[1] not in (0, 2, 3, 4, 5) or head[2] != 1:
+        return False
+    if head[3] not in (1, 2, 4, 8):
+        return False
+    xmin, ymin, xmax, ymax = struct.unpack_from("<4H", head, 4)
+    return bool(xmin <= xmax and ymin <= ymax)
 
 
 def _isobmff_image(data: bytes) -> str | None:

@@ -532,3 +532,27 @@ def test_mutated_new_formats_only_ever_skip(kind: str) -> None:
         with contextlib.suppress(SkipImage):
             decode(data, ImageSettings())
 
+
+
+# --- older formats file viewers open (Netpbm, XBM, PCX) ----------------------------------
+
+
+@pytest.mark.parametrize("fmt, mode", [("PPM", "RGB"), ("PPM", "L"), ("PPM", "1"),
+                                       ("PCX", "RGB"), ("XBM", "1")])
+def test_old_viewer_formats_are_fingerprinted(fmt: str, mode: str) -> None:
+    """The jwz test mailbox carries PBM/PGM/PPM and XBM attachments that Python's email and
+    ripmime both find and viewers open: they are images, not 'not-an-image'."""
+    img = photo_like(21, 320, 240)
+    reference = fingerprint_image(image_bytes(img, "PNG"), PARAMS).primary
+    fp = fingerprint_image(image_bytes(img.convert(mode), fmt), PARAMS)
+    assert fp.skipped is None and fp.image_format == fmt
+    if mode != "1":  # a bilevel copy is too far from the photo for any perceptual hash
+        assert reference is not None and reference.pdq is not None
+        assert fp.primary is not None and fp.primary.pdq is not None
+        assert hamming(fp.primary.pdq, reference.pdq) <= 31
+
+
+@pytest.mark.parametrize("text", [b"P3 is a paper size\n", b"P6 12 mm\n", b"#define X 1\n",
+                                  b"\x0a\x05hello world, not a picture"])
+def test_text_that_starts_like_an_old_format_is_not_an_image(text: bytes) -> None:
+    assert images.sniff_format(text) is None
