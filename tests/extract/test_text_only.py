@@ -149,14 +149,20 @@ def test_the_gate_never_stops_what_sniff_finds_in_random_heads() -> None:
 
 @pytest.mark.parametrize("size", [64, 128, 256])
 def test_dkim_signed_text_mail_stays_inline(size: int) -> None:
+    handed_on = 0
     for _ in range(20):
         raw = _dkim_signed(_os.urandom(size))
         inline = extract_text_only(raw, LIMITS)
         full = extract(raw, LIMITS)
         if full.attachments:  # (random bytes that happen to be a file: a worker's job)
             assert inline is None
+        elif inline is None:
+            # Random bytes that start like an OpenPGP packet (about 1 in 500) go to a worker:
+            # conservative, and allowed; what must not happen is a wrong inline result.
+            handed_on += 1
         else:
             assert inline == full
+    assert handed_on <= 3
 
 
 @pytest.mark.parametrize("name", ["gif", "png", "zip", "pgp literal"])
