@@ -70,7 +70,7 @@ def image_format(data: bytes) -> str | None:
         return "JXL"
     if head.startswith(b"8BPS\x00\x01"):
         return "PSD"
-    if head[:1] == b"P" and _NETPBM.match(head):
+    if head[:1] == b"P" and _NETPBM.match(bytes(data[:1024])):  # (comments after the magic)
         return "PPM"
     if head.startswith(b"#define") and _XBM.match(bytes(data[:256])):
         return "XBM"
@@ -81,7 +81,7 @@ def image_format(data: bytes) -> str | None:
 
 # Netpbm: "P1".."P6", then width and height (comments may sit between them). Strict, since
 # "P3 12 ..." could start a text; a text part is never sniffed for images, only payloads.
-_NETPBM = re.compile(rb"P[1-6](?:\s+(?:#[^\n]*\n\s*)*[1-9][0-9]{0,5}){2}\s")
+_NETPBM = re.compile(rb"P[1-6](?:\s+(?:#[^\n]{0,200}\n\s*){0,4}[1-9][0-9]{0,5}){2}\s")
 _XBM = re.compile(rb"#define[ \t]+\S*_width[ \t]+[0-9]+\s+#define[ \t]+\S*_height[ \t]+[0-9]+")
 
 

@@ -556,3 +556,11 @@ def test_old_viewer_formats_are_fingerprinted(fmt: str, mode: str) -> None:
                                   b"\x0a\x05hello world, not a picture"])
 def test_text_that_starts_like_an_old_format_is_not_an_image(text: bytes) -> None:
     assert images.sniff_format(text) is None
+
+
+def test_netpbm_with_a_comment_after_the_magic_is_an_image() -> None:
+    img = photo_like(22, 64, 48).convert("1")
+    data = image_bytes(img, "PPM")
+    commented = data[:3] + b"# created by 'xv /chalk/homes/moore/src' from a scan\n" + data[3:]
+    assert images.sniff_format(commented) == "PPM"
+    assert fingerprint_image(commented, PARAMS).skipped is None
