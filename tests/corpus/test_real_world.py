@@ -49,6 +49,10 @@ MAX_OTHER_UNSCANNABLE = 0.01
 # Pillow formats without a signature: Pillow "opens" arbitrary bytes as these (a TGA header
 # is any 18 bytes), so a reference that finds one has found noise, not a picture.
 NO_SIGNATURE_FORMATS = frozenset({"TGA", "IPTC", "PCD", "SPIDER", "MPEG", "XVTHUMB", "FITS"})
+# PostScript is a program, not a picture: Pillow "opens" it by running Ghostscript. Its
+# embedded previews (TIFF, WMF) are carved like any glued file; rendering PostScript is a
+# documented gap (README, "Not read yet").
+DOCUMENT_FORMATS = frozenset({"EPS"})
 PDQ_SAME_IMAGE = 31  # bits; the default match threshold (re-encoded copies stay well within)
 RIPMIME_SECONDS = 20
 
@@ -77,7 +81,7 @@ def image_sha256(data: bytes) -> str | None:
                 fmt = im.format
     except Exception:  # any failure means "not an image" to this reference
         return None
-    if fmt is None or fmt in NO_SIGNATURE_FORMATS:
+    if fmt is None or fmt in NO_SIGNATURE_FORMATS or fmt in DOCUMENT_FORMATS:
         return None
     return hashlib.sha256(data).hexdigest()
 
