@@ -655,17 +655,30 @@ def _stream_name(kind: str, node: PayloadNode) -> str:
 def compressed_stream(
     ctx: Context, node: PayloadNode, kind: str, quiet: bool = False
 ) -> Iterator[Node]:
+    if kind == sniff.GZIP:
+        def inflate(data: bytes, cap: int) -> tuple[bytes | None, str]:
+            return _inflate_gzip(data, cap)
+    elif kind == sniff.BZIP2:
+        def inflate(data: bytes, cap: int) -> tuple[bytes | None, str]:
+            return _inflate_other(bz2.BZ2Decompressor, data, cap)
+    else:
+        def inflate(data: bytes, cap: int) -> tuple[bytes | None, str]:
+            return _inflate_other(lzma.LZMADecompressor, data, cap)
+    return decompressed_payload(ctx, node, kind, quiet, inflate, _stream_name(kind, node))
+
+
+def decompressed_payload(
+    ctx: Context, node: PayloadNode, kind: str, quiet: bool,
+    inflate: Callable[[bytes, int], tuple[bytes | None, str]], name: str,
+) -> Iterator[Node]:
+    """A compressed stream's bytes, inflated by `inflate(data, cap)` (None past the cap)
+    within the ratio limit and the budget, handed on as one payload called `name`."""
     fail = Fail(ctx, node, quiet)
     by_ratio = ctx.expansion_cap(len(node.data))
     cap = min(by_ratio, ctx.remaining)
     if not ctx.count_member(node.path):
         return
-    if kind == sniff.GZIP:
-        out, error = _inflate_gzip(node.data, cap)
-    elif kind == sniff.BZIP2:
-        out, error = _inflate_other(bz2.BZ2Decompressor, node.data, cap)
-    else:
-        out, error = _inflate_other(lzma.LZMADecompressor, node.data, cap)
+    out, error = inflate(node.data, cap)
     if out is None:
         ctx.charge(cap)  # the work done counts: many bombs in one message cannot add up
         if by_ratio <= ctx.remaining + cap:
@@ -683,7 +696,7 @@ def compressed_stream(
             return
         ctx.defect(node.path, "compressed-stream-truncated")
     ctx.charge(len(out))
-    yield _child(node, kind, _stream_name(kind, node), out)
+    yield _child(node, kind, name, out)
 
 
 # --- 7z ---------------------------------------------------------------------------------

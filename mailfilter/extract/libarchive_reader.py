@@ -46,7 +46,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from mailfilter.extract import core, sniff
-from mailfilter.extract.archives import Fail
+from mailfilter.extract.archives import Fail, decompressed_payload
 from mailfilter.extract.core import Context, Node, PayloadNode, member_path
 
 # The libarchive read format (archives) or read filter (streams) for each kind.
@@ -280,24 +280,8 @@ def compressed_stream(
 ) -> Iterator[Node]:
     """A compress / lzip / lz4 / zstd stream: its decompressed bytes are handed on as one
     payload (a tar among them is then opened by the tar reader)."""
-    fail = Fail(ctx, node, quiet)
-    by_ratio = ctx.expansion_cap(len(node.data))
-    cap = min(by_ratio, ctx.remaining)
-    if not ctx.count_member(node.path):
-        return
-    out, error = decompress(node.data, kind, cap)
-    if out is None:
-        ctx.charge(cap)  # the work done counts: many bombs in one message cannot add up
-        if by_ratio <= ctx.remaining + cap:
-            detail = f"{len(node.data)} bytes expand past {by_ratio}"
-            ctx.skip(node.path, core.MAX_EXPANSION_RATIO, detail)
-        else:
-            ctx.fits(node.path, ctx.remaining + 1)
-        return
-    if error:
-        if not out:
-            fail(core.CORRUPT_ARCHIVE, f"{kind}: {error}")
-            return
-        ctx.defect(node.path, "compressed-stream-truncated")
-    ctx.charge(len(out))
-    yield _child(node, kind, stream_name(kind, node.filename), out)
+    def inflate(data: bytes, cap: int) -> tuple[bytes | None, str]:
+        return decompress(data, kind, cap)
+
+    return decompressed_payload(ctx, node, kind, quiet, inflate,
+                                stream_name(kind, node.filename))
