@@ -325,6 +325,10 @@ class RedisHashStore(BaseHashStore):
                     )
                     pubsub.subscribe(self.keys.channel)
                     self._pubsub = pubsub
+                    # A change published before this subscription was missed: say "maybe
+                    # changed" so the caller reads the version again, now that nothing more
+                    # can be missed (a lost notification would wait for the next poll).
+                    return True
                 changed = False
                 while True:
                     # Once a notification came, only drain what is already buffered.
