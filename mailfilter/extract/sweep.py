@@ -272,22 +272,32 @@ def _jpeg_end(data: bytes, at: int) -> int:
     EXIF thumbnail's end is not taken for the picture's), and in the coded data after the
     first scan no 0xFF 0xD9 occurs but the real one."""
     size = len(data)
-    pos = at + 2
-    for _ in range(4096):
-        if pos + 4 > size or data[pos] != 0xFF:
-            break
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
+    for marker, pos in _jpeg_markers(data, at + 2):
         if marker == 0xD9:
             return pos + 2
         if marker == 0xDA:
             eoi = data.find(b"\xff\xd9", pos + 2)
             return eoi + 2 if eoi >= 0 else size
-        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
     eoi = data.rfind(b"\xff\xd9", at)  # not walkable: the last end marker there is
     return eoi + 2 if eoi > at else size
+
+
+def _jpeg_markers(data: bytes, pos: int) -> Iterator[tuple[int, int]]:
+    """(marker, position) of each JPEG marker segment from `pos`, skipped by their lengths,
+    up to and including the end-of-image or start-of-scan marker (at most 4096 segments;
+    it stops early where the data is not a marker)."""
+    size = len(data)
+    for _ in range(4096):
+        if pos + 4 > size or data[pos] != 0xFF:
+            return
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        yield marker, pos
+        if marker in (0xD9, 0xDA):
+            return
+        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
 
 
 _GIF_MAX_STEPS = 1 << 18  # blocks walked to find a GIF's end (then: the rest of the data)
@@ -435,20 +445,9 @@ def after_image(ctx: Context, node: PayloadNode, image: str) -> Iterator[Node]:
 def _app_segments(data: bytes) -> Iterator[tuple[int, int]]:
     """(start, end) of the payload of each APPn segment before a JPEG's first scan."""
     size = len(data)
-    pos = 2
-    for _ in range(4096):
-        if pos + 4 > size or data[pos] != 0xFF:
-            return
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker in (0xD9, 0xDA):
-            return
-        end = min(size, pos + 2 + int.from_bytes(data[pos + 2 : pos + 4], "big"))
+    for marker, pos in _jpeg_markers(data, 2):
         if 0xE0 <= marker <= 0xEF:
-            yield pos + 4, end
-        pos = end
+            yield pos + 4, min(size, pos + 2 + int.from_bytes(data[pos + 2 : pos + 4], "big"))
 
 
 def _jpeg_app_pictures(ctx: Context, kids: Children, data: bytes) -> Iterator[PayloadNode]:
