@@ -3,10 +3,10 @@
 whose docstring says why each format is read where it is.)
 
 ZIP is read the way unarchivers do, not only the way zipfile does: members zipfile has no
-decompressor for (Deflate64, through `inflate64`; zstd; xz) are read from their local headers,
-and entries whose local header is missing from the central directory (or a zip with no
-directory at all) are found by walking the local headers; bsdtar, 7z and streaming unzippers
-show them.
+decompressor for (Deflate64, through `inflate64`; zstd; xz; PPMd, through `pyppmd`) are read
+from their local headers, and entries whose local header is missing from the central directory
+(or a zip with no directory at all) are found by walking the local headers; bsdtar, 7z and
+streaming unzippers show them.
 
 Bombs are caught before anything is expanded: declared sizes are held against the decoded-byte
 budget and the expansion ratio, and every read is capped anyway (declared sizes can lie). A
@@ -39,8 +39,8 @@ _ZIP_METHODS = frozenset(
 )
 
 # Methods zipfile lacks that are read here from the member's local header.
-ZIP_DEFLATE64, ZIP_ZSTD, ZIP_XZ = 9, 93, 95
-_OWN_METHODS = frozenset({ZIP_DEFLATE64, ZIP_ZSTD, ZIP_XZ})
+ZIP_DEFLATE64, ZIP_ZSTD, ZIP_XZ, ZIP_PPMD = 9, 93, 95, 98
+_OWN_METHODS = frozenset({ZIP_DEFLATE64, ZIP_ZSTD, ZIP_XZ, ZIP_PPMD})
 _ZIP_READABLE = _ZIP_METHODS | _OWN_METHODS
 
 # inflate64 has no output limit per call: feed it this much at a time (a Deflate64 match
@@ -207,6 +207,35 @@ def _inflate_stream(
                 return bytes(out), None, "truncated"
 
 
+def _ppmd_stream(raw: bytes, cap: int, size: int | None) -> tuple[bytes | None, int | None, str]:
+    """A zip PPMd member (method 98: PPMd variant H, "version I, Rev 1", as pyppmd's
+    Ppmd8Decoder decodes it) up to `cap` bytes: a 2-byte header (bits 0-3 order - 1, 4-11
+    model size in MiB - 1, 12-15 restore method; APPNOTE 5.10, 7-Zip's PpmdZip.cpp), then
+    the range-coded stream, which 7-Zip ends with an end marker."""
+    import pyppmd
+
+    if len(raw) < 2:
+        return b"", None, "truncated"
+    params = int.from_bytes(raw[:2], "little")
+    order, mib, restore = (params & 0xF) + 1, ((params >> 4) & 0xFF) + 1, params >> 12
+    if order < 2 or restore > 1:  # restore 2 ("freeze") is not in PPMd8 as 7-Zip builds it
+        return b"", None, f"ppmd order {order}, restore method {restore}"
+    # The model size is the encoder's (the model depends on it), at most 256 MiB by the
+    # format; the memory is touched only as the model grows with the output, which is capped.
+    dec = pyppmd.Ppmd8Decoder(order, mib << 20, restore)
+    try:
+        out = dec.decode(raw[2:], cap + 1)
+    except (ValueError, SystemError, pyppmd.PpmdError) as exc:  # SystemError on some garbage
+        return b"", None, str(exc) or type(exc).__name__
+    if len(out) > cap:
+        return None, None, ""
+    if dec.eof:
+        return out, len(raw) - len(dec.unused_data), ""
+    if size is not None and len(out) == size:
+        return out, None, ""  # no end marker: the size says where it stops
+    return out, None, "truncated"
+
+
 def _zip_decompress(
     method: int, raw: bytes, cap: int, size: int | None
 ) -> tuple[bytes | None, int | None, str]:
@@ -250,6 +279,8 @@ def _zip_decompress(
             if inflater.eof:
                 return b"".join(parts), None, ""
         return b"".join(parts), None, "truncated"
+    if method == ZIP_PPMD:
+        return _ppmd_stream(raw, cap, size)
     if method == ZIP_ZSTD:
         from mailfilter.extract import libarchive_reader
 
