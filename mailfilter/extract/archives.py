@@ -735,7 +735,8 @@ def decompressed_payload(
 
 def sevenzip_members(ctx: Context, node: PayloadNode, quiet: bool = False) -> Iterator[Node]:
     """7z through libarchive (faster, streams, less memory: see `libarchive_reader`), and
-    through py7zr when libarchive lacks a method the archive uses (ARM64, zstd filters...)."""
+    through py7zr when libarchive lacks a method the archive uses (ARM64, with our filter
+    on top of py7zr's coders; zstd...)."""
     from mailfilter.extract import libarchive_reader
 
     found = libarchive_reader.read_members(ctx, node, sniff.SEVEN_ZIP, quiet)
@@ -749,7 +750,7 @@ def _py7zr_members(ctx: Context, node: PayloadNode, quiet: bool = False) -> Iter
     import py7zr
     from py7zr import exceptions as e7
 
-    from mailfilter.extract._py7zr_io import CappedFactory
+    from mailfilter.extract._py7zr_io import CappedFactory, add_arm64_decoders
 
     fail = Fail(ctx, node, quiet)
     errors = (e7.ArchiveError, ValueError, OSError, EOFError, KeyError, IndexError,
@@ -793,6 +794,7 @@ def _py7zr_members(ctx: Context, node: PayloadNode, quiet: bool = False) -> Iter
             return
         factory = CappedFactory({f.filename: f.uncompressed for f in files})
         try:
+            add_arm64_decoders(archive)
             archive.extract(targets=wanted, factory=factory)
         except e7.PasswordRequired:
             ctx.skip(node.path, core.ENCRYPTED_ARCHIVE, "7z members need a password")

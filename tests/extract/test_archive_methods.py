@@ -1,6 +1,7 @@
 """Archive methods read by our own code around a library: zip members compressed with PPMd
-(method 98, through pyppmd). Archives are built with the real 7-Zip (`7zz`; skipped when it
-is missing, CI installs it)."""
+(method 98, through pyppmd) and 7z folders with the ARM64 branch filter (our decoder, on top
+of py7zr's). Archives are built with the real 7-Zip (`7zz`; skipped when it is missing, CI
+installs it) and what we decode is held against what `7zz x` gives back."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pytest
 from factories import jpeg
 
 from mailfilter.extract import extract
+from mailfilter.extract._py7zr_io import Arm64Folder, arm64_decode
 from mailfilter.model import Extraction
 from mailfilter.settings import ExtractSettings
 
@@ -144,3 +146,74 @@ def test_zip_ppmd_bombs_are_reported(tmp_path: Path) -> None:
     ex = attached(lying[: lying.find(b"PK\x01\x02")], "x.zip")
     assert "zip-bomb" in reasons(ex)
     assert ex.attachments == ()
+
+
+# --- 7z ARM64 -------------------------------------------------------------------------------
+
+
+def test_arm64_decode_undoes_7zip(tmp_path: Path) -> None:
+    """With Copy below the filter the packed stream is 7-Zip's filter output itself."""
+    code = machine_code(100_000, 1)
+    data = sevenzip(tmp_path, ["-mf=ARM64", "-m0=Copy", "-mhc=off"], {"code.bin": code},
+                    "x.7z")
+    encoded = data[32 : 32 + len(code)]
+    assert sum(a != b for a, b in zip(encoded, code, strict=True)) > len(code) // 10
+    assert arm64_decode(encoded) == code
+    # in pieces at word boundaries, each at its own stream offset
+    assert arm64_decode(encoded[:4000]) + arm64_decode(encoded[4000:], 4000) == code
+
+
+@pytest.mark.parametrize("options", [["-mf=ARM64"], ["-mf=ARM64", "-m0=LZMA"],
+                                     ["-mf=ARM64", "-m0=PPMd"], ["-mf=ARM64", "-ms=off"]])
+def test_7z_arm64_matches_7zip(tmp_path: Path, options: list[str]) -> None:
+    """Every member, solid or not, of odd sizes (so words straddle members), comes out as
+    `7zz x` gives it."""
+    import py7zr
+
+    from mailfilter.extract._py7zr_io import CappedFactory, add_arm64_decoders
+
+    files = {"a.bin": machine_code(251, 2), "photo.jpg": PHOTO, "b.bin": machine_code(80_001, 3)}
+    data = sevenzip(tmp_path, options, files, "x.7z")
+    subprocess.run(["7zz", "x", "-oout", "x.7z"], cwd=tmp_path, check=True, capture_output=True)
+    with py7zr.SevenZipFile(io.BytesIO(data)) as archive:
+        factory = CappedFactory({f.filename: f.uncompressed for f in archive.list()})
+        add_arm64_decoders(archive)
+        archive.extract(factory=factory)
+    for name in files:
+        assert factory.data(name) == (tmp_path / "out" / name).read_bytes() == files[name]
+    ex = attached(data, "x.7z")
+    assert photos(ex) == ["2/x.7z/photo.jpg"]
+    assert ex.unscannable == ()
+
+
+def test_7z_arm64_cut_short_is_unscannable(tmp_path: Path) -> None:
+    data = sevenzip(tmp_path, ["-mf=ARM64"], {"b.bin": machine_code(80_001, 4),
+                                              "photo.jpg": PHOTO}, "x.7z")
+    (packed,) = struct.unpack_from("<Q", data, 12)  # next header offset: the packed end
+    zeroed = data[:32 + packed // 2] + bytes(packed - packed // 2) + data[32 + packed :]
+    ex = attached(zeroed, "x.7z")
+    assert "corrupt-archive" in reasons(ex)
+    assert photos(ex) == []
+
+
+def test_7z_arm64_bomb_is_reported(tmp_path: Path) -> None:
+    data = sevenzip(tmp_path, ["-mf=ARM64"], {"zeros.bin": bytes(12_000_000)}, "x.7z")
+    ex = attached(data, "x.7z")
+    assert reasons(ex) == {"max-expansion-ratio"}
+    assert ex.attachments == ()
+
+
+class _Inner:
+    """A decompressor below the filter that gives more than the folder declares."""
+
+    def decompress(self, fp: io.BytesIO, max_length: int = -1) -> bytes:
+        fp.read(1)
+        return b"\x00" * 64
+
+
+def test_arm64_folder_refuses_more_than_declared() -> None:
+    folder = Arm64Folder(_Inner(), 100, 0, None)
+    fp = io.BytesIO(b"x" * 10)
+    assert folder.decompress(fp, 64) == b"\x00" * 64
+    with pytest.raises(ValueError, match="past its declared size"):
+        folder.decompress(fp, 64)

@@ -208,7 +208,8 @@ def test_stream_that_only_looks_compressed_is_corrupt(head: bytes) -> None:
 
 
 @needs("7zz")
-@pytest.mark.parametrize("options", [[], ["-m0=PPMd"], ["-m0=BZip2"], ["-mf=BCJ2"], ["-m0=Copy"]])
+@pytest.mark.parametrize("options", [[], ["-m0=PPMd"], ["-m0=BZip2"], ["-mf=BCJ2"], ["-m0=Copy"],
+                                     ["-mf=ARM64"]])
 def test_7z_methods(tmp_path: Path, options: list[str]) -> None:
     photo_dir(tmp_path)
     run(["7zz", "a", *options, "x.7z", "./src/photo.jpg"], tmp_path)
@@ -221,7 +222,6 @@ def test_7z_methods(tmp_path: Path, options: list[str]) -> None:
 @pytest.mark.parametrize(("options", "reason"), [
     (["-pX"], "encrypted-archive"),
     (["-pX", "-mhe=on"], "encrypted-archive"),
-    (["-mf=ARM64"], "unsupported-archive"),  # neither libarchive 3.6 nor py7zr has it
 ])
 def test_7z_refused(tmp_path: Path, options: list[str], reason: str) -> None:
     photo_dir(tmp_path)
