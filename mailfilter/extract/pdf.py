@@ -24,7 +24,11 @@ modes, tiles, annotation appearances, tiling patterns. An image drawn whole with
 painted over it, whose stored copy is plain (8-bit RGB or grey, JPEG or Flate, nothing in
 its dictionary that changes the samples), is not rendered again. A file PDFium cannot
 open, even with a trailer found for it, is `corrupt-archive`, unless it holds no page (or
-no object) at all: defect `pdf-without-pages`.
+no object) at all: defect `pdf-without-pages`. A file that PDFium does not open (a stub,
+a file cut off early: viewers draw no page of it) is looked at byte by byte instead: each
+stream decoded as far as it goes (Flate up to a cut, ASCII85, ASCIIHex) is walked, and the
+file is carved; it is defect `pdf-unreadable` unless a stream could still hide a picture
+(another filter, an inline image, heavy vector painting), which stays `corrupt-archive`.
 
 Last, what unarchivers find in the same bytes: a zip whose directory ends the file (glued
 after the PDF, or stored in one of its streams), and signatures after the last `%%EOF`
@@ -533,8 +537,22 @@ def _rendered(ctx: Context, node: PayloadNode, fail: Fail, stored_error: str | N
     except pdf_render.CannotOpen as exc:
         if pageless and stored_error is None:
             ctx.defect(node.path, "pdf-without-pages")
-        else:
+            return
+        streams = _unopenable_streams(node.data, ctx.remaining)
+        if streams is None:
             fail(core.CORRUPT_ARCHIVE, stored_error or str(exc))
+            return
+        # PDFium does not open it (a stub, a file cut off early): viewers draw no page of
+        # it, and every byte that could hold a picture is in `streams`.
+        ctx.defect(node.path, "pdf-unreadable")
+        kids = sweep.Children(ctx, node, sniff.PDF)
+        for number, data in enumerate(streams, 1):
+            if not data or not kids.novel(data) or not ctx.fits(node.path, len(data)):
+                continue
+            if not kids.open():
+                return
+            yield kids.make(f"stream-{number}", data, None, None)
+        yield from sweep.carve(ctx, kids, node.data)
         return
     except Exception as exc:  # PDFium's Python side: the stored images were still read
         ctx.skip(node.path, core.PAGES_PAST_LIMIT, f"rendering stopped: {type(exc).__name__}: "
@@ -543,6 +561,69 @@ def _rendered(ctx: Context, node: PayloadNode, fail: Fail, stored_error: str | N
     if stored_error is not None:
         # PDFium rendered it, but its objects (exact bytes) could not be read.
         fail(core.CORRUPT_ARCHIVE, stored_error)
+
+
+# Filters a file nobody opens is decoded with when it is looked at byte by byte, and the
+# filters whose output is a picture file itself (carved by signature like any bytes).
+_FLATE_FILTERS = frozenset({"/FlateDecode", "/Fl"})
+_HEX_FILTERS = frozenset({"/ASCIIHexDecode", "/AHx"})
+_NOT_HEX = bytes(c for c in range(256) if chr(c) not in "0123456789abcdefABCDEF")
+_FILTER_NAMES = re.compile(rb"/Filter\s*\[?((?:\s*/[A-Za-z0-9]+)+)")
+# More painting operators than this in one stream of an unopenable file: it might draw a
+# picture in vectors, which only a renderer would see (pdf-vector-pixels), so it is not
+# called looked at.
+_MAX_PAINTS_UNSEEN = 256
+_PAINT_OPERATORS = re.compile(rb"(?<![A-Za-z*'\"])(?:f\*?|F|B\*?|b\*?|sh)(?![A-Za-z0-9*])")
+_MAX_UNOPENABLE_STREAMS = 1000
+
+
+def _unopenable_streams(data: bytes, cap: int) -> list[bytes] | None:
+    """The streams of a file that neither pypdf nor PDFium opens, decoded as far as they go
+    (a cut-off Flate stream up to its cut), or None when one of them could still hide a
+    picture from us: a filter we do not undo here, a stream that does not inflate at all,
+    an inline image, or a page's worth of vector painting."""
+    found: list[bytes] = []
+    budget = max(0, cap)
+    for count, m in enumerate(_STREAM_KEYWORD.finditer(data)):
+        if count >= _MAX_UNOPENABLE_STREAMS:
+            return None
+        start = m.end()
+        end = data.find(b"endstream", start)
+        raw = data[start:] if end < 0 else data[start:end]
+        head = data[max(0, m.start() - 2048) : m.start()]
+        dictionary = head[head.rfind(b"<<") :] if b"<<" in head else b""
+        names = _FILTER_NAMES.search(dictionary)
+        filters = [b"/" + f for f in names.group(1).split(b"/")[1:]] if names else []
+        decoded = raw
+        for f in (x.strip().decode("latin-1") for x in filters):
+            if f in _FLATE_FILTERS:
+                inflater = zlib.decompressobj()
+                try:
+                    decoded = inflater.decompress(decoded, budget + 1)
+                except zlib.error:
+                    return None
+                if not decoded and raw.strip(_WHITESPACE):
+                    return None
+            elif f in _ASCII85_FILTERS:
+                try:
+                    decoded = _ascii85(decoded)
+                except ValueError:
+                    return None
+            elif f in _HEX_FILTERS:
+                digits = decoded.split(b">", 1)[0].translate(None, _NOT_HEX)
+                decoded = bytes.fromhex((digits + b"0" * (len(digits) % 2)).decode())
+            elif f in _JPEG_FILTERS or f in _JPX_FILTERS:
+                break  # the stream is the picture file: carved by its signature
+            else:
+                return None  # LZW, RunLength, CCITT, JBIG2, ...: not undone here
+        if len(decoded) > budget:
+            return None
+        budget -= len(decoded)
+        if _INLINE_IMAGE.search(decoded) or len(
+                _PAINT_OPERATORS.findall(decoded[: 1 << 20])) > _MAX_PAINTS_UNSEEN:
+            return None
+        found.append(decoded)
+    return found
 
 
 def _stored(ctx: Context, node: PayloadNode, stored: _Stored) -> None:
