@@ -428,3 +428,33 @@ def test_signed_data_labelled_as_enveloped_is_still_opened() -> None:
     raw = ec.message(ec.attachment("application/pkcs7-mime; smime-type=enveloped-data",
                                    ec.cms_signed(inner), "smime.p7m"))
     assert found(extract(raw, LIMITS)) == {"1.1": ec.sha(img)}
+
+
+@pytest.mark.parametrize("ber", [False, True])
+def test_signed_data_cut_off_after_its_content(ber: bool) -> None:
+    """A .p7s/.p7m cut off in its certificates (the libraries' fixtures hold such stubs):
+    the content before the cut is walked, the cut is a defect, nothing is unscannable."""
+    img = ec.png(38)
+    data = ec.cms_signed(img, ber=ber)
+    # Cut after the content, inside what follows it (the signer infos; BER: the
+    # end-of-contents octets).
+    cut = data[:-4] if ber else data[:-1]
+    ex = attached(cut, "scan.png.p7m", "application/pkcs7-mime")
+    assert found(ex) == {"2/scan.png": ec.sha(img)}
+    assert reasons(ex) == set()
+    assert any(d.startswith("cms-cut-off") for d in ex.defects), ex.defects
+
+
+def test_signed_data_cut_off_inside_its_content_walks_what_is_there() -> None:
+    """Cut inside the content: the picture up to the cut is handed on (its decoder reports
+    it truncated), so the cut is not a way to hide it."""
+    img = ec.jpeg(39)
+    data = ec.cms_signed(img)
+    cut = data[: data.index(img) + len(img) // 2]
+    ex = attached(cut, "scan.jpg.p7m", "application/pkcs7-mime")
+    assert any(a.data == img[: len(img) // 2] for a in ex.attachments)
+
+
+def test_garbage_labelled_cms_stays_corrupt() -> None:
+    ex = attached(b"\x30\x80" + b"\x07" * 60, "x.p7m", "application/pkcs7-mime")
+    assert ex.unscannable or ex.defects
