@@ -54,9 +54,11 @@
   broken stream; so that need is worked out from the header and compared with what the limit
   leaves before decoding (a 100 MP progressive JPEG needs about 300 MB).
 
-Reason codes (SkipImage): not-an-image, unsupported-format, too-large, too-many-pixels,
-memory-limit, truncated, corrupt, unsupported-mode, deadline. `incomplete` reasons (the image
-was fingerprinted in part): frames-past-limit, truncated, or a later frame's skip reason.
+Reason codes (SkipImage): not-an-image, no-pixel-data (cut off or empty before any pixel
+data: PNG without IDAT, GIF before its first image, JPEG without a scan), unsupported-format,
+too-large, too-many-pixels, memory-limit, truncated, corrupt, unsupported-mode, deadline.
+`incomplete` reasons (the image was fingerprinted in part): frames-past-limit, truncated, or
+a later frame's skip reason.
 """
 
 from __future__ import annotations
@@ -816,6 +818,59 @@ def _decode_or_skip(data: bytes, fmt: str, limits: ImageSettings, start: float,
         raise _classify(exc) from None
 
 
+#: The reason for an image that ends (or is empty) before any of its pixel data: a header
+#: cut off in a fixture or in transit. Nothing of a picture is in it, so nothing is hidden:
+#: it counts as looked at (a defect, like bytes with no image signature), not unscannable.
+NO_PIXEL_DATA = "no-pixel-data"
+
+
+def _no_pixel_data(data: bytes, fmt: str) -> bool:
+    """Whether the image ends inside its headers, before its first pixel data: the chunks
+    of a PNG before any IDAT (or one of zero area), a GIF before its first image, the
+    marker segments of a JPEG before its first scan. Walked strictly: anything unexpected
+    on the way (a damaged file, not a cut-off one) is not judged, and other formats are not
+    judged either (their failures stay unscannable)."""
+    size = len(data)
+    if fmt == "PNG":
+        if size >= 24 and (data[16:20] == b"\0\0\0\0" or data[20:24] == b"\0\0\0\0"):
+            return True  # zero width or height
+        pos = 8
+        while pos + 8 <= size:
+            kind = data[pos + 4 : pos + 8]
+            if kind == b"IDAT" or not kind.isalpha():
+                return False
+            pos += 12 + int.from_bytes(data[pos : pos + 4], "big")
+        return True
+    if fmt == "GIF":
+        if size < 13:
+            return True
+        pos = 13 + (3 << ((data[10] & 7) + 1) if data[10] & 0x80 else 0)
+        while pos < size:  # extension blocks before the first image descriptor
+            if data[pos] == 0x2C:
+                return pos + 11 >= size  # descriptor, code size, a first sub-block
+            if data[pos] != 0x21:
+                return False
+            pos += 2
+            while pos < size and data[pos]:
+                pos += data[pos] + 1
+            pos += 1
+        return True
+    if fmt == "JPEG":
+        pos = 2
+        while pos + 4 <= size:
+            if data[pos] != 0xFF:
+                return False
+            marker = data[pos + 1]
+            if marker == 0xFF:
+                pos += 1  # fill byte
+                continue
+            if marker == 0xDA or not 0xC0 <= marker <= 0xFE or 0xD0 <= marker <= 0xD9:
+                return False
+            pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+        return True
+    return False
+
+
 def decode(data: bytes, limits: ImageSettings) -> DecodedImage:
     """Decode attachment bytes into small luminance frames; SkipImage(reason, detail) on any
     failure or broken limit (see the module docstring for the reasons)."""
@@ -830,6 +885,8 @@ def decode(data: bytes, limits: ImageSettings) -> DecodedImage:
     try:
         return _decode_or_skip(data, fmt, limits, start, truncated=False)
     except SkipImage as exc:
+        if exc.reason in (TRUNCATED, "corrupt") and _no_pixel_data(data, fmt):
+            raise SkipImage(NO_PIXEL_DATA, f"{fmt}: {exc.detail}") from None
         if exc.reason != TRUNCATED or fmt not in _PARTIAL_FORMATS:
             raise
         cut = exc

@@ -36,6 +36,7 @@ from mailfilter.extract import extract, extract_text_only
 from mailfilter.extract.core import DECLARED_NOT_AN_IMAGE
 from mailfilter.fingerprint import FingerprintParams, fingerprint_image
 from mailfilter.hashing.exact import exact_hashes
+from mailfilter.images import NO_PIXEL_DATA
 from mailfilter.matching.cache import VerdictCache
 from mailfilter.matching.index import HashIndex
 from mailfilter.matching.lookup import match_fingerprint
@@ -85,12 +86,15 @@ async def _sha256(data: bytes) -> str:
 #: matched, any container in it was walked and its text searched, so it counts as looked at:
 #: a defect (`DECLARED_NOT_AN_IMAGE`), not unscannable.
 NOT_AN_IMAGE = "not-an-image"
+#: Reasons of the decode stage that mean "nothing of a picture is in these bytes", so the
+#: attachment counts as looked at (its exact hashes were matched): a defect each.
+LOOKED_AT = {NOT_AN_IMAGE: DECLARED_NOT_AN_IMAGE, NO_PIXEL_DATA: "image-without-pixel-data"}
 
 
 def _unexamined(fp: ImageFingerprint) -> bool:
     """Whether (part of) an attachment was left unexamined: skipped (other than for having
     no image signature) or examined only in part (`incomplete`)."""
-    return fp.incomplete is not None or (fp.skipped is not None and fp.skipped != NOT_AN_IMAGE)
+    return fp.incomplete is not None or (fp.skipped is not None and fp.skipped not in LOOKED_AT)
 
 
 def verdict_of(attachments: Iterable[AttachmentResult],
@@ -113,8 +117,8 @@ def _image_records(results: Iterable[AttachmentResult]
     unscannable = tuple(
         Unscannable(r.mime_path, r.fingerprint.incomplete, r.fingerprint.detail)
         for r in results if r.fingerprint.incomplete)
-    defects = tuple(f"{DECLARED_NOT_AN_IMAGE} at {r.mime_path or 'message'}"
-                    for r in results if r.fingerprint.skipped == NOT_AN_IMAGE)
+    defects = tuple(f"{LOOKED_AT[r.fingerprint.skipped]} at {r.mime_path or 'message'}"
+                    for r in results if r.fingerprint.skipped in LOOKED_AT)
     return unscannable, defects
 
 

@@ -677,7 +677,7 @@ def test_truncated_jpeg() -> None:
     data = encode(picture(54, 600, 400), "JPEG")
     half = decode_ok(data[: len(data) // 2])
     assert half.incomplete == "truncated"
-    assert truncated_or_skipped(data[:300]) in ("truncated", "corrupt")
+    assert truncated_or_skipped(data[:300]) in ("truncated", "corrupt", "no-pixel-data")
 
 
 def test_truncated_png_and_gif() -> None:
@@ -692,7 +692,19 @@ def test_random_garbage() -> None:
     garbage = rng.integers(0, 256, 5000, dtype=np.uint8).tobytes()
     assert skip_reason(garbage) == "not-an-image"
     for magic in (b"\xff\xd8\xff\xe0", b"\x89PNG\r\n\x1a\n", b"GIF89a", b"II*\x00"):
-        assert skip_reason(magic + garbage) in ("corrupt", "truncated", "too-many-pixels")
+        assert skip_reason(magic + garbage) in ("corrupt", "truncated", "too-many-pixels",
+                                                "no-pixel-data")
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF"])
+def test_cut_off_before_any_pixel_data(fmt: str) -> None:
+    """A header cut off before the first pixel data (PNG without IDAT, GIF inside its
+    palette, JPEG before its scan): nothing of a picture is in it."""
+    data = encode(picture(57, 300, 200), fmt)
+    marker = {"JPEG": b"\xff\xda", "PNG": b"IDAT", "GIF": b"\x2c\x00\x00"}[fmt]
+    cut = data[: data.index(marker) - (4 if fmt == "PNG" else 0)]
+    assert skip_reason(cut) == "no-pixel-data"
+    assert skip_reason(data[:20]) in ("no-pixel-data", "corrupt", "not-an-image")
 
 
 @pytest.mark.parametrize("fmt", [*FORMATS, "APNG", "TIFF-multi"])
@@ -726,6 +738,7 @@ def test_mutated_files_only_ever_raise_skipimage(fmt: str) -> None:
                 outcome = "ok"
             except SkipImage as exc:
                 assert exc.reason in {
+                    "no-pixel-data",
                     "not-an-image", "truncated", "corrupt", "too-many-pixels",
                     "unsupported-mode", "unsupported-format",
                 }, exc

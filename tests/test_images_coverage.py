@@ -238,6 +238,16 @@ def test_a_truncated_image_without_a_match_is_unscannable() -> None:
     assert verdict(fp, reference_pdq(photo)) is Verdict.UNSCANNABLE
 
 
+def test_an_image_without_pixel_data_is_looked_at_not_unscannable() -> None:
+    """Cut off before its first scan: a defect (nothing of a picture is there); cut after
+    some of it: truncated, unscannable unless it matches."""
+    data = image_bytes(photo_like(PHOTO_SEED, 640, 480), "JPEG", quality=90)
+    header = data[: data.index(b"\xff\xda")]
+    fp = fingerprint_image(header, PARAMS)
+    assert fp.skipped == "no-pixel-data"
+    assert verdict(fp, reference_pdq(photo_like(PHOTO_SEED, 640, 480))) is Verdict.CLEAN
+
+
 def test_a_complete_image_is_not_decoded_twice_or_marked() -> None:
     fp = fingerprint_image(jpeg(6), PARAMS)
     assert fp.incomplete is None and fp.skipped is None

@@ -21,7 +21,7 @@ from mailfilter.matching.formats import parse_file
 from mailfilter.matching.index import HashIndex, IndexEntry
 from mailfilter.matching.store import open_store
 from mailfilter.model import ScanResult, Verdict
-from mailfilter.scanner import NOT_AN_IMAGE, Scanner
+from mailfilter.scanner import LOOKED_AT, Scanner
 from mailfilter.settings import Settings
 from mailfilter.workers import WorkerPool
 
@@ -81,7 +81,7 @@ def scan_text(result: ScanResult) -> str:
             lines.append(f"  {a.mime_path} {a.filename or '-'}: {m.algorithm} match in list "
                          f"{m.list_name!r} at distance {m.distance:g}"
                          + (f" labels {','.join(m.labels)}" if m.labels else ""))
-        if a.fingerprint.skipped and a.fingerprint.skipped != NOT_AN_IMAGE:  # (a defect)
+        if a.fingerprint.skipped and a.fingerprint.skipped not in LOOKED_AT:  # (a defect)
             lines.append(f"  {a.mime_path} {a.filename or '-'}: not examined: "
                          f"{a.fingerprint.skipped}")
     for u in result.unscannable:

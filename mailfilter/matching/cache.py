@@ -53,7 +53,7 @@ __all__ = [
 
 log = logging.getLogger("mailfilter.matching.cache")
 
-FORMAT: Final = 2  # 2: `incomplete` (entries of 1 would hide it)
+FORMAT: Final = 3  # 2: `incomplete` (entries of 1 would hide it); 3: no-pixel-data (was corrupt)
 TRANSIENT_REASONS: Final = frozenset({"deadline", "worker-crashed", "memory-limit"})
 """Skip reasons that say nothing about the image itself: never cached."""
 
