@@ -12,12 +12,23 @@ image's box on the page, cut to its clip paths (their bounding boxes: text clips
 seen) and to the page's visible area. Annotations are flattened into the page first, so
 the images their appearances draw (stamps, form fields) are found the same way.
 
-Bounds, per document: `pdf_render_max_pages` pages that draw images, regions of at most
-`pdf_render_max_side` pixels on the long side (never finer than the images' own pixels),
-`pdf_render_max_pixels` rendered pixels in all, `pdf_render_deadline` seconds. Pages the
-limits leave out are reported as `pages-past-limit`, never dropped silently. Groups made
-only of bilevel images (scanned pages, stencils) are left out, as pdf.py leaves out bilevel
-image objects.
+A picture can also be drawn with no image at all: thousands of small filled paths, one per
+pixel of a mosaic, or a few large paths of many segments, one per colour of a posterised
+copy. Pages are walked for these too (forms followed): every visible path is counted into a
+coarse grid over the page, and each connected patch of cells that holds enough drawn detail
+(`_MIN_PATCHES` small paths, a large path counting by its segments) in enough colours
+(`_MIN_COLOURS`) is rendered like an image region. Measured on a 640 x 480 photo: a mosaic of
+24 x 18 cells or a posterisation to 8 grey levels still matches, 16 x 12 cells or 4 levels
+do not; text, drawn in one or two colours (outlined text included), and large simple
+paths (backgrounds, frames, rules) make no region. Shadings are not counted (a lone
+gradient shows no picture; PDFium does not tell a mesh shading from a gradient).
+
+Bounds, per document: `pdf_render_max_pages` pages that draw images (or pictures with
+paths), regions of at most `pdf_render_max_side` pixels on the long side (never finer than
+the images' own pixels), `pdf_render_max_pixels` rendered pixels in all,
+`pdf_render_deadline` seconds. Pages the limits leave out are reported as
+`pages-past-limit`, never dropped silently. Groups made only of bilevel images (scanned
+pages, stencils) are left out, as pdf.py leaves out bilevel image objects.
 
 PDFium is C code reading hostile input. It runs inside the worker process (workers.py), so
 a crash ends only that worker and the scan reports it (`worker-crashed`); a single render
@@ -68,6 +79,25 @@ _MIN_REGION_SIDE = 32
 _MAX_MEMBERS_ALONE = 8
 # Placements this close (points) count as touching: tiles are rarely placed exactly.
 _TOUCH = 1.0
+# Vector pictures (see the module docstring). The page is divided into this many cells a
+# side; a path at most _SMALL_CELLS cells wide and high is one patch of a picture; a larger
+# one counts only with at least _COMPLEX_SEGMENTS segments, as one patch per
+# _SEGMENTS_PER_PATCH (a rectangle has 5), and marks every cell its box spans.
+_GRID = 64
+_SMALL_CELLS = 4
+_COMPLEX_SEGMENTS = 64
+_SEGMENTS_PER_PATCH = 5
+# A region needs this many patches (a 24 x 18 mosaic has 432 and matches; 16 x 12 does not)
+_MIN_PATCHES = 128
+# ...in at least this many colours (fill or stroke, alpha included): text is drawn in one or
+# two, a photo posterised to 8 grey levels still matches, to 4 it does not.
+_MIN_COLOURS = 3
+# Colours remembered per cell (only whether a region reaches _MIN_COLOURS matters).
+_COLOURS_KEPT = 8
+# Vector regions are rendered at this many pixels per point (144 dpi), within max_side.
+_VECTOR_DENSITY = 2.0
+# Vector regions per page rendered (the largest); the rest are reported.
+_MAX_VECTOR_REGIONS = 16
 
 
 class CannotOpen(Exception):
@@ -86,10 +116,124 @@ class _Placement:
     redundant: bool = False  # shown exactly as a stored image already passed on
 
 
+class _VectorGrid:
+    """Where the page draws detail with paths: a coarse grid of cells over the page box.
+    Every cell a counted path's box spans is marked; the cell of its centre keeps its
+    patches, the union of the boxes and (a few of) the colours. Memory is bounded by the
+    grid; the work per path is a few PDFium calls (pages of tables and charts have tens of
+    thousands of paths, so the ctypes buffers are made once)."""
+
+    def __init__(self, page_box: Box, pdfium_c: Any) -> None:
+        self.left, self.bottom = page_box[0], page_box[1]
+        self.per_x = _GRID / max(page_box[2] - page_box[0], 1.0)  # cells per point
+        self.per_y = _GRID / max(page_box[3] - page_box[1], 1.0)
+        self.marked: set[int] = set()  # ix * _GRID + iy
+        # centre cell -> [patches, x0, y0, x1, y1, colours]
+        self.centres: dict[int, list[Any]] = {}
+        # On the whole page: when these fall short, no group of cells can be a picture.
+        self.patches = 0
+        self.colours: set[int] = set()
+        self.c = pdfium_c
+        self.fill_mode, self.stroke = ctypes.c_int(), ctypes.c_int()
+        self.rgba = tuple(ctypes.c_uint() for _ in range(4))
+        self.ltrb = tuple(ctypes.c_float() for _ in range(4))
+
+    def count(self, raw: Any, to_page: Matrix, clip: Box | None) -> int:
+        """Count one path object; the cells it marked (charged to the document's budget of
+        page objects by the caller: a large complex path marks up to the whole grid)."""
+        c = self.c
+        if not c.FPDFPath_GetDrawMode(raw, self.fill_mode, self.stroke):
+            return 0
+        filled = self.fill_mode.value != 0
+        if not filled and not self.stroke.value:
+            return 0  # a clipping path: paints nothing
+        left, bottom, right, top = self.ltrb
+        if not c.FPDFPageObj_GetBounds(raw, left, bottom, right, top):
+            return 0
+        drawn: Box = (left.value, bottom.value, right.value, top.value)
+        if to_page != _IDENTITY:
+            drawn = _transform(to_page, drawn)
+        box = _intersect(clip, drawn)
+        # One test for all four (a sum of finite floats that overflows is refused too).
+        if box is None or not math.isfinite(box[0] + box[1] + box[2] + box[3]):
+            return 0
+        x0 = min(max(int((box[0] - self.left) * self.per_x), 0), _GRID - 1)
+        x1 = min(max(int((box[2] - self.left) * self.per_x), 0), _GRID - 1)
+        y0 = min(max(int((box[1] - self.bottom) * self.per_y), 0), _GRID - 1)
+        y1 = min(max(int((box[3] - self.bottom) * self.per_y), 0), _GRID - 1)
+        if x1 - x0 < _SMALL_CELLS and y1 - y0 < _SMALL_CELLS:
+            patches = 1
+        else:
+            segments = c.FPDFPath_CountSegments(raw)
+            if segments < _COMPLEX_SEGMENTS:
+                return 0  # a background, a frame, a rule: no detail of a picture
+            patches = segments // _SEGMENTS_PER_PATCH
+        r, g, b, a = self.rgba
+        get_colour = c.FPDFPageObj_GetFillColor if filled else c.FPDFPageObj_GetStrokeColor
+        if not get_colour(raw, r, g, b, a) or a.value == 0:
+            return 0  # fully transparent: paints nothing
+        colour = (r.value & 255) << 24 | (g.value & 255) << 16 | (b.value & 255) << 8 | (
+            a.value & 255)
+        self.patches += patches
+        if len(self.colours) < _MIN_COLOURS:
+            self.colours.add(colour)
+        for ix in range(x0, x1 + 1):
+            for iy in range(ix * _GRID + y0, ix * _GRID + y1 + 1):
+                self.marked.add(iy)
+        centre = (x0 + x1) // 2 * _GRID + (y0 + y1) // 2
+        kept = self.centres.get(centre)
+        if kept is None:
+            self.centres[centre] = [patches, *box, {colour}]
+        else:
+            kept[0] += patches
+            kept[1], kept[2] = min(kept[1], box[0]), min(kept[2], box[1])
+            kept[3], kept[4] = max(kept[3], box[2]), max(kept[4], box[3])
+            if len(kept[5]) < _COLOURS_KEPT:
+                kept[5].add(colour)
+        return (x1 - x0 + 1) * (y1 - y0 + 1)
+
+    def regions(self) -> list[Box]:
+        """Boxes of the groups of neighbouring marked cells that look like a picture, the
+        largest first."""
+        found: list[tuple[float, Box]] = []
+        if self.patches < _MIN_PATCHES or len(self.colours) < _MIN_COLOURS:
+            return []
+        seen: set[int] = set()
+        for start in self.centres:
+            if start in seen:
+                continue
+            seen.add(start)
+            todo = [start]
+            patches = 0
+            box: Box | None = None
+            colours: set[int] = set()
+            while todo:
+                cell = todo.pop()
+                kept = self.centres.get(cell)
+                if kept is not None:
+                    patches += kept[0]
+                    here: Box = (kept[1], kept[2], kept[3], kept[4])
+                    box = here if box is None else _union(box, here)
+                    if len(colours) < _MIN_COLOURS:
+                        colours |= kept[5]
+                ix, iy = divmod(cell, _GRID)
+                for near, inside in ((cell + _GRID, ix + 1 < _GRID), (cell - _GRID, ix > 0),
+                                     (cell + 1, iy + 1 < _GRID), (cell - 1, iy > 0)):
+                    if inside and near in self.marked and near not in seen:
+                        seen.add(near)
+                        todo.append(near)
+            if box is None or patches < _MIN_PATCHES or len(colours) < _MIN_COLOURS:
+                continue
+            found.append(((box[2] - box[0]) * (box[3] - box[1]), box))
+        found.sort(key=lambda f: -f[0])
+        return [box for _, box in found]
+
+
 @dataclass(slots=True)
 class _PageObjects:
     images: list[_Placement]
     others: list[tuple[int, Box]]  # (painting order, box) of text, paths and shadings
+    vectors: _VectorGrid | None = None  # where paths draw detail (None: no path drawn)
 
 
 def _concat(first: Matrix, then: Matrix) -> Matrix:
@@ -221,6 +365,10 @@ def _page_objects(page: Any, page_box: Box, budget: list[int], deadline: float,
         if budget[0] < 0 or (budget[0] & 1023 == 0 and time.monotonic() > deadline):
             raise _OutOfTime("page objects past the limit or the deadline")
         kind = pdfium_c.FPDFPageObj_GetType(raw)
+        if kind == pdfium_c.FPDF_PAGEOBJ_PATH:
+            if result.vectors is None:
+                result.vectors = _VectorGrid(page_box, pdfium_c)
+            budget[0] -= result.vectors.count(raw, to_page, clip)
         if patterns and kind == pdfium_c.FPDF_PAGEOBJ_PATH:
             filled = _filled_box(raw, to_page, clip, pdfium_c)
             if filled is not None:
@@ -507,7 +655,13 @@ def _render_document(ctx: Context, node: PayloadNode, doc: Any, plain: frozenset
                 stop(index, str(exc))
                 return
             annotated = _annotated(page)
-            if not found.images:
+            vector_boxes = found.vectors.regions() if found.vectors is not None else []
+            if len(vector_boxes) > _MAX_VECTOR_REGIONS:
+                ctx.skip(member_path(node.path, f"page-{index + 1}"), core.PAGES_PAST_LIMIT,
+                         f"{len(vector_boxes) - _MAX_VECTOR_REGIONS} of {len(vector_boxes)} "
+                         "regions drawn with paths not rendered")
+                del vector_boxes[_MAX_VECTOR_REGIONS:]
+            if not found.images and not vector_boxes:
                 continue
             _mark_redundant(found, plain, annotated)
             if masks:
@@ -519,6 +673,10 @@ def _render_document(ctx: Context, node: PayloadNode, doc: Any, plain: frozenset
                          f"{len(huge)} image(s) of more than {_MAX_IMAGE_PIXELS} pixels "
                          "not rendered")
                 found.images = [p for p in found.images if p.pixels <= _MAX_IMAGE_PIXELS]
+            # A picture drawn with paths is rendered as an image would be (with the images
+            # it touches, as one group); its seq (0) is never "painted over" anything.
+            found.images += [_Placement(box, _VECTOR_DENSITY, False, 0, None, False, 0)
+                             for box in vector_boxes]
             boxes = _regions(found.images)
             if not boxes:
                 continue

@@ -880,3 +880,151 @@ def test_an_archive_in_a_pdfs_bytes_is_opened(glued: str) -> None:
                                                 "Unused": unused}).bytes()
     ex = attached(data)
     assert ec.sha(PHOTO) in {ec.sha(a.data) for a in ex.attachments}
+
+
+# --- pictures drawn with paths (no image object) ----------------------------------------
+
+
+def mosaic_content(cols: int, rows: int, x0: float = X0, y0: float = Y0) -> bytes:
+    """The photo as cols x rows filled rectangles, one per pixel of a downscaled copy, over
+    the photo's place on the page (a hair larger, as generators draw them, so no seams)."""
+    small = np.asarray(PHOTO_IMG.resize((cols, rows)), np.uint8)
+    cw, ch = W / cols, H / rows
+    ops = []
+    for r in range(rows):
+        y = y0 + H - (r + 1) * ch
+        for c in range(cols):
+            red, green, blue = (int(v) for v in small[r, c])
+            ops.append(f"{red / 255:.3f} {green / 255:.3f} {blue / 255:.3f} rg "
+                       f"{x0 + c * cw:.2f} {y:.2f} {cw + 0.05:.2f} {ch + 0.05:.2f} re f")
+    return "\n".join(ops).encode() + b"\n"
+
+
+def posterised_content(levels: int, cols: int = 160, rows: int = 120) -> bytes:
+    """The photo's luma in `levels` greys, each grey one path of many rectangles (one
+    subpath per cell of a cols x rows grid): a few large paths of many segments."""
+    grey = np.asarray(PHOTO_IMG.convert("L").resize((cols, rows)), np.float32) / 255
+    level = np.minimum((grey * levels).astype(int), levels - 1)
+    cw, ch = W / cols, H / rows
+    ops = []
+    for k in range(levels):
+        ops.append(f"{(k + 0.5) / levels:.3f} g")
+        for r, c in zip(*np.nonzero(level == k), strict=True):
+            ops.append(f"{X0 + c * cw:.2f} {Y0 + H - (r + 1) * ch:.2f} "
+                       f"{cw + 0.05:.2f} {ch + 0.05:.2f} re")
+        ops.append("f")
+    return "\n".join(ops).encode() + b"\n"
+
+
+def in_form(content: bytes) -> Doc:
+    """`content` inside a Form XObject, drawn by the page."""
+    form = ec.pdf_stream(f"/Type /XObject /Subtype /Form /BBox [0 0 {PAGE_W} {PAGE_H}]",
+                         content)
+    return Doc(b"q /Fm1 Do Q\n", {"Fm1": form})
+
+
+@pytest.mark.parametrize("drawing", ["mosaic-64x48", "mosaic-24x18", "posterised-8",
+                                     "mosaic-in-a-form"])
+def test_a_picture_drawn_with_paths_is_rendered_and_matched(drawing: str,
+                                                            tmp_path: Path) -> None:
+    """No image object at all: the photo drawn as a mosaic of filled rectangles (down to
+    24 x 18, the coarsest that PDQ still matches), as a few paths of many segments (one per
+    grey), or as a mosaic inside a form. pdftoppm shows the photo; so does the region."""
+    if drawing == "posterised-8":
+        doc = Doc(posterised_content(8))
+    elif drawing == "mosaic-in-a-form":
+        doc = in_form(mosaic_content(64, 48))
+    else:
+        cols, rows = (int(v) for v in drawing.split("-")[1].split("x"))
+        doc = Doc(mosaic_content(cols, rows))
+    pdf = doc.bytes()
+    assert reference_distance(pdf, tmp_path) <= MAX_DISTANCE
+    ex = attached(pdf)
+    assert region_paths(ex) == ["2/d.pdf/page-1-region-1.png"]
+    region = Image.open(io.BytesIO(next(a.data for a in ex.attachments
+                                        if "-region-" in a.mime_path)))
+    # The region is where the photo is drawn, at 2 px per point within max_side.
+    assert abs(region.size[0] / region.size[1] - W / H) < 0.02
+    assert matched(ex)
+    assert ex.unscannable == ()
+
+
+def text_pdf(pages: int, lines: int = 50) -> bytes:
+    """`pages` pages of plain text (Helvetica, 50 lines a page), no picture."""
+    n = pages
+    kids = " ".join(f"{3 + i} 0 R" for i in range(n))
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>",
+               f"<< /Type /Pages /Kids [{kids}] /Count {n} >>".encode()]
+    font = 3 + 2 * n
+    for i in range(n):
+        objects.append(
+            f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << "
+            f"/F1 {font} 0 R >> >> /Contents {3 + n + i} 0 R >>".encode())
+    for i in range(n):
+        text = b"".join(
+            f"BT /F1 11 Tf 50 {740 - 13 * j} Td (Page {i + 1} line {j + 1}: the quick brown fox "
+            f"jumps over the lazy dog, again and again.) Tj ET\n".encode() for j in range(lines))
+        # A rule under the heading and a box around the page, as reports have.
+        text += b"0.5 w 50 745 m 560 745 l S 40 40 532 712 re S\n"
+        objects.append(ec.pdf_stream("", text))
+    objects.append(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
+    return ec.pdf(objects)
+
+
+def outlined_text_content(glyphs: int = 3000) -> bytes:
+    """Text converted to outlines, as print shops do: thousands of small filled paths in
+    lines, in black, with a blue heading."""
+    ops = ["0 0 0.6 rg"]
+    for i in range(glyphs):
+        if i == 60:
+            ops.append("0 g")
+        line, col = divmod(i, 60)
+        x, y = 40 + col * 9, PAGE_H - 40 - line * 12
+        ops.append(f"{x} {y} m {x + 6} {y} l {x + 6} {y + 8} l {x + 3} {y + 9} "
+                   f"{x} {y + 9} {x} {y + 6} c h f")
+    return "\n".join(ops).encode() + b"\n"
+
+
+@pytest.mark.parametrize("kind", ["text", "outlined-text"])
+def test_text_makes_no_region(kind: str) -> None:
+    """Text (with a rule and a frame), or text drawn as thousands of small paths in two
+    colours, shows no picture: no region, nothing unscannable."""
+    pdf = text_pdf(3) if kind == "text" else Doc(outlined_text_content()).bytes()
+    ex = attached(pdf)
+    assert region_paths(ex) == []
+    assert ex.unscannable == ()
+
+
+def tiny_paths_pdf(count: int) -> bytes:
+    """`count` tiny filled squares (0.6 pt, in many colours) covering the page's middle."""
+    ops = []
+    side = int(count ** 0.5) + 1
+    for i in range(count):
+        r, c = divmod(i, side)
+        ops.append(f"{(i * 37 % 256) / 255:.2f} {(i * 91 % 256) / 255:.2f} 0.5 rg "
+                   f"{X0 + c * 0.6:.1f} {Y0 + r * 0.6:.1f} 0.6 0.6 re f")
+    return Doc("\n".join(ops).encode()).bytes()
+
+
+def test_a_page_of_100k_tiny_paths_ends_in_bounded_time() -> None:
+    """100,000 paths on one page: walked and rendered (one region) within the render
+    deadline (about 1.5 s on an idle core; on a loaded machine the walk may reach the
+    deadline, and then the page is reported); with a deadline too short for the walk, the
+    page is reported, not dropped."""
+    import time
+
+    pdf = tiny_paths_pdf(100_000)
+    started = time.perf_counter()
+    ex = attached(pdf)
+    assert time.perf_counter() - started < LIMITS.pdf_render_deadline + 10.0
+    if ex.unscannable:
+        assert reasons(ex) == {("2/d.pdf", "pages-past-limit")}
+        assert region_paths(ex) == []
+    else:
+        assert region_paths(ex) == ["2/d.pdf/page-1-region-1.png"]
+    started = time.perf_counter()
+    ex = attached(pdf, limits=ExtractSettings(pdf_render_deadline=0.05))
+    assert time.perf_counter() - started < 10.0
+    assert region_paths(ex) == []
+    assert reasons(ex) == {("2/d.pdf", "pages-past-limit")}
+    assert "limit or the deadline" in ex.unscannable[0].detail
