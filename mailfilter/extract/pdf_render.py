@@ -47,6 +47,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from mailfilter.extract import core, sniff
 from mailfilter.extract.core import Context, PayloadNode, member_path
 
@@ -120,14 +122,18 @@ class _VectorGrid:
     """Where the page draws detail with paths: a coarse grid of cells over the page box.
     Every cell a counted path's box spans is marked; the cell of its centre keeps its
     patches, the union of the boxes and (a few of) the colours. Memory is bounded by the
-    grid; the work per path is a few PDFium calls (pages of tables and charts have tens of
-    thousands of paths, so the ctypes buffers are made once)."""
+    grid, and the work per path does not depend on its size: a few PDFium calls (pages of
+    tables and charts have tens of thousands of paths, so the ctypes buffers are made
+    once) and one numpy assignment."""
 
     def __init__(self, page_box: Box, pdfium_c: Any) -> None:
         self.left, self.bottom = page_box[0], page_box[1]
         self.per_x = _GRID / max(page_box[2] - page_box[0], 1.0)  # cells per point
         self.per_y = _GRID / max(page_box[3] - page_box[1], 1.0)
-        self.marked: set[int] = set()  # ix * _GRID + iy
+        # Cells marked by the box of a path: small ones (ix * _GRID + iy), large ones
+        # ([ix, iy]: a page-wide path marks 4096 cells in one numpy step).
+        self.small_marked: set[int] = set()
+        self.marked = np.zeros((_GRID, _GRID), dtype=bool)
         # centre cell -> [patches, x0, y0, x1, y1, colours]
         self.centres: dict[int, list[Any]] = {}
         # On the whole page: when these fall short, no group of cells can be a picture.
@@ -138,59 +144,72 @@ class _VectorGrid:
         self.rgba = tuple(ctypes.c_uint() for _ in range(4))
         self.ltrb = tuple(ctypes.c_float() for _ in range(4))
 
-    def count(self, raw: Any, to_page: Matrix, clip: Box | None) -> int:
-        """Count one path object; the cells it marked (charged to the document's budget of
-        page objects by the caller: a large complex path marks up to the whole grid)."""
+    def count(self, raw: Any, to_page: Matrix, clip: Box | None) -> None:
+        """Count one path object. Written out flat: it runs for every path of every page
+        (about 5 us; the helpers _intersect and _finite and a numpy slice for every path
+        tripled that)."""
         c = self.c
         if not c.FPDFPath_GetDrawMode(raw, self.fill_mode, self.stroke):
-            return 0
+            return
         filled = self.fill_mode.value != 0
         if not filled and not self.stroke.value:
-            return 0  # a clipping path: paints nothing
+            return  # a clipping path: paints nothing
         left, bottom, right, top = self.ltrb
         if not c.FPDFPageObj_GetBounds(raw, left, bottom, right, top):
-            return 0
-        drawn: Box = (left.value, bottom.value, right.value, top.value)
+            return
+        box: Box = (left.value, bottom.value, right.value, top.value)
         if to_page != _IDENTITY:
-            drawn = _transform(to_page, drawn)
-        box = _intersect(clip, drawn)
+            box = _transform(to_page, box)
+        if clip is not None:
+            box = (max(box[0], clip[0]), max(box[1], clip[1]), min(box[2], clip[2]),
+                   min(box[3], clip[3]))
         # One test for all four (a sum of finite floats that overflows is refused too).
-        if box is None or not math.isfinite(box[0] + box[1] + box[2] + box[3]):
-            return 0
-        x0 = min(max(int((box[0] - self.left) * self.per_x), 0), _GRID - 1)
-        x1 = min(max(int((box[2] - self.left) * self.per_x), 0), _GRID - 1)
-        y0 = min(max(int((box[1] - self.bottom) * self.per_y), 0), _GRID - 1)
-        y1 = min(max(int((box[3] - self.bottom) * self.per_y), 0), _GRID - 1)
-        if x1 - x0 < _SMALL_CELLS and y1 - y0 < _SMALL_CELLS:
+        if not (box[2] >= box[0] and box[3] >= box[1]
+                and math.isfinite(box[0] + box[1] + box[2] + box[3])):
+            return
+        last = _GRID - 1
+        x0 = min(max(int((box[0] - self.left) * self.per_x), 0), last)
+        x1 = min(max(int((box[2] - self.left) * self.per_x), 0), last)
+        y0 = min(max(int((box[1] - self.bottom) * self.per_y), 0), last)
+        y1 = min(max(int((box[3] - self.bottom) * self.per_y), 0), last)
+        small = x1 - x0 < _SMALL_CELLS and y1 - y0 < _SMALL_CELLS
+        if small:
             patches = 1
         else:
             segments = c.FPDFPath_CountSegments(raw)
             if segments < _COMPLEX_SEGMENTS:
-                return 0  # a background, a frame, a rule: no detail of a picture
+                return  # a background, a frame, a rule: no detail of a picture
             patches = segments // _SEGMENTS_PER_PATCH
-        r, g, b, a = self.rgba
-        get_colour = c.FPDFPageObj_GetFillColor if filled else c.FPDFPageObj_GetStrokeColor
-        if not get_colour(raw, r, g, b, a) or a.value == 0:
-            return 0  # fully transparent: paints nothing
-        colour = (r.value & 255) << 24 | (g.value & 255) << 16 | (b.value & 255) << 8 | (
-            a.value & 255)
-        self.patches += patches
-        if len(self.colours) < _MIN_COLOURS:
-            self.colours.add(colour)
-        for ix in range(x0, x1 + 1):
-            for iy in range(ix * _GRID + y0, ix * _GRID + y1 + 1):
-                self.marked.add(iy)
         centre = (x0 + x1) // 2 * _GRID + (y0 + y1) // 2
         kept = self.centres.get(centre)
+        colour = None
+        # A cell with enough colours already makes its group colourful enough: the colour
+        # of one more path there changes nothing (in a picture, most cells soon have).
+        if kept is None or len(kept[5]) < _MIN_COLOURS:
+            r, g, b, a = self.rgba
+            get_colour = (c.FPDFPageObj_GetFillColor if filled
+                          else c.FPDFPageObj_GetStrokeColor)
+            if not get_colour(raw, r, g, b, a) or a.value == 0:
+                return  # fully transparent: paints nothing
+            colour = (r.value & 255) << 24 | (g.value & 255) << 16 | (b.value & 255) << 8 | (
+                a.value & 255)
+            if len(self.colours) < _MIN_COLOURS:
+                self.colours.add(colour)
+        self.patches += patches
+        if small:
+            for ix in range(x0 * _GRID, x1 * _GRID + 1, _GRID):
+                for cell in range(ix + y0, ix + y1 + 1):
+                    self.small_marked.add(cell)
+        else:
+            self.marked[x0:x1 + 1, y0:y1 + 1] = True
         if kept is None:
             self.centres[centre] = [patches, *box, {colour}]
         else:
             kept[0] += patches
             kept[1], kept[2] = min(kept[1], box[0]), min(kept[2], box[1])
             kept[3], kept[4] = max(kept[3], box[2]), max(kept[4], box[3])
-            if len(kept[5]) < _COLOURS_KEPT:
+            if colour is not None and len(kept[5]) < _COLOURS_KEPT:
                 kept[5].add(colour)
-        return (x1 - x0 + 1) * (y1 - y0 + 1)
 
     def regions(self) -> list[Box]:
         """Boxes of the groups of neighbouring marked cells that look like a picture, the
@@ -198,6 +217,7 @@ class _VectorGrid:
         found: list[tuple[float, Box]] = []
         if self.patches < _MIN_PATCHES or len(self.colours) < _MIN_COLOURS:
             return []
+        marked = self.small_marked | set(np.flatnonzero(self.marked).tolist())
         seen: set[int] = set()
         for start in self.centres:
             if start in seen:
@@ -219,7 +239,7 @@ class _VectorGrid:
                 ix, iy = divmod(cell, _GRID)
                 for near, inside in ((cell + _GRID, ix + 1 < _GRID), (cell - _GRID, ix > 0),
                                      (cell + 1, iy + 1 < _GRID), (cell - 1, iy > 0)):
-                    if inside and near in self.marked and near not in seen:
+                    if inside and near in marked and near not in seen:
                         seen.add(near)
                         todo.append(near)
             if box is None or patches < _MIN_PATCHES or len(colours) < _MIN_COLOURS:
@@ -362,13 +382,15 @@ def _page_objects(page: Any, page_box: Box, budget: list[int], deadline: float,
             continue
         seq += 1
         budget[0] -= 1
-        if budget[0] < 0 or (budget[0] & 1023 == 0 and time.monotonic() > deadline):
+        # The clock is read every 1024 objects (seq: the budget falls by more than one at a
+        # time, by path cells and clip segments, and could step over every multiple).
+        if budget[0] < 0 or (seq & 1023 == 0 and time.monotonic() > deadline):
             raise _OutOfTime("page objects past the limit or the deadline")
         kind = pdfium_c.FPDFPageObj_GetType(raw)
         if kind == pdfium_c.FPDF_PAGEOBJ_PATH:
             if result.vectors is None:
                 result.vectors = _VectorGrid(page_box, pdfium_c)
-            budget[0] -= result.vectors.count(raw, to_page, clip)
+            result.vectors.count(raw, to_page, clip)
         if patterns and kind == pdfium_c.FPDF_PAGEOBJ_PATH:
             filled = _filled_box(raw, to_page, clip, pdfium_c)
             if filled is not None:
