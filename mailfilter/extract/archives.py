@@ -355,7 +355,7 @@ def _unlisted_members(
     lists (all of them when there is no readable directory: `no_directory` says why)."""
     data = node.data
     found: list[PayloadNode] = []
-    encrypted = truncated = entries = 0
+    encrypted = truncated = entries = cut = 0
     pos = 0
     extent = 0
     candidates = 0
@@ -402,16 +402,24 @@ def _unlisted_members(
             if not ctx.fits(path, size):
                 pos = header.data_start + header.compress_size
                 continue
+        # The member's data runs to the end of the file: the file was cut off inside it.
+        runs_to_end = header.streamed or header.data_start + header.compress_size >= len(data)
         if header.method == zipfile.ZIP_STORED:
             end = (_stored_end(data, header.data_start) if header.streamed
                    else header.data_start + header.compress_size)
-            if end is None or end > len(data):
+            stored_cut = (end is None or end > len(data)) and runs_to_end
+            if stored_cut:
+                end = len(data)
+            elif end is None or end > len(data):
                 truncated += 1
                 continue
+            assert end is not None
             out: bytes | None = data[header.data_start : end]
             used: int | None = end - header.data_start
             error = ""
-            if size is not None and out is not None and len(out) != size:
+            if stored_cut:
+                error = "truncated"
+            elif size is not None and out is not None and len(out) != size:
                 error = "stored size disagrees"
         else:
             raw = (data[header.data_start :] if header.streamed
@@ -434,12 +442,22 @@ def _unlisted_members(
             pos = header.data_start + header.compress_size
         elif used is not None:
             pos = header.data_start + used
-        if error or out is None:
+        if error == "truncated" and out is not None and runs_to_end:
+            # Cut off inside the member: what decompressed up to the cut is walked (a
+            # picture cut there is `truncated` when decoded); bytes that are not there hide
+            # nothing, so the cut itself is a defect.
+            cut += 1
+        elif error or out is None:
             truncated += 1
             continue
         ctx.charge(len(out))
         found.append(_child(node, sniff.ZIP, header.name, out))
+    if cut:
+        ctx.defect(node.path, "zip-entry-cut-off")
     if no_directory and not found and not encrypted:
+        if not entries and _cut_in_first_header(data):
+            ctx.defect(node.path, "zip-cut-off")  # nothing but part of a header
+            return
         fail(core.CORRUPT_ARCHIVE, no_directory)
         return
     if entries:
@@ -453,6 +471,21 @@ def _unlisted_members(
         detail = f"{encrypted} zip entries outside the directory need a password"
         ctx.skip(node.path, core.ENCRYPTED_ARCHIVE, detail)
     yield from found
+
+
+def _cut_in_first_header(data: bytes) -> bool:
+    """Whether the bytes are a zip cut off inside its first local header (or just after
+    it): nothing of any member is in them."""
+    if not data.startswith(b"PK\x03\x04"):
+        return False
+    if len(data) > 4 and data[4] > 63:  # as _local_header: a version no zip tool writes
+        return False
+    if len(data) >= 10 and int.from_bytes(data[8:10], "little") not in _KNOWN_ZIP_METHODS:
+        return False
+    if len(data) < 30:
+        return True
+    name_and_extra = int.from_bytes(data[26:28], "little") + int.from_bytes(data[28:30], "little")
+    return len(data) <= 30 + name_and_extra
 
 
 def zip_members(ctx: Context, node: PayloadNode, quiet: bool = False) -> Iterator[Node]:

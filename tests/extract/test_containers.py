@@ -95,10 +95,36 @@ def test_zip_with_some_encrypted_members() -> None:
     assert reasons(ex) == {("2/m.zip", "encrypted-archive")}
 
 
-def test_corrupt_zip_is_unscannable() -> None:
-    z = ec.zip_bytes({"a.png": ec.png(7)})
+def test_zip_cut_off_inside_a_member_hands_on_what_is_there() -> None:
+    """Cut off inside a member: the member up to the cut is walked (the image decoder then
+    says `truncated`), the cut is a defect; bytes that are not there hide nothing."""
+    img = ec.png(7)
+    z = ec.zip_bytes({"a.png": img}, zipfile.ZIP_STORED)
     ex = attached(z[: len(z) // 2], "broken.zip")
-    assert reasons(ex) == {("2/broken.zip", "corrupt-archive")}
+    assert reasons(ex) == set()
+    [member] = [a for a in ex.attachments if a.mime_path == "2/broken.zip/a.png"]
+    assert img.startswith(member.data) and 0 < len(member.data) < len(img)
+    assert any(d.startswith("zip-entry-cut-off") for d in ex.defects), ex.defects
+    deflated = ec.zip_bytes({"a.png": img})
+    ex = attached(deflated[: len(deflated) // 2], "broken.zip")
+    assert reasons(ex) == set()
+    assert any(d.startswith("zip-entry-cut-off") for d in ex.defects), ex.defects
+
+
+def test_zip_cut_off_in_its_first_header_is_a_defect() -> None:
+    z = ec.zip_bytes({"a.png": ec.png(7)})
+    ex = attached(z[:16], "stub.zip")
+    assert reasons(ex) == set()
+    assert any(d.startswith("zip-cut-off") for d in ex.defects), ex.defects
+
+
+def test_corrupt_zip_is_unscannable() -> None:
+    z = bytearray(ec.zip_bytes({"a.png": ec.png(7), "b.png": ec.png(8)}, zipfile.ZIP_DEFLATED))
+    at = z.index(b"PK\x01\x02")  # no directory, and each member's deflate data starts
+    for start in (0, z.index(b"PK\x03\x04", 4)):  # with a block of the reserved type 3
+        z[start + 35] = 0xFF
+    ex = attached(bytes(z[:at]), "broken.zip")
+    assert ("2/broken.zip", "corrupt-archive") in reasons(ex)
 
 
 def test_zip_with_a_bad_crc_keeps_the_data() -> None:
