@@ -20,7 +20,8 @@ needs a real password is `encrypted-archive`, and AES without cryptography is
 
 Then the pages are rendered where they draw images (pdf_render.py), so that what a viewer
 shows is fingerprinted too: inline images, /Decode inversions, clips, soft masks, blend
-modes, tiles, annotation appearances, tiling patterns. An image drawn whole with nothing
+modes, tiles, annotation appearances, tiling patterns, mesh shadings, and pictures drawn
+with paths (no image at all). An image drawn whole with nothing
 painted over it, whose stored copy is plain (8-bit RGB or grey, JPEG or Flate, nothing in
 its dictionary that changes the samples), is not rendered again. A file PDFium cannot
 open, even with a trailer found for it, is `corrupt-archive`, unless it holds no page (or
@@ -64,7 +65,8 @@ _OBJ_HEADER = re.compile(rb"(?<![0-9])([0-9]{1,10})[\x00\t\n\x0c\r ]+([0-9]{1,5}
                          rb"[\x00\t\n\x0c\r ]+obj(?![A-Za-z0-9])")
 _STREAM_KEYWORD = re.compile(rb"(?<![A-Za-z])stream(?:\r\n|\r|\n)?")
 _MAX_DICT_BYTES = 1 << 20
-# Pages and patterns per page looked at for patterns that paint images.
+# Pages, and patterns (or shadings) per page, looked at for patterns that paint images and
+# mesh shadings.
 _MAX_PATTERN_PAGES = 1000
 _MAX_PATTERNS = 100
 # The inline-image operator `BI` (between delimiters), and how many decoded content bytes
@@ -463,26 +465,40 @@ def _glued(ctx: Context, node: PayloadNode) -> Iterator[Node]:
 
 
 def _pattern_pages(reader: Any) -> frozenset[int]:
-    """Pages (from 0) whose resources hold a tiling pattern that paints an image."""
+    """Pages (from 0) whose resources hold a tiling pattern that paints an image, or a mesh
+    shading (types 4 to 7: triangles or patches with a colour at every vertex, which can
+    carry a photo as well as an image can), itself or as a shading pattern."""
     found: set[int] = set()
     try:
         pages = reader.pages
         for index in range(min(len(pages), _MAX_PATTERN_PAGES)):
             resources = _resolve(pages[index].get("/Resources"))
-            patterns = _resolve(resources.get("/Pattern")) if resources is not None else None
-            if not patterns:
+            if not hasattr(resources, "get"):
                 continue
-            for value in list(patterns.values())[:_MAX_PATTERNS]:
-                if _pattern_paints_image(_resolve(value)):
-                    found.add(index)
-                    break
+            patterns = _resolve(resources.get("/Pattern"))
+            shadings = _resolve(resources.get("/Shading"))
+            patterns = patterns if hasattr(patterns, "values") else {}
+            shadings = shadings if hasattr(shadings, "values") else {}
+            if (any(_pattern_paints_image(_resolve(value))
+                    for value in list(patterns.values())[:_MAX_PATTERNS])
+                    or any(_mesh(value) for value in list(shadings.values())[:_MAX_PATTERNS])):
+                found.add(index)
     except Exception:
         pass  # what was found so far stands; the stored images were read anyway
     return frozenset(found)
 
 
+def _mesh(shading: Any) -> bool:
+    shading = _resolve(shading)
+    return hasattr(shading, "get") and _resolve(shading.get("/ShadingType")) in (4, 5, 6, 7)
+
+
 def _pattern_paints_image(pattern: Any) -> bool:
-    if not hasattr(pattern, "get") or _resolve(pattern.get("/PatternType")) != 1:
+    if not hasattr(pattern, "get"):
+        return False
+    if _resolve(pattern.get("/PatternType")) == 2:
+        return _mesh(pattern.get("/Shading"))
+    if _resolve(pattern.get("/PatternType")) != 1:
         return False
     resources = _resolve(pattern.get("/Resources"))
     xobjects = _resolve(resources.get("/XObject")) if hasattr(resources, "get") else None

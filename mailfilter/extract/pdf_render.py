@@ -20,8 +20,10 @@ coarse grid over the page, and each connected patch of cells that holds enough d
 (`_MIN_COLOURS`) is rendered like an image region. Measured on a 640 x 480 photo: a mosaic of
 24 x 18 cells or a posterisation to 8 grey levels still matches, 16 x 12 cells or 4 levels
 do not; text, drawn in one or two colours (outlined text included), and large simple
-paths (backgrounds, frames, rules) make no region. Shadings are not counted (a lone
-gradient shows no picture; PDFium does not tell a mesh shading from a gradient).
+paths (backgrounds, frames, rules) make no region. Shadings are not counted here (a lone
+gradient shows no picture, and PDFium does not tell a mesh shading from a gradient): pages
+whose resources hold a mesh shading (pdf.py finds them) are rendered where shadings and
+large filled paths are drawn, as pages whose tiling patterns paint images are.
 
 Bounds, per document: `pdf_render_max_pages` pages that draw images (or pictures with
 paths), regions of at most `pdf_render_max_side` pixels on the long side (never finer than
@@ -391,6 +393,12 @@ def _page_objects(page: Any, page_box: Box, budget: list[int], deadline: float,
             if result.vectors is None:
                 result.vectors = _VectorGrid(page_box, pdfium_c)
             result.vectors.count(raw, to_page, clip)
+        if patterns and kind == pdfium_c.FPDF_PAGEOBJ_SHADING:
+            shaded = _shading_box(raw, to_page, clip, pdfium_c)
+            if shaded is not None:
+                result.images.append(_Placement(shaded, _PATTERN_DENSITY, False, seq, None,
+                                                False, 0))
+                continue
         if patterns and kind == pdfium_c.FPDF_PAGEOBJ_PATH:
             filled = _filled_box(raw, to_page, clip, pdfium_c)
             if filled is not None:
@@ -435,6 +443,17 @@ def _page_objects(page: Any, page_box: Box, budget: list[int], deadline: float,
         if len(result.images) >= _MAX_PLACEMENTS:
             raise _OutOfTime(f"more than {_MAX_PLACEMENTS} images drawn on a page")
     return result
+
+
+def _shading_box(raw: Any, to_page: Matrix, clip: Box | None, pdfium_c: Any) -> Box | None:
+    """The visible box of a shading (`sh`) large enough to show a picture, else None."""
+    bounds = _bounds(raw, pdfium_c)
+    box = _intersect(clip, _transform(to_page, bounds)) if bounds else None
+    if box is None or not _finite(box):
+        return None
+    if min(box[2] - box[0], box[3] - box[1]) < _MIN_PATTERN_SIDE:
+        return None
+    return box
 
 
 def _filled_box(raw: Any, to_page: Matrix, clip: Box | None, pdfium_c: Any) -> Box | None:
@@ -601,9 +620,10 @@ class Hints:
     # file cut off before its cross-reference table and trailer: PDFium then rebuilds the
     # table by scanning, as MuPDF repairs such files by itself).
     trailer: bytes | None = None
-    # Pages (from 0) whose tiling patterns paint images: a viewer shows those images
+    # Pages (from 0) whose tiling patterns paint images (or that hold a mesh shading, on
+    # its own or as a shading pattern): a viewer shows those images
     # wherever a path is filled with the pattern, and PDFium lists no image object there,
-    # so large filled paths on these pages are regions too.
+    # so large filled paths (and shadings) on these pages are regions too.
     pattern_pages: frozenset[int] = frozenset()
     # Raw data (SHA-256) of images with a soft or image mask -> the mask's pixel size: the
     # region is rendered as finely as the mask when it is finer than the image (a black

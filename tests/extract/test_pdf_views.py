@@ -1028,3 +1028,72 @@ def test_a_page_of_100k_tiny_paths_ends_in_bounded_time() -> None:
     assert region_paths(ex) == []
     assert reasons(ex) == {("2/d.pdf", "pages-past-limit")}
     assert "limit or the deadline" in ex.unscannable[0].detail
+
+
+def test_vector_regions_past_the_limit_are_reported() -> None:
+    """Twenty separate mosaics on one page: the largest 16 are rendered, the rest are
+    reported for the page, not dropped."""
+    rng = np.random.default_rng(5)
+    ops = []
+    for block in range(20):
+        bx, by = 20 + block % 5 * 150, 20 + block // 5 * 150
+        for r in range(12):
+            for c in range(12):
+                red, green, blue = rng.random(3)
+                ops.append(f"{red:.2f} {green:.2f} {blue:.2f} rg {bx + c * 8} {by + r * 8} "
+                           "8 8 re f")
+    ex = attached(Doc("\n".join(ops).encode()).bytes())
+    assert len(region_paths(ex)) == 16
+    assert reasons(ex) == {("2/d.pdf/page-1", "pages-past-limit")}
+    assert "4 of 20 regions drawn with paths" in ex.unscannable[0].detail
+
+
+def mesh_shading(cols: int = 64, rows: int = 48) -> bytes:
+    """A lattice-form Gouraud mesh (shading type 5) over the photo's place: a vertex per
+    pixel of a downscaled copy, coloured like it. No image object, no path of detail."""
+    small = np.asarray(PHOTO_IMG.resize((cols + 1, rows + 1)), np.uint8)
+    data = bytearray()
+    for r in range(rows + 1):
+        for c in range(cols + 1):
+            x, y = c * 65535 // cols, (rows - r) * 65535 // rows
+            data += x.to_bytes(2, "big") + y.to_bytes(2, "big") + bytes(small[r, c])
+    return ec.pdf_stream(
+        f"/ShadingType 5 /ColorSpace /DeviceRGB /VerticesPerRow {cols + 1} "
+        f"/BitsPerCoordinate 16 /BitsPerComponent 8 "
+        f"/Decode [{X0} {X0 + W} {Y0} {Y0 + H} 0 1 0 1 0 1] /Filter /FlateDecode",
+        zlib.compress(bytes(data)))
+
+
+@pytest.mark.parametrize("painted_by", ["sh", "shading-pattern"])
+def test_a_picture_drawn_as_a_mesh_shading_is_matched(painted_by: str,
+                                                      tmp_path: Path) -> None:
+    """The photo as a mesh shading, painted with `sh` or as a shading pattern filling a
+    rectangle: pdftoppm shows it, and so does the region rendered there."""
+    objects = Doc(b"").objects()
+    if painted_by == "sh":
+        objects[3] = ec.pdf_stream("", b"q /Sh1 sh Q\n")
+        resources = b"/Resources << /Shading << /Sh1 5 0 R >> >>"
+        objects.append(mesh_shading())
+    else:
+        objects[3] = ec.pdf_stream("", f"/Pattern cs /P1 scn {X0} {Y0} {W} {H} re f\n".encode())
+        resources = b"/Resources << /Pattern << /P1 5 0 R >> >>"
+        objects += [b"<< /PatternType 2 /Shading 6 0 R >>", mesh_shading()]
+    objects[2] = objects[2].replace(b"/Resources << /XObject <<  >> >>", resources)
+    pdf = ec.pdf(objects)
+    assert reference_distance(pdf, tmp_path) <= MAX_DISTANCE
+    ex = attached(pdf)
+    assert region_paths(ex) == ["2/d.pdf/page-1-region-1.png"]
+    assert matched(ex)
+
+
+def test_a_plain_gradient_makes_no_region() -> None:
+    """An axial gradient over the page (slides have them) shows no picture: no region."""
+    objects = Doc(b"q /Sh1 sh Q\n").objects()
+    objects[2] = objects[2].replace(b"/Resources << /XObject <<  >> >>",
+                                    b"/Resources << /Shading << /Sh1 5 0 R >> >>")
+    objects.append(f"<< /ShadingType 2 /ColorSpace /DeviceRGB /Coords [0 0 {PAGE_W} {PAGE_H}] "
+                   "/Function << /FunctionType 2 /Domain [0 1] /C0 [0 0 1] /C1 [1 1 1] /N 1 >> "
+                   ">>".encode())
+    ex = attached(ec.pdf(objects))
+    assert region_paths(ex) == []
+    assert ex.unscannable == ()
