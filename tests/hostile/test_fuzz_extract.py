@@ -15,8 +15,10 @@ import base64
 import binascii
 import os
 import quopri
+import struct
 import sys
 import time
+import zlib
 from datetime import timedelta
 from pathlib import Path
 
@@ -55,7 +57,36 @@ def _seeds() -> list[bytes]:
         ec.cms_signed(b"Content-Type: image/png\r\n\r\n" + img),
         ec.rar4({"r.png": img}),
         ec.zeros_deflate(1 << 20)[0],
+        *_audio_seeds(img),
     ]
+
+
+def _audio_seeds(img: bytes) -> list[bytes]:
+    """Cover art (extract/audio.py): an unsynchronised ID3v2.3 tag with a compressed APIC
+    frame, a FLAC PICTURE block, and an Ogg Opus comment split over pages."""
+    apic = b"\0image/png\0\x03\0" + img
+    packed = struct.pack(">I", len(apic)) + zlib.compress(apic)
+    frames = (b"APIC" + struct.pack(">IH", len(packed), 0x0080) + packed).replace(
+        b"\xff", b"\xff\x00")
+    size = len(frames)
+    id3 = (b"ID3\x03\x00\x80" + bytes((size >> s) & 0x7F for s in (21, 14, 7, 0)) + frames
+           + b"\xff\xfb\x90\x64" + bytes(100))
+    picture = (struct.pack(">II", 3, 9) + b"image/png" + struct.pack(">I", 0)
+               + struct.pack(">IIIII", 1, 1, 24, 0, len(img)) + img)
+    flac = (b"fLaC\x00\x00\x00\x22" + bytes(34) + b"\x86" + len(picture).to_bytes(3, "big")
+            + picture)
+    comment = b"METADATA_BLOCK_PICTURE=" + base64.b64encode(picture)
+    tags = (b"OpusTags\x04\x00\x00\x00test\x01\x00\x00\x00" + struct.pack("<I", len(comment))
+            + comment)
+    ogg = b""
+    for seq, (flags, chunk) in enumerate(
+        [(0x02, b"OpusHead\x01\x01" + bytes(9))]
+        + [(0x01 if at else 0, tags[at : at + 1020]) for at in range(0, len(tags), 1020)]
+    ):
+        laces = [255] * (len(chunk) // 255) + ([len(chunk) % 255] if len(chunk) % 1020 else [])
+        ogg += (b"OggS\x00" + bytes([flags]) + struct.pack("<qII", 0, 1, seq) + bytes(4)
+                + bytes([len(laces)]) + bytes(laces) + chunk)
+    return [id3, flac, ogg]
 
 
 SEEDS = _seeds()
