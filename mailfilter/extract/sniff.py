@@ -35,6 +35,15 @@ LZIP = "application/x-lzip"
 LZ4 = "application/x-lz4"
 LZMA = "application/x-lzma"
 OPENPGP = "application/pgp-encrypted"
+# Audio files, for the pictures they carry (audio.py): an ID3v2 tag (before MP3 mostly, also
+# before FLAC or anything else), native FLAC, Ogg.
+ID3 = "audio/mpeg"
+FLAC = "audio/flac"
+OGG = "audio/ogg"
+AUDIO = (ID3, FLAC, OGG)
+# Windows metafiles: drawings whose records may carry bitmaps (metafile.py opens them).
+WMF = "image/wmf"
+EMF = "image/emf"
 
 def image_type(data: bytes) -> str | None:
     """The image type the bytes start with, as a MIME type, or None."""
@@ -84,7 +93,8 @@ _PDF_LATE = re.compile(rb"%PDF-[12]\.[0-9]")
 
 
 def _more_containers(data: bytes) -> str | None:
-    """ISO 9660, CAB, cpio, xar, compress, lzip, lz4 and OpenPGP (binary or armored)."""
+    """ISO 9660, CAB, cpio, xar, compress, lzip, lz4, audio (ID3, FLAC, Ogg) and OpenPGP
+    (binary or armored)."""
     head = data[:16]
     if head.startswith(b"MSCF\x00\x00\x00\x00"):
         return CAB
@@ -98,12 +108,59 @@ def _more_containers(data: bytes) -> str | None:
         return LZ4
     if _is_lzma_alone(head):
         return LZMA
+    audio = _audio(head)
+    if audio is not None:
+        return audio
     if len(data) > 0x8001 and any(data[at : at + 5] == b"CD001" for at in (0x8001, 0x8801, 0x9001)):
         return ISO9660
     if _is_cpio(data):
         return CPIO
     if _is_openpgp(data):
         return OPENPGP
+    if is_wmf(data):
+        return WMF
+    if is_emf(data):
+        return EMF
+    return None
+
+
+WMF_PLACEABLE_KEY = b"\xd7\xcd\xc6\x9a"
+WMF_HEADER_WORDS = 9
+WMF_VERSIONS = (0x0100, 0x0300)
+
+
+def is_wmf(data: bytes) -> bool:
+    """A placeable WMF (.wmf files: key 9AC6CDD7), or a bare WMF header: Type 1 (memory) or
+    2 (disk), HeaderSize 9 words, Version 0x0100 or 0x0300 (MS-WMF 2.3.2.2, 2.3.2.3)."""
+    if data[:4] == WMF_PLACEABLE_KEY:
+        return True
+    if len(data) < 6:
+        return False
+    kind = int.from_bytes(data[0:2], "little")
+    header_words = int.from_bytes(data[2:4], "little")
+    version = int.from_bytes(data[4:6], "little")
+    return kind in (1, 2) and header_words == WMF_HEADER_WORDS and version in WMF_VERSIONS
+
+
+def is_emf(data: bytes) -> bool:
+    """EMR_HEADER first (type 1, at least 88 bytes, a multiple of 4) with the signature
+    " EMF" at offset 40 (MS-EMF 2.3.4.2)."""
+    if len(data) < 88 or data[:4] != b"\x01\x00\x00\x00" or data[40:44] != b" EMF":
+        return False
+    size = int.from_bytes(data[4:8], "little")
+    return size >= 88 and size % 4 == 0
+
+
+def _audio(head: bytes) -> str | None:
+    """An ID3v2 tag header (version 2-4, sizes in 7-bit bytes), FLAC's `fLaC` then its
+    STREAMINFO block, or an Ogg page (version 0)."""
+    if (head.startswith(b"ID3") and len(head) >= 10 and head[3] in (2, 3, 4)
+            and head[4] != 0xFF and not any(b & 0x80 for b in head[6:10])):
+        return ID3
+    if head.startswith(b"fLaC") and len(head) > 4 and head[4] & 0x7F == 0:
+        return FLAC
+    if head.startswith(b"OggS\x00") and len(head) > 5 and head[5] <= 7:
+        return OGG
     return None
 
 
@@ -290,6 +347,12 @@ _DECLARED_CONTAINERS = {
     "application/pgp": OPENPGP,
     "application/pgp-keys": OPENPGP,
     "application/x-pgp-message": OPENPGP,
+    "image/wmf": WMF,
+    "image/x-wmf": WMF,
+    "application/x-msmetafile": WMF,
+    "windows/metafile": WMF,
+    "image/emf": EMF,
+    "image/x-emf": EMF,
 }
 
 _CONTAINER_EXTENSIONS = {
@@ -302,6 +365,7 @@ _CONTAINER_EXTENSIONS = {
     "taz": COMPRESS, "lz": LZIP, "tlz": LZIP, "lz4": LZ4, "zst": ZSTD, "tzst": ZSTD,
     "lzma": LZMA,
     "gpg": OPENPGP, "pgp": OPENPGP,
+    "wmf": WMF, "emf": EMF,
 }
 
 IMAGE_EXTENSIONS = frozenset({

@@ -73,16 +73,17 @@ _TEXTISH = bytes(range(32, 127)) + b"\t\r\n\x0c"
 # Image and container signatures worth carving, found by one regex alternation of literals
 # (its first bytes let the engine skip quickly: 10 ms per MB, a find per signature costs
 # more) plus a find for each magic that sits further into its file (`_LATE_MAGIC`: ISO-BMFF's
-# `ftyp`, tar's `ustar`, ISO 9660's volume descriptor). Every hit is checked by sniff
+# `ftyp`, tar's `ustar`, ISO 9660's volume descriptor, EMF's ` EMF`). Every hit is checked by sniff
 # before use (RIFF must be WebP, BM a real BMP header, ...).
 _SIGNATURES = (
     b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"RIFF", b"BM", b"II*\x00",
     b"MM\x00*", b"PK\x03\x04", b"\x1f\x8b\x08", b"BZh", b"\xfd7zXZ\x00", b"7z\xbc\xaf\x27\x1c",
     b"Rar!\x1a\x07", b"%PDF-", b"\x78\x9f\x3e\x22", b"\x28\xb5\x2f\xfd", b"MSCF\x00\x00\x00\x00",
-    b"xar!\x00\x1c", b"LZIP", b"\x04\x22\x4d\x18", b"07070",
+    b"xar!\x00\x1c", b"LZIP", b"\x04\x22\x4d\x18", b"07070", b"ID3",
+    sniff.WMF_PLACEABLE_KEY, b"\x01\x00\x09\x00\x00\x03", b"\x02\x00\x09\x00\x00\x03",
 )
 _SIGNATURE_RX = re.compile(b"|".join(re.escape(sig) for sig in _SIGNATURES))
-_LATE_MAGIC = ((b"ftyp", 4), (b"ustar", 257), (b"\x01CD001\x01", 0x8000))
+_LATE_MAGIC = ((b"ftyp", 4), (b"ustar", 257), (b"\x01CD001\x01", 0x8000), (b" EMF", 40))
 _SNIFF_BYTES = 64 * 1024
 # A reader's own verdict that it cannot read the bytes (a parse-error is our bug, not the
 # container's: what the reader found before it stays, nothing is carved).
@@ -166,6 +167,8 @@ def _first_bytes() -> bytes:
         b"PK", b"\x1f\x8b", b"\x1f\x9d", b"BZ", b"\xfd7", b"7z", b"Ra", b"\x78\x9f", b"\x28\xb5",
         b"MS", b"xa", b"LZ", b"\x04\x22", b"\x02\x21", b"07", b"\xc7\x71", b"\x71\xc7",
         b"\x5d\x00",  # LZMA_Alone: a dictionary of at least 64 KiB, a power of two
+        b"ID", b"fL", b"Og",  # audio: ID3v2, FLAC, Ogg
+        b"\xd7\xcd", b"\x01\x00", b"\x02\x00",  # WMF (placeable, memory, disk), EMF
     ):
         mark(prefix[0], prefix[1])
     for first in b" \t\r\n\x0b\x0c-%0":  # ASCII armor or a PDF after white space; CMS
@@ -264,6 +267,13 @@ def carved_end(data: bytes, at: int, kind: str) -> int:
         return at + length if 26 <= length <= size - at else size
     if kind == "image/gif":
         return _gif_end(data, at)
+    if kind == sniff.WMF:  # the standard header's Size, in 16-bit words
+        start = at + 22 if data[at : at + 4] == sniff.WMF_PLACEABLE_KEY else at
+        length = int.from_bytes(data[start + 6 : start + 10], "little") * 2
+        return start + length if 18 <= length <= size - start else size
+    if kind == sniff.EMF:  # EMR_HEADER's Bytes
+        length = int.from_bytes(data[at + 48 : at + 52], "little")
+        return at + length if 88 <= length <= size - at else size
     return size
 
 
@@ -437,9 +447,20 @@ def after_image(ctx: Context, node: PayloadNode, image: str) -> Iterator[Node]:
     if image == "image/jpeg":
         yield from _jpeg_app_pictures(ctx, kids, data)
     end = carved_end(data, 0, image)
+    trailer = _TRAILERS.get(image)
+    if trailer and end >= len(data) and not data.rstrip(b"\0\r\n").endswith(trailer):
+        # Its end was not found (cut off, or garbage after a header): what follows the
+        # signature may be anything, so all of it is carved (the decoder may find no pixel
+        # data at all, and then these bytes are all there is to look at).
+        yield from carve(ctx, kids, data)
+        return
     if end >= len(data) - 16:  # nothing after it, or a few bytes of padding
         return
     yield from carve(ctx, kids, data, end)
+
+
+# How a picture file ends when it is whole (where its format says so).
+_TRAILERS = {"image/jpeg": b"\xff\xd9", "image/png": b"IEND\xaeB`\x82", "image/gif": b";"}
 
 
 def _app_segments(data: bytes) -> Iterator[tuple[int, int]]:

@@ -13,8 +13,10 @@ from dataclasses import replace
 
 from mailfilter.extract import (
     archives,
+    audio,
     core,
     libarchive_reader,
+    metafile,
     mime,
     openpgp,
     pdf,
@@ -57,10 +59,14 @@ def _container(ctx: Context, node: PayloadNode, kind: str, quiet: bool) -> Itera
         return pdf.images(ctx, node, quiet)
     if kind == sniff.TNEF:
         return tnef.attachments(ctx, node, quiet)
+    if kind in sniff.AUDIO:
+        return audio.pictures(ctx, node, kind, quiet)
     if kind == sniff.PKCS7:
         return smime.content(ctx, node, quiet)
     if kind == sniff.MESSAGE:
         return _message(ctx, node)
+    if kind in (sniff.WMF, sniff.EMF):
+        return metafile.pictures(ctx, node, kind, quiet)
     ctx.skip(node.path, core.UNSUPPORTED_ARCHIVE, f"{kind} is not supported")
     return iter(())
 

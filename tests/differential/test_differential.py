@@ -32,33 +32,6 @@ def differential(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
 # Constructions that references show and mailfilter does not match yet: each is an open gap,
 # to be removed from this list as the fix lands (strict: a fixed gap fails until removed).
 KNOWN_GAPS: list[tuple[str, str]] = [
-    ("pdf-vector-pixels[64x48]", "clean: a page that draws the photo as filled rectangles "
-     "(no image object at all): only rendering the whole page sees it"),
-    ("pdf-vector-pixels[128x96]", "clean: as pdf-vector-pixels[64x48], finer"),
-    ("windows-metafile[rtf-wmetafile]", "clean: an RTF picture that is a Windows metafile "
-     "drawing the photo with META_STRETCHDIB (Word draws it) is not decoded"),
-    ("windows-metafile[wmf-attachment]", "clean: a .wmf attachment drawing the photo with "
-     "META_STRETCHDIB (Windows shows it) is not decoded"),
-    ("enhanced-metafile[emf-attachment]", "clean: an .emf attachment drawing the photo with "
-     "EMR_STRETCHDIBITS (Windows shows it) is not decoded"),
-    ("enhanced-metafile[emf-in-docx]", "clean: the same EMF as a picture of a .docx (Word "
-     "draws it) is not decoded"),
-    ("windows-metafile[wmf-dibstretchblt]", "clean: a .wmf drawing the photo with "
-     "META_DIBSTRETCHBLT is not decoded"),
-    ("enhanced-metafile[emf-stretchblt]", "clean: an .emf drawing the photo with "
-     "EMR_STRETCHBLT is not decoded"),
-    ("audio-cover-art[mp3-id3-unsynchronised]", "clean: the cover picture of an MP3 whose "
-     "ID3v2.3 tag is unsynchronised (FF 00 for every FF before E0-FF or 00; players undo it) "
-     "is not decoded"),
-    ("audio-cover-art[mp3-id3-compressed-frame]", "clean: an MP3 cover picture in a "
-     "zlib-compressed ID3v2.3 frame is not decoded"),
-    ("ogg-opus-cover-art", "unscannable (truncated): an Opus file's cover picture "
-     "(METADATA_BLOCK_PICTURE, base64 split over Ogg pages; players join the pages) is not "
-     "read whole"),
-    ("archive-variants[7z-arm64]", "unscannable (unsupported-archive): a 7z archive with "
-     "the ARM64 branch filter, which 7-Zip reads"),
-    ("archive-methods[zip-ppmd]", "unscannable (unsupported-archive): zip entries "
-     "compressed with PPMd (method 98), which 7-Zip and bsdtar read"),
 ]
 
 
