@@ -8,7 +8,8 @@ to be, whatever they are called: forwarded messages (`message/rfc822`, saved .em
 opaque S/MIME, OpenPGP, ZIP (so OOXML and ODF too), TAR, gzip, bzip2, xz, lzma, compress,
 lzip, lz4, zstd, 7z, RAR, ISO 9660, CAB, cpio, xar, TNEF (winmail.dat) and PDF files (image
 objects, and pages rendered where they draw images), Windows metafiles (the bitmaps WMF and
-EMF records draw), uuencoded blocks, BinHex, RTF pictures,
+EMF records draw), audio files (ID3, FLAC and Ogg cover art), uuencoded blocks, BinHex,
+RTF pictures,
 `data:` URIs and bare base64 in text. After the walk, the content sweep (sweep.py) decodes
 base64, uuencode and BinHex runs the walk did not decode, and carves signatures out of
 unknown binary.
