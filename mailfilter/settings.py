@@ -239,6 +239,16 @@ class ImageSettings(_Section):
     min_dimension: int = Field(default=50, ge=1)
 
 
+class VideoSettings(_Section):
+    max_bytes: Size = 200 * 1000**2
+    # per frame: 4K is 8.3-8.9 M; a decoder keeps up to 16 reference frames, so this also
+    # bounds its memory (16 x 9 M x 1.5 bytes: 216 MB)
+    max_pixels: Count = Field(default=9_000_000, ge=1)
+    frames_per_second: float = Field(default=1.0, gt=0.0, le=60.0)  # sampled on a time grid
+    max_frames: int = Field(default=3600, ge=1, le=1_000_000)  # sampled frames per video
+    deadline: Duration = 30.0
+
+
 class ExtractSettings(_Section):
     max_depth: int = Field(default=10, ge=1, le=1000)
     max_parts: int = Field(default=1000, ge=1)
@@ -321,6 +331,7 @@ class Settings(_Section):
     store: StoreSettings = StoreSettings()
     match: MatchSettings = MatchSettings()
     images: ImageSettings = ImageSettings()
+    video: VideoSettings = VideoSettings()
     extract: ExtractSettings = ExtractSettings()
     workers: WorkerSettings = WorkerSettings()
     policy: PolicySettings = PolicySettings()

@@ -1,0 +1,486 @@
+"""The decode and hash stages for videos: attachment bytes -> frames sampled on a time grid
+-> vPDQ features and per-frame PDQ, in bounded time and memory.
+
+Decoder: PyAV (FFmpeg's libraries, bundled in its wheels), in the worker process.
+Evaluated against the system ``ffmpeg`` run as a subprocess per video (FFmpeg 5.1 from
+Debian) on a generated 60 s 720p30 H.264 clip (testsrc2, x264 defaults: 22.7 MB, 1,800
+frames, keyframe every 250 frames, 3 B-frames), 2 cores, sampling 1 frame per second,
+measured with ``bench/video_speed.py`` and a one-off script (the machine was shared with
+other sessions' tests, so figures move by some 20%):
+
+=====================================  =========  ==================================
+                                        wall       peak memory (RSS)
+=====================================  =========  ==================================
+one-thread full decode, ffmpeg CLI     5.4-6.1 s  (the bench's yardstick)
+PyAV, all frames, 1 thread              5.4 s      60 MB (whole process, Python too)
+PyAV, skip_frame=NONREF, 2 threads      3.0 s      64 MB
+ffmpeg subprocess, -skip_frame nonref,  3.1 s      ~75 MB (child) + a temporary file
+  -vf fps=1, rgb24 on a pipe
+=====================================  =========  ==================================
+
+Both decode the same way at the same speed (it is the same library), so the choice rests on
+control and cost:
+
+- Control over hostile input. In-process, every limit is checked where it matters: the
+  container's and the codec's claimed size before a pixel is decoded (and FFmpeg's own
+  ``max_pixels`` codec option, so a bitstream that claims more than its container cannot
+  make the decoder allocate it), every decoded frame's size, the sampled-frame cap and the
+  deadline between packets, so a stream of millions of tiny frames or an endless one stops
+  on time with the frames so far. A subprocess can only be killed from outside, and its
+  output must be parsed back (frame sizes changing mid-stream, timestamps lost by ``fps``).
+- Cost. A subprocess needs the bytes in a file (MP4 with its index at the end cannot be
+  read from a pipe) and a fork/exec per video (~40 ms); PyAV reads the bytes in memory.
+- Isolation is not lost: the worker pool already runs each task in a process of its own
+  with an address-space limit (`workers.memory_limit`) and a deadline; a decoder crash
+  kills that worker only (worker-crashed), as a Pillow crash would.
+- Packaging: wheels carry FFmpeg (the same version on every machine and in CI, with
+  dav1d for AV1); the system ffmpeg is only needed by the bench and tests that make clips.
+
+What is decoded (less than everything): only the first video stream (as the reference);
+``skip_frame = NONREF`` drops frames nothing refers to (most B-frames of H.264/HEVC, MPEG-4
+B-frames, VP8/VP9 and AV1 non-reference frames: 42% of the frames of the clip above) with
+frame/slice threads; for intra-only codecs (MJPEG) packets before the next grid time are not
+decoded at all. The sampled frame for grid time t is the first decoded frame at or after t;
+its own timestamp is reported, so a skipped B-frame moves a sample by a frame or two, never
+off the timeline.
+
+Frame conversion: vPDQ's reference converts each frame to RGB24 with swscale
+(``SWS_AREA``) at full size, with swscale's default (BT.601) coefficients whatever the
+stream says. The same conversion needs ``ACCURATE_RND`` here: the reference's build rounds as
+swscale's C code does, the SIMD fast path (PyAV's default) differs by one level in places,
+which moved 720p hashes by a median of 4 bits (worst 22). With it, on Meta's sample videos
+(every frame, quality >= 50): median 0 bits for all but test-padded-dimensions (median 2, worst
+8), worst 2 elsewhere (tests/test_vpdq.py).
+
+Limits (`[video]`): ``max_bytes`` before opening; ``max_pixels`` for the claimed and every
+decoded frame size; ``max_frames`` sampled frames; ``deadline`` for the whole task (decoding
+stops at `DEADLINE_SHARE` of it, so the frames so far are hashed and returned before the
+worker pool's deadline). Past a limit after some frames: the frames so far, with
+``incomplete`` set (frames-past-limit, deadline, too-many-pixels, corrupt); before any frame:
+``SkipImage`` with the reason. Only ``SkipImage`` leaves `sample_frames`.
+
+Skip reasons: not-a-video (no container signature we read), unsupported-format (a container
+we read holding a codec we do not), no-video-stream, too-large, too-many-pixels, corrupt,
+no-frames, deadline.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import av
+import av.error
+import numpy as np
+import numpy.typing as npt
+from av.video.reformatter import Interpolation
+from PIL import Image
+
+from mailfilter.borders import content_box
+from mailfilter.errors import SkipImage
+from mailfilter.hashing.exact import exact_hashes
+from mailfilter.hashing.gridhist import gridhist_dihedral, gridhist_from_luma
+from mailfilter.hashing.pdq import PdqResult, pdq_from_luma
+from mailfilter.hashing.vpdq import VpdqFeature, feature_from_pdq, luma_from_rgb, prune
+from mailfilter.magic import image_format
+from mailfilter.model import ExactHashes, FrameFingerprint
+from mailfilter.settings import Settings, VideoSettings
+
+__all__ = [
+    "CORRUPT",
+    "DEADLINE",
+    "FRAMES_PAST_LIMIT",
+    "NOT_A_VIDEO",
+    "NO_VIDEO_STREAM",
+    "TOO_MANY_PIXELS",
+    "SampledFrame",
+    "VideoFingerprint",
+    "VideoParams",
+    "VideoSample",
+    "VideoStream",
+    "fingerprint_video",
+    "sample_frames",
+    "sniff_container",
+]
+
+NOT_A_VIDEO = "not-a-video"
+UNSUPPORTED_FORMAT = "unsupported-format"
+NO_VIDEO_STREAM = "no-video-stream"
+TOO_LARGE = "too-large"
+TOO_MANY_PIXELS = "too-many-pixels"
+CORRUPT = "corrupt"
+NO_FRAMES = "no-frames"
+DEADLINE = "deadline"
+FRAMES_PAST_LIMIT = "frames-past-limit"
+
+#: Decoding stops at this share of `video.deadline` after the task began, so the frames so
+#: far are hashed and returned before the worker pool's own deadline ends the task.
+DEADLINE_SHARE = 0.85
+#: Decoder threads per video (frame or slice threads, as the codec allows). Two: the worker
+#: pool runs a worker per core, and two threads already hide most of a lone video's decode.
+DECODE_THREADS = 2
+#: FFmpeg's probing reads at most this much of the file / this much stream time before the
+#: streams are known (its defaults are 5 MB and 5 s too; set so a change there cannot
+#: widen them).
+PROBE_BYTES = 5_000_000
+PROBE_MICROSECONDS = 5_000_000
+#: A frame at most this far (seconds) before a grid time still counts as on it (timestamps
+#: are rounded by containers: 1/25 s as 40 ms, 1/30 s as 33 or 34 ms).
+GRID_SLACK = 0.0005
+#: Frames are box-reduced to about this short side for gridhist and border detection (as
+#: mailfilter.fingerprint does for images); PDQ is always computed at full size.
+PREVIEW_SHORT_SIDE = 160
+
+# Container -> the one FFmpeg demuxer it is opened with (never FFmpeg's own probing, which
+# would hand odd bytes to any of ~300 demuxers).
+_DEMUXERS = {"mp4": "mov", "matroska": "matroska", "avi": "avi"}
+# Decoders (FFmpeg names) of the codecs read: H.264, HEVC, VP8, VP9, AV1 (dav1d or FFmpeg's
+# own), MPEG-4 part 2, MJPEG, and H.263 (3GP from older phones).
+_DECODERS = frozenset({
+    "h264", "hevc", "vp8", "vp9", "libvpx", "libvpx-vp9", "libdav1d", "av1", "mpeg4",
+    "mjpeg", "h263",
+})
+# MP4/QuickTime top-level boxes that may come first (QuickTime files need no `ftyp`).
+_QUICKTIME_FIRST_BOXES = frozenset({b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide",
+                                    b"pnot"})
+_RGB_FLAGS = Interpolation.AREA | Interpolation.ACCURATE_RND
+
+
+def sniff_container(data: bytes) -> str | None:
+    """The video container from the leading bytes: "mp4" (MP4, MOV, 3GP: ISO-BMFF and
+    QuickTime), "matroska" (MKV, WebM) or "avi"; None for anything else, including HEIF and
+    AVIF images (ISO-BMFF too)."""
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"AVI ":
+        return "avi"
+    if data[:4] == b"\x1a\x45\xdf\xa3":
+        return "matroska"
+    if len(data) >= 8 and data[4:8] in _QUICKTIME_FIRST_BOXES:
+        if data[4:8] == b"ftyp" and image_format(data) is not None:
+            return None
+        return "mp4"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class VideoStream:
+    """What the container says about the video stream sampled."""
+
+    container: str  # "mp4", "matroska", "avi"
+    codec: str  # FFmpeg decoder name
+    width: int
+    height: int
+    duration: float  # seconds, as declared (0.0 when unknown)
+    frame_rate: float  # average, as declared (0.0 when unknown)
+
+
+@dataclass(frozen=True, slots=True)
+class VideoSample:
+    """One sampled frame: its time (seconds from the stream's start) and RGB24 pixels."""
+
+    timestamp: float
+    rgb: npt.NDArray[np.uint8]
+
+
+@dataclass(slots=True)
+class SamplingOutcome:
+    """Filled in by `sample_frames` as it goes; final when its iterator is exhausted."""
+
+    stream: VideoStream | None = None
+    decoded: int = 0  # frames the decoder returned
+    sampled: int = 0
+    last_timestamp: float = 0.0
+    incomplete: str | None = None
+    detail: str = ""
+
+
+def _open(data: bytes, container: str) -> av.container.InputContainer:
+    try:
+        return av.open(
+            io.BytesIO(data), mode="r", format=_DEMUXERS[container],
+            options={"probesize": str(PROBE_BYTES), "analyzeduration": str(PROBE_MICROSECONDS)},
+        )
+    except (av.error.FFmpegError, ValueError, OSError) as exc:
+        raise SkipImage(CORRUPT, f"{container}: {exc}") from exc
+
+
+def _stream_info(container: str, box: av.container.InputContainer,
+                 stream: av.video.stream.VideoStream) -> VideoStream:
+    ctx = stream.codec_context
+    duration = 0.0
+    if stream.duration is not None and stream.time_base is not None:
+        duration = float(stream.duration * stream.time_base)
+    elif box.duration is not None:
+        duration = box.duration / 1_000_000
+    rate = stream.average_rate or stream.guessed_rate
+    return VideoStream(
+        container=container, codec=ctx.name, width=ctx.width, height=ctx.height,
+        duration=max(0.0, duration) if math.isfinite(duration) else 0.0,
+        frame_rate=float(rate) if rate else 0.0,
+    )
+
+
+def _rgb(frame: av.VideoFrame) -> npt.NDArray[np.uint8]:
+    """RGB24 at full size, converted as vPDQ's reference does (see the module docstring)."""
+    rgb = frame.reformat(format="rgb24", src_colorspace="ITU601", dst_colorspace="ITU601",
+                         interpolation=_RGB_FLAGS).to_ndarray()
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def sample_frames(data: bytes, limits: VideoSettings, outcome: SamplingOutcome,
+                  started: float | None = None) -> Iterator[VideoSample]:
+    """Decode `data` and yield one frame per grid step (``1 / frames_per_second`` s).
+
+    Raises SkipImage (before the first frame) when the video cannot be read at all; a limit
+    or error after frames were yielded ends the iteration with `outcome.incomplete` set.
+    `started` is the task's start (`time.monotonic()`), for the deadline."""
+    started = time.monotonic() if started is None else started
+    if len(data) > limits.max_bytes:
+        raise SkipImage(TOO_LARGE, f"{len(data)} bytes > max_bytes {limits.max_bytes}")
+    container = sniff_container(data)
+    if container is None:
+        raise SkipImage(NOT_A_VIDEO)
+    box = _open(data, container)
+    try:
+        yield from _sample(box, container, limits, outcome, started)
+    finally:
+        box.close()
+
+
+def _sample(box: av.container.InputContainer, container: str, limits: VideoSettings,
+            outcome: SamplingOutcome, started: float) -> Iterator[VideoSample]:
+    if not box.streams.video:
+        raise SkipImage(NO_VIDEO_STREAM, f"{container} with {len(box.streams)} other streams")
+    stream = box.streams.video[0]
+    ctx = stream.codec_context
+    if ctx.name not in _DECODERS:
+        raise SkipImage(UNSUPPORTED_FORMAT, f"{container} with {ctx.name} video")
+    info = _stream_info(container, box, stream)
+    outcome.stream = info
+    if info.width * info.height > limits.max_pixels:
+        raise SkipImage(TOO_MANY_PIXELS, f"{info.width}x{info.height} declared > max_pixels "
+                                         f"{limits.max_pixels}")
+    # FFmpeg's own cap: a bitstream claiming more than its container never gets its buffers.
+    ctx.options = {"max_pixels": str(limits.max_pixels)}
+    ctx.thread_count = DECODE_THREADS
+    ctx.thread_type = "AUTO"
+    ctx.skip_frame = "NONREF"
+    intra_only = ctx.name == "mjpeg"
+
+    interval = 1.0 / limits.frames_per_second
+    budget = limits.deadline * DEADLINE_SHARE
+    time_base = stream.time_base
+    origin = stream.start_time or 0
+    next_time = 0.0
+    errors = 0
+    first_error = ""
+
+    def stop(reason: str, detail: str) -> None:
+        outcome.incomplete = reason
+        outcome.detail = detail
+
+    def frame_time(frame: av.VideoFrame) -> float:
+        if frame.pts is not None and time_base is not None:
+            return float((frame.pts - origin) * time_base)
+        # No timestamp: count frames at the declared rate (25 when none is declared).
+        return outcome.decoded / (info.frame_rate or 25.0)
+
+    packets = box.demux(stream)
+    while True:
+        if time.monotonic() - started > budget:
+            if not outcome.sampled:
+                raise SkipImage(DEADLINE, f"no frame decoded in {budget:g}s")
+            stop(DEADLINE, f"sampled {outcome.sampled} frames up to "
+                           f"{outcome.last_timestamp:.3f}s in the time budget of {budget:g}s")
+            return
+        try:
+            packet = next(packets)
+        except StopIteration:
+            break
+        except av.error.FFmpegError as exc:  # the demuxer gave up: the file ends here
+            errors += 1
+            first_error = first_error or f"demuxing: {exc}"
+            break
+        if (intra_only and packet.pts is not None and time_base is not None
+                and float((packet.pts - origin) * time_base) < next_time - GRID_SLACK):
+            continue  # an intra-only frame off the grid: never decoded
+        try:
+            frames = ctx.decode(packet)
+        except av.error.FFmpegError as exc:
+            # Players go on past a broken packet, and so do we (the next keyframe heals the
+            # picture); that frames may be missing is reported below.
+            errors += 1
+            first_error = first_error or f"decoding: {exc}"
+            if ctx.width * ctx.height > limits.max_pixels:
+                reason = f"{ctx.width}x{ctx.height} in the bitstream > max_pixels"
+                if not outcome.sampled:
+                    raise SkipImage(TOO_MANY_PIXELS, reason) from exc
+                stop(TOO_MANY_PIXELS, reason)
+                return
+            continue
+        for frame in frames:
+            outcome.decoded += 1
+            if frame.width * frame.height > limits.max_pixels:
+                reason = f"a {frame.width}x{frame.height} frame > max_pixels {limits.max_pixels}"
+                if not outcome.sampled:
+                    raise SkipImage(TOO_MANY_PIXELS, reason)
+                stop(TOO_MANY_PIXELS, reason)
+                return
+            timestamp = frame_time(frame)
+            if not math.isfinite(timestamp) or timestamp < next_time - GRID_SLACK:
+                continue
+            if outcome.sampled >= limits.max_frames:
+                stop(FRAMES_PAST_LIMIT, f"sampled {outcome.sampled} frames (max_frames) up to "
+                                        f"{outcome.last_timestamp:.3f}s; more follow")
+                return
+            outcome.sampled += 1
+            outcome.last_timestamp = timestamp
+            # The next grid point after this frame (a frame late on the grid does not make
+            # the next sample late too; a jump in timestamps skips the empty steps).
+            next_time = (math.floor(timestamp / interval + GRID_SLACK) + 1) * interval
+            yield VideoSample(max(0.0, timestamp), _rgb(frame))
+    if not outcome.sampled:
+        raise SkipImage(CORRUPT if errors else NO_FRAMES,
+                        first_error or f"{container}/{ctx.name}: no frame decoded")
+    if errors:
+        stop(CORRUPT, f"{errors} packets failed ({first_error}); frames may be missing")
+
+
+# --- the hash stage ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class VideoParams:
+    """What the task needs from the settings (small, so it pickles cheaply per task)."""
+
+    video: VideoSettings
+    pdq_min_quality: int = 50
+    min_dimension: int = 50
+    trim_borders: bool = True
+    #: gridhist of each sampled frame as well: off by default, it cost 14 ms a 720p frame,
+    #: more than PDQ, conversion and border detection together (PDQ carries the frame
+    #: lookups in the image lists; with this off `FrameFingerprint.gridhist` is None).
+    gridhist: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> VideoParams:
+        return cls(video=settings.video, pdq_min_quality=settings.match.pdq_min_quality,
+                   min_dimension=settings.images.min_dimension,
+                   trim_borders=settings.images.trim_borders)
+
+
+@dataclass(frozen=True, slots=True)
+class SampledFrame:
+    """One sampled frame: its time and its fingerprints for the image lists (`frames`:
+    the whole frame, then, when it has letterbox/pillarbox borders, the frame with them cut
+    away; `FrameFingerprint.frame` is the sample's index)."""
+
+    timestamp: float
+    frames: tuple[FrameFingerprint, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class VideoFingerprint:
+    """Everything the hash stage knows about one video attachment's bytes.
+
+    Exact hashes exist for every payload. `skipped` holds the reason when no frame could be
+    read (then `frames` and `vpdq` are empty); `incomplete` when only part of the video was
+    (the fingerprints of that part are kept). `vpdq`: the features of every sampled frame,
+    consecutive near repeats pruned (`mailfilter.hashing.vpdq`)."""
+
+    exact: ExactHashes
+    container: str = ""
+    codec: str = ""
+    width: int = 0
+    height: int = 0
+    duration: float = 0.0  # seconds: the declared duration, or the last frame's time
+    frames: tuple[SampledFrame, ...] = ()
+    vpdq: tuple[VpdqFeature, ...] = ()
+    decoded: int = 0  # frames the decoder returned (non-reference frames are not decoded)
+    skipped: str | None = None
+    incomplete: str | None = None
+    detail: str = ""
+
+    @property
+    def vpdq_compact(self) -> list[str]:
+        return [str(feature) for feature in self.vpdq]
+
+
+def _preview(luma: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    factor = min(luma.shape) // PREVIEW_SHORT_SIDE
+    if factor < 2:
+        return luma
+    small = Image.fromarray(np.ascontiguousarray(luma), "F").reduce(factor)
+    return np.asarray(small, dtype=np.float32)
+
+
+def _frame_fingerprint(index: int, pdq: PdqResult, preview: npt.NDArray[np.float32],
+                       trimmed: bool, too_small: bool, params: VideoParams) -> FrameFingerprint:
+    reason: str | None = None
+    if too_small:
+        reason = "too-small"
+    elif pdq.quality < params.pdq_min_quality:
+        reason = "low-quality"
+    gridhist = None if too_small or not params.gridhist else gridhist_from_luma(preview)
+    return FrameFingerprint(
+        frame=index, trimmed=trimmed, pdq=None if reason else pdq.hash,
+        pdq_quality=pdq.quality, pdq_dihedral=() if reason else pdq.dihedral,
+        gridhist=gridhist, reason=reason,
+        gridhist_dihedral=gridhist_dihedral(gridhist) if gridhist else (),
+    )
+
+
+def _sampled_frame(index: int, sample: VideoSample, params: VideoParams
+                   ) -> tuple[SampledFrame, PdqResult]:
+    luma = luma_from_rgb(sample.rgb)
+    pdq = pdq_from_luma(luma)
+    too_small = min(luma.shape) < params.min_dimension
+    preview = _preview(luma) if params.gridhist or params.trim_borders else luma
+    frames = [_frame_fingerprint(index, pdq, preview, False, too_small, params)]
+    if params.trim_borders and not too_small:
+        # Letterboxed and pillarboxed video is common; a still shown in it is listed
+        # without the bars. The cheap look at the preview first; the cut at full size.
+        box = content_box(preview) if preview is not luma else content_box(luma)
+        if box is not None and preview is not luma:
+            box = content_box(luma)
+        if box is not None:
+            top, left, bottom, right = box
+            trimmed = luma[top:bottom, left:right]
+            small = min(trimmed.shape) < params.min_dimension
+            frames.append(_frame_fingerprint(index, pdq_from_luma(trimmed), _preview(trimmed),
+                                             True, small, params))
+    return SampledFrame(sample.timestamp, tuple(frames)), pdq
+
+
+def fingerprint_video(data: bytes, params: VideoParams) -> VideoFingerprint:
+    """Exact hashes always; vPDQ and per-frame fingerprints of the frames sampled on the
+    time grid. Never raises for bad video data: unreadable is `skipped`, read in part is
+    `incomplete` (with the fingerprints of that part)."""
+    started = time.monotonic()
+    exact = exact_hashes(data)
+    outcome = SamplingOutcome()
+    sampled: list[SampledFrame] = []
+    features: list[VpdqFeature] = []
+    try:
+        for index, sample in enumerate(sample_frames(data, params.video, outcome, started)):
+            frame, pdq = _sampled_frame(index, sample, params)
+            sampled.append(frame)
+            features.append(feature_from_pdq(pdq, sample.timestamp))
+    except SkipImage as exc:
+        info = outcome.stream
+        return VideoFingerprint(
+            exact=exact, container=info.container if info else "",
+            codec=info.codec if info else "", width=info.width if info else 0,
+            height=info.height if info else 0, duration=info.duration if info else 0.0,
+            decoded=outcome.decoded, skipped=exc.reason, detail=exc.detail,
+        )
+    info = outcome.stream
+    assert info is not None  # set before the first frame
+    return VideoFingerprint(
+        exact=exact, container=info.container, codec=info.codec, width=info.width,
+        height=info.height, duration=round(info.duration or outcome.last_timestamp, 3),
+        frames=tuple(sampled), vpdq=prune(features), decoded=outcome.decoded,
+        incomplete=outcome.incomplete, detail=outcome.detail,
+    )
