@@ -56,7 +56,8 @@ Limits (`[video]`): ``max_bytes`` before opening; ``max_pixels`` for the claimed
 decoded frame size; ``max_frames`` sampled frames; ``deadline`` for the whole task (decoding
 stops at `DEADLINE_SHARE` of it, so the frames so far are hashed and returned before the
 worker pool's deadline). Past a limit after some frames: the frames so far, with
-``incomplete`` set (frames-past-limit, deadline, too-many-pixels, corrupt); before any frame:
+``incomplete`` set (frames-past-limit, deadline, too-many-pixels, corrupt, truncated: the
+frames end well before the video stream's declared length); before any frame:
 ``SkipImage`` with the reason. Only ``SkipImage`` leaves `sample_frames`.
 
 Skip reasons: not-a-video (no container signature we read), unsupported-format (a container
@@ -96,6 +97,7 @@ __all__ = [
     "NOT_A_VIDEO",
     "NO_VIDEO_STREAM",
     "TOO_MANY_PIXELS",
+    "TRUNCATED",
     "SampledFrame",
     "VideoFingerprint",
     "VideoParams",
@@ -115,6 +117,7 @@ CORRUPT = "corrupt"
 NO_FRAMES = "no-frames"
 DEADLINE = "deadline"
 FRAMES_PAST_LIMIT = "frames-past-limit"
+TRUNCATED = "truncated"
 
 #: Decoding stops at this share of `video.deadline` after the task began, so the frames so
 #: far are hashed and returned before the worker pool's own deadline ends the task.
@@ -130,6 +133,9 @@ PROBE_MICROSECONDS = 5_000_000
 #: A frame at most this far (seconds) before a grid time still counts as on it (timestamps
 #: are rounded by containers: 1/25 s as 40 ms, 1/30 s as 33 or 34 ms).
 GRID_SLACK = 0.0005
+#: Seconds of declared stream length past the last sample that may be without frames before
+#: the video counts as truncated (a last GOP of skipped frames, rounding).
+TRUNCATION_SLACK = 1.0
 #: Frames are box-reduced to about this short side for gridhist and border detection (as
 #: mailfilter.fingerprint does for images); PDQ is always computed at full size.
 PREVIEW_SHORT_SIDE = 160
@@ -346,6 +352,14 @@ def _sample(box: av.container.InputContainer, container: str, limits: VideoSetti
                         first_error or f"{container}/{ctx.name}: no frame decoded")
     if errors:
         stop(CORRUPT, f"{errors} packets failed ({first_error}); frames may be missing")
+        return
+    # A file cut short ends quietly in most demuxers: the video stream's own declared length
+    # (not the container's, which an audio track may make longer) says frames are missing.
+    if stream.duration is not None and time_base is not None:
+        declared = float(stream.duration * time_base)
+        if declared > outcome.last_timestamp + interval + TRUNCATION_SLACK:
+            stop(TRUNCATED, f"frames end at {outcome.last_timestamp:.3f}s of a video stream "
+                            f"declared {declared:.3f}s long")
 
 
 # --- the hash stage ----------------------------------------------------------------------

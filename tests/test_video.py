@@ -1,0 +1,184 @@
+"""The video decode stage (mailfilter.video): containers and codecs read, the time grid,
+limits ending in partial results, hostile files ending as defined skip reasons."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import time
+
+import av
+import numpy as np
+import pytest
+
+from mailfilter import video
+from mailfilter.hashing.vpdq import VpdqFeature
+from mailfilter.settings import Settings, VideoSettings
+from mailfilter.video import VideoFingerprint, VideoParams, fingerprint_video, sniff_container
+from tests.factories import jpeg
+from tests.video_factories import KINDS, audio_only_mp4, clip, encode, scene_frames
+
+PARAMS = VideoParams.from_settings(Settings())
+
+
+def fingerprint(data: bytes, **limits: object) -> VideoFingerprint:
+    settings = VideoSettings(**limits)  # type: ignore[arg-type]
+    return fingerprint_video(data, VideoParams(video=settings))
+
+
+@pytest.fixture(scope="module")
+def h264() -> bytes:
+    return clip("h264.mp4", seconds=5.0)
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_every_container_and_codec_is_sampled_once_a_second(kind: str) -> None:
+    size = (352, 288) if kind.startswith("h263") else (320, 240)
+    result = fingerprint_video(clip(kind, width=size[0], height=size[1]), PARAMS)
+    assert result.skipped is None and result.incomplete is None, result.detail
+    assert (result.width, result.height) == size
+    assert result.duration == pytest.approx(3.0, abs=0.1)
+    times = [frame.timestamp for frame in result.frames]
+    assert len(times) == 3
+    # A sample is the first decoded frame at or after its grid time (non-reference frames
+    # are not decoded, so it may be a frame or two late).
+    for grid, got in zip((0.0, 1.0, 2.0), times, strict=True):
+        assert grid <= got < grid + 0.2
+    assert len(result.vpdq) == 3  # three different scenes: nothing pruned
+    assert all(f.quality >= 50 for f in result.vpdq)
+    assert [VpdqFeature.from_str(s) for s in result.vpdq_compact] == list(result.vpdq)
+
+
+def test_frames_per_second_sets_the_grid(h264: bytes) -> None:
+    result = fingerprint(h264, frames_per_second=2.0)
+    assert len(result.frames) == 10
+    assert result.incomplete is None
+
+
+def test_a_still_video_prunes_to_one_feature_but_keeps_every_frame() -> None:
+    still = encode(scene_frames(4.0, 25, 320, 240, still=True))
+    result = fingerprint_video(still, PARAMS)
+    assert len(result.frames) == 4
+    assert len(result.vpdq) == 1
+
+
+def test_letterboxed_frames_also_have_a_trimmed_fingerprint() -> None:
+    boxed = clip("h264.mp4", seconds=2.0, width=320, height=240, bars=40)
+    result = fingerprint_video(boxed, PARAMS)
+    for frame in result.frames:
+        assert [f.trimmed for f in frame.frames] == [False, True]
+        assert frame.frames[1].pdq is not None
+
+
+def test_past_max_frames_is_partial_with_the_frames_so_far(h264: bytes) -> None:
+    result = fingerprint(h264, max_frames=2)
+    assert result.incomplete == video.FRAMES_PAST_LIMIT
+    assert len(result.frames) == 2 and result.skipped is None
+
+
+def test_exactly_max_frames_is_complete(h264: bytes) -> None:
+    assert fingerprint(h264, max_frames=5).incomplete is None
+
+
+def test_deadline_gives_a_partial_result(h264: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = itertools.count(step=0.05)  # each reading of the clock: 50 ms later
+    monkeypatch.setattr(video.time, "monotonic", lambda: next(clock))
+    result = fingerprint(h264, deadline=2.0)
+    assert result.incomplete == video.DEADLINE
+    assert 0 < len(result.frames) < 5
+
+
+def test_deadline_before_any_frame_is_a_skip(h264: bytes,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = itertools.count(step=100.0)
+    monkeypatch.setattr(video.time, "monotonic", lambda: next(clock))
+    assert fingerprint(h264).skipped == video.DEADLINE
+
+
+@pytest.mark.parametrize(("data", "reason"), [
+    (b"", video.NOT_A_VIDEO),
+    (b"hello, world" * 100, video.NOT_A_VIDEO),
+    (b"\x00\x00\x00\x18ftypisom" + bytes(range(256)) * 40, video.CORRUPT),
+    (b"\x1a\x45\xdf\xa3" + b"\xff" * 5000, video.CORRUPT),
+    (b"RIFF\x00\x10\x00\x00AVI LIST" + b"\x00" * 4000, video.CORRUPT),
+])
+def test_garbage_is_a_defined_skip(data: bytes, reason: str) -> None:
+    result = fingerprint_video(data, PARAMS)
+    assert result.skipped == reason
+    assert result.exact.sha256  # exact hashes are always there
+    assert not result.frames and not result.vpdq
+
+
+def test_images_are_not_videos() -> None:
+    assert sniff_container(jpeg(1)) is None
+    assert fingerprint_video(jpeg(1), PARAMS).skipped == video.NOT_A_VIDEO
+
+
+def test_a_file_without_video_is_no_video_stream() -> None:
+    assert fingerprint_video(audio_only_mp4(), PARAMS).skipped == video.NO_VIDEO_STREAM
+
+
+def test_unsupported_codec() -> None:
+    frames = scene_frames(1.0, 5, 64, 64)
+    out = io.BytesIO()
+    with av.open(out, mode="w", format="matroska") as box:
+        stream = box.add_stream("ffv1", rate=5)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        for i, rgb in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts = i
+            for packet in stream.encode(frame):
+                box.mux(packet)
+        for packet in stream.encode(None):
+            box.mux(packet)
+    result = fingerprint_video(out.getvalue(), PARAMS)
+    assert result.skipped == video.UNSUPPORTED_FORMAT
+    assert "ffv1" in result.detail
+
+
+def test_limits_on_bytes_and_pixels(h264: bytes) -> None:
+    assert fingerprint(h264, max_bytes=1000).skipped == video.TOO_LARGE
+    assert fingerprint(h264, max_pixels=320 * 240 - 1).skipped == video.TOO_MANY_PIXELS
+
+
+def test_lying_container_dimensions_end_defined() -> None:
+    """A Matroska header claiming 65535 x 65535 for a 320 x 240 stream: refused as too many
+    pixels, or read at the real size: never decoded at the claimed size."""
+    data = bytearray(encode(scene_frames(1.0, 25, 320, 240), "hevc.mkv"))
+    width_at = data.find(b"\xb0\x82\x01\x40")  # PixelWidth, 2 bytes, 320
+    height_at = data.find(b"\xba\x81\xf0")  # PixelHeight, 1 byte, 240
+    assert width_at > 0 and height_at > 0
+    data[width_at + 2:width_at + 4] = b"\xff\xff"
+    data[height_at + 2] = 0xFF
+    started = time.monotonic()
+    result = fingerprint_video(bytes(data), PARAMS)
+    assert time.monotonic() - started < 10
+    if result.skipped is not None:
+        assert result.skipped in (video.TOO_MANY_PIXELS, video.CORRUPT)
+    else:
+        assert all(f.frames[0].pdq for f in result.frames)
+
+
+def test_a_truncated_file_is_never_complete(h264: bytes) -> None:
+    for cut in (len(h264) // 2, len(h264) * 3 // 4, 200):
+        result = fingerprint_video(h264[:cut], PARAMS)
+        assert result.skipped is not None or result.incomplete is not None, cut
+
+
+def test_hours_of_tiny_frames_end_at_max_frames() -> None:
+    """16 x 16 frames a minute apart for 3 hours: the cap on sampled frames ends it."""
+    frames = [np.full((16, 16, 3), (i * 7) % 256, np.uint8) for i in range(200)]
+    data = encode(frames, "mjpeg.avi", fps=1, pts_step=60)
+    started = time.monotonic()
+    result = fingerprint(data, max_frames=50)
+    assert time.monotonic() - started < 10
+    assert result.incomplete == video.FRAMES_PAST_LIMIT
+    assert len(result.frames) == 50
+    assert all(f.frames[0].reason == "too-small" for f in result.frames)
+
+
+def test_many_tiny_frames_are_sampled_on_the_grid() -> None:
+    frames = [np.full((16, 16, 3), i % 256, np.uint8) for i in range(2000)]
+    data = encode(frames, "h264.mp4", fps=500)
+    result = fingerprint_video(data, PARAMS)
+    assert [round(f.timestamp) for f in result.frames] == [0, 1, 2, 3]
