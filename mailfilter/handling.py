@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Final
 from mailfilter.actions.quarantine import QuarantineEntry, QuarantineStore, build_record
 from mailfilter.actions.report import report_steps
 from mailfilter.errors import TemporaryFailure
-from mailfilter.model import Envelope, ScanResult
+from mailfilter.model import AttachmentKind, Envelope, ScanResult
 from mailfilter.policy import Action, Reply, decide, decide_error
 from mailfilter.scanner import Scanner, ScanTrace
 from mailfilter.settings import Settings
@@ -182,7 +182,10 @@ class MessageHandler:
             "action": outcome.action.kind.value,
             "reason": outcome.action.reason,
             "reply": str(outcome.reply),
-            "images": len(result.attachments) if result is not None else 0,
+            "images": sum(1 for a in result.attachments if a.kind is AttachmentKind.IMAGE)
+            if result is not None else 0,
+            "files": sum(1 for a in result.attachments if a.kind is not AttachmentKind.IMAGE)
+            if result is not None else 0,
         }
         if result is not None and result.ambiguities:
             fields["ambiguities"] = list(result.ambiguities)

@@ -55,8 +55,30 @@ class Unscannable:
 
 
 @dataclass(frozen=True, slots=True)
+class ExactHashes:
+    md5: str
+    sha1: str
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class FileEntry:
+    """An attachment, container member or carved payload that is not an image: only its
+    exact hashes travel on (taken where its bytes were found, so they are never copied to
+    another process), and they are matched against the exact lists like an image's."""
+
+    mime_path: str
+    filename: str | None
+    content_type: str | None
+    size: int
+    exact: ExactHashes
+    containers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Extraction:
-    """What the extract stage found in one message."""
+    """What the extract stage found in one message: candidate images (with their bytes,
+    for the decode stage) and every other file (its exact hashes)."""
 
     attachments: tuple[Attachment, ...]
     unscannable: tuple[Unscannable, ...] = ()
@@ -66,13 +88,7 @@ class Extraction:
     parts: int = 0
     # Where readers disagree about the structure ("code at path"); every reading was scanned.
     ambiguities: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class ExactHashes:
-    md5: str
-    sha1: str
-    sha256: str
+    files: tuple[FileEntry, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +163,11 @@ class Verdict(enum.StrEnum):
     UNSCANNABLE = "unscannable"
 
 
+class AttachmentKind(enum.StrEnum):
+    IMAGE = "image"  # decoded and fingerprinted (perceptual and exact hashes)
+    FILE = "file"  # any other file: exact hashes
+
+
 @dataclass(frozen=True, slots=True)
 class AttachmentResult:
     mime_path: str
@@ -155,6 +176,7 @@ class AttachmentResult:
     fingerprint: ImageFingerprint
     matches: tuple[Match, ...] = ()
     containers: tuple[str, ...] = ()
+    kind: AttachmentKind = AttachmentKind.IMAGE
 
     def as_json(self) -> dict[str, Any]:
         """What is known about the attachment, for `scan --json` and quarantine records:
@@ -163,6 +185,7 @@ class AttachmentResult:
         primary = fp.primary
         return {
             "mime_path": self.mime_path,
+            "kind": self.kind.value,
             "filename": self.filename,
             "content_type": self.content_type,
             "containers": list(self.containers),

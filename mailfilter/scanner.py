@@ -42,6 +42,7 @@ from mailfilter.matching.index import HashIndex
 from mailfilter.matching.lookup import match_fingerprint
 from mailfilter.model import (
     Attachment,
+    AttachmentKind,
     AttachmentResult,
     Extraction,
     ImageFingerprint,
@@ -249,6 +250,13 @@ class Scanner:
                 matches=matches,
                 containers=a.containers,
             ))
+        for f in extraction.files:  # every other file: its exact hashes
+            fp = ImageFingerprint(exact=f.exact)
+            results.append(AttachmentResult(
+                mime_path=f.mime_path, filename=f.filename, content_type=f.content_type,
+                fingerprint=fp, matches=match_fingerprint(index, fp, self._settings.match),
+                containers=f.containers, kind=AttachmentKind.FILE,
+            ))
         image_unscannable, image_defects = _image_records(results)
         done = time.perf_counter()
         if trace is not None:
@@ -256,6 +264,7 @@ class Scanner:
                                 fingerprint=fingerprinted - extracted, match=done - fingerprinted)
             trace.sizes.update(
                 (a.mime_path, size) for a, size in zip(extraction.attachments, sizes, strict=True))
+            trace.sizes.update((f.mime_path, f.size) for f in extraction.files)
             trace.cache_hits += sum(1 for _fp, cached in found if cached is not None)
             trace.subject = extraction.subject
         return ScanResult(

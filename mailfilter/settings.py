@@ -31,6 +31,7 @@ from pydantic import (
     field_validator,
 )
 
+from mailfilter import signals
 from mailfilter.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/mailfilter/mailfilter.toml")
@@ -221,13 +222,19 @@ class StoreSettings(_Section):
     cache_ttl: Duration = 86400.0
 
 
+def _known_signals(names: tuple[str, ...]) -> tuple[str, ...]:
+    unknown = [n for n in names if n not in signals.BY_NAME]
+    if unknown:
+        raise ValueError(f"unknown algorithm {unknown[0]!r}; known: {', '.join(signals.NAMES)}")
+    return names
+
+
 class MatchSettings(_Section):
     pdq_max_distance: int = Field(default=31, ge=0, le=256)
     pdq_min_quality: int = Field(default=50, ge=0, le=100)
     gridhist_max_distance: float = Field(default=300.0, ge=0.0)  # 0: gridhist off
-    algorithms: tuple[Literal["pdq", "gridhist", "md5", "sha1", "sha256"], ...] = (
-        "pdq", "gridhist", "md5", "sha1", "sha256",
-    )
+    # Signal types to match: any of pdq, gridhist, md5, sha1, sha256 (mailfilter/signals.py)
+    algorithms: Annotated[tuple[str, ...], AfterValidator(_known_signals)] = signals.NAMES
 
 
 class ImageSettings(_Section):

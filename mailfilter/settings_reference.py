@@ -28,6 +28,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator
 from pydantic.fields import FieldInfo
 
 from mailfilter import settings as s
+from mailfilter import signals
 
 __all__ = ["ExampleKey", "UndocumentedSetting", "parse_example", "reference_markdown"]
 
@@ -59,6 +60,8 @@ _VALIDATOR_TYPES: Final = {
     "_check_emails": "list of email addresses",
     "_check_webhook_url": "`http://` or `https://` URL, or empty",
     "_check_milter_listen": "`inet:host:port` or `unix:/path`, or empty to turn it off",
+    "_known_signals": "list of signal types: "
+                      + ", ".join(f"`{name}`" for name in signals.NAMES),
 }
 _VALIDATORS: Final[dict[Callable[..., Any], str]] = {
     func: text for name, text in _VALIDATOR_TYPES.items()

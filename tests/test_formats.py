@@ -155,19 +155,21 @@ def test_single_hex_formats(fmt: str, nbytes: int) -> None:
 
 
 def test_hma_signal_types() -> None:
-    p, m = pdq_like(), random_hex(16)
+    """HMA's names map to our signal types (video_md5 and photo_md5 are MD5s of the file:
+    exact hashes, matched against every attachment); what we have no signal for is
+    skipped by name."""
+    p, m, v = pdq_like(), random_hex(16), random_hex(16)
     text = (
         "signal_type,signal\n"
         f"pdq {p}\n"
         f"md5,{m}\n"
-        f"video_md5 {random_hex(16)}\n"
+        f"video_md5 {v}\n"
         f"url https://example.org/\n"
         "pdq\n"
     )
     batches, tally = parse(text, "hma")
-    assert entries(batches) == [("pdq", p, (), 0), ("md5", m, (), 0)]
+    assert entries(batches) == [("pdq", p, (), 0), ("md5", m, (), 0), ("md5", v, (), 0)]
     assert tally.skipped == {
-        "unsupported signal type video_md5": 1,
         "unsupported signal type url": 1,
         "expected SIGNAL_TYPE VALUE": 1,
     }
@@ -197,13 +199,13 @@ def ncmec_image(ident: int, fingerprints: dict[str, str], classification: str = 
 
 def test_ncmec_xml_images_tombstones_and_unsupported() -> None:
     md5, sha1, pdq = random_hex(16), random_hex(20), pdq_like()
-    gone_md5 = random_hex(16)
+    gone_md5, video_md5 = random_hex(16), random_hex(16)
     doc = ncmec_doc(
         [
             ncmec_image(1, {"md5": md5, "sha1": sha1, "pdq": pdq, "pdna": "1,2,3"}, "A1"),
             ncmec_image(2, {"md5": "nothex"}),
             ncmec_image(3, {}),
-            ncmec_image(4, {"md5": random_hex(16)}, tag="video"),
+            ncmec_image(4, {"MD5": video_md5}, tag="video"),
         ],
         [ncmec_image(5, {"md5": gone_md5, "pdna": "4,5"}, tag="deletedImage"),
          ncmec_image(6, {}, tag="deletedImage")],
@@ -211,13 +213,13 @@ def test_ncmec_xml_images_tombstones_and_unsupported() -> None:
     batches, tally = parse(doc, "ncmec-xml")
     assert sorted(entries(batches)) == sorted([
         ("md5", md5, ("A1",), 0), ("sha1", sha1, ("A1",), 0), ("pdq", pdq, ("A1",), 0),
+        ("md5", video_md5, (), 0),  # a video's MD5: an exact hash like any other
     ])
     assert [t for b in batches for t in b.tombstones] == [("md5", bytes.fromhex(gone_md5))]
     assert tally.skipped == {
         "unsupported algorithm pdna": 2,
         "bad md5 value (expected 32 hex digits)": 1,
-        "image entry without fingerprints": 1,
-        "video entries are not supported": 1,
+        "entry without fingerprints": 1,
         "deleted entry without fingerprints": 1,
     }
     # line numbers point at the record

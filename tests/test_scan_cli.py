@@ -73,7 +73,7 @@ def test_scan_clean_exits_0_and_prints_a_summary(tmp_path: Path, mbox_path: Path
     hashes.write_text("0" * 31 + "1\n")
     out = run("scan", "--hashes", str(hashes), "--hashes-format", "md5", str(mbox_path))
     assert out.returncode == 0, out.stderr
-    assert "4 messages, 3 images, 0 matched" in out.stdout
+    assert "4 messages, 3 images, 1 other files, 0 matched" in out.stdout
 
 
 def test_scan_exact_hash_list_matches(tmp_path: Path) -> None:

@@ -189,7 +189,8 @@ def findings_text(record: Mapping[str, Any]) -> list[str]:
         lines.append("  none")
     lines.append(f"Attachments ({len(attachments)})")
     for a in attachments:
-        shape = f"{a.get('width')}x{a.get('height')} {a.get('format') or ''}".strip()
+        shape = (f"{a.get('width')}x{a.get('height')} {a.get('format') or ''}".strip()
+                 if a.get("kind", "image") == "image" else "(file)")
         flag = "  MATCHED" if str(a.get("mime_path")) in matched else ""
         lines.append(f"  {p(a.get('mime_path'))} {p(a.get('filename') or '-')} "
                      f"{p(a.get('content_type') or '-')} {size_text(a.get('size'))} {shape}{flag}")
@@ -438,8 +439,10 @@ def cybertip_xml(record: Mapping[str, Any], settings: ReportSettings, generated:
         _ip_capture(details, client.get("addr"), when)
         own = [m for m in matches if m.get("mime_path") == a.get("mime_path")]
         _el(details, "additionalInfo",
-            f"MIME part {a.get('mime_path')} ({a.get('content_type')}, {a.get('size')} "
-            f"bytes, {a.get('width')}x{a.get('height')} {a.get('format') or ''}). "
+            f"MIME part {a.get('mime_path')} ({a.get('content_type')}, {a.get('size')} bytes"
+            + (f", {a.get('width')}x{a.get('height')} {a.get('format') or ''}"
+               if a.get("kind", "image") == "image" else "")
+            + "). "
             + " ".join(f"Matched list {m.get('list')} by {m.get('algorithm')} at distance "
                        f"{distance_text(m.get('distance'))}." for m in own)
             + (f" PDQ {a.get('pdq')}." if a.get("pdq") else ""))

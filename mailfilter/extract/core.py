@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from mailfilter.model import Attachment, Unscannable
+from mailfilter.hashing.exact import exact_hashes
+from mailfilter.model import Attachment, FileEntry, Unscannable
 from mailfilter.settings import ExtractSettings
 
 # Below this many bytes a member's expansion ratio is not held against it: small files of
@@ -139,6 +140,8 @@ class Context:
     def __init__(self, limits: ExtractSettings) -> None:
         self.limits = limits
         self.attachments: list[Attachment] = []
+        self.files: list[FileEntry] = []
+        self._files_seen: set[str] = set()
         self.unscannable: list[Unscannable] = []
         self.defects: list[str] = []
         self.ambiguities: list[str] = []
@@ -214,6 +217,17 @@ class Context:
                 containers=node.containers,
             )
         )
+
+    def add_file(self, node: PayloadNode) -> None:
+        """Record a payload that is not an image (an attachment, a container member, a
+        carved piece) by its exact hashes, taken here where its bytes are (hashlib reads
+        them in place). The same bytes found again (another reading, the sweep) once."""
+        exact = exact_hashes(node.data)
+        if exact.sha256 in self._files_seen:
+            return
+        self._files_seen.add(exact.sha256)
+        self.files.append(FileEntry(node.path, node.filename, node.content_type,
+                                    len(node.data), exact, node.containers))
 
     def cover(self, buf: bytes, start: int, end: int) -> None:
         """Record that `buf[start:end]` was decoded and handed on to the walk. Only spans of

@@ -89,6 +89,11 @@ def payload(ctx: Context, node: PayloadNode) -> Iterator[Node]:
         return
     if sniff.declared_image(ctype, node.filename):
         ctx.add_image(node)  # claims to be an image: the decode stage decides
+    elif data and not (texty and node.filename is None):
+        # Any other file (a video, an archive, a document, a member, a carved piece; a
+        # text part only when it is an attached file): its exact hashes are matched.
+        # Message bodies (text without a file name) need none.
+        ctx.add_file(node)
     kind = sniff.container_type(data, text=texty) if maybe else None
     # a signature met by chance inside other bytes is no corrupt archive
     quiet = ctype == sweep.CARVED
@@ -170,4 +175,5 @@ def run(raw: bytes, limits: ExtractSettings, text_only: bool = False) -> Extract
         subject=ctx.subject,
         parts=ctx.parts,
         ambiguities=tuple(ctx.ambiguities),
+        files=tuple(ctx.files),
     )

@@ -23,6 +23,7 @@ import click
 import numpy as np
 import numpy.typing as npt
 
+from mailfilter import signals
 from mailfilter.frontend.command_line import (
     EXIT_ERROR,
     EXIT_OK,
@@ -213,8 +214,8 @@ def enroll_image(path: Path, settings: Settings) -> Enrollment:
         result.error = f"cannot read: {exc.strerror or exc}"
         return result
     fp = fingerprint_image(data, FingerprintParams.from_settings(settings))
-    for algorithm in ("md5", "sha1", "sha256"):
-        result.entries.append(Enrolled(algorithm, getattr(fp.exact, algorithm), "file"))
+    for signal in signals.EXACT:
+        result.entries.append(Enrolled(signal.name, getattr(fp.exact, signal.name), "file"))
     if fp.skipped:
         detail = f": {fp.detail}" if fp.detail else ""
         result.note = f"not decoded ({fp.skipped}{detail}); exact hashes only"
@@ -331,7 +332,7 @@ def stats_text(stats: StoreStats) -> list[str]:
     if not stats.lists:
         lines.append("no lists")
         return lines
-    algorithms = ("pdq", "gridhist", "md5", "sha1", "sha256")
+    algorithms = signals.NAMES
     width = max(4, *(len(info.name) for info in stats.lists))
     header = f"{'list':<{width}}  {'entries':>11}" + "".join(f"  {a:>10}" for a in algorithms)
     lines.append(header + "  updated               source")

@@ -20,7 +20,7 @@ from mailfilter.frontend.mailbox import count_messages, iter_messages
 from mailfilter.matching.formats import parse_file
 from mailfilter.matching.index import HashIndex, IndexEntry
 from mailfilter.matching.store import open_store
-from mailfilter.model import ScanResult, Verdict
+from mailfilter.model import AttachmentKind, ScanResult, Verdict
 from mailfilter.scanner import LOOKED_AT, Scanner
 from mailfilter.settings import Settings
 from mailfilter.workers import WorkerPool
@@ -30,6 +30,7 @@ from mailfilter.workers import WorkerPool
 class ScanSummary:
     messages: int = 0
     images: int = 0
+    files: int = 0
     matches: int = 0
     unscannable: int = 0
     errors: list[str] = field(default_factory=list)
@@ -41,18 +42,21 @@ class ScanSummary:
 
     def add(self, result: ScanResult) -> None:
         self.messages += 1
-        self.images += len(result.attachments)
+        self.images += sum(1 for a in result.attachments if a.kind is AttachmentKind.IMAGE)
+        self.files += sum(1 for a in result.attachments if a.kind is not AttachmentKind.IMAGE)
         self.matches += result.verdict is Verdict.MATCH
         self.unscannable += result.verdict is Verdict.UNSCANNABLE
 
     def line(self) -> str:
         rate = self.messages / self.seconds if self.seconds > 0 else 0.0
-        return (f"{self.messages} messages, {self.images} images, {self.matches} matched, "
+        return (f"{self.messages} messages, {self.images} images, {self.files} other files, "
+                f"{self.matches} matched, "
                 f"{self.unscannable} unscannable, {len(self.errors)} errors, "
                 f"{self.seconds:.1f} s ({rate:.0f} messages/s)")
 
     def as_dict(self) -> dict[str, Any]:
-        return {"messages": self.messages, "images": self.images, "matched": self.matches,
+        return {"messages": self.messages, "images": self.images, "files": self.files,
+                "matched": self.matches,
                 "unscannable": self.unscannable, "errors": len(self.errors),
                 "seconds": round(self.seconds, 3)}
 
@@ -75,7 +79,9 @@ def scan_record(result: ScanResult) -> dict[str, Any]:
 
 def scan_text(result: ScanResult) -> str:
     """One line per message, then one indented line per match or reason."""
-    lines = [f"{result.source}: {result.verdict.value} ({len(result.attachments)} images)"]
+    images = sum(1 for a in result.attachments if a.kind is AttachmentKind.IMAGE)
+    files = len(result.attachments) - images
+    lines = [f"{result.source}: {result.verdict.value} ({images} images, {files} other files)"]
     for a in result.attachments:
         for m in a.matches:
             lines.append(f"  {a.mime_path} {a.filename or '-'}: {m.algorithm} match in list "

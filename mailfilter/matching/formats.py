@@ -43,8 +43,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Final, cast
 
+from mailfilter import signals
 from mailfilter.errors import ListFormatError
-from mailfilter.hashing.gridhist import HASH_BYTES as GRIDHIST_BYTES
 
 __all__ = [
     "ALGORITHM_BYTES",
@@ -63,13 +63,7 @@ __all__ = [
     "parse_stream",
 ]
 
-ALGORITHM_BYTES: Final[dict[str, int]] = {
-    "pdq": 32,
-    "gridhist": GRIDHIST_BYTES,
-    "md5": 16,
-    "sha1": 20,
-    "sha256": 32,
-}
+ALGORITHM_BYTES: Final = signals.WIDTHS
 """Every algorithm a list entry can have, and the length of its raw value in bytes."""
 
 FORMATS: Final = ("pdq", "te-csv", "md5", "sha1", "sha256", "hma", "ncmec-xml", "jsonl")
@@ -88,19 +82,10 @@ DEFAULT_BATCH: Final = 65_536
 _ZERO_PDQ: Final = bytes(32)
 _ONES_PDQ: Final = b"\xff" * 32
 
-# HMA signal type names -> our algorithms. Anything else is skipped with its name.
-_HMA_TYPES: Final[dict[str, str]] = {
-    "pdq": "pdq",
-    "md5": "md5",
-    "photo_md5": "md5",
-    "sha1": "sha1",
-    "sha256": "sha256",
-    "gridhist": "gridhist",
-}
+# Signal types of HMA and fingerprint names of NCMEC that are not ours (skipped by name).
 _HMA_KNOWN_UNSUPPORTED: Final = frozenset(
-    {"video_md5", "vpdq", "url", "url_md5", "raw_text", "trend_query", "tmk", "photodna"}
+    {"vpdq", "url", "url_md5", "raw_text", "trend_query", "tmk", "photodna"}
 )
-_NCMEC_FINGERPRINTS: Final = frozenset({"md5", "sha1", "pdq"})
 _WORD = re.compile(r"[a-z0-9_.-]{1,32}")
 _SPLIT_FIELDS = re.compile(r"[\s,]+")
 _LABEL_SPLIT = re.compile(r"[\s,]+")
@@ -244,16 +229,7 @@ class _Builder:
         return raw
 
     def _degenerate(self, line: int, algorithm: str, raw: bytes, quality: int | None) -> bool:
-        reason = None
-        if algorithm == "pdq":
-            if raw == _ZERO_PDQ:
-                reason = "degenerate pdq (all zeros)"
-            elif raw == _ONES_PDQ:
-                reason = "degenerate pdq (all ones)"
-            elif quality is not None and quality < self.min_quality:
-                reason = f"pdq quality below {self.min_quality}"
-        elif algorithm == "gridhist" and not any(raw):
-            reason = "degenerate gridhist (all zeros)"
+        reason = signals.get(algorithm).degenerate(raw, quality, self.min_quality)
         if reason is None:
             return False
         self.batch.degenerate += 1
@@ -393,12 +369,12 @@ def _hma_line(b: _Builder, number: int, s: str) -> None:
     if len(parts) < 2:
         b.skip(number, "expected SIGNAL_TYPE VALUE")
         return
-    algorithm = _HMA_TYPES.get(kind)
-    if algorithm is None:
+    signal = signals.by_alias(kind)
+    if signal is None:
         name = kind if (kind in _HMA_KNOWN_UNSUPPORTED or _WORD.fullmatch(kind)) else "?"
         b.skip(number, f"unsupported signal type {name}")
         return
-    b.entry(number, algorithm, parts[1].lower())
+    b.entry(number, signal.name, parts[1].lower())
 
 
 def _jsonl_line(b: _Builder, number: int, s: str) -> None:
@@ -412,7 +388,7 @@ def _jsonl_line(b: _Builder, number: int, s: str) -> None:
         return
     algorithm = obj.get("algorithm")
     value = obj.get("value")
-    if not isinstance(algorithm, str) or algorithm.lower() not in ALGORITHM_BYTES:
+    if not isinstance(algorithm, str) or algorithm.lower() not in signals.BY_NAME:
         b.skip(number, "unknown algorithm")
         return
     if not isinstance(value, str):
@@ -565,19 +541,19 @@ class _NcmecHandler:
 
 def _emit_ncmec(b: _Builder, record: _Record) -> None:
     line = record.line
-    if record.kind in ("video", "deletedVideo"):
-        b.skip(line, "video entries are not supported")
-        return
+    # Video entries carry the file's MD5/SHA-1: exact hashes, matched against every
+    # attachment whatever its type, like those of images.
     label_id = 0
     if record.classification:
         label_id = b.labels.id_of(normalise_labels([record.classification]))
     usable = 0
     for name, value in record.fingerprints:
-        algorithm = name.lower()
-        if algorithm not in _NCMEC_FINGERPRINTS:
-            shown = algorithm if _WORD.fullmatch(algorithm) else "?"
+        signal = signals.by_alias(name)
+        if signal is None:
+            shown = name.lower() if _WORD.fullmatch(name.lower()) else "?"
             b.skip(line, f"unsupported algorithm {shown}")
             continue
+        algorithm = signal.name
         if record.deleted:
             usable += b.tombstone(line, algorithm, value.lower())
         else:
@@ -585,7 +561,7 @@ def _emit_ncmec(b: _Builder, record: _Record) -> None:
     if record.deleted and not usable and not record.fingerprints:
         b.skip(line, "deleted entry without fingerprints")
     elif not record.deleted and not record.fingerprints:
-        b.skip(line, "image entry without fingerprints")
+        b.skip(line, "entry without fingerprints")
 
 
 def _ncmec_xml(stream: IO[bytes], b: _Builder) -> Iterator[ParsedBatch]:
@@ -720,7 +696,8 @@ def detect_format(path: Path) -> str:
         return "te-csv"
     tokens = [_SPLIT_FIELDS.split(ln, maxsplit=1) for ln in lines]
     kinds = [t[0].lower() for t in tokens if len(t) > 1]
-    if kinds and all(k in _HMA_TYPES or k in _HMA_KNOWN_UNSUPPORTED or k == "signal_type"
+    if kinds and all(signals.by_alias(k) is not None or k in _HMA_KNOWN_UNSUPPORTED
+                     or k == "signal_type"
                      for k in kinds):
         return "hma"
     firsts = [_strip_key(t[0], "hash", "pdq") for t in tokens]

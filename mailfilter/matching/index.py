@@ -67,6 +67,7 @@ from typing import Any, Literal, NamedTuple, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
+from mailfilter import signals
 from mailfilter.model import Match
 
 __all__ = [
@@ -78,11 +79,14 @@ __all__ = [
     "PdqMethod",
 ]
 
-ALGORITHMS = ("pdq", "gridhist", "md5", "sha1", "sha256")
-EXACT_ALGORITHMS: Mapping[str, int] = {"md5": 16, "sha1": 20, "sha256": 32}
+ALGORITHMS = signals.NAMES
+EXACT_ALGORITHMS: Mapping[str, int] = {s.name: s.width for s in signals.EXACT}
 """Exact algorithms and their digest sizes in bytes."""
 
-PDQ_BYTES = 32
+# The signals held by the index's Hamming (multi-index) and vector (brute force) structures.
+PDQ = next(signals.of_kind(signals.IndexKind.HAMMING)).name
+GRIDHIST = next(signals.of_kind(signals.IndexKind.VECTOR)).name
+PDQ_BYTES = signals.WIDTHS[PDQ]
 
 PdqMethod: TypeAlias = Literal["auto", "brute", "mih"]
 
@@ -114,7 +118,7 @@ AnyArray = npt.NDArray[Any]
 @dataclass(frozen=True, slots=True)
 class IndexEntry:
     list_name: str
-    algorithm: str  # "pdq" | "gridhist" | "md5" | "sha1" | "sha256"
+    algorithm: str  # a signal type's name (mailfilter.signals)
     value: str  # lowercase hex
     labels: tuple[str, ...] = ()
 
@@ -756,14 +760,10 @@ class HashIndex:
         rows: dict[str, tuple[list[bytes], list[int], list[int]]] = {}
         for e in entries:
             algo = e.algorithm
-            if algo == "pdq":
-                raw = _hex_bytes(e.value, PDQ_BYTES, "pdq")
-            elif algo in EXACT_ALGORITHMS:
-                raw = _hex_bytes(e.value, EXACT_ALGORITHMS[algo], algo)
-            elif algo == "gridhist":
-                raw = _hex_bytes(e.value, None, "gridhist")
-            else:
-                raise ValueError(f"unknown hash algorithm {algo!r}")
+            signal = signals.get(algo)
+            # (vector values of another length are kept apart, not refused: see Gridhist)
+            width = None if signal.index is signals.IndexKind.VECTOR else signal.width
+            raw = _hex_bytes(e.value, width, algo)
             vals, lids, labs = rows.setdefault(algo, ([], [], []))
             vals.append(raw)
             lids.append(lists.setdefault(e.list_name, len(lists)))
@@ -779,8 +779,8 @@ class HashIndex:
             return EntryArrays(data, np.asarray(lids, np.int64), np.asarray(labs, np.int64))
 
         grid: list[EntryArrays] = []
-        if "gridhist" in rows:
-            vals, lids, labs = rows["gridhist"]
+        if GRIDHIST in rows:
+            vals, lids, labs = rows[GRIDHIST]
             by_len: dict[int, list[int]] = {}
             for i, v in enumerate(vals):
                 by_len.setdefault(len(v), []).append(i)
@@ -793,7 +793,7 @@ class HashIndex:
                         np.asarray([labs[i] for i in idx], np.int64),
                     )
                 )
-        pdq = arrays("pdq", PDQ_BYTES)
+        pdq = arrays(PDQ, PDQ_BYTES)
         exact: dict[str, EntryArrays] = {}
         for algo in EXACT_ALGORITHMS:
             a = arrays(algo)
@@ -900,12 +900,12 @@ class HashIndex:
             grid_specs = gridhist
         grid_by_len: dict[int, list[EntryArrays]] = {}
         for spec in grid_specs:
-            values = _as_u8(spec.values, "gridhist")
+            values = _as_u8(spec.values, GRIDHIST)
             if values.shape[0]:
                 grid_by_len.setdefault(values.shape[1], []).append(spec)
         grid_built: dict[int, tuple[U8, I64]] = {}
         for length, specs in grid_by_len.items():
-            values = np.concatenate([_as_u8(s.values, "gridhist") for s in specs])
+            values = np.concatenate([_as_u8(s.values, GRIDHIST) for s in specs])
             pairs = np.concatenate(
                 [registry.pair_keys(s.list_ids, s.label_ids, n_lists) for s in specs]
             )
@@ -937,11 +937,11 @@ class HashIndex:
 
         for algo in ALGORITHMS:
             stats[algo] = 0
-        count("pdq", pdq_gids, words.shape[0])
+        count(PDQ, pdq_gids, words.shape[0])
         for algo, (_, gids) in exact_built.items():
             count(algo, gids, gids.shape[0])
         for _, gids in grid_built.values():
-            count("gridhist", gids, gids.shape[0])
+            count(GRIDHIST, gids, gids.shape[0])
         for list_id, name in enumerate(lists_t):
             stats[f"list:{name}"] = int(per_list[list_id])
         stats["entries"] = int(per_list[:n_lists].sum())
@@ -1016,11 +1016,25 @@ class HashIndex:
         out.sort(key=lambda m: (m.distance, m.list_name, m.value))
         return out
 
+    def search(self, algorithm: str, queries: Sequence[str], radius: float) -> list[Match]:
+        """Entries of the signal `algorithm` within `radius` of any of the `queries`, by
+        the kind of index that holds the signal."""
+        kind = signals.get(algorithm).index
+        if kind is signals.IndexKind.HAMMING:
+            return self.search_pdq(list(queries), int(radius))
+        out: list[Match] = []
+        for query in queries:
+            if kind is signals.IndexKind.VECTOR:
+                out += self.search_gridhist(query, radius)
+            else:
+                out += self.lookup_exact(algorithm, query)
+        return out
+
     def lookup_exact(self, algorithm: str, value: str) -> list[Match]:
         """Entries whose hash equals ``value``: one Match per list (distance 0)."""
-        if algorithm == "pdq":
+        if algorithm == PDQ:
             return self.search_pdq([value], 0)
-        if algorithm == "gridhist":
+        if algorithm == GRIDHIST:
             return self.search_gridhist(value, 0.0)
         if algorithm not in EXACT_ALGORITHMS:
             raise ValueError(f"unknown hash algorithm {algorithm!r}")
@@ -1057,7 +1071,7 @@ class HashIndex:
         ids, dists = found if found is not None else _brute_pdq(pdq.words, qwords, radius)
         ids, dists = _closest(ids, dists)
         values = [pdq.words[i].tobytes().hex() for i in ids.tolist()]
-        return self._matches("pdq", pdq.gids[ids], values, [float(d) for d in dists.tolist()])
+        return self._matches(PDQ, pdq.gids[ids], values, [float(d) for d in dists.tolist()])
 
     def search_gridhist(self, query: str, max_distance: float) -> list[Match]:
         """Entries within Euclidean ``max_distance`` of the query vector (same length only)."""
@@ -1090,7 +1104,7 @@ class HashIndex:
         keep = dists <= max_distance
         ids, dists = ids[keep], dists[keep]
         values = [table.values[i].tobytes().hex() for i in ids.tolist()]
-        return self._matches("gridhist", table.gids[ids], values, dists.tolist())
+        return self._matches(GRIDHIST, table.gids[ids], values, dists.tolist())
 
 
 def _as_u8(values: AnyArray, what: str) -> U8:

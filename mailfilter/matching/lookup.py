@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from mailfilter import signals
 from mailfilter.matching.index import HashIndex
 from mailfilter.model import ImageFingerprint, Match
 from mailfilter.settings import MatchSettings
@@ -10,27 +11,21 @@ from mailfilter.settings import MatchSettings
 def match_fingerprint(
     index: HashIndex, fp: ImageFingerprint, settings: MatchSettings
 ) -> tuple[Match, ...]:
-    """Every list entry the image matches, each (list, algorithm, value) once at its
-    smallest distance. Exact hashes match even when the image could not be decoded;
-    perceptual hashes only from frames with enough information."""
+    """Every list entry the attachment matches, each (list, algorithm, value) once at its
+    smallest distance: for every signal type switched on, the values it pulls out of the
+    fingerprint (exact hashes even when the image could not be decoded; perceptual hashes
+    only from frames with enough information), searched within the signal's radius."""
     algorithms = set(settings.algorithms)
     found: dict[tuple[str, str, str], Match] = {}
-
-    def keep(matches: list[Match]) -> None:
-        for m in matches:
+    for signal in signals.SIGNALS:
+        if signal.name not in algorithms:
+            continue
+        radius = signal.radius(settings)
+        queries = signal.queries(fp)
+        if radius is None or not queries:
+            continue
+        for m in index.search(signal.name, queries, radius):
             key = (m.list_name, m.algorithm, m.value)
             if key not in found or m.distance < found[key].distance:
                 found[key] = m
-
-    for algorithm in ("md5", "sha1", "sha256"):
-        if algorithm in algorithms:
-            keep(index.lookup_exact(algorithm, getattr(fp.exact, algorithm)))
-    if "pdq" in algorithms:
-        queries = sorted({h for frame in fp.frames if frame.pdq for h in frame.pdq_dihedral})
-        if queries:
-            keep(index.search_pdq(queries, settings.pdq_max_distance))
-    if "gridhist" in algorithms and settings.gridhist_max_distance > 0:
-        for frame in fp.frames:
-            for variant in frame.gridhist_dihedral or ((frame.gridhist,) if frame.gridhist else ()):
-                keep(index.search_gridhist(variant, settings.gridhist_max_distance))
     return tuple(sorted(found.values(), key=lambda m: (m.distance, m.list_name, m.algorithm)))

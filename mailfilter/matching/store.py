@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, runtime_checkab
 import numpy as np
 import numpy.typing as npt
 
+from mailfilter import signals
 from mailfilter.errors import ConfigError, TemporaryFailure
 from mailfilter.matching.formats import (
     ALGORITHM_BYTES,
@@ -735,20 +736,20 @@ def read_index_arrays(reader: StoreReader) -> IndexArrays:
 
 def build_index(arrays: IndexArrays) -> HashIndex:
     """The in-memory index from the arrays, with no Python object per entry."""
-    from mailfilter.matching.index import EntryArrays, HashIndex
+    from mailfilter.matching.index import GRIDHIST, PDQ, EntryArrays, HashIndex
 
     def columns(algorithm: str) -> EntryArrays | None:
         values, list_ids, label_ids = arrays.columns[algorithm]
         return EntryArrays(values, list_ids, label_ids) if values.shape[0] else None
 
-    pdq = columns("pdq")
-    exact = {a: c for a in ("md5", "sha1", "sha256") if (c := columns(a)) is not None}
+    pdq = columns(PDQ)
+    exact = {s.name: c for s in signals.EXACT if (c := columns(s.name)) is not None}
     return HashIndex.from_arrays(
         version=arrays.version, lists=arrays.lists, label_sets=arrays.label_sets,
         pdq=None if pdq is None else pdq.values,
         pdq_list=None if pdq is None else pdq.list_ids,
         pdq_labels=None if pdq is None else pdq.label_ids,
-        exact=exact, gridhist=columns("gridhist"),
+        exact=exact, gridhist=columns(GRIDHIST),
     )
 
 
