@@ -73,9 +73,10 @@ def serve(config_path: Path | None) -> None:
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @handles_errors
 def hash_command(as_json: bool, config_path: Path | None, files: tuple[Path, ...]) -> None:
-    """Fingerprint image files (exact hashes, PDQ, gridhist).
+    """Fingerprint files: exact hashes of any file, PDQ and gridhist of images, vPDQ of videos.
 
-    Exit 0 when every file was fingerprinted, 2 when any could not be read or decoded.
+    Exit 0 when every file was fingerprinted, 2 when any could not be read, or was an image
+    or video that could not be decoded.
     """
     from mailfilter.frontend.hash_command import fingerprint_files, hash_record, hash_text
 

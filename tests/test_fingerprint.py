@@ -102,14 +102,30 @@ def test_hash_reports_failures_per_file_and_exits_2(tmp_path: Path) -> None:
     good.write_bytes(image_bytes(photo_like(9), "PNG"))
     text = tmp_path / "notes.txt"
     text.write_text("not an image\n")
-    out = _hash_cli("--json", str(good), str(text), str(tmp_path / "missing.jpg"))
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(image_bytes(photo_like(9), "PNG")[:20])
+    out = _hash_cli("--json", str(good), str(text), str(broken), str(tmp_path / "missing.jpg"))
     assert out.returncode == 2
     records = [json.loads(line) for line in out.stdout.splitlines()]
-    assert [r["file"] for r in records] == [str(good), str(text), str(tmp_path / "missing.jpg")]
-    assert "error" not in records[0]
-    assert records[1]["error"].startswith("not-an-image")
-    assert records[2]["error"].startswith("cannot read")
+    assert [r["file"] for r in records] == [str(good), str(text), str(broken),
+                                            str(tmp_path / "missing.jpg")]
+    assert "error" not in records[0] and records[0]["kind"] == "image"
+    # Any other file: its exact hashes, not an error.
+    assert records[1]["kind"] == "file" and "error" not in records[1]
+    assert set(records[1]) == {"file", "kind", "md5", "sha1", "sha256"}
+    assert records[2]["kind"] == "image" and "error" in records[2]
+    assert records[3]["error"].startswith("cannot read")
     assert "Traceback" not in out.stderr
+
+
+def test_hash_of_a_file_that_is_no_picture_exits_0(tmp_path: Path) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image\n")
+    out = _hash_cli("--json", str(text))
+    assert out.returncode == 0, out.stderr
+    record = json.loads(out.stdout)
+    assert record["kind"] == "file"
+    assert record["md5"] == "f03bad8114ea048ed5390cd5bc76cfa8"  # md5sum of the same bytes
 
 
 def test_hash_matches_the_reference_vector() -> None:
