@@ -134,6 +134,11 @@ class ImageFingerprint:
     skipped: str | None = None
     detail: str = ""
     incomplete: str | None = None
+    # Videos: the sampled frames' vPDQ features (`pdqhex,quality,timestamp`), the time of
+    # each sample (FrameFingerprint.frame indexes it) and the duration in seconds.
+    vpdq: tuple[str, ...] = ()
+    frame_times: tuple[float, ...] = ()
+    duration: float = 0.0
 
     @property
     def primary(self) -> FrameFingerprint | None:
@@ -165,6 +170,7 @@ class Verdict(enum.StrEnum):
 
 class AttachmentKind(enum.StrEnum):
     IMAGE = "image"  # decoded and fingerprinted (perceptual and exact hashes)
+    VIDEO = "video"  # frames sampled and fingerprinted (vPDQ, PDQ per frame, exact hashes)
     FILE = "file"  # any other file: exact hashes
 
 

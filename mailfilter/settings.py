@@ -233,7 +233,14 @@ class MatchSettings(_Section):
     pdq_max_distance: int = Field(default=31, ge=0, le=256)
     pdq_min_quality: int = Field(default=50, ge=0, le=100)
     gridhist_max_distance: float = Field(default=300.0, ge=0.0)  # 0: gridhist off
-    # Signal types to match: any of pdq, gridhist, md5, sha1, sha256 (mailfilter/signals.py)
+    # vPDQ: a video matches a listed one when at least this share (percent) of the listed
+    # video's frames has a frame of the attachment within pdq_max_distance (padding a
+    # listed video with other footage does not hide it) ...
+    vpdq_listed_percent: float = Field(default=80.0, gt=0.0, le=100.0)
+    # ... or at least this share of the attachment's sampled frames has a listed frame
+    # within it (an excerpt of a listed video does not hide it either)
+    vpdq_attachment_percent: float = Field(default=80.0, gt=0.0, le=100.0)
+    # Signal types to match: any of pdq, gridhist, vpdq, md5, sha1, sha256 (signals.py)
     algorithms: Annotated[tuple[str, ...], AfterValidator(_known_signals)] = signals.NAMES
 
 

@@ -12,9 +12,10 @@ of index) the index structure.
 
 Index kinds (mailfilter/matching/index.py): `exact` (sorted fixed-width digests, binary
 search; one table per signal), `hamming` (256-bit hashes under Hamming distance: the PDQ
-multi-index) and `vector` (byte vectors under Euclidean distance, brute force). The index
-holds one signal of the `hamming` and one of the `vector` kind today (`pdq`, `gridhist`);
-registering a second raises at import time rather than mixing their values.
+multi-index), `vector` (byte vectors under Euclidean distance, brute force) and `frames`
+(videos as bags of frame hashes: vPDQ). The index holds one signal of each of the last
+three kinds today (`pdq`, `gridhist`, `vpdq`); registering a second raises at import time
+rather than mixing their values.
 
 This module is a leaf: it imports the model only, so every stage can use it.
 """
@@ -34,6 +35,7 @@ class IndexKind(enum.StrEnum):
     EXACT = "exact"
     HAMMING = "hamming"
     VECTOR = "vector"
+    FRAMES = "frames"  # a video as a bag of frame hashes (vPDQ)
 
 
 _HEX = re.compile(r"[0-9a-f]+")
@@ -59,6 +61,11 @@ def _gridhist_queries(fp: ImageFingerprint) -> tuple[str, ...]:
         for variant in frame.gridhist_dihedral or ((frame.gridhist,) if frame.gridhist else ()):
             seen.setdefault(variant)
     return tuple(seen)
+
+
+def _vpdq_queries(fp: ImageFingerprint) -> tuple[str, ...]:
+    """A video's vPDQ features (`pdqhex,quality,timestamp`), as the index compares bags."""
+    return fp.vpdq
 
 
 def _pdq_degenerate(raw: bytes, quality: int | None, min_quality: int) -> str | None:
@@ -131,6 +138,14 @@ SIGNALS: Final[tuple[SignalType, ...]] = (
         _gridhist_queries, threshold_setting="gridhist_max_distance", disabled_at_zero=True,
         aliases=frozenset({"gridhist"}), degenerate=_gridhist_degenerate,
     ),
+    SignalType(
+        "vpdq", IndexKind.FRAMES, 40,  # a stored row: one frame's PDQ + the video's id
+        "Meta's vPDQ: the PDQ of a video's frames sampled once a second, matched as a bag "
+        "of frame hashes (share of frames within pdq_max_distance, quality >= "
+        "pdq_min_quality on both sides)",
+        _vpdq_queries, threshold_setting="pdq_max_distance", aliases=frozenset({"vpdq"}),
+        degenerate=_pdq_degenerate,
+    ),
     SignalType("md5", IndexKind.EXACT, 16, "MD5 of the file's bytes", _exact_queries("md5"),
                aliases=frozenset({"md5", "photo_md5", "video_md5"})),
     SignalType("sha1", IndexKind.EXACT, 20, "SHA-1 of the file's bytes", _exact_queries("sha1"),
@@ -164,7 +179,7 @@ def get(name: str) -> SignalType:
 
 
 def _check_registry() -> None:
-    for kind in (IndexKind.HAMMING, IndexKind.VECTOR):
+    for kind in (IndexKind.HAMMING, IndexKind.VECTOR, IndexKind.FRAMES):
         names = [s.name for s in of_kind(kind)]
         if len(names) > 1:  # the index has one structure of each of these kinds
             raise RuntimeError(f"more than one {kind} signal registered: {names}")

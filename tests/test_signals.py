@@ -14,8 +14,8 @@ from mailfilter.settings import MatchSettings, Settings
 
 def test_registry_widths_agree_with_the_hash_functions() -> None:
     assert signals.WIDTHS["gridhist"] == HASH_BYTES
-    assert signals.WIDTHS == {"pdq": 32, "gridhist": HASH_BYTES, "md5": 16, "sha1": 20,
-                              "sha256": 32}
+    assert signals.WIDTHS == {"pdq": 32, "gridhist": HASH_BYTES, "vpdq": 32 + 8, "md5": 16,
+                              "sha1": 20, "sha256": 32}
 
 
 def test_every_stage_takes_its_algorithms_from_the_registry() -> None:
@@ -26,7 +26,7 @@ def test_every_stage_takes_its_algorithms_from_the_registry() -> None:
 
 
 def test_unknown_algorithm_in_settings_names_the_known_ones() -> None:
-    with pytest.raises(ValueError, match="known: pdq, gridhist, md5, sha1, sha256"):
+    with pytest.raises(ValueError, match="known: pdq, gridhist, vpdq, md5, sha1, sha256"):
         MatchSettings(algorithms=("pdq", "photodna"))
 
 
@@ -35,7 +35,8 @@ def test_aliases_of_other_lists() -> None:
     assert by_alias("video_md5") is signals.BY_NAME["md5"]
     assert by_alias("MD5") is signals.BY_NAME["md5"]
     assert by_alias("photo_sha1") is signals.BY_NAME["sha1"]
-    assert by_alias("vpdq") is None
+    assert by_alias("vpdq") is signals.BY_NAME["vpdq"]
+    assert by_alias("tmk") is None
 
 
 def test_values_are_checked_and_normalised() -> None:

@@ -680,3 +680,25 @@ def test_old_gridhist_width_is_left_out_of_the_index(store: BaseHashStore) -> No
     # a merge drops them: they can no longer match anything
     report = store.import_list("old", "s", batches([random_hex(16)], "md5"))
     assert report.totals == {"md5": 2} and report.removed == 3
+
+
+def test_videos_round_trip(store: BaseHashStore) -> None:
+    """A vPDQ list entry (one row per frame: 32 bytes of PDQ, 8 of video id) survives the
+    store of either backend, and the loaded index matches the video."""
+    import io
+    import json
+
+    from mailfilter.matching.formats import parse_stream
+    from mailfilter.settings import MatchSettings
+
+    frames = [f"{(i * 0x9E3779B97F4A7C15) ** 3 % (1 << 256):064x}" for i in range(1, 13)]
+    features = [f"{h},90,{i}.0" for i, h in enumerate(frames)]
+    text = "vpdq " + json.dumps(features) + "\n"
+    report = store.import_list("videos", "v.hma (hma)",
+                               parse_stream(io.BytesIO(text.encode()), "hma"), replace=True)
+    assert report.loaded_total == 12  # counted in frames, as stored
+    index = store.load_index()
+    assert index.stats()["vpdq"] == 12
+    rule = MatchSettings()
+    [match] = index.search("vpdq", features, rule.pdq_max_distance, rule)
+    assert (match.list_name, match.distance) == ("videos", 0.0)

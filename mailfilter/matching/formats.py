@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import gzip
+import hashlib
 import io
 import json
 import pyexpat
@@ -84,7 +85,7 @@ _ONES_PDQ: Final = b"\xff" * 32
 
 # Signal types of HMA and fingerprint names of NCMEC that are not ours (skipped by name).
 _HMA_KNOWN_UNSUPPORTED: Final = frozenset(
-    {"vpdq", "url", "url_md5", "raw_text", "trend_query", "tmk", "photodna"}
+    {"url", "url_md5", "raw_text", "trend_query", "tmk", "photodna"}
 )
 _WORD = re.compile(r"[a-z0-9_.-]{1,32}")
 _SPLIT_FIELDS = re.compile(r"[\s,]+")
@@ -250,6 +251,46 @@ class _Builder:
         self.pending += 1
         return True
 
+    def video(self, line: int, algorithm: str, features: object, label_id: int = 0,
+              added: int = 0) -> bool:
+        """A video signal (vPDQ: a list of `pdqhex,quality,timestamp` features, or a JSON
+        text of one) stored as one row per distinct frame hash of quality >= the minimum:
+        the frame's 32 bytes, then 8 bytes naming the video (from its frame hashes), so the
+        index can count, per listed video, how many of its frames an attachment matched."""
+        from mailfilter.hashing.vpdq import parse_features
+
+        if isinstance(features, str):
+            try:
+                features = json.loads(features)
+            except ValueError:
+                self.skip(line, f"bad {algorithm} value (expected a JSON list of features)")
+                return False
+        if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
+            self.skip(line, f"bad {algorithm} value (expected a JSON list of features)")
+            return False
+        try:
+            parsed = parse_features(features)
+        except ValueError:
+            self.skip(line, f"bad {algorithm} value (a feature is not pdqhex,quality,time)")
+            return False
+        frames = sorted({bytes.fromhex(f.pdq_hex) for f in parsed
+                         if signals.get("pdq").degenerate(bytes.fromhex(f.pdq_hex), f.quality,
+                                                          self.min_quality) is None})
+        if not frames:
+            self.batch.degenerate += 1
+            self.skip(line, f"{algorithm} without a frame of quality {self.min_quality} or more")
+            return False
+        video_id = hashlib.sha256(b"".join(frames)).digest()[:8]
+        col = self.batch.columns.get(algorithm)
+        if col is None:
+            col = self.batch.columns[algorithm] = Column()
+        for frame in frames:
+            col.values += frame + video_id
+            col.label_ids.append(label_id)
+            col.added.append(added)
+        self.pending += 1
+        return True
+
     def tombstone(self, line: int, algorithm: str, text: str) -> bool:
         raw = self._raw(line, algorithm, text)
         if raw is None:
@@ -364,6 +405,11 @@ def _single_hex_line(algorithm: str) -> LineHandler:
 def _hma_line(b: _Builder, number: int, s: str) -> None:
     parts = _SPLIT_FIELDS.split(s, maxsplit=2)
     kind = parts[0].lower()
+    signal = signals.by_alias(kind)
+    if signal is not None and signal.index is signals.IndexKind.FRAMES:
+        rest = s[len(parts[0]):].lstrip(" \t,")  # a JSON list: its commas are its own
+        b.video(number, signal.name, rest)
+        return
     if kind in ("signal_type", "signal-type", "type") and number == 1:
         return  # a header line
     if len(parts) < 2:
@@ -391,7 +437,8 @@ def _jsonl_line(b: _Builder, number: int, s: str) -> None:
     if not isinstance(algorithm, str) or algorithm.lower() not in signals.BY_NAME:
         b.skip(number, "unknown algorithm")
         return
-    if not isinstance(value, str):
+    if not isinstance(value, str) and not (isinstance(value, list) and signals.get(
+            algorithm.lower()).index is signals.IndexKind.FRAMES):
         b.skip(number, "missing value")
         return
     labels = obj.get("labels") or ()
@@ -401,6 +448,10 @@ def _jsonl_line(b: _Builder, number: int, s: str) -> None:
         b.skip(number, "labels must be a list of strings")
         return
     label_id = b.labels.id_of(normalise_labels(labels))
+    if signals.get(algorithm.lower()).index is signals.IndexKind.FRAMES:
+        b.video(number, algorithm.lower(), value, label_id, parse_added(obj.get("added")))
+        return
+    assert isinstance(value, str)
     b.entry(number, algorithm.lower(), value.strip().lower(), label_id,
             parse_added(obj.get("added")))
 

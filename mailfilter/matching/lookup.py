@@ -24,7 +24,7 @@ def match_fingerprint(
         queries = signal.queries(fp)
         if radius is None or not queries:
             continue
-        for m in index.search(signal.name, queries, radius):
+        for m in index.search(signal.name, queries, radius, settings):
             key = (m.list_name, m.algorithm, m.value)
             if key not in found or m.distance < found[key].distance:
                 found[key] = m

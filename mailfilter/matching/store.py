@@ -736,7 +736,7 @@ def read_index_arrays(reader: StoreReader) -> IndexArrays:
 
 def build_index(arrays: IndexArrays) -> HashIndex:
     """The in-memory index from the arrays, with no Python object per entry."""
-    from mailfilter.matching.index import GRIDHIST, PDQ, EntryArrays, HashIndex
+    from mailfilter.matching.index import GRIDHIST, PDQ, VPDQ, EntryArrays, HashIndex
 
     def columns(algorithm: str) -> EntryArrays | None:
         values, list_ids, label_ids = arrays.columns[algorithm]
@@ -749,7 +749,7 @@ def build_index(arrays: IndexArrays) -> HashIndex:
         pdq=None if pdq is None else pdq.values,
         pdq_list=None if pdq is None else pdq.list_ids,
         pdq_labels=None if pdq is None else pdq.label_ids,
-        exact=exact, gridhist=columns(GRIDHIST),
+        exact=exact, gridhist=columns(GRIDHIST), vpdq=columns(VPDQ),
     )
 
 
