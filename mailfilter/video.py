@@ -70,8 +70,9 @@ from __future__ import annotations
 import io
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import av
 import av.error
@@ -136,6 +137,10 @@ GRID_SLACK = 0.0005
 #: Seconds of declared stream length past the last sample that may be without frames before
 #: the video counts as truncated (a last GOP of skipped frames, rounding).
 TRUNCATION_SLACK = 1.0
+#: GOP gating holds at most this many bytes / packets of one group of pictures; a longer
+#: group is decoded as it comes.
+MAX_HELD_BYTES = 32 * 1000**2
+MAX_HELD_PACKETS = 20_000
 #: Frames are box-reduced to about this short side for gridhist and border detection (as
 #: mailfilter.fingerprint does for images); PDQ is always computed at full size.
 PREVIEW_SHORT_SIDE = 160
@@ -149,6 +154,10 @@ _DECODERS = frozenset({
     "h264", "hevc", "vp8", "vp9", "libvpx", "libvpx-vp9", "libdav1d", "av1", "mpeg4",
     "mjpeg", "h263",
 })
+# Decoders whose every packet is one frame shown at the packet's time, so GOP gating may
+# judge packets by their timestamps. Not VP8/VP9/AV1 (hidden frames, shown later by a tiny
+# packet of their own) nor MPEG-4 part 2 (AVI's packed B-frames: two frames in a packet).
+_GATED_DECODERS = frozenset({"h264", "hevc"})
 # MP4/QuickTime top-level boxes that may come first (QuickTime files need no `ftyp`).
 _QUICKTIME_FIRST_BOXES = frozenset({b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide",
                                     b"pnot"})
@@ -248,15 +257,37 @@ def sample_frames(data: bytes, limits: VideoSettings, outcome: SamplingOutcome,
     container = sniff_container(data)
     if container is None:
         raise SkipImage(NOT_A_VIDEO)
+    run = _Run(limits=limits, outcome=outcome, started=started)
     box = _open(data, container)
     try:
-        yield from _sample(box, container, limits, outcome, started)
+        lied = yield from _sample(box, container, run, gating=True)
     finally:
         box.close()
+    if lied:
+        # A keyframe the container promised did not decode as one: decode everything (but
+        # the frames already sampled) again, from the start, without skipping GOPs.
+        box = _open(data, container)
+        try:
+            yield from _sample(box, container, run, gating=False)
+        finally:
+            box.close()
 
 
-def _sample(box: av.container.InputContainer, container: str, limits: VideoSettings,
-            outcome: SamplingOutcome, started: float) -> Iterator[VideoSample]:
+@dataclass(slots=True)
+class _Run:
+    """The state of one video's sampling, kept across a restart."""
+
+    limits: VideoSettings
+    outcome: SamplingOutcome
+    started: float
+    next_time: float = 0.0  # the next grid time to sample
+    errors: int = 0
+    first_error: str = ""
+
+
+def _prepare(box: av.container.InputContainer, container: str, run: _Run
+             ) -> tuple[av.video.stream.VideoStream, VideoStream]:
+    limits = run.limits
     if not box.streams.video:
         raise SkipImage(NO_VIDEO_STREAM, f"{container} with {len(box.streams)} other streams")
     stream = box.streams.video[0]
@@ -264,7 +295,6 @@ def _sample(box: av.container.InputContainer, container: str, limits: VideoSetti
     if ctx.name not in _DECODERS:
         raise SkipImage(UNSUPPORTED_FORMAT, f"{container} with {ctx.name} video")
     info = _stream_info(container, box, stream)
-    outcome.stream = info
     if info.width * info.height > limits.max_pixels:
         raise SkipImage(TOO_MANY_PIXELS, f"{info.width}x{info.height} declared > max_pixels "
                                          f"{limits.max_pixels}")
@@ -273,59 +303,73 @@ def _sample(box: av.container.InputContainer, container: str, limits: VideoSetti
     ctx.thread_count = DECODE_THREADS
     ctx.thread_type = "AUTO"
     ctx.skip_frame = "NONREF"
-    intra_only = ctx.name == "mjpeg"
+    return stream, info
 
+
+class _Stop(Exception):
+    """Sampling ends here (a limit); `SamplingOutcome.incomplete` says why."""
+
+
+class _Lied(Exception):
+    """A keyframe after skipped packets did not decode as a keyframe."""
+
+
+def _sample(box: av.container.InputContainer, container: str, run: _Run,
+            gating: bool) -> Generator[VideoSample, None, bool]:
+    """Yields the samples; returns True when the container lied about a keyframe (the caller
+    then decodes again without gating)."""
+    limits, outcome = run.limits, run.outcome
+    stream, info = _prepare(box, container, run)
+    outcome.stream = info
+    ctx = stream.codec_context
+    intra_only = ctx.name == "mjpeg"
+    gating = gating and ctx.name in _GATED_DECODERS
     interval = 1.0 / limits.frames_per_second
     budget = limits.deadline * DEADLINE_SHARE
     time_base = stream.time_base
     origin = stream.start_time or 0
-    next_time = 0.0
-    errors = 0
-    first_error = ""
+    resumed = run.next_time  # after a restart: frames before this were sampled already
+    expect_key: list[int] = []  # pts of the keyframe after a skipped stretch, to check
 
     def stop(reason: str, detail: str) -> None:
         outcome.incomplete = reason
         outcome.detail = detail
+        raise _Stop
+
+    def seconds(pts: int | None) -> float | None:
+        if pts is None or time_base is None:
+            return None
+        return float((pts - origin) * time_base)
 
     def frame_time(frame: av.VideoFrame) -> float:
-        if frame.pts is not None and time_base is not None:
-            return float((frame.pts - origin) * time_base)
+        found = seconds(frame.pts)
         # No timestamp: count frames at the declared rate (25 when none is declared).
-        return outcome.decoded / (info.frame_rate or 25.0)
+        return found if found is not None else outcome.decoded / (info.frame_rate or 25.0)
 
-    packets = box.demux(stream)
-    while True:
-        if time.monotonic() - started > budget:
-            if not outcome.sampled:
-                raise SkipImage(DEADLINE, f"no frame decoded in {budget:g}s")
-            stop(DEADLINE, f"sampled {outcome.sampled} frames up to "
-                           f"{outcome.last_timestamp:.3f}s in the time budget of {budget:g}s")
+    def check_keyframe(frame: av.VideoFrame) -> None:
+        if not expect_key:
             return
-        try:
-            packet = next(packets)
-        except StopIteration:
-            break
-        except av.error.FFmpegError as exc:  # the demuxer gave up: the file ends here
-            errors += 1
-            first_error = first_error or f"demuxing: {exc}"
-            break
-        if (intra_only and packet.pts is not None and time_base is not None
-                and float((packet.pts - origin) * time_base) < next_time - GRID_SLACK):
-            continue  # an intra-only frame off the grid: never decoded
+        if frame.pts == expect_key[0]:
+            if not frame.key_frame:
+                raise _Lied
+            expect_key.clear()
+        elif frame.pts is None or frame.pts > expect_key[0]:
+            raise _Lied  # the promised keyframe never came out
+
+    def decode(packet: av.Packet[Any]) -> Iterator[VideoSample]:
         try:
             frames = ctx.decode(packet)
         except av.error.FFmpegError as exc:
             # Players go on past a broken packet, and so do we (the next keyframe heals the
-            # picture); that frames may be missing is reported below.
-            errors += 1
-            first_error = first_error or f"decoding: {exc}"
+            # picture); that frames may be missing is reported at the end.
+            run.errors += 1
+            run.first_error = run.first_error or f"decoding: {exc}"
             if ctx.width * ctx.height > limits.max_pixels:
                 reason = f"{ctx.width}x{ctx.height} in the bitstream > max_pixels"
                 if not outcome.sampled:
                     raise SkipImage(TOO_MANY_PIXELS, reason) from exc
                 stop(TOO_MANY_PIXELS, reason)
-                return
-            continue
+            return
         for frame in frames:
             outcome.decoded += 1
             if frame.width * frame.height > limits.max_pixels:
@@ -333,33 +377,130 @@ def _sample(box: av.container.InputContainer, container: str, limits: VideoSetti
                 if not outcome.sampled:
                     raise SkipImage(TOO_MANY_PIXELS, reason)
                 stop(TOO_MANY_PIXELS, reason)
-                return
+            check_keyframe(frame)
             timestamp = frame_time(frame)
-            if not math.isfinite(timestamp) or timestamp < next_time - GRID_SLACK:
+            if (not math.isfinite(timestamp) or timestamp < run.next_time - GRID_SLACK
+                    or timestamp < resumed - GRID_SLACK):
                 continue
+            if outcome.sampled and time.monotonic() - run.started > budget:
+                stop(DEADLINE, f"sampled {outcome.sampled} frames up to "
+                               f"{outcome.last_timestamp:.3f}s in the time budget of {budget:g}s")
             if outcome.sampled >= limits.max_frames:
-                stop(FRAMES_PAST_LIMIT, f"sampled {outcome.sampled} frames (max_frames) up to "
-                                        f"{outcome.last_timestamp:.3f}s; more follow")
-                return
+                stop(FRAMES_PAST_LIMIT, f"sampled {outcome.sampled} frames (max_frames) up "
+                                        f"to {outcome.last_timestamp:.3f}s; more follow")
             outcome.sampled += 1
             outcome.last_timestamp = timestamp
             # The next grid point after this frame (a frame late on the grid does not make
             # the next sample late too; a jump in timestamps skips the empty steps).
-            next_time = (math.floor(timestamp / interval + GRID_SLACK) + 1) * interval
+            run.next_time = (math.floor(timestamp / interval + GRID_SLACK) + 1) * interval
             yield VideoSample(max(0.0, timestamp), _rgb(frame))
+
+    # GOP gating (decode order): a packet at or past the next grid time `planned` is needed,
+    # and so is every packet held before it (its references); a packet before it is held.
+    # When a keyframe comes, the packets held are dropped: they display before `planned`, so
+    # no grid time needs them, and nothing after a keyframe refers to them. Leading pictures
+    # of an open GOP (after the keyframe, displayed before it) refer to what was dropped and
+    # are dropped too. A keyframe after dropped packets must decode as a keyframe; if it does
+    # not, the container lied and the video is decoded again without gating.
+    held: list[av.Packet[Any]] = []
+    held_bytes = 0
+    holding = gating
+    planned = run.next_time
+    window = (0.0, 0.0)  # grid time and time of the packet that was decoded for it
+    dropped_before: float | None = None  # time of the keyframe after dropped packets
+    flushed = False
+
+    def shown_before(packet: av.Packet[Any], moment: float) -> bool:
+        shown = seconds(packet.pts)
+        return shown is not None and shown < moment
+
+    def send_held() -> Iterator[VideoSample]:
+        nonlocal held_bytes
+        group = list(held)
+        held.clear()
+        held_bytes = 0
+        for old in group:
+            yield from decode(old)
+
+    packets = box.demux(stream)
+    try:
+        while True:
+            if time.monotonic() - run.started > budget:
+                if not outcome.sampled:
+                    raise SkipImage(DEADLINE, f"no frame decoded in {budget:g}s")
+                stop(DEADLINE, f"sampled {outcome.sampled} frames up to "
+                               f"{outcome.last_timestamp:.3f}s in the time budget of {budget:g}s")
+            try:
+                packet = next(packets)
+            except StopIteration:
+                break
+            except av.error.FFmpegError as exc:  # the demuxer gave up: the file ends here
+                run.errors += 1
+                run.first_error = run.first_error or f"demuxing: {exc}"
+                break
+            when = seconds(packet.pts)
+            if intra_only and when is not None and when < run.next_time - GRID_SLACK:
+                continue  # an intra-only frame off the grid: never decoded
+            if packet.size == 0:  # the end: an empty packet flushes the decoder
+                held.clear()  # displayed before the next grid time: not needed
+                flushed = True
+                yield from decode(packet)
+                continue
+            if not holding:
+                yield from decode(packet)
+                continue
+            if packet.is_keyframe and when is not None:
+                if held and all(shown_before(p, when) for p in held):
+                    held.clear()
+                    held_bytes = 0
+                    expect_key[:] = [packet.pts] if packet.pts is not None else []
+                    dropped_before = when
+                else:
+                    yield from send_held()
+                    dropped_before = None
+            elif dropped_before is not None and when is not None and when < dropped_before:
+                continue  # a leading picture of the group after dropped packets
+            if when is None or when >= planned - GRID_SLACK:
+                yield from send_held()
+                yield from decode(packet)
+                if when is not None:
+                    # Frames decoded next that display between the grid time and this one
+                    # (B-frames) are better samples for it: they are decoded too.
+                    window = (planned, when)
+                    planned = max(planned, (math.floor(when / interval + GRID_SLACK) + 1)
+                                  * interval)
+                continue
+            if window[0] - GRID_SLACK <= when < window[1]:
+                yield from send_held()
+                yield from decode(packet)
+                continue
+            held.append(packet)
+            held_bytes += packet.size
+            if held_bytes > MAX_HELD_BYTES or len(held) > MAX_HELD_PACKETS:
+                yield from send_held()  # a stretch this long is decoded as it comes
+        if not flushed:  # the demuxer gave up: flush the decoder (held packets are not needed)
+            held.clear()
+            yield from decode(av.Packet())
+    except _Stop:
+        return False
+    except _Lied:
+        return True
     if not outcome.sampled:
-        raise SkipImage(CORRUPT if errors else NO_FRAMES,
-                        first_error or f"{container}/{ctx.name}: no frame decoded")
-    if errors:
-        stop(CORRUPT, f"{errors} packets failed ({first_error}); frames may be missing")
-        return
+        raise SkipImage(CORRUPT if run.errors else NO_FRAMES,
+                        run.first_error or f"{container}/{ctx.name}: no frame decoded")
+    if run.errors:
+        outcome.incomplete = CORRUPT
+        outcome.detail = f"{run.errors} packets failed ({run.first_error}); frames may be missing"
+        return False
     # A file cut short ends quietly in most demuxers: the video stream's own declared length
     # (not the container's, which an audio track may make longer) says frames are missing.
     if stream.duration is not None and time_base is not None:
         declared = float(stream.duration * time_base)
         if declared > outcome.last_timestamp + interval + TRUNCATION_SLACK:
-            stop(TRUNCATED, f"frames end at {outcome.last_timestamp:.3f}s of a video stream "
-                            f"declared {declared:.3f}s long")
+            outcome.incomplete = TRUNCATED
+            outcome.detail = (f"frames end at {outcome.last_timestamp:.3f}s of a video stream "
+                              f"declared {declared:.3f}s long")
+    return False
 
 
 # --- the hash stage ----------------------------------------------------------------------

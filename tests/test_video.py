@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from mailfilter import video
-from mailfilter.hashing.vpdq import VpdqFeature
+from mailfilter.hashing.pdq import pdq_from_luma
+from mailfilter.hashing.vpdq import VpdqFeature, luma_from_rgb
 from mailfilter.settings import Settings, VideoSettings
 from mailfilter.video import VideoFingerprint, VideoParams, fingerprint_video, sniff_container
 from tests.factories import jpeg
@@ -81,9 +82,16 @@ def test_exactly_max_frames_is_complete(h264: bytes) -> None:
 
 
 def test_deadline_gives_a_partial_result(h264: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
-    clock = itertools.count(step=0.05)  # each reading of the clock: 50 ms later
-    monkeypatch.setattr(video.time, "monotonic", lambda: next(clock))
-    result = fingerprint(h264, deadline=2.0)
+    now = [0.0]
+    convert = video._rgb
+
+    def slow_rgb(frame: av.VideoFrame) -> np.ndarray:
+        now[0] += 1.0  # each sampled frame takes a second
+        return convert(frame)
+
+    monkeypatch.setattr(video.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(video, "_rgb", slow_rgb)
+    result = fingerprint(h264, deadline=3.0)
     assert result.incomplete == video.DEADLINE
     assert 0 < len(result.frames) < 5
 
@@ -182,3 +190,84 @@ def test_many_tiny_frames_are_sampled_on_the_grid() -> None:
     data = encode(frames, "h264.mp4", fps=500)
     result = fingerprint_video(data, PARAMS)
     assert [round(f.timestamp) for f in result.frames] == [0, 1, 2, 3]
+
+
+class _LyingIndex:
+    """A demuxer that flags the packets numbered in `fake` as keyframes (a lying index;
+    FFmpeg's muxers and parsers correct such flags, so the lie is told here)."""
+
+    def __init__(self, box: av.container.InputContainer, fake: set[int]) -> None:
+        self._box, self._fake = box, fake
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._box, name)
+
+    def demux(self, stream: object) -> object:
+        for index, packet in enumerate(self._box.demux(stream)):  # type: ignore[call-overload]
+            if index in self._fake:
+                packet.is_keyframe = True
+            yield packet
+
+
+def _samples(data: bytes, gating: bool, fake_keyframes: frozenset[int] = frozenset()
+             ) -> tuple[list[tuple[float, str]], int, bool]:
+    outcome = video.SamplingOutcome()
+    run = video._Run(limits=VideoSettings(), outcome=outcome, started=time.monotonic())
+    kind = sniff_container(data)
+    assert kind is not None
+    box = video._open(data, kind)
+    samples = video._sample(_LyingIndex(box, set(fake_keyframes)), kind,  # type: ignore[arg-type]
+                            run, gating)
+    found = []
+    while True:
+        try:
+            sample = next(samples)
+        except StopIteration as end:
+            lied = bool(end.value)
+            break
+        found.append((sample.timestamp, pdq_from_luma(luma_from_rgb(sample.rgb)).hash))
+    box.close()
+    return found, outcome.decoded, lied
+
+
+def test_gop_gating_samples_the_same_frames_and_decodes_fewer() -> None:
+    # 1 s keyframe interval (what phones write), B-frames: groups between grid times skipped.
+    frames = scene_frames(6.0, 25, 320, 240, scene_seconds=0.5)
+    data = encode(frames, "h264.mp4", fps=25, gop=25)
+    plain, plain_decoded, _ = _samples(data, gating=False)
+    gated, gated_decoded, lied = _samples(data, gating=True)
+    assert not lied
+    assert gated == plain and len(plain) == 6
+    assert gated_decoded < plain_decoded / 2
+
+
+def test_a_lying_keyframe_flag_is_caught() -> None:
+    frames = scene_frames(4.0, 25, 320, 240, scene_seconds=0.5)
+    data = encode(frames, "h264.mp4", fps=25, gop=250)
+    plain, _, _ = _samples(data, gating=False)
+    # Packet 45 (a P-frame) said to be a keyframe: the held packets before it are
+    # dropped, the "keyframe" does not decode as one, and the caller must decode it all.
+    _, _, lied = _samples(data, gating=True, fake_keyframes=frozenset({45}))
+    assert lied
+    honest, _, lied = _samples(data, gating=True)
+    assert not lied and honest == plain
+
+
+def test_after_a_lie_the_video_is_decoded_again_without_gating(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    frames = scene_frames(4.0, 25, 320, 240, scene_seconds=0.5)
+    data = encode(frames, "h264.mp4", fps=25, gop=250)
+    plain, _, _ = _samples(data, gating=False)
+    real_open = video._open
+    opened: list[object] = []
+
+    def lying_first(data: bytes, container: str) -> object:
+        box = real_open(data, container)
+        opened.append(box)
+        return _LyingIndex(box, {45}) if len(opened) == 1 else box
+
+    monkeypatch.setattr(video, "_open", lying_first)
+    result = fingerprint_video(data, PARAMS)
+    assert len(opened) == 2
+    assert result.incomplete is None and result.skipped is None
+    assert [(f.timestamp, f.frames[0].pdq) for f in result.frames] == plain

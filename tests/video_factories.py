@@ -49,9 +49,10 @@ def scene_frames(seconds: float, fps: int, width: int, height: int, seed: int = 
 
 
 def encode(frames: list[npt.NDArray[np.uint8]], kind: str = "h264.mp4", fps: int = 25,
-           pts_step: int = 1) -> bytes:
+           pts_step: int = 1, gop: int | None = None) -> bytes:
     """The frames as a video of `kind` (a key of KINDS); `pts_step` spaces timestamps out
-    (in units of 1 / fps)."""
+    (in units of 1 / fps); `gop`: frames from one keyframe to the next (the encoder's
+    default otherwise: 12 for FFmpeg's, 250 for x264's)."""
     fmt, encoder, pix_fmt = KINDS[kind]
     height, width = frames[0].shape[:2]
     out = io.BytesIO()
@@ -59,6 +60,10 @@ def encode(frames: list[npt.NDArray[np.uint8]], kind: str = "h264.mp4", fps: int
         stream = box.add_stream(encoder, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
         quiet = {k: v for k, v in _QUIET.items() if k.split("-")[0] in encoder}
+        if gop is not None:
+            quiet = {**quiet, "g": str(gop)}
+            if encoder == "libx264":
+                quiet["x264-params"] = f"keyint={gop}:min-keyint={gop}:scenecut=0"
         if quiet:
             stream.options = quiet
         for index, rgb in enumerate(frames):
