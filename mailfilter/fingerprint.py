@@ -9,7 +9,7 @@ the worker pool; nothing here does I/O.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
@@ -20,8 +20,8 @@ from mailfilter.hashing.exact import exact_hashes
 from mailfilter.hashing.gridhist import gridhist_dihedral, gridhist_from_luma
 from mailfilter.hashing.pdq import pdq_from_luma
 from mailfilter.images import FRAMES_PAST_LIMIT, decode
-from mailfilter.model import FrameFingerprint, ImageFingerprint
-from mailfilter.settings import ImageSettings, Settings
+from mailfilter.model import AttachmentKind, FrameFingerprint, ImageFingerprint
+from mailfilter.settings import ImageSettings, Settings, VideoSettings
 
 PREVIEW_SHORT_SIDE = 160
 """gridhist area-averages to 32 x 32 and border detection looks at row and column
@@ -51,10 +51,47 @@ class FingerprintParams:
 
     images: ImageSettings
     pdq_min_quality: int
+    video: VideoSettings = field(default_factory=VideoSettings)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FingerprintParams:
-        return cls(images=settings.images, pdq_min_quality=settings.match.pdq_min_quality)
+        return cls(images=settings.images, pdq_min_quality=settings.match.pdq_min_quality,
+                   video=settings.video)
+
+    def deadline(self, kind: AttachmentKind) -> float:
+        """The time one attachment of this kind may take (`[video]` or `[images]`)."""
+        return self.video.deadline if kind is AttachmentKind.VIDEO else self.images.deadline
+
+
+def fingerprint_media(data: bytes, kind: AttachmentKind,
+                      params: FingerprintParams) -> ImageFingerprint:
+    """The worker task for one attachment the extract stage handed on: a video's sampled
+    frames, or an image's."""
+    if kind is AttachmentKind.VIDEO:
+        return fingerprint_video(data, params)
+    return fingerprint_image(data, params)
+
+
+def fingerprint_video(data: bytes, params: FingerprintParams) -> ImageFingerprint:
+    """A video's fingerprint as the match stage reads it: `frames` hold every sampled
+    frame's fingerprints (whole, and trimmed of letterbox/pillarbox borders), so they are
+    looked up in the image lists as an animation's frames are; `vpdq` its features for the
+    video lists; `frame_times` the time of each sample (FrameFingerprint.frame indexes it).
+    A video the decoder finds none in (not a video after all, audio only) gives its exact
+    hashes with that reason."""
+    from mailfilter import video  # PyAV: imported only in the workers that decode videos
+
+    v = video.fingerprint_video(data, video.VideoParams(
+        video=params.video, pdq_min_quality=params.pdq_min_quality,
+        min_dimension=params.images.min_dimension, trim_borders=params.images.trim_borders))
+    described = "/".join(x for x in (v.container, v.codec) if x) or None
+    return ImageFingerprint(
+        exact=v.exact, width=v.width, height=v.height, image_format=described,
+        frames=tuple(f for sample in v.frames for f in sample.frames),
+        frame_count=len(v.frames), skipped=v.skipped, detail=v.detail,
+        incomplete=v.incomplete, vpdq=tuple(v.vpdq_compact),
+        frame_times=tuple(sample.timestamp for sample in v.frames), duration=v.duration,
+    )
 
 
 def _frame(index: int, luma: np.ndarray, preview: np.ndarray, trimmed: bool,

@@ -124,3 +124,24 @@ def _plausible_ico(head: bytes) -> bool:
     return (
         0 < count < 256 and reserved == 0 and planes in (0, 1) and bpp in (0, 1, 4, 8, 16, 24, 32)
     )
+
+
+# The boxes an ISO-BMFF (MP4, 3GP) or QuickTime (MOV) file may start with.
+_QUICKTIME_FIRST_BOXES = frozenset({b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide",
+                                    b"pnot"})
+
+
+def video_container(data: bytes) -> str | None:
+    """The video container the bytes start with: "mp4" (MP4, MOV, 3GP: ISO-BMFF and
+    QuickTime), "matroska" (MKV, WebM) or "avi"; None for anything else, including HEIF and
+    AVIF images (ISO-BMFF too). Bytes only: the extract stage sniffs with it, and the
+    decoder (video.py, PyAV) is imported only in the workers that decode."""
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"AVI ":
+        return "avi"
+    if data[:4] == b"\x1a\x45\xdf\xa3":
+        return "matroska"
+    if len(data) >= 8 and data[4:8] in _QUICKTIME_FIRST_BOXES:
+        if data[4:8] == b"ftyp" and image_format(data) is not None:
+            return None
+        return "mp4"
+    return None

@@ -25,9 +25,16 @@ class Envelope:
     queue_id: str | None = None
 
 
+class AttachmentKind(enum.StrEnum):
+    IMAGE = "image"  # decoded and fingerprinted (perceptual and exact hashes)
+    VIDEO = "video"  # frames sampled and fingerprinted (vPDQ, PDQ per frame, exact hashes)
+    FILE = "file"  # any other file: exact hashes
+
+
 @dataclass(frozen=True, slots=True)
 class Attachment:
-    """A candidate image payload found in a message, before any decoding.
+    """A candidate image (or video: `kind`) payload found in a message, before any
+    decoding.
 
     `mime_path` numbers parts the way IMAP does (`2.1.3`); members of containers
     append `/name` (e.g. `2/photos.zip/a.jpg`). `containers` is the chain of
@@ -40,6 +47,7 @@ class Attachment:
     content_type: str | None
     data: bytes
     containers: tuple[str, ...] = ()
+    kind: AttachmentKind = AttachmentKind.IMAGE
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,22 +164,20 @@ class Match:
     distance: float
     labels: tuple[str, ...] = ()
     value: str = ""
+    at: float | None = None  # a video: the time (seconds) of the frame that matched
 
     def as_json(self) -> dict[str, Any]:
-        return {"list": self.list_name, "algorithm": self.algorithm,
-                "distance": self.distance, "labels": list(self.labels), "value": self.value}
+        out = {"list": self.list_name, "algorithm": self.algorithm,
+               "distance": self.distance, "labels": list(self.labels), "value": self.value}
+        if self.at is not None:
+            out["at"] = self.at
+        return out
 
 
 class Verdict(enum.StrEnum):
     CLEAN = "clean"
     MATCH = "match"
     UNSCANNABLE = "unscannable"
-
-
-class AttachmentKind(enum.StrEnum):
-    IMAGE = "image"  # decoded and fingerprinted (perceptual and exact hashes)
-    VIDEO = "video"  # frames sampled and fingerprinted (vPDQ, PDQ per frame, exact hashes)
-    FILE = "file"  # any other file: exact hashes
 
 
 @dataclass(frozen=True, slots=True)

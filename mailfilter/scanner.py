@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 from mailfilter.errors import WorkerFailure
 from mailfilter.extract import extract, extract_text_only
 from mailfilter.extract.core import DECLARED_NOT_AN_IMAGE
-from mailfilter.fingerprint import FingerprintParams, fingerprint_image
+from mailfilter.fingerprint import FingerprintParams, fingerprint_media
 from mailfilter.hashing.exact import exact_hashes
 from mailfilter.images import NO_PIXEL_DATA
 from mailfilter.matching.cache import VerdictCache
@@ -89,7 +89,16 @@ async def _sha256(data: bytes) -> str:
 NOT_AN_IMAGE = "not-an-image"
 #: Reasons of the decode stage that mean "nothing of a picture is in these bytes", so the
 #: attachment counts as looked at (its exact hashes were matched): a defect each.
-LOOKED_AT = {NOT_AN_IMAGE: DECLARED_NOT_AN_IMAGE, NO_PIXEL_DATA: "image-without-pixel-data"}
+LOOKED_AT = {NOT_AN_IMAGE: DECLARED_NOT_AN_IMAGE, NO_PIXEL_DATA: "image-without-pixel-data",
+             # (a video container that holds no video: audio only, or not a video at all)
+             "no-video-stream": "video-without-video-stream", "not-a-video": "not-a-video"}
+
+
+def _kind_found(handed_on: AttachmentKind, fp: ImageFingerprint) -> AttachmentKind:
+    """A video container without any video in it (an M4A, say) is reported as a file."""
+    if handed_on is AttachmentKind.VIDEO and fp.skipped in LOOKED_AT:
+        return AttachmentKind.FILE
+    return handed_on
 
 
 def _unexamined(fp: ImageFingerprint) -> bool:
@@ -138,8 +147,8 @@ def extract_and_fingerprint(raw: bytes, limits: ExtractSettings,
     fingerprints = []
     for a in extraction.attachments:
         try:
-            with time_limit(params.images.deadline):
-                fp = fingerprint_image(a.data, params)
+            with time_limit(params.deadline(a.kind)):
+                fp = fingerprint_media(a.data, a.kind, params)
         except TimeLimitExceeded as exc:
             fp = ImageFingerprint(exact=exact_hashes(a.data), skipped="deadline",
                                   detail=f"no result within {exc}")
@@ -180,8 +189,8 @@ class Scanner:
     async def _fingerprint(self, attachment: Attachment) -> ImageFingerprint:
         try:
             return await self._pool.run(
-                fingerprint_image, attachment.data, self._params,
-                deadline=self._settings.images.deadline,
+                fingerprint_media, attachment.data, attachment.kind, self._params,
+                deadline=self._params.deadline(attachment.kind),
             )
         except WorkerFailure as exc:
             return ImageFingerprint(
@@ -249,6 +258,7 @@ class Scanner:
                 fingerprint=fp,
                 matches=matches,
                 containers=a.containers,
+                kind=_kind_found(a.kind, fp),
             ))
         for f in extraction.files:  # every other file: its exact hashes
             fp = ImageFingerprint(exact=f.exact)

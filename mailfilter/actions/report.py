@@ -184,7 +184,9 @@ def findings_text(record: Mapping[str, Any]) -> list[str]:
         labels = ", ".join(p(x) for x in m.get("labels") or []) or "none"
         lines.append(f"  {p(where)} {p(names.get(where, ''))}: list {p(m.get('list'))}, "
                      f"{m.get('algorithm')}, distance {distance_text(m.get('distance'))}, "
-                     f"labels {labels}")
+                     f"labels {labels}"
+                     + (f", frame at {m['at']:g} s" if isinstance(m.get("at"), float | int)
+                        else ""))
     if not matches:
         lines.append("  none")
     lines.append(f"Attachments ({len(attachments)})")
@@ -444,7 +446,9 @@ def cybertip_xml(record: Mapping[str, Any], settings: ReportSettings, generated:
                if a.get("kind", "image") == "image" else "")
             + "). "
             + " ".join(f"Matched list {m.get('list')} by {m.get('algorithm')} at distance "
-                       f"{distance_text(m.get('distance'))}." for m in own)
+                       f"{distance_text(m.get('distance'))}"
+                       + (f" (the frame at {m['at']:g} s)" if isinstance(m.get("at"), float | int)
+                          else "") + "." for m in own)
             + (f" PDQ {a.get('pdq')}." if a.get("pdq") else ""))
     ET.indent(root)
     return (b'<?xml version="1.0" encoding="UTF-8"?>\n'

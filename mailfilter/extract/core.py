@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from mailfilter.hashing.exact import exact_hashes
-from mailfilter.model import Attachment, FileEntry, Unscannable
+from mailfilter.model import Attachment, AttachmentKind, FileEntry, Unscannable
 from mailfilter.settings import ExtractSettings
 
 # Below this many bytes a member's expansion ratio is not held against it: small files of
@@ -200,8 +200,10 @@ class Context:
         self,
         node: PayloadNode,
         content_type: str | None = None,
+        kind: AttachmentKind = AttachmentKind.IMAGE,
     ) -> None:
-        """Hand a candidate image on to the decode stage; stop the walk past `max_images`."""
+        """Hand a candidate image (or video) on to the decode stage; stop the walk past
+        `max_images` (videos count as images)."""
         if self.text_only:
             raise NeedsWorker
         if self.images >= self.limits.max_images:
@@ -215,6 +217,7 @@ class Context:
                 content_type=content_type if content_type is not None else node.content_type,
                 data=node.data,
                 containers=node.containers,
+                kind=kind,
             )
         )
 

@@ -169,6 +169,7 @@ def _first_bytes() -> bytes:
         b"\x5d\x00",  # LZMA_Alone: a dictionary of at least 64 KiB, a power of two
         b"ID", b"fL", b"Og",  # audio: ID3v2, FLAC, Ogg
         b"\xd7\xcd", b"\x01\x00", b"\x02\x00",  # WMF (placeable, memory, disk), EMF
+        b"\x1a\x45",  # Matroska/WebM (MP4/MOV start with a box size: 0 0; AVI is RIFF)
     ):
         mark(prefix[0], prefix[1])
     for first in b" \t\r\n\x0b\x0c-%0":  # ASCII armor or a PDF after white space; CMS

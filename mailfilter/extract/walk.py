@@ -11,6 +11,7 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import replace
 
+from mailfilter import magic
 from mailfilter.extract import (
     archives,
     audio,
@@ -27,7 +28,7 @@ from mailfilter.extract import (
     tnef,
 )
 from mailfilter.extract.core import Context, EntityNode, Node, PayloadNode
-from mailfilter.model import Extraction
+from mailfilter.model import AttachmentKind, Extraction
 from mailfilter.settings import ExtractSettings
 
 
@@ -87,7 +88,11 @@ def payload(ctx: Context, node: PayloadNode) -> Iterator[Node]:
         else:
             yield from sweep.after_image(ctx, node, image)
         return
-    if sniff.declared_image(ctype, node.filename):
+    if maybe and magic.video_container(data) is not None:
+        # A video: the decode stage samples its frames (it is still carved below, for the
+        # cover art an MP4 keeps in its metadata).
+        ctx.add_image(node, kind=AttachmentKind.VIDEO)
+    elif sniff.declared_image(ctype, node.filename):
         ctx.add_image(node)  # claims to be an image: the decode stage decides
     elif data and not (texty and node.filename is None):
         # Any other file (a video, an archive, a document, a member, a carved piece; a

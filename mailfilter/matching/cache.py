@@ -53,7 +53,8 @@ __all__ = [
 
 log = logging.getLogger("mailfilter.matching.cache")
 
-FORMAT: Final = 3  # 2: `incomplete` (entries of 1 would hide it); 3: no-pixel-data (was corrupt)
+# 2: `incomplete` (entries of 1 would hide it); 3: no-pixel-data (was corrupt); 4: videos
+FORMAT: Final = 4
 TRANSIENT_REASONS: Final = frozenset({"deadline", "worker-crashed", "memory-limit"})
 """Skip reasons that say nothing about the image itself: never cached."""
 
@@ -93,10 +94,12 @@ def encode(verdict: CachedVerdict) -> bytes:
             "width": fp.width, "height": fp.height, "image_format": fp.image_format,
             "frames": [_frame_json(f) for f in fp.frames], "frame_count": fp.frame_count,
             "skipped": fp.skipped, "detail": fp.detail, "incomplete": fp.incomplete,
+            "vpdq": list(fp.vpdq), "frame_times": list(fp.frame_times),
+            "duration": fp.duration,
         },
         "matches": [
             {"list": m.list_name, "algorithm": m.algorithm, "distance": m.distance,
-             "labels": list(m.labels), "value": m.value}
+             "labels": list(m.labels), "value": m.value, "at": m.at}
             for m in verdict.matches
         ],
     }, separators=(",", ":")).encode()
@@ -121,10 +124,13 @@ def decode(raw: bytes | str) -> CachedVerdict:
         width=int(f["width"]), height=int(f["height"]), image_format=f["image_format"],
         frames=frames, frame_count=int(f["frame_count"]), skipped=f["skipped"],
         detail=str(f["detail"]), incomplete=f.get("incomplete"),
+        vpdq=tuple(str(v) for v in f["vpdq"]),
+        frame_times=tuple(float(t) for t in f["frame_times"]), duration=float(f["duration"]),
     )
     matches = tuple(
         Match(list_name=m["list"], algorithm=m["algorithm"], distance=float(m["distance"]),
-              labels=tuple(m["labels"]), value=m["value"])
+              labels=tuple(m["labels"]), value=m["value"],
+              at=None if m["at"] is None else float(m["at"]))
         for m in obj["matches"]
     )
     return CachedVerdict(str(obj["sha256"]), int(obj["version"]), fingerprint, matches,
@@ -135,6 +141,7 @@ def settings_namespace(settings: Settings) -> str:
     """A short digest of the settings that shape a cached result."""
     shaping = {
         "images": settings.images.model_dump(mode="json"),
+        "video": settings.video.model_dump(mode="json"),
         "match": settings.match.model_dump(mode="json"),
     }
     text = json.dumps(shaping, sort_keys=True)

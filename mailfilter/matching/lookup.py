@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from mailfilter import signals
+from mailfilter.hashing.pdq import hamming
 from mailfilter.matching.index import HashIndex
 from mailfilter.model import ImageFingerprint, Match
 from mailfilter.settings import MatchSettings
@@ -28,4 +31,22 @@ def match_fingerprint(
             key = (m.list_name, m.algorithm, m.value)
             if key not in found or m.distance < found[key].distance:
                 found[key] = m
+    if fp.frame_times:
+        found = {key: _with_time(m, fp) for key, m in found.items()}
     return tuple(sorted(found.values(), key=lambda m: (m.distance, m.list_name, m.algorithm)))
+
+
+def _with_time(m: Match, fp: ImageFingerprint) -> Match:
+    """A video's match in an image list, with the time of the sampled frame that matched
+    (the frame nearest the listed hash), for reports and quarantine records."""
+    if signals.get(m.algorithm).index is not signals.IndexKind.HAMMING:
+        return m
+    nearest: tuple[int, int] | None = None
+    for frame in fp.frames:
+        for h in frame.pdq_dihedral or ((frame.pdq,) if frame.pdq else ()):
+            d = hamming(h, m.value)
+            if nearest is None or d < nearest[0]:
+                nearest = (d, frame.frame)
+    if nearest is None or nearest[1] >= len(fp.frame_times):
+        return m
+    return replace(m, at=round(fp.frame_times[nearest[1]], 3))
