@@ -8,7 +8,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -16,19 +15,14 @@ from pathlib import Path
 
 import pytest
 from factories import jpeg, message, message_bytes
+from video_factories import clip
 
 RANDOM_BINARY = os.urandom(4096)
 
 
 def mp4(tmp_path: Path) -> bytes:
-    """A small benign test-pattern video (ffmpeg's testsrc)."""
-    if shutil.which("ffmpeg") is None:
-        pytest.skip("ffmpeg is not installed (Debian package ffmpeg; CI installs it)")
-    out = tmp_path / "clip.mp4"
-    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i",
-                    "testsrc=duration=1:size=160x120:rate=10", "-pix_fmt", "yuv420p",
-                    "-c:v", "libx264", "-y", str(out)], check=True, capture_output=True)
-    return out.read_bytes()
+    """A small benign generated video (PyAV's encoders: no system ffmpeg needed)."""
+    return clip("h264.mp4", seconds=1.0, fps=10, width=160, height=120)
 
 
 def zipped(name: str, data: bytes) -> bytes:
