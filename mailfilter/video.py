@@ -1,48 +1,63 @@
 """The decode and hash stages for videos: attachment bytes -> frames sampled on a time grid
 -> vPDQ features and per-frame PDQ, in bounded time and memory.
 
-Decoder: PyAV (FFmpeg's libraries, bundled in its wheels), in the worker process.
-Evaluated against the system ``ffmpeg`` run as a subprocess per video (FFmpeg 5.1 from
-Debian) on a generated 60 s 720p30 H.264 clip (testsrc2, x264 defaults: 22.7 MB, 1,800
-frames, keyframe every 250 frames, 3 B-frames), 2 cores, sampling 1 frame per second,
-measured with ``bench/video_speed.py`` and a one-off script (the machine was shared with
-other sessions' tests, so figures move by some 20%):
+Decoder: PyAV (FFmpeg's libraries, bundled in its wheels: FFmpeg 8 here), in the worker
+process. Evaluated against the system ``ffmpeg`` (FFmpeg 5.1 from Debian) run as a
+subprocess per video, on a generated 60 s 720p30 H.264 clip (testsrc2, x264 defaults: 22.7
+MB, 1,800 frames, a keyframe every 250 frames, 3 B-frames), sampling 1 frame per second. The
+machine: 2 vCPUs that give little parallel throughput (``ffmpeg -threads 2`` decodes the clip
+no faster than ``-threads 1``: 4.23 s against 4.25 s), shared with other sessions' tests, so
+figures move by some 20% between runs; each row was measured beside the others:
 
-=====================================  =========  ==================================
-                                        wall       peak memory (RSS)
-=====================================  =========  ==================================
-one-thread full decode, ffmpeg CLI     5.4-6.1 s  (the bench's yardstick)
-PyAV, all frames, 1 thread              5.4 s      60 MB (whole process, Python too)
-PyAV, skip_frame=NONREF, 2 threads      3.0 s      64 MB
-ffmpeg subprocess, -skip_frame nonref,  3.1 s      ~75 MB (child) + a temporary file
-  -vf fps=1, rgb24 on a pipe
-=====================================  =========  ==================================
+==========================================  ==========  ================================
+                                            wall        peak RSS
+==========================================  ==========  ================================
+ffmpeg CLI, one thread, every frame         4.3-6.1 s   (the bench's yardstick)
+PyAV, one thread, every frame               5.0-5.4 s   60 MB (the whole Python process)
+PyAV, skip_frame=NONREF, 1 thread           3.2-3.4 s   58 MB
+PyAV, skip_frame=NONREF, 2 threads          2.7-3.1 s   63 MB
+ffmpeg subprocess: -threads 2 -skip_frame   4.05-4.26 s  81 MB (the child) + the parent,
+  noref, -vf fps=1, rgb24 on a pipe                     and the bytes in a temporary file
+`sample_frames` (PyAV, rgb24 1/s), same run  4.13-4.23 s  126 MB (Python, numpy, mailfilter)
+`fingerprint_video` (all of the above, PDQ,  3.2-4.5 s   146 MB (0.64-0.79x the yardstick)
+  borders, exact hashes)
+the same, a keyframe every second           1.0-1.1 s   144 MB (0.20x)
+==========================================  ==========  ================================
 
-Both decode the same way at the same speed (it is the same library), so the choice rests on
-control and cost:
+The subprocess and PyAV decode at the same speed (it is the same library), so the choice
+rests on control and cost:
 
 - Control over hostile input. In-process, every limit is checked where it matters: the
   container's and the codec's claimed size before a pixel is decoded (and FFmpeg's own
   ``max_pixels`` codec option, so a bitstream that claims more than its container cannot
   make the decoder allocate it), every decoded frame's size, the sampled-frame cap and the
-  deadline between packets, so a stream of millions of tiny frames or an endless one stops
-  on time with the frames so far. A subprocess can only be killed from outside, and its
-  output must be parsed back (frame sizes changing mid-stream, timestamps lost by ``fps``).
+  deadline between packets and between samples, so a stream of millions of tiny frames or
+  an endless one stops on time with the frames so far. Packets can be chosen before they
+  reach the decoder (GOP gating, below), which ``ffmpeg`` cannot be told to do. A
+  subprocess can only be killed from outside, and its output must be parsed back (frame
+  sizes changing mid-stream, timestamps lost by ``fps``).
 - Cost. A subprocess needs the bytes in a file (MP4 with its index at the end cannot be
-  read from a pipe) and a fork/exec per video (~40 ms); PyAV reads the bytes in memory.
+  read from a pipe) and a fork/exec per video (110 ms for a 16 x 16 one-frame video here);
+  PyAV reads the bytes from memory.
 - Isolation is not lost: the worker pool already runs each task in a process of its own
   with an address-space limit (`workers.memory_limit`) and a deadline; a decoder crash
   kills that worker only (worker-crashed), as a Pillow crash would.
-- Packaging: wheels carry FFmpeg (the same version on every machine and in CI, with
-  dav1d for AV1); the system ffmpeg is only needed by the bench and tests that make clips.
+- Packaging: the wheel carries FFmpeg with its encoders too (the same version on every
+  machine and in CI, dav1d for AV1), so the tests make their clips with PyAV; the system
+  ffmpeg is needed only by bench/video_speed.py (its yardstick).
 
 What is decoded (less than everything): only the first video stream (as the reference);
 ``skip_frame = NONREF`` drops frames nothing refers to (most B-frames of H.264/HEVC, MPEG-4
-B-frames, VP8/VP9 and AV1 non-reference frames: 42% of the frames of the clip above) with
-frame/slice threads; for intra-only codecs (MJPEG) packets before the next grid time are not
-decoded at all. The sampled frame for grid time t is the first decoded frame at or after t;
-its own timestamp is reported, so a skipped B-frame moves a sample by a frame or two, never
-off the timeline.
+B-frames, VP8/VP9/AV1 non-reference frames: 42% of the frames of the clip above), with
+frame/slice threads (`DECODE_THREADS`). GOP gating (H.264, HEVC): packets before the next
+grid time are held; at the next keyframe they are dropped undecoded when they all display
+before it (nothing after a keyframe refers to them), so with a keyframe a second (phones)
+mostly keyframes are decoded (60 of 1,800 frames above; 0.20x). A keyframe after dropped
+packets must decode as a keyframe, or the container lied about it and the video is decoded
+again without gating. Intra-only codecs (MJPEG): packets before the next grid time are not
+decoded at all. The sampled frame for grid time t is the first decoded frame at or after t,
+reported with its own timestamp (a skipped B-frame moves a sample a frame or two later);
+gating never changes which frame that is (checked on Meta's vectors and generated clips).
 
 Frame conversion: vPDQ's reference converts each frame to RGB24 with swscale
 (``SWS_AREA``) at full size, with swscale's default (BT.601) coefficients whatever the
