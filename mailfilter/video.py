@@ -280,7 +280,9 @@ def sample_frames(data: bytes, limits: VideoSettings, outcome: SamplingOutcome,
         box.close()
     if lied:
         # A keyframe the container promised did not decode as one: decode everything (but
-        # the frames already sampled) again, from the start, without skipping GOPs.
+        # the frames already sampled) again, from the start, without skipping GOPs. Errors
+        # of the first pass (frames decoded without their references) are its own.
+        run.errors, run.first_error = 0, ""
         box = _open(data, container)
         try:
             yield from _sample(box, container, run, gating=False)
