@@ -102,7 +102,7 @@ from mailfilter.hashing.exact import exact_hashes
 from mailfilter.hashing.gridhist import gridhist_dihedral, gridhist_from_luma
 from mailfilter.hashing.pdq import PdqResult, pdq_from_luma
 from mailfilter.hashing.vpdq import VpdqFeature, feature_from_pdq, luma_from_rgb, prune
-from mailfilter.magic import image_format
+from mailfilter.magic import video_container
 from mailfilter.model import ExactHashes, FrameFingerprint
 from mailfilter.settings import Settings, VideoSettings
 
@@ -174,24 +174,13 @@ _DECODERS = frozenset({
 # packet of their own) nor MPEG-4 part 2 (AVI's packed B-frames: two frames in a packet).
 _GATED_DECODERS = frozenset({"h264", "hevc"})
 # MP4/QuickTime top-level boxes that may come first (QuickTime files need no `ftyp`).
-_QUICKTIME_FIRST_BOXES = frozenset({b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide",
-                                    b"pnot"})
 _RGB_FLAGS = Interpolation.AREA | Interpolation.ACCURATE_RND
 
 
 def sniff_container(data: bytes) -> str | None:
-    """The video container from the leading bytes: "mp4" (MP4, MOV, 3GP: ISO-BMFF and
-    QuickTime), "matroska" (MKV, WebM) or "avi"; None for anything else, including HEIF and
-    AVIF images (ISO-BMFF too)."""
-    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"AVI ":
-        return "avi"
-    if data[:4] == b"\x1a\x45\xdf\xa3":
-        return "matroska"
-    if len(data) >= 8 and data[4:8] in _QUICKTIME_FIRST_BOXES:
-        if data[4:8] == b"ftyp" and image_format(data) is not None:
-            return None
-        return "mp4"
-    return None
+    """The video container from the leading bytes (magic.video_container: bytes only, so
+    the extract stage sniffs without importing PyAV)."""
+    return video_container(data)
 
 
 @dataclass(frozen=True, slots=True)
