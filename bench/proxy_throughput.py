@@ -9,6 +9,8 @@ Rows:
 - text: text-only mail (~2 KB), `smtp-source -s SESSIONS -m MESSAGES`;
 - photo: one ~1 MP JPEG (~250 KB message), verdict cache off, so every message is
   decoded and hashed; photo (cache): the same with the cache on (the same photo again);
+- video: one ~5 MB 720p H.264 clip (ffmpeg's testsrc2, made with the system ffmpeg),
+  verdict cache off: every message's frames are sampled (once a second) and hashed;
 - latency: one client, one message at a time, time from the final "." to the reply;
   p50/p99 for the proxy and the bare relay, and the p99 the proxy adds.
 
@@ -127,6 +129,20 @@ def photo_message() -> bytes:
         ("photo.jpg", "image/jpeg", jpeg(7, 1200, 860, quality=90))]))
 
 
+def video_message(tmp: Path) -> bytes | None:
+    """A message carrying a ~5 MB 720p H.264 clip, or None without a system ffmpeg."""
+    if shutil.which("ffmpeg") is None:
+        return None
+    clip = tmp / "clip.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i",
+                    "testsrc2=duration=15:size=1280x720:rate=25", "-c:v", "libx264",
+                    "-b:v", "2600k", "-pix_fmt", "yuv420p", "-y", str(clip)], check=True)
+    from factories import message, message_bytes
+
+    return message_bytes(message(subject="bench video", attachments=[
+        ("clip.mp4", "video/mp4", clip.read_bytes())]))
+
+
 def smtp_source(port: int, file: Path, sessions: int, messages: int) -> float:
     """Seconds smtp-source took; raises when it failed."""
     started = time.perf_counter()
@@ -205,6 +221,8 @@ def main() -> int:
     ap.add_argument("--messages", type=int, default=2000)
     ap.add_argument("--photo-messages", type=int, default=1000)
     ap.add_argument("--latency-messages", type=int, default=500)
+    ap.add_argument("--video-messages", type=int, default=40,
+                    help="messages with one ~5 MB video (0: leave the row out)")
     ap.add_argument("--rounds", type=int, default=5,
                     help="alternating bare/proxy text runs; the ratio is their median")
     ap.add_argument("--json", action="store_true")
@@ -256,6 +274,14 @@ def main() -> int:
             results["proxy_latency_ms"] = latencies(port, text_raw, args.latency_messages)
             seconds = smtp_source(port, photo_file, args.sessions, args.photo_messages)
             results["proxy_photo_mps"] = args.photo_messages / seconds
+            video_raw = video_message(tmp) if args.video_messages > 0 else None
+            if video_raw is not None:
+                video_file = tmp / "video.eml"
+                video_file.write_bytes(video_raw.replace(b"\r\n", b"\n"))
+                results["video_message_bytes"] = len(video_raw)
+                seconds = smtp_source(port, video_file, min(args.sessions, 4),
+                                      args.video_messages)
+                results["proxy_video_mps"] = args.video_messages / seconds
             cached_port = free_port()
             stack.enter_context(process(
                 [sys.executable, "-m", "mailfilter", "serve", "--config",
@@ -287,6 +313,9 @@ def main() -> int:
           f"messages/s | - | {r['proxy_photo_mps']:.0f} | >= 100 |")
     print(f"| same photo again, cache on, messages/s | - | {r['proxy_photo_cached_mps']:.0f} "
           f"| |")
+    if "proxy_video_mps" in r:
+        print(f"| one ~5 MB 720p video ({r['video_message_bytes'] // 1000} KB), cache off, "
+              f"messages/s | - | {r['proxy_video_mps']:.2f} | (reported) |")
     print(f"| text latency p50, ms (one at a time) | {r['bare_p50_ms']:.2f} | "
           f"{r['proxy_p50_ms']:.2f} | |")
     print(f"| text latency p99, ms | {r['bare_p99_ms']:.2f} | {r['proxy_p99_ms']:.2f} "
