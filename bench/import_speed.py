@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from mailfilter.matching.backends import open_store
 from mailfilter.matching.formats import Column, LabelTable, ParsedBatch
-from mailfilter.matching.store import open_store
 from mailfilter.matching.store_redis import RedisHashStore
 from mailfilter.settings import StoreSettings
 
@@ -48,7 +48,8 @@ LOAD_TARGET = 20.0
 LOAD_SCRIPT = """
 import json, sys, time
 t0 = time.perf_counter()
-from mailfilter.matching.store import open_store, read_index_arrays, build_index
+from mailfilter.matching.backends import open_store
+from mailfilter.matching.store import read_index_arrays, build_index
 from mailfilter.settings import StoreSettings
 store = open_store(StoreSettings.model_validate_json(sys.argv[1]))
 t1 = time.perf_counter()

@@ -27,9 +27,10 @@ from mailfilter.errors import ConfigError
 from mailfilter.frontend.milter import MilterServer
 from mailfilter.frontend.smtp import SmtpProxy
 from mailfilter.logs import setup_logging
+from mailfilter.matching.backends import open_store
 from mailfilter.matching.cache import VerdictCache, open_cache, settings_namespace
 from mailfilter.matching.live import LiveIndex
-from mailfilter.matching.store import BaseHashStore, open_store
+from mailfilter.matching.store import BaseHashStore
 from mailfilter.metrics import HealthSource, Metrics, MetricsServer
 from mailfilter.scanner import Scanner
 from mailfilter.settings import LoadedSettings, Settings, load_settings

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any, Final
 from mailfilter.actions.quarantine import QuarantineEntry, QuarantineStore, build_record
 from mailfilter.actions.report import report_steps
 from mailfilter.errors import TemporaryFailure
-from mailfilter.model import AttachmentKind, Envelope, ScanResult
-from mailfilter.policy import Action, Reply, decide, decide_error
+from mailfilter.model import AttachmentKind, Envelope, Reply, ScanResult
+from mailfilter.policy import Action, decide, decide_error
 from mailfilter.scanner import Scanner, ScanTrace
 from mailfilter.settings import Settings
 
@@ -200,4 +200,5 @@ class MessageHandler:
             fields[f"{stage}_ms"] = round(seconds * 1000, 1)
         log.info("message", extra={"fields": fields})
         if self.metrics is not None:
-            self.metrics.message(outcome)
+            self.metrics.message(result.verdict.value if result is not None else None,
+                                 outcome.action.kind.value, outcome.stages)

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -27,7 +27,6 @@ from prometheus_client.registry import Collector
 from mailfilter.settings import split_host_port
 
 if TYPE_CHECKING:
-    from mailfilter.handling import MessageOutcome
     from mailfilter.model import ScanResult
     from mailfilter.scanner import ScanTrace
     from mailfilter.workers import PoolStats
@@ -132,10 +131,12 @@ class Metrics:
     def error(self, reason: str) -> None:
         self.errors.labels(reason).inc()
 
-    def message(self, outcome: MessageOutcome) -> None:
-        verdict = outcome.result.verdict.value if outcome.result is not None else "none"
-        self.messages.labels(verdict, outcome.action.kind.value).inc()
-        for stage, seconds in outcome.stages.items():
+    def message(self, verdict: str | None, action: str, stages: Mapping[str, float]) -> None:
+        """One message handled: its verdict (None: no scan result), the action taken and
+        the seconds each stage took. Plain values, so this module needs nothing of the
+        handling layer that calls it."""
+        self.messages.labels(verdict if verdict is not None else "none", action).inc()
+        for stage, seconds in stages.items():
             self.stage_seconds.labels(stage).observe(seconds)
 
     def scanned(self, result: ScanResult, trace: ScanTrace) -> None:

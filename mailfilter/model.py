@@ -25,6 +25,26 @@ class Envelope:
     queue_id: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """An SMTP reply: code, RFC 3463 enhanced status code, short text."""
+
+    code: int
+    enhanced: str
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.enhanced} {self.text}"
+
+    @property
+    def positive(self) -> bool:
+        return 200 <= self.code < 300
+
+    @property
+    def permanent(self) -> bool:
+        return self.code >= 500
+
+
 class AttachmentKind(enum.StrEnum):
     IMAGE = "image"  # decoded and fingerprinted (perceptual and exact hashes)
     VIDEO = "video"  # frames sampled and fingerprinted (vPDQ, PDQ per frame, exact hashes)

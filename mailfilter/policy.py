@@ -29,36 +29,15 @@ import enum
 from dataclasses import dataclass
 from typing import Final
 
-from mailfilter.model import ScanResult, Verdict
+from mailfilter.model import Reply, ScanResult, Verdict
 from mailfilter.settings import PolicySettings
 
-__all__ = ["Action", "ActionKind", "Reply", "decide", "decide_error", "failure_of",
-           "header_value"]
+__all__ = ["Action", "ActionKind", "decide", "decide_error", "failure_of", "header_value"]
 
 TRANSIENT_REASONS: Final = frozenset({
     "deadline", "worker-crashed", "extract-deadline", "extract-worker-crashed",
 })
 """Skip/unscannable reasons that are failures of the filter, not properties of the message."""
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """An SMTP reply: code, RFC 3463 enhanced status code, short text."""
-
-    code: int
-    enhanced: str
-    text: str
-
-    def __str__(self) -> str:
-        return f"{self.code} {self.enhanced} {self.text}"
-
-    @property
-    def positive(self) -> bool:
-        return 200 <= self.code < 300
-
-    @property
-    def permanent(self) -> bool:
-        return self.code >= 500
 
 
 class ActionKind(enum.StrEnum):

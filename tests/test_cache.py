@@ -19,8 +19,8 @@ from mailfilter.matching.cache import (
     open_cache,
     settings_namespace,
 )
-from mailfilter.matching.store_redis import KeyLayout
 from mailfilter.model import ExactHashes, FrameFingerprint, ImageFingerprint, Match
+from mailfilter.redis_connection import KeyLayout
 from mailfilter.settings import Settings, StoreSettings
 
 

@@ -22,8 +22,9 @@ from factories import photo_like
 from test_formats import pdq_like, random_hex
 
 from mailfilter.frontend.hashes_command import _Progress, centre_crop, hashes
-from mailfilter.matching.store import ImportProgress, open_store
-from mailfilter.matching.store_redis import KeyLayout
+from mailfilter.matching.backends import open_store
+from mailfilter.matching.store import ImportProgress
+from mailfilter.redis_connection import KeyLayout
 from mailfilter.settings import load_settings
 
 

@@ -30,6 +30,7 @@ from test_formats import pdq_like, random_hex
 
 from mailfilter.errors import TemporaryFailure
 from mailfilter.matching import store as store_module
+from mailfilter.matching.backends import open_store
 from mailfilter.matching.formats import ParsedBatch, parse_stream
 from mailfilter.matching.index import IndexEntry
 from mailfilter.matching.live import LiveIndex, watch_version
@@ -37,11 +38,11 @@ from mailfilter.matching.store import (
     BaseHashStore,
     UnknownList,
     batches_from_entries,
-    open_store,
 )
 from mailfilter.matching.store_local import DB_NAME, LocalHashStore
-from mailfilter.matching.store_redis import KeyLayout, RedisHashStore, redact_url
-from mailfilter.settings import StoreSettings
+from mailfilter.matching.store_redis import RedisHashStore
+from mailfilter.redis_connection import KeyLayout
+from mailfilter.settings import StoreSettings, redact_url
 
 # --- fixtures and helpers --------------------------------------------------------------------
 
@@ -555,7 +556,8 @@ CRASH_SCRIPT = textwrap.dedent("""
     import os, signal, sys
     import numpy as np
     from mailfilter.matching import store as store_module
-    from mailfilter.matching.store import open_store, batches_from_entries
+    from mailfilter.matching.backends import open_store
+    from mailfilter.matching.store import batches_from_entries
     from mailfilter.matching.index import IndexEntry
     from mailfilter.settings import StoreSettings
 
@@ -633,7 +635,8 @@ def test_local_store_sees_other_processes_changes(tmp_path: Path) -> None:
         watcher.wait_for_change(0)  # take the baseline
         env = dict(os.environ, PYTHONPATH=str(REPO))
         script = textwrap.dedent(f"""
-            from mailfilter.matching.store import open_store, batches_from_entries
+            from mailfilter.matching.backends import open_store
+            from mailfilter.matching.store import batches_from_entries
             from mailfilter.matching.index import IndexEntry
             from mailfilter.settings import StoreSettings
             st = open_store(StoreSettings(path={str(settings.path)!r}))

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from mailfilter.actions.relay import NextHopUnavailable, RelayPool
-from mailfilter.policy import Reply
+from mailfilter.model import Reply
 
 __all__ = ["Delivery", "deliver", "release_params", "released_message"]
 

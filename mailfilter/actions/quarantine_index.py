@@ -23,7 +23,7 @@ from typing import Any, Final
 
 import redis
 
-from mailfilter.matching.store_redis import KeyLayout, redis_client
+from mailfilter.redis_connection import KeyLayout, redis_client
 from mailfilter.settings import StoreSettings
 
 __all__ = ["QuarantineIndex", "open_index"]

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from mailfilter.actions.smtp_client import SmtpClient, SmtpClientError, SmtpReply
-from mailfilter.policy import Reply
+from mailfilter.model import Reply
 from mailfilter.settings import SmtpSettings, split_host_port
 
 __all__ = [

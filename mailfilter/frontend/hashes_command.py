@@ -33,6 +33,7 @@ from mailfilter.frontend.command_line import (
     json_option,
     load_for_command,
 )
+from mailfilter.matching.backends import open_store
 from mailfilter.matching.formats import FORMATS, detect_format, parse_file
 from mailfilter.matching.store import (
     BaseHashStore,
@@ -40,7 +41,6 @@ from mailfilter.matching.store import (
     ImportReport,
     StoreStats,
     UnknownList,
-    open_store,
 )
 from mailfilter.settings import Settings
 

@@ -49,8 +49,8 @@ from mailfilter.actions.quarantine import QuarantineStore, new_id
 from mailfilter.frontend import milter_protocol as mp
 from mailfilter.frontend.clients import AllowedClients
 from mailfilter.handling import Decision, MessageHandler, MessageOutcome
-from mailfilter.model import Envelope, ScanResult
-from mailfilter.policy import Action, ActionKind, Reply, header_value
+from mailfilter.model import Envelope, Reply, ScanResult
+from mailfilter.policy import Action, ActionKind, header_value
 from mailfilter.scanner import Scanner
 from mailfilter.settings import Settings, split_host_port
 

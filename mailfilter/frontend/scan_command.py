@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from mailfilter.frontend.mailbox import count_messages, iter_messages
+from mailfilter.matching.backends import open_store
 from mailfilter.matching.formats import parse_file
 from mailfilter.matching.index import HashIndex, IndexEntry
-from mailfilter.matching.store import open_store
 from mailfilter.model import AttachmentKind, ScanResult, Verdict
 from mailfilter.scanner import LOOKED_AT, Scanner
 from mailfilter.settings import Settings

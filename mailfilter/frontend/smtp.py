@@ -50,8 +50,8 @@ from mailfilter.actions.relay import (
 )
 from mailfilter.frontend.clients import AllowedClients
 from mailfilter.handling import MessageHandler, MessageOutcome
-from mailfilter.model import Envelope, ScanResult
-from mailfilter.policy import Action, ActionKind, Reply, decide_error, header_value
+from mailfilter.model import Envelope, Reply, ScanResult
+from mailfilter.policy import Action, ActionKind, decide_error, header_value
 from mailfilter.scanner import Scanner
 from mailfilter.settings import Settings, split_host_port
 

@@ -38,9 +38,9 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from mailfilter.matching.store_redis import KeyLayout, redact_url, redis_client
 from mailfilter.model import ExactHashes, FrameFingerprint, ImageFingerprint, Match
-from mailfilter.settings import Settings, StoreSettings
+from mailfilter.redis_connection import KeyLayout, redis_client
+from mailfilter.settings import Settings, StoreSettings, redact_url
 
 __all__ = [
     "CachedVerdict",

@@ -1,7 +1,7 @@
 """The hash store: where hash lists live between imports and filter restarts.
 
-`HashStore` is the interface every backend offers; `open_store(settings)` picks one by
-`store.redis_url` (empty: the local SQLite store under `store.path`, see
+`HashStore` is the interface every backend offers; `backends.open_store(settings)` picks
+one by `store.redis_url` (empty: the local SQLite store under `store.path`, see
 `store_local.py`; ``redis://``, ``rediss://``, ``unix://``: the shared Redis store, see
 `store_redis.py`).
 
@@ -56,7 +56,6 @@ from mailfilter.matching.formats import (
 
 if TYPE_CHECKING:
     from mailfilter.matching.index import HashIndex
-    from mailfilter.settings import StoreSettings
 
 __all__ = [
     "ALGORITHMS",
@@ -70,7 +69,6 @@ __all__ = [
     "StoreStats",
     "UnknownList",
     "batches_from_entries",
-    "open_store",
 ]
 
 ALGORITHMS: Final = tuple(ALGORITHM_BYTES)
@@ -962,40 +960,3 @@ def _export_column(reader: StoreReader, meta: ListMeta, algorithm: str
         for i in range(values.shape[0]):
             yield ExportedEntry(meta.name, algorithm, values[i].tobytes().hex(),
                                 meta.labels[int(label_ids[i])], int(added[i]))
-
-
-# --- the registry ----------------------------------------------------------------------------
-
-StoreFactory = Callable[["StoreSettings"], BaseHashStore]
-
-
-def _redis_factory(settings: StoreSettings) -> BaseHashStore:
-    from mailfilter.matching.store_redis import RedisHashStore
-
-    return RedisHashStore(settings)
-
-
-def _local_factory(settings: StoreSettings) -> BaseHashStore:
-    from mailfilter.matching.store_local import LocalHashStore
-
-    return LocalHashStore(settings)
-
-
-BACKENDS: Final[dict[str, StoreFactory]] = {"redis": _redis_factory, "local": _local_factory}
-
-
-def backend_name(settings: StoreSettings) -> str:
-    url = settings.redis_url
-    if not url:
-        return "local"
-    if url.startswith(("redis://", "rediss://", "unix://")):
-        return "redis"
-    raise ConfigError(
-        f"[store] redis_url = {url!r}: expected a redis://, rediss:// or unix:// URL, "
-        "or empty for the local store"
-    )
-
-
-def open_store(settings: StoreSettings) -> BaseHashStore:
-    """The store the settings name: Redis when `redis_url` is set, else the local store."""
-    return BACKENDS[backend_name(settings)](settings)

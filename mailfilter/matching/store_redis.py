@@ -1,20 +1,8 @@
 """The shared hash store in Redis: one copy of the lists for every filter instance.
 
-Key layout (``T`` is the deployment's hash tag: ``{key_prefix}``, or `key_prefix` itself
-when it already contains a ``{…}`` tag). Every key carries the same tag, so the multi-key
-commit below runs on Redis Cluster too (one slot).
-
-=================================  ======  ===============================================
-``T:version``                      string  the version counter, INCR by every change
-``T:lists``                        hash    list name -> its current generation id
-``T:generation``                   string  counter giving each written list a fresh id
-``T:list:G:meta``                  string  JSON: name, source, times, label table, counts
-``T:list:G:ALG:v:I``               string  chunk I of the raw values (fixed width records)
-``T:list:G:ALG:l:I``               string  chunk I of the label-set ids (uint8/16/32)
-``T:list:G:ALG:a:I``               string  chunk I of the added times (uint32 seconds)
-``T:changed``                      channel PUBLISHed with the new version on every change
-``T:cache:…``                      string  verdict cache entries (see cache.py), with TTL
-=================================  ======  ===============================================
+Key names (``T`` the deployment's hash tag, ``G`` a generation id) are those of
+`mailfilter.redis_connection.KeyLayout`, with the table of them; the client comes from its
+`redis_client`.
 
 A list written by an import never changes: an import writes the new list under a fresh
 generation id (keys with a TTL while building, so a crashed import leaves nothing
@@ -58,9 +46,10 @@ from mailfilter.matching.store import (
     encode_chunks,
     meta_for,
 )
+from mailfilter.redis_connection import KeyLayout, redis_client
 from mailfilter.settings import StoreSettings, redact_url
 
-__all__ = ["KeyLayout", "RedisHashStore", "redact_url", "redis_client"]
+__all__ = ["RedisHashStore"]
 
 GRACE_SECONDS: Final = 120.0
 """How long a replaced list's keys live on for readers that started before the switch."""
@@ -98,46 +87,14 @@ return {version, current}
 """
 
 
-def redis_client(settings: StoreSettings, **options: Any) -> redis.Redis:
-    """A client for `settings.redis_url` (an ACL user and password go in the URL). For
-    rediss:// the server's certificate is verified, host name included, against
-    `redis_ca_file` (a private CA) or else the system's trusted CAs: said here, not left to
-    the defaults of whichever redis-py is installed. `options`: timeouts, retries."""
-    if settings.redis_url.startswith("rediss://"):
-        options.setdefault("ssl_cert_reqs", "required")
-        options.setdefault("ssl_check_hostname", True)
-        if settings.redis_ca_file:
-            options["ssl_ca_certs"] = settings.redis_ca_file
-    return redis.Redis.from_url(settings.redis_url, **options)
-
-
-class KeyLayout:
-    """Every key name the Redis store (and the verdict cache) uses."""
-
-    def __init__(self, key_prefix: str) -> None:
-        self.tag = key_prefix if re.search(r"\{[^{}]+\}", key_prefix) else "{" + key_prefix + "}"
-        self.version = f"{self.tag}:version"
-        self.lists = f"{self.tag}:lists"
-        self.generation = f"{self.tag}:generation"
-        self.channel = f"{self.tag}:changed"
-        self.quarantine = f"{self.tag}:quarantine"  # the shared quarantine index (a hash)
-
-    def meta(self, generation: str) -> str:
-        return f"{self.tag}:list:{generation}:meta"
-
-    def chunk(self, generation: str, algorithm: str, kind: str, index: int) -> str:
-        return f"{self.tag}:list:{generation}:{algorithm}:{kind}:{index}"
-
-    def list_keys(self, meta: ListMeta) -> list[str]:
-        keys = [self.meta(meta.generation)]
-        for algorithm in meta.counts:
-            for index in range(meta.chunks(algorithm)):
-                keys.extend(self.chunk(meta.generation, algorithm, kind, index)
-                            for kind in ("v", "l", "a"))
-        return keys
-
-    def cache(self, namespace: str, version: int, sha256: str) -> str:
-        return f"{self.tag}:cache:{namespace}:{version}:{sha256}"
+def _list_keys(keys: KeyLayout, meta: ListMeta) -> list[str]:
+    """Every key of one written list: its meta and all its column chunks."""
+    names = [keys.meta(meta.generation)]
+    for algorithm in meta.counts:
+        for index in range(meta.chunks(algorithm)):
+            names.extend(keys.chunk(meta.generation, algorithm, kind, index)
+                         for kind in ("v", "l", "a"))
+    return names
 
 
 class _RedisReader:
@@ -271,7 +228,7 @@ class RedisHashStore(BaseHashStore):
                     # A replacement does not depend on the old list: on a conflict only
                     # the commit is tried again. A merge must be recomputed.
                     need_compute = merge
-                old_keys = self.keys.list_keys(old) if old else []
+                old_keys = _list_keys(self.keys, old) if old else []
                 result: list[Any] = self._commit(
                     keys=[self.keys.lists, self.keys.version, *new_keys, *old_keys],
                     args=[name, meta.generation if meta else "", old.generation if old else "",

@@ -22,7 +22,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 from proxy.proxy_harness import spawn_serve
 
-from mailfilter.matching.store_redis import KeyLayout
+from mailfilter.redis_connection import KeyLayout
 
 
 def clean_environ() -> dict[str, str]:

@@ -19,7 +19,7 @@ from factories import jpeg, message, message_bytes
 from proxy.proxy_harness import KNOWN, free_port
 
 from deploy.serving import Served, mailfilter, purge_redis_keys, running, start, wait_until
-from mailfilter.matching.store_redis import KeyLayout
+from mailfilter.redis_connection import KeyLayout
 
 # With pub/sub working, a change reaches every instance well within this; polling alone
 # (every [store] reload_interval, 5 s here as by default) would not.

@@ -15,7 +15,7 @@ from proxy.proxy_harness import free_port
 
 from mailfilter.actions.quarantine import QuarantineStore
 from mailfilter.actions.quarantine_index import QuarantineIndex
-from mailfilter.matching.store_redis import KeyLayout
+from mailfilter.redis_connection import KeyLayout
 from mailfilter.settings import QuarantineSettings
 from quarantine.quarantine_harness import (
     ReportingProxy,

@@ -23,7 +23,7 @@ from factories import message, message_bytes
 from proxy.proxy_harness import KNOWN, free_port
 
 from mailfilter.actions.report import verify_webhook
-from mailfilter.matching.store_redis import KeyLayout
+from mailfilter.redis_connection import KeyLayout
 from quarantine.quarantine_harness import (
     ReportingProxy,
     WebhookReceiver,

@@ -18,8 +18,9 @@ from proxy.proxy_harness import running_sink
 
 from mailfilter.errors import TemporaryFailure
 from mailfilter.matching.cache import RedisVerdictCache
-from mailfilter.matching.store_redis import RedisHashStore, redis_client
+from mailfilter.matching.store_redis import RedisHashStore
 from mailfilter.model import ExactHashes, ImageFingerprint
+from mailfilter.redis_connection import redis_client
 from mailfilter.settings import StoreSettings
 
 USER, PASSWORD = "mailfilter", "Acl-pa55word-for-tests"

@@ -92,8 +92,7 @@ def test_config_errors_show_no_secrets(tmp_path: Path) -> None:
 
 
 def test_redis_urls_are_redacted_wherever_the_password_is() -> None:
-    from mailfilter.matching.store_redis import redact_url
-    from mailfilter.settings import redact
+    from mailfilter.settings import redact, redact_url
 
     for url, shown in [
         (f"rediss://mf:{PASSWORD}@h:6380/0?ssl_cert_reqs=required",
