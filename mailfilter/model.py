@@ -7,6 +7,7 @@ lowercase hex strings because that is how lists, logs, JSON and Redis carry them
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -192,6 +193,14 @@ class Match:
         if self.at is not None:
             out["at"] = self.at
         return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Match:
+        """The inverse of `as_json`; KeyError/TypeError/ValueError for anything else."""
+        at = data.get("at")
+        return cls(list_name=str(data["list"]), algorithm=str(data["algorithm"]),
+                   distance=float(data["distance"]), labels=tuple(str(x) for x in data["labels"]),
+                   value=str(data["value"]), at=None if at is None else float(at))
 
 
 class Verdict(enum.StrEnum):

@@ -3,6 +3,7 @@ Redis is a miss, never an exception."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 
@@ -28,7 +29,8 @@ def fingerprint(skipped: str | None = None) -> ImageFingerprint:
     pdq = pdq_like()
     frames = () if skipped else (
         FrameFingerprint(frame=0, trimmed=False, pdq=pdq, pdq_quality=100,
-                         pdq_dihedral=(pdq, pdq_like()), gridhist=random_hex(16)),
+                         pdq_dihedral=(pdq, pdq_like()), gridhist=random_hex(16),
+                         gridhist_dihedral=(random_hex(16), random_hex(16))),
         FrameFingerprint(frame=0, trimmed=True, pdq=None, pdq_quality=10, pdq_dihedral=(),
                          gridhist=None, reason="low-quality"),
     )
@@ -59,10 +61,27 @@ def redis_cache(redis_url: str, redis_prefix: str) -> Iterator[RedisVerdictCache
 def test_json_round_trip() -> None:
     from mailfilter.matching.cache import CachedVerdict
 
-    verdict = CachedVerdict("ab" * 32, 7, fingerprint(), MATCHES, 1700000000.0)
+    video_match = Match(list_name="v", algorithm="vpdq", distance=0.25, labels=(),
+                        value=pdq_like(), at=12.5)
+    verdict = CachedVerdict("ab" * 32, 7, fingerprint(), (*MATCHES, video_match), 1700000000.0)
     assert decode(encode(verdict)) == verdict
     with pytest.raises(ValueError):
         decode(b'{"format": 99}')
+
+
+def test_entries_of_the_previous_format_are_still_read() -> None:
+    from mailfilter.matching.cache import CachedVerdict
+
+    verdict = CachedVerdict("ab" * 32, 7, fingerprint(), MATCHES, 1700000000.0)
+    entry = json.loads(encode(verdict))
+    entry["format"] = 4  # no gridhist_dihedral in frames, "at": null in every match
+    for frame in entry["fingerprint"]["frames"]:
+        del frame["gridhist_dihedral"]
+    entry["matches"] = [{**m, "at": None} for m in entry["matches"]]
+    old = decode(json.dumps(entry))
+    assert old.matches == MATCHES
+    assert [f.gridhist_dihedral for f in old.fingerprint.frames] == [(), ()]
+    assert old.fingerprint.frames[0].gridhist == verdict.fingerprint.frames[0].gridhist
 
 
 def test_memory_cache_version_ttl_and_lru() -> None:

@@ -53,8 +53,12 @@ __all__ = [
 
 log = logging.getLogger("mailfilter.matching.cache")
 
-# 2: `incomplete` (entries of 1 would hide it); 3: no-pixel-data (was corrupt); 4: videos
-FORMAT: Final = 4
+# 2: `incomplete` (entries of 1 would hide it); 3: no-pixel-data (was corrupt); 4: videos;
+# 5: frames keep `gridhist_dihedral`, matches are `Match.as_json` (no "at" when None).
+FORMAT: Final = 5
+READABLE_FORMATS: Final = frozenset({4, FORMAT})
+"""Formats `decode` takes: an entry of 4 (no gridhist dihedral hashes, which a cached
+result never needs: its matches are cached with it) stays a hit across the upgrade."""
 TRANSIENT_REASONS: Final = frozenset({"deadline", "worker-crashed", "memory-limit"})
 """Skip reasons that say nothing about the image itself: never cached."""
 
@@ -79,6 +83,7 @@ def _frame_json(f: FrameFingerprint) -> dict[str, Any]:
     return {
         "frame": f.frame, "trimmed": f.trimmed, "pdq": f.pdq, "pdq_quality": f.pdq_quality,
         "pdq_dihedral": list(f.pdq_dihedral), "gridhist": f.gridhist, "reason": f.reason,
+        "gridhist_dihedral": list(f.gridhist_dihedral),
     }
 
 
@@ -97,18 +102,14 @@ def encode(verdict: CachedVerdict) -> bytes:
             "vpdq": list(fp.vpdq), "frame_times": list(fp.frame_times),
             "duration": fp.duration,
         },
-        "matches": [
-            {"list": m.list_name, "algorithm": m.algorithm, "distance": m.distance,
-             "labels": list(m.labels), "value": m.value, "at": m.at}
-            for m in verdict.matches
-        ],
+        "matches": [m.as_json() for m in verdict.matches],
     }, separators=(",", ":")).encode()
 
 
 def decode(raw: bytes | str) -> CachedVerdict:
     """ValueError/KeyError/TypeError for anything that is not a cache entry we wrote."""
     obj = json.loads(raw)
-    if obj.get("format") != FORMAT:
+    if obj.get("format") not in READABLE_FORMATS:
         raise ValueError("unknown cache entry format")
     f = obj["fingerprint"]
     frames = tuple(
@@ -116,6 +117,7 @@ def decode(raw: bytes | str) -> CachedVerdict:
             frame=int(x["frame"]), trimmed=bool(x["trimmed"]), pdq=x["pdq"],
             pdq_quality=int(x["pdq_quality"]), pdq_dihedral=tuple(x["pdq_dihedral"]),
             gridhist=x["gridhist"], reason=x["reason"],
+            gridhist_dihedral=tuple(str(h) for h in x.get("gridhist_dihedral", ())),
         )
         for x in f["frames"]
     )
@@ -127,12 +129,7 @@ def decode(raw: bytes | str) -> CachedVerdict:
         vpdq=tuple(str(v) for v in f["vpdq"]),
         frame_times=tuple(float(t) for t in f["frame_times"]), duration=float(f["duration"]),
     )
-    matches = tuple(
-        Match(list_name=m["list"], algorithm=m["algorithm"], distance=float(m["distance"]),
-              labels=tuple(m["labels"]), value=m["value"],
-              at=None if m["at"] is None else float(m["at"]))
-        for m in obj["matches"]
-    )
+    matches = tuple(Match.from_json(m) for m in obj["matches"])
     return CachedVerdict(str(obj["sha256"]), int(obj["version"]), fingerprint, matches,
                          float(obj["stored_at"]))
 
