@@ -28,6 +28,7 @@ from mailfilter.frontend.demo_command import demo
 from mailfilter.frontend.hashes_command import hashes
 from mailfilter.frontend.quarantine_command import quarantine
 from mailfilter.logs import setup_logging
+from mailfilter.matching.formats import FORMATS
 from mailfilter.settings import effective_toml
 
 
@@ -97,8 +98,7 @@ def hash_command(as_json: bool, config_path: Path | None, files: tuple[Path, ...
               help="Match against this list file (any import format) instead of the "
               "configured store; may be given more than once.")
 @click.option("--hashes-format", "hashes_format", default=None,
-              type=click.Choice(["pdq", "te-csv", "md5", "sha1", "sha256", "hma", "ncmec-xml",
-                                 "jsonl"]),
+              type=click.Choice(list(FORMATS)),
               help="Format of the --hashes files (auto-detected when left out).")
 @click.option("--verbose", "-v", is_flag=True, help="Also print clean messages.")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))

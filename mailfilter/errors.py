@@ -6,13 +6,10 @@ Each class has exactly one outcome, so callers decide by class, never by message
 - `ListFormatError`      refuse a hash list import as a whole (exit 2), nothing changed
 - `SkipImage`            skip that image, count it, record the reason on the result
 - `TemporaryFailure`     answer 4xx so the sender retries (or accept, if configured fail-open)
-- `PermanentRejection`   answer 5xx
-- `NotBuiltYet`          a CLI command whose stage does not exist yet: say so, exit non-zero
+- `WorkerFailure`        a worker task did not return (crash, memory limit, deadline): by `reason`
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 
 class MailfilterError(Exception):
@@ -45,22 +42,6 @@ class TemporaryFailure(MailfilterError):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
-
-
-class PermanentRejection(MailfilterError):
-    def __init__(self, code: int, enhanced: str, text: str) -> None:
-        super().__init__(f"{code} {enhanced} {text}")
-        self.code = code
-        self.enhanced = enhanced
-        self.text = text
-
-    def __reduce__(self) -> tuple[type[PermanentRejection], tuple[int, str, str], dict[str, Any]]:
-        # Pickled by worker processes; the default would call __init__ with the one message.
-        return (type(self), (self.code, self.enhanced, self.text), self.__dict__)
-
-
-class NotBuiltYet(MailfilterError):
-    """The stage behind a command has not been built yet."""
 
 
 class WorkerFailure(MailfilterError):

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from mailfilter.errors import PermanentRejection, SkipImage
+from mailfilter.errors import SkipImage
 
 
 def noop() -> None:
@@ -54,10 +54,6 @@ def spin(seconds: float) -> int:
 
 def raise_skip(reason: str, detail: str) -> None:
     raise SkipImage(reason, detail)
-
-
-def raise_rejection() -> None:
-    raise PermanentRejection(550, "5.7.1", "rejected")
 
 
 def raise_value_error(text: str) -> None:

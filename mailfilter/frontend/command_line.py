@@ -11,7 +11,7 @@ from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import click
 
-from mailfilter.errors import ConfigError, ListFormatError, NotBuiltYet, TemporaryFailure
+from mailfilter.errors import ConfigError, ListFormatError, TemporaryFailure
 from mailfilter.logs import setup_logging
 from mailfilter.settings import LoadedSettings, load_settings
 
@@ -44,7 +44,7 @@ def handles_errors(fn: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, NotBuiltYet, ListFormatError) as exc:
+        except (ConfigError, ListFormatError) as exc:
             fail(str(exc))
         except TemporaryFailure as exc:
             reason = exc.reason.replace("-", " ")  # store-unavailable -> store unavailable

@@ -1,8 +1,8 @@
 """`mailfilter hashes …`: manage the hash lists (import, add, stats, export, remove).
 
-Wired into the CLI with ``cli.add_command(hashes)``. Settings are loaded the way cli.py
-does it (the root group's --log-* options win over the file); the few option declarations
-are repeated here rather than imported, since cli.py imports this module.
+Wired into the CLI with ``cli.add_command(hashes)``. Options, settings loading (the root
+group's --log-* options win over the file) and error handling are those of every command,
+from `command_line.py`.
 
 Exit codes: 0 done; 2 an error (unreadable file, unknown format, store unreachable, unknown
 list). `import` exits 0 when lines were skipped but something was loaded, 2 when nothing

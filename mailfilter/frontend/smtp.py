@@ -58,7 +58,7 @@ from mailfilter.settings import Settings, split_host_port
 if TYPE_CHECKING:
     from mailfilter.metrics import Metrics
 
-__all__ = ["MessageOutcome", "SmtpProxy"]
+__all__ = ["SmtpProxy"]
 
 log = logging.getLogger("mailfilter.smtp")
 
