@@ -79,6 +79,7 @@ JOB_FORMAT: Final = 1
 CRASH_HOOK_ENV: Final = "MAILFILTER_TEST_CRASH_AFTER"
 STATUSES: Final = ("quarantined", "reported", "released", "deleted")
 OUTBOX_DIR: Final = "outbox"
+SENDER_LOCK: Final = ".sender.lock"
 AUDIT_LOG: Final = "audit.jsonl"
 LOCK_FILE: Final = ".lock"
 SERVICE_ACTOR: Final = "mailfilter"
@@ -259,7 +260,6 @@ class OutboxJob:
 
     job_id: str
     entry_id: str
-    record: str  # the record's path relative to the quarantine root
     steps: list[str]
     created: float
     done: list[str] = field(default_factory=list)
@@ -279,8 +279,9 @@ class OutboxJob:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> OutboxJob:
         return cls(
+            # Older job files also carry "record" (the record's path), never needed: ignored.
             job_id=str(data["job_id"]), entry_id=str(data["entry_id"]),
-            record=str(data["record"]), steps=[str(s) for s in data["steps"]],
+            steps=[str(s) for s in data["steps"]],
             created=float(data["created"]), done=[str(s) for s in data.get("done", [])],
             attempts=int(data.get("attempts", 0)),
             next_attempt=float(data.get("next_attempt", 0.0)),
@@ -383,8 +384,7 @@ class QuarantineStore:
         self._ensure_dir(directory)
         job = None
         if report_steps:
-            job = self.new_job(entry_id, f"{directory.name}/{entry_id}.json", report_steps,
-                               time.time())
+            job = self.new_job(entry_id, report_steps, time.time())
             self.save_job(job)
         try:
             message_path = _write_durably(directory, f"{entry_id}.eml", [raw])
@@ -517,10 +517,9 @@ class QuarantineStore:
 
     # --- the outbox ------------------------------------------------------------------------
 
-    def new_job(self, entry_id: str, record: str, steps: Sequence[str], now: float
-                ) -> OutboxJob:
+    def new_job(self, entry_id: str, steps: Sequence[str], now: float) -> OutboxJob:
         return OutboxJob(job_id=f"{entry_id}.{secrets.token_hex(3)}", entry_id=entry_id,
-                         record=record, steps=list(steps), created=now)
+                         steps=list(steps), created=now)
 
     def save_job(self, job: OutboxJob) -> None:
         """Write (or rewrite) a job durably."""
@@ -528,6 +527,14 @@ class QuarantineStore:
         body = json.dumps(job.to_json(), ensure_ascii=False).encode() + b"\n"
         _write_durably(self.outbox_dir, f"{job.job_id}.job", [body])
         _fsync_dir(self.outbox_dir)
+
+    def open_sender_lock(self) -> int:
+        """A descriptor of the outbox's lock file, `outbox/.sender.lock` (made, with the
+        outbox, if need be), for the one process that sends from the outbox to flock.
+        OSError when it cannot be opened."""
+        self._ensure_dir(self.outbox_dir)
+        return os.open(self.outbox_dir / SENDER_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                       0o600)
 
     def drop_job(self, job: OutboxJob) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -555,16 +562,9 @@ class QuarantineStore:
 
     def add_job(self, entry: StoredEntry, steps: Sequence[str]) -> OutboxJob:
         """Queue more work for an existing entry (e.g. an index update that failed)."""
-        rel = f"{entry.record_path.parent.name}/{entry.record_path.name}"
-        job = self.new_job(entry.id, rel, steps, time.time())
+        job = self.new_job(entry.id, steps, time.time())
         self.save_job(job)
         return job
-
-    def record_path_of(self, job: OutboxJob) -> Path:
-        path = (self.root / job.record).resolve()
-        if self.root.resolve() not in path.parents:
-            raise ValueError(f"outbox job {job.job_id} points outside the quarantine")
-        return path
 
     # --- the audit log -----------------------------------------------------------------------
 
@@ -587,8 +587,3 @@ class QuarantineStore:
             os.close(fd)
         if created:
             _fsync_dir(self.root)
-
-    def audit_lines(self) -> list[dict[str, Any]]:
-        if not self.audit_path.exists():
-            return []
-        return [json.loads(x) for x in self.audit_path.read_text().splitlines() if x.strip()]

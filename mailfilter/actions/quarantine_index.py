@@ -17,46 +17,71 @@ index: each instance's directory is its own.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Final
 
 import redis
 
+from mailfilter.errors import TemporaryFailure
 from mailfilter.redis_connection import KeyLayout, redis_client
 from mailfilter.settings import StoreSettings
 
-__all__ = ["QuarantineIndex", "open_index"]
+__all__ = ["IndexUnavailable", "QuarantineIndex", "open_index"]
 
 _SCAN_COUNT: Final = 1000
 
 
+class IndexUnavailable(TemporaryFailure):
+    """The index could not be read or written (Redis down, slow, refusing); `detail` is
+    Redis's own message. Callers decide: the service retries through the outbox, commands
+    warn and fall back to the local directory."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("quarantine-index-unavailable", detail)
+
+
+@contextlib.contextmanager
+def _unavailable_on_redis_error() -> Iterator[None]:
+    try:
+        yield
+    except redis.RedisError as exc:
+        raise IndexUnavailable(str(exc)) from exc
+
+
 class QuarantineIndex:
-    """Blocking; redis.RedisError on failure (callers decide: the service retries through
-    the outbox, commands warn and fall back to the local directory)."""
+    """Blocking; IndexUnavailable on failure."""
 
     def __init__(self, client: redis.Redis, key_prefix: str) -> None:
         self.client = client
         self.key = KeyLayout(key_prefix).quarantine
 
     def put(self, summary: Mapping[str, Any]) -> None:
-        self.client.hset(self.key, str(summary["id"]), json.dumps(summary, ensure_ascii=False))
+        with _unavailable_on_redis_error():
+            self.client.hset(self.key, str(summary["id"]),
+                             json.dumps(summary, ensure_ascii=False))
 
     def remove(self, entry_ids: Iterable[str]) -> int:
         ids = list(entry_ids)
-        return int(self.client.hdel(self.key, *ids)) if ids else 0
+        if not ids:
+            return 0
+        with _unavailable_on_redis_error():
+            return int(self.client.hdel(self.key, *ids))
 
     def get(self, entry_id: str) -> dict[str, Any] | None:
-        raw = self.client.hget(self.key, entry_id)
+        with _unavailable_on_redis_error():
+            raw = self.client.hget(self.key, entry_id)
         return None if raw is None else _decode(raw)
 
     def all(self) -> list[dict[str, Any]]:
         """Every summary, ordered by id (ids sort by time)."""
         out = []
-        for _field, raw in self.client.hscan_iter(self.key, count=_SCAN_COUNT):
-            summary = _decode(raw)
-            if summary is not None:
-                out.append(summary)
+        with _unavailable_on_redis_error():
+            for _field, raw in self.client.hscan_iter(self.key, count=_SCAN_COUNT):
+                summary = _decode(raw)
+                if summary is not None:
+                    out.append(summary)
         return sorted(out, key=lambda s: (len(str(s.get("id"))), str(s.get("id"))))
 
     def replace_host(self, host: str, summaries: Iterable[Mapping[str, Any]]
@@ -65,12 +90,13 @@ class QuarantineIndex:
         fresh = {str(s["id"]): s for s in summaries}
         stale = [str(s["id"]) for s in self.all()
                  if s.get("host") == host and str(s.get("id")) not in fresh]
-        pipe = self.client.pipeline(transaction=False)
-        for entry_id, summary in fresh.items():
-            pipe.hset(self.key, entry_id, json.dumps(summary, ensure_ascii=False))
-        if stale:
-            pipe.hdel(self.key, *stale)
-        pipe.execute()
+        with _unavailable_on_redis_error():
+            pipe = self.client.pipeline(transaction=False)
+            for entry_id, summary in fresh.items():
+                pipe.hset(self.key, entry_id, json.dumps(summary, ensure_ascii=False))
+            if stale:
+                pipe.hdel(self.key, *stale)
+            pipe.execute()
         return len(fresh), len(stale)
 
     def close(self) -> None:

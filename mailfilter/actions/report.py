@@ -542,9 +542,7 @@ class ReportSender:
             return True
         try:
             self.store.check_writable()
-            self.store._ensure_dir(self.store.outbox_dir)
-            fd = os.open(self.store.outbox_dir / ".sender.lock",
-                         os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = self.store.open_sender_lock()
         except OSError as exc:
             self._lock_failed("report outbox not usable, reports wait", str(exc))
             return False

@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
-import redis
 
 from mailfilter.actions.deliver import (
     Delivery,
@@ -52,7 +51,7 @@ from mailfilter.actions.quarantine import (
     is_entry_id,
     iso_time,
 )
-from mailfilter.actions.quarantine_index import QuarantineIndex, open_index
+from mailfilter.actions.quarantine_index import IndexUnavailable, QuarantineIndex, open_index
 from mailfilter.actions.relay import NextHopUnavailable, RelayPool, local_hostname
 from mailfilter.actions.report import (
     cybertip_xml,
@@ -140,8 +139,8 @@ def _locate(settings: Settings, store: QuarantineStore, entry_id: str) -> Stored
     if index is not None:
         try:
             summary = index.get(entry_id)
-        except redis.RedisError as exc:
-            _warn(f"quarantine index not reachable ({exc}): cannot tell where else to look")
+        except IndexUnavailable as exc:
+            _warn(f"quarantine index not reachable ({exc.detail}): cannot tell where else to look")
             summary = None
         finally:
             index.close()
@@ -165,9 +164,9 @@ def _sync_index(settings: Settings, store: QuarantineStore, entry: StoredEntry) 
         pending = entry.id in store.pending_entry_ids()
         index.put(entry_summary(entry.record, report_pending=pending,
                                 has_message=entry.has_message))
-    except redis.RedisError as exc:
+    except IndexUnavailable as exc:
         store.add_job(entry, ["index"])
-        _warn(f"quarantine index not updated ({exc}); the service will retry it")
+        _warn(f"quarantine index not updated ({exc.detail}); the service will retry it")
     finally:
         index.close()
 
@@ -313,8 +312,8 @@ def _summaries(settings: Settings, store: QuarantineStore) -> list[dict[str, Any
     if index is not None:
         try:
             out += [s for s in index.all() if s.get("host") != store.instance]
-        except redis.RedisError as exc:
-            _warn(f"quarantine index not reachable ({exc}): showing this instance's "
+        except IndexUnavailable as exc:
+            _warn(f"quarantine index not reachable ({exc.detail}): showing this instance's "
                   "entries only")
         finally:
             index.close()
@@ -677,8 +676,8 @@ def purge_command(config_path: Path | None, as_json: bool, by: str | None,
         if index is not None:
             try:
                 index.remove(removed)
-            except redis.RedisError as exc:
-                _warn(f"quarantine index not updated ({exc}): run mailfilter quarantine "
+            except IndexUnavailable as exc:
+                _warn(f"quarantine index not updated ({exc.detail}): run mailfilter quarantine "
                       "reindex")
             finally:
                 index.close()
@@ -804,9 +803,9 @@ def reindex_command(config_path: Path | None, by: str | None) -> None:
     progress.done()
     try:
         written, removed = index.replace_host(store.instance, summaries)
-    except redis.RedisError as exc:
-        store.audit(actor, "reindex", None, f"failed: {exc}")
-        fail(f"quarantine index not reachable: {exc}")
+    except IndexUnavailable as exc:
+        store.audit(actor, "reindex", None, f"failed: {exc.detail}")
+        fail(f"quarantine index not reachable: {exc.detail}")
     finally:
         index.close()
     store.audit(actor, "reindex", None, "ok", written=written, removed=removed)

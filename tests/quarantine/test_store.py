@@ -57,7 +57,6 @@ def test_write_puts_the_report_job_first_and_everything_private(tmp_path: Path) 
     entry = store.write(entry_id, b"raw\r\n", _record(entry_id, now), now, ("mail", "status"))
     [job] = store.jobs()
     assert (job.entry_id, job.steps, job.done) == (entry_id, ["mail", "status"], [])
-    assert store.record_path_of(job) == entry.record_path
     job_file = store.outbox_dir / f"{job.job_id}.job"
     # The job was on disk before the entry (so a crash cannot leave an unreported entry).
     assert job_file.stat().st_mtime_ns <= entry.message_path.stat().st_mtime_ns \
@@ -69,6 +68,10 @@ def test_write_puts_the_report_job_first_and_everything_private(tmp_path: Path) 
     found = store.find(entry_id)
     assert found is not None and found.record["status"] == "quarantined"
     assert store.pending_entry_ids() == {entry_id}
+    # A job file of an earlier version, with the record's path it no longer writes, is read.
+    old_job = {**job.to_json(), "record": f"{entry.record_path.parent.name}/{entry_id}.json"}
+    job_file.write_text(json.dumps(old_job))
+    assert [(j.job_id, j.steps) for j in store.jobs()] == [(job.job_id, ["mail", "status"])]
     # No steps: no job.
     other = new_id(now)
     store.write(other, b"raw\r\n", _record(other, now), now)
@@ -179,13 +182,13 @@ def test_sender_drops_jobs_whose_entry_never_appeared(tmp_path: Path) -> None:
     settings = Settings.model_validate({"quarantine": {"path": str(tmp_path / "q")},
                                         "report": {"dir": str(tmp_path / "reports")}})
     store = QuarantineStore(settings.quarantine)
-    old = store.new_job(new_id(), "2020-01-01/X.json", ["dir", "status"], time.time() - 10)
+    old = store.new_job(new_id(), ["dir", "status"], time.time() - 10)
     store.save_job(old)
 
     async def run() -> tuple[str, list[str]]:
         sender = ReportSender(settings, RelayPool(settings.smtp, "mf.test"))
         sender.started = time.time() - 5  # the old job is from before this start
-        young = store.new_job(new_id(), "2020-01-01/Y.json", ["dir", "status"], time.time())
+        young = store.new_job(new_id(), ["dir", "status"], time.time())
         store.save_job(young)  # a write in progress: its record may still come
         await sender.run_once()
         await sender.stop()
