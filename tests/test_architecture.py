@@ -14,13 +14,9 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "mailfilter"
 
-KNOWN_CYCLES: frozenset[frozenset[str]] = frozenset({
-    # Issue 20 item 2 (left for later): libarchive_reader takes `Fail` and
-    # `decompressed_payload` from archives, which opens 7z and zip-zstd members through
-    # libarchive_reader; the shared container helpers want a module of their own.
-    frozenset({"mailfilter.extract.archives", "mailfilter.extract.libarchive_reader"}),
-})
-"""Circles known and left for a bigger move: each names the issue item that removes it."""
+KNOWN_CYCLES: frozenset[frozenset[str]] = frozenset()
+"""Circles known and left for a bigger move, each with a comment naming the issue item that
+removes it. None today."""
 
 
 def modules() -> dict[str, tuple[Path, bool]]:

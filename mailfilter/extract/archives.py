@@ -19,7 +19,6 @@ from __future__ import annotations
 import bz2
 import io
 import lzma
-import posixpath
 import shutil
 import struct
 import tarfile
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from mailfilter.extract import core, sniff
+from mailfilter.extract.containers import Fail, decompressed_payload, member_basename, member_node
 from mailfilter.extract.core import Context, Node, PayloadNode, member_path, read_capped
 
 # zipfile reads these methods: stored, deflate, bzip2, lzma.
@@ -56,30 +56,6 @@ RAR_TOOL_HINT = (
     "no RAR extraction tool found (install the Debian package libarchive-tools for bsdtar, "
     "or unrar-free)"
 )
-
-
-class Fail:
-    """Records a container that cannot be read: unscannable, or only a defect when the
-    container was merely declared (by type or name) and its bytes do not look like one."""
-
-    def __init__(self, ctx: Context, node: PayloadNode, quiet: bool) -> None:
-        self.ctx, self.node, self.quiet = ctx, node, quiet
-
-    def __call__(self, reason: str, detail: str) -> None:
-        if self.quiet and reason == core.CORRUPT_ARCHIVE:
-            self.ctx.defect(self.node.path, "declared-container-unreadable")
-        else:
-            self.ctx.skip(self.node.path, reason, detail[:200])
-
-
-def _basename(name: str) -> str:
-    return posixpath.basename(name.replace("\\", "/")) or name
-
-
-def _child(node: PayloadNode, kind: str, name: str, data: bytes) -> PayloadNode:
-    return PayloadNode(
-        member_path(node.path, name), (*node.containers, kind), data, _basename(name), None
-    )
 
 
 def _archive_ratio(ctx: Context, node: PayloadNode, declared_total: int) -> bool:
@@ -451,7 +427,7 @@ def _unlisted_members(
             truncated += 1
             continue
         ctx.charge(len(out))
-        found.append(_child(node, sniff.ZIP, header.name, out))
+        found.append(member_node(node, sniff.ZIP, header.name, out))
     if cut:
         ctx.defect(node.path, "zip-entry-cut-off")
     if no_directory and not found and not encrypted:
@@ -555,7 +531,7 @@ def zip_members(ctx: Context, node: PayloadNode, quiet: bool = False) -> Iterato
             if defect:
                 ctx.defect(path, defect)
             ctx.charge(len(data))
-            yield _child(node, sniff.ZIP, info.filename, data)
+            yield member_node(node, sniff.ZIP, info.filename, data)
         if encrypted:
             ctx.skip(
                 node.path,
@@ -625,7 +601,7 @@ def tar_members(ctx: Context, node: PayloadNode, quiet: bool = False) -> Iterato
                 ctx.skip(path, core.ZIP_BOMB, _PAST_DECLARED)
                 continue
             ctx.charge(len(data))
-            yield _child(node, sniff.TAR, info.name, data)
+            yield member_node(node, sniff.TAR, info.name, data)
 
 
 # --- single-file compressors --------------------------------------------------------------
@@ -708,7 +684,7 @@ def _stream_name(kind: str, node: PayloadNode) -> str:
     if kind == sniff.GZIP:
         name = _gzip_name(node.data)
         if name:
-            return _basename(name)
+            return member_basename(name)
     filename = node.filename or ""
     for suffix, repl in _STRIP[kind]:
         if filename.lower().endswith(suffix):
@@ -729,38 +705,6 @@ def compressed_stream(
         def inflate(data: bytes, cap: int) -> tuple[bytes | None, str]:
             return _inflate_other(lzma.LZMADecompressor, data, cap)
     return decompressed_payload(ctx, node, kind, quiet, inflate, _stream_name(kind, node))
-
-
-def decompressed_payload(
-    ctx: Context, node: PayloadNode, kind: str, quiet: bool,
-    inflate: Callable[[bytes, int], tuple[bytes | None, str]], name: str,
-) -> Iterator[Node]:
-    """A compressed stream's bytes, inflated by `inflate(data, cap)` (None past the cap)
-    within the ratio limit and the budget, handed on as one payload called `name`."""
-    fail = Fail(ctx, node, quiet)
-    by_ratio = ctx.expansion_cap(len(node.data))
-    cap = min(by_ratio, ctx.remaining)
-    if not ctx.count_member(node.path):
-        return
-    out, error = inflate(node.data, cap)
-    if out is None:
-        ctx.charge(cap)  # the work done counts: many bombs in one message cannot add up
-        if by_ratio <= ctx.remaining + cap:
-            ctx.skip(
-                node.path,
-                core.MAX_EXPANSION_RATIO,
-                f"{len(node.data)} bytes expand past {by_ratio}",
-            )
-        else:
-            ctx.fits(node.path, ctx.remaining + 1)
-        return
-    if error:
-        if not out:
-            fail(core.CORRUPT_ARCHIVE, f"{kind}: {error}")
-            return
-        ctx.defect(node.path, "compressed-stream-truncated")
-    ctx.charge(len(out))
-    yield _child(node, kind, name, out)
 
 
 # --- 7z ---------------------------------------------------------------------------------
@@ -848,7 +792,7 @@ def _py7zr_members(ctx: Context, node: PayloadNode, quiet: bool = False) -> Iter
             ctx.skip(member_path(node.path, name), core.ZIP_BOMB, _PAST_DECLARED)
             continue
         ctx.charge(len(data))
-        yield _child(node, sniff.SEVEN_ZIP, name, data)
+        yield member_node(node, sniff.SEVEN_ZIP, name, data)
 
 
 # --- RAR --------------------------------------------------------------------------------
@@ -932,7 +876,7 @@ def rar_members(ctx: Context, node: PayloadNode, quiet: bool = False) -> Iterato
                     ctx.skip(path, core.ZIP_BOMB, _PAST_DECLARED)
                     continue
                 ctx.charge(len(data))
-                found.append(_child(node, sniff.RAR, name, data))
+                found.append(member_node(node, sniff.RAR, name, data))
             if tool_missing:
                 ctx.skip(node.path, core.UNSUPPORTED_ARCHIVE, RAR_TOOL_HINT)
             if encrypted:

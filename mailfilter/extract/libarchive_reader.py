@@ -46,7 +46,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from mailfilter.extract import core, sniff
-from mailfilter.extract.archives import Fail, decompressed_payload
+from mailfilter.extract.containers import Fail, decompressed_payload
 from mailfilter.extract.core import Context, Node, PayloadNode, member_path
 
 # The libarchive read format (archives) or read filter (streams) for each kind.

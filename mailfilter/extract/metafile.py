@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from mailfilter import magic
 from mailfilter.extract import core, sniff, sweep
-from mailfilter.extract.archives import Fail
+from mailfilter.extract.containers import Fail
 from mailfilter.extract.core import Context, Node, PayloadNode, member_path
 
 # More records than this is a record count bomb (a record costs a few microseconds to walk;

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from mailfilter.extract import core, sniff
-from mailfilter.extract.archives import Fail
+from mailfilter.extract.containers import Fail
 from mailfilter.extract.core import Context, Node, PayloadNode, member_path
 
 TAG_PKESK, TAG_SKESK, TAG_SED, TAG_SEIPD, TAG_AEAD = 1, 3, 9, 18, 20

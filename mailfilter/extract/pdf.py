@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mailfilter.extract import archives, core, pdf_render, sniff, sweep
-from mailfilter.extract.archives import Fail
+from mailfilter.extract.containers import Fail
 from mailfilter.extract.core import Context, Node, PayloadNode, member_path
 
 # At most this many PDF objects are looked at per message (all its PDFs together); a PDF

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from mailfilter.extract import core, sniff, sweep
-from mailfilter.extract.archives import Fail
+from mailfilter.extract.containers import Fail
 from mailfilter.extract.core import Context, EntityNode, Node, PayloadNode, member_path
 
 _OID_SIGNED = bytes.fromhex("2a864886f70d010702")

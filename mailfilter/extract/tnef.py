@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from mailfilter.extract import core, sniff
-from mailfilter.extract.archives import Fail
+from mailfilter.extract.containers import Fail
 from mailfilter.extract.core import Context, Node, PayloadNode, member_path
 
 SIGNATURE = 0x223E9F78
