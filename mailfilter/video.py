@@ -75,6 +75,15 @@ worker pool's deadline). Past a limit after some frames: the frames so far, with
 frames end well before the video stream's declared length); before any frame:
 ``SkipImage`` with the reason. Only ``SkipImage`` leaves `sample_frames`.
 
+Parts (one decoder uses one core): `fingerprint_video(data, params, part, parts)` samples
+only the grid times of its share of the declared duration, starting at a keyframe at or
+before the first (``container.seek``, asked again for an earlier one when an MP4 index,
+searched by decode time, gives a keyframe displayed after it; no keyframe found: decoded
+from the start). Each part decodes from its keyframe as a whole run would (skipped
+non-reference frames, gating), and parts meet on grid times, so the parts' samples joined
+are the whole run's, frame for frame (tests/test_video.py, on generated clips and Meta's
+vectors). The worker pool runs the parts at once; the caller joins them.
+
 Skip reasons: not-a-video (no container signature we read), unsupported-format (a container
 we read holding a codec we do not), no-video-stream, too-large, too-many-pixels, corrupt,
 no-frames, deadline.
@@ -83,10 +92,11 @@ no-frames, deadline.
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import time
 from collections.abc import Generator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import av
@@ -111,6 +121,7 @@ __all__ = [
     "DEADLINE",
     "FRAMES_PAST_LIMIT",
     "NOT_A_VIDEO",
+    "NOT_COMPUTED",
     "NO_VIDEO_STREAM",
     "TOO_MANY_PIXELS",
     "TRUNCATED",
@@ -156,6 +167,11 @@ TRUNCATION_SLACK = 1.0
 #: group is decoded as it comes.
 MAX_HELD_BYTES = 32 * 1000**2
 MAX_HELD_PACKETS = 20_000
+#: A part of the timeline starts decoding at a keyframe at or before its first grid time: the
+#: container is asked for one at most this many times, each time before the keyframe it
+#: gave (an MP4 index is searched by decode time, and a keyframe's display time may be a few
+#: frames later); then the part decodes from the start of the stream instead.
+MAX_SEEKS = 4
 #: Frames are box-reduced to about this short side for gridhist and border detection (as
 #: mailfilter.fingerprint does for images); PDQ is always computed at full size.
 PREVIEW_SHORT_SIDE = 160
@@ -249,32 +265,39 @@ def _rgb(frame: av.VideoFrame) -> npt.NDArray[np.uint8]:
 
 
 def sample_frames(data: bytes, limits: VideoSettings, outcome: SamplingOutcome,
-                  started: float | None = None) -> Iterator[VideoSample]:
+                  started: float | None = None, part: int = 0, parts: int = 1
+                  ) -> Iterator[VideoSample]:
     """Decode `data` and yield one frame per grid step (``1 / frames_per_second`` s).
 
     Raises SkipImage (before the first frame) when the video cannot be read at all; a limit
     or error after frames were yielded ends the iteration with `outcome.incomplete` set.
-    `started` is the task's start (`time.monotonic()`), for the deadline."""
+    `started` is the task's start (`time.monotonic()`), for the deadline. `part` of
+    `parts`: only the samples of that stretch of the timeline (see `fingerprint_video`);
+    a part other than the first raises SkipImage only for what is found before decoding,
+    and ends without frames (and without error) when its stretch holds none."""
+    if parts < 1 or not 0 <= part < parts:
+        raise ValueError(f"part {part} of {parts}")
     started = time.monotonic() if started is None else started
     if len(data) > limits.max_bytes:
         raise SkipImage(TOO_LARGE, f"{len(data)} bytes > max_bytes {limits.max_bytes}")
     container = sniff_container(data)
     if container is None:
         raise SkipImage(NOT_A_VIDEO)
-    run = _Run(limits=limits, outcome=outcome, started=started)
+    run = _Run(limits=limits, outcome=outcome, started=started, part=part, parts=parts)
     box = _open(data, container)
     try:
-        lied = yield from _sample(box, container, run, gating=True)
+        restart = yield from _sample(box, container, run, gating=run.gating)
     finally:
         box.close()
-    if lied:
+    if restart:
         # A keyframe the container promised did not decode as one: decode everything (but
-        # the frames already sampled) again, from the start, without skipping GOPs. Errors
-        # of the first pass (frames decoded without their references) are its own.
+        # the frames already sampled) again, from the start, without skipping GOPs (or a
+        # part's seek found no keyframe: from the start, with them). Errors of the first
+        # pass (frames decoded without their references) are its own.
         run.errors, run.first_error = 0, ""
         box = _open(data, container)
         try:
-            yield from _sample(box, container, run, gating=False)
+            yield from _sample(box, container, run, gating=run.gating)
         finally:
             box.close()
 
@@ -286,9 +309,47 @@ class _Run:
     limits: VideoSettings
     outcome: SamplingOutcome
     started: float
+    part: int = 0
+    parts: int = 1
+    max_frames: int = field(init=False, default=0)  # ceil(`max_frames` / parts)
     next_time: float = 0.0  # the next grid time to sample
+    end_time: float | None = None  # the grid time that ends the part (None: the stream's end)
+    placed: bool = False  # the part's stretch is known (next_time, end_time)
+    empty: bool = False  # the part's stretch holds no grid time
+    seek: bool = True  # start at a keyframe before the part's first grid time
+    gating: bool = True  # GOP gating (off after a keyframe flag proved false)
     errors: int = 0
     first_error: str = ""
+
+    def __post_init__(self) -> None:
+        self.max_frames = -(-self.limits.max_frames // self.parts)
+
+
+def _grid_at_or_after(moment: float, interval: float) -> float:
+    """The first grid time at or after `moment` (parts meet on grid times, each computed by
+    the same expression, so neighbouring parts agree to the last bit)."""
+    return math.ceil(moment / interval - 1e-9) * interval
+
+
+def _place(run: _Run, info: VideoStream, interval: float) -> None:
+    """The part's stretch of the timeline: grid times t with start <= t < end, start and
+    end the declared duration * part / parts and * (part + 1) / parts (the last part: to
+    the end of the stream, whatever the declared duration says). Unknown duration: the first
+    part takes everything, the others nothing."""
+    run.placed = True
+    if run.parts == 1:
+        return
+    duration = info.duration
+    if not (math.isfinite(duration) and duration > 0):
+        run.empty = run.part > 0
+        return
+
+    def boundary(index: int) -> float:
+        return _grid_at_or_after(duration * index / run.parts, interval)
+
+    run.next_time = boundary(run.part)
+    run.end_time = boundary(run.part + 1) if run.part + 1 < run.parts else None
+    run.empty = run.end_time is not None and run.end_time <= run.next_time
 
 
 def _prepare(box: av.container.InputContainer, container: str, run: _Run
@@ -320,10 +381,45 @@ class _Lied(Exception):
     """A keyframe after skipped packets did not decode as a keyframe."""
 
 
+class _PartEnd(Exception):
+    """A frame at or past the end of the part's stretch came out: the part is done."""
+
+
+def _seek(box: av.container.InputContainer, stream: av.video.stream.VideoStream,
+          moment: float) -> Iterator[av.Packet[Any]] | None:
+    """Packets from a keyframe displayed at or before `moment` (seconds from the stream's
+    start) on, or None when the container gives none (no index, no keyframe flags): then
+    the part decodes from the start."""
+    time_base = stream.time_base
+    if time_base is None:
+        return None
+    origin = stream.start_time or 0
+    target = origin + math.floor(moment / time_base)
+    for _ in range(MAX_SEEKS):
+        try:
+            box.seek(target, backward=True, any_frame=False, stream=stream)
+            packets = box.demux(stream)
+            first = next(packets, None)
+        except av.error.FFmpegError:
+            return None
+        if first is None or first.pts is None or not first.is_keyframe:
+            return None
+        if float((first.pts - origin) * time_base) <= moment:
+            return itertools.chain([first], packets)
+        # The index is searched by decode time: this keyframe displays after `moment`, so
+        # frames of the group before it may be at `moment`: ask for the keyframe before.
+        earlier = min(target, first.dts if first.dts is not None else first.pts) - 1
+        if earlier < origin:
+            return None
+        target = earlier
+    return None
+
+
 def _sample(box: av.container.InputContainer, container: str, run: _Run,
             gating: bool) -> Generator[VideoSample, None, bool]:
     """Yields the samples; returns True when the container lied about a keyframe (the caller
-    then decodes again without gating)."""
+    then decodes again without gating), or a part found no keyframe to start at (the caller
+    then decodes from the start)."""
     limits, outcome = run.limits, run.outcome
     stream, info = _prepare(box, container, run)
     outcome.stream = info
@@ -331,6 +427,11 @@ def _sample(box: av.container.InputContainer, container: str, run: _Run,
     intra_only = ctx.name == "mjpeg"
     gating = gating and ctx.name in _GATED_DECODERS
     interval = 1.0 / limits.frames_per_second
+    if not run.placed:
+        _place(run, info, interval)
+    if run.empty:
+        return False
+    end_time = run.end_time
     budget = limits.deadline * DEADLINE_SHARE
     time_base = stream.time_base
     origin = stream.start_time or 0
@@ -385,13 +486,15 @@ def _sample(box: av.container.InputContainer, container: str, run: _Run,
                 stop(TOO_MANY_PIXELS, reason)
             check_keyframe(frame)
             timestamp = frame_time(frame)
+            if end_time is not None and timestamp >= end_time - GRID_SLACK:
+                raise _PartEnd  # frames come out in display order: the rest is later
             if (not math.isfinite(timestamp) or timestamp < run.next_time - GRID_SLACK
                     or timestamp < resumed - GRID_SLACK):
                 continue
             if outcome.sampled and time.monotonic() - run.started > budget:
                 stop(DEADLINE, f"sampled {outcome.sampled} frames up to "
                                f"{outcome.last_timestamp:.3f}s in the time budget of {budget:g}s")
-            if outcome.sampled >= limits.max_frames:
+            if outcome.sampled >= run.max_frames:
                 stop(FRAMES_PAST_LIMIT, f"sampled {outcome.sampled} frames (max_frames) up "
                                         f"to {outcome.last_timestamp:.3f}s; more follow")
             outcome.sampled += 1
@@ -428,7 +531,20 @@ def _sample(box: av.container.InputContainer, container: str, run: _Run,
         for old in group:
             yield from decode(old)
 
-    packets = box.demux(stream)
+    packets: Iterator[av.Packet[Any]]
+    if run.seek and run.next_time > 0:
+        found = _seek(box, stream, run.next_time)
+        if found is None:
+            run.seek = False
+            return True  # no keyframe to start at: decode from the start (sample_frames)
+        first = next(found)
+        packets = itertools.chain([first], found)
+        # The keyframe must decode as one (else the index lied: decode from the start);
+        # leading pictures of an open GOP after it refer to what was not decoded.
+        expect_key[:] = [first.pts] if first.pts is not None else []
+        dropped_before = seconds(first.pts)
+    else:
+        packets = box.demux(stream)
     try:
         while True:
             if time.monotonic() - run.started > budget:
@@ -489,9 +605,16 @@ def _sample(box: av.container.InputContainer, container: str, run: _Run,
             yield from decode(av.Packet())
     except _Stop:
         return False
+    except _PartEnd:
+        if run.errors:
+            outcome.incomplete = CORRUPT
+            outcome.detail = (f"{run.errors} packets failed ({run.first_error}); frames may "
+                              "be missing")
+        return False
     except _Lied:
+        run.gating = run.seek = False
         return True
-    if not outcome.sampled:
+    if not outcome.sampled and run.part == 0:
         raise SkipImage(CORRUPT if run.errors else NO_FRAMES,
                         run.first_error or f"{container}/{ctx.name}: no frame decoded")
     if run.errors:
@@ -502,7 +625,8 @@ def _sample(box: av.container.InputContainer, container: str, run: _Run,
     # (not the container's, which an audio track may make longer) says frames are missing.
     if stream.duration is not None and time_base is not None:
         declared = float(stream.duration * time_base)
-        if declared > outcome.last_timestamp + interval + TRUNCATION_SLACK:
+        last = outcome.last_timestamp if outcome.sampled else run.next_time - interval
+        if declared > last + interval + TRUNCATION_SLACK:
             outcome.incomplete = TRUNCATED
             outcome.detail = (f"frames end at {outcome.last_timestamp:.3f}s of a video stream "
                               f"declared {declared:.3f}s long")
@@ -615,33 +739,74 @@ def _sampled_frame(index: int, sample: VideoSample, params: VideoParams
     return SampledFrame(sample.timestamp, tuple(frames)), pdq
 
 
-def fingerprint_video(data: bytes, params: VideoParams) -> VideoFingerprint:
+#: `VideoFingerprint.exact` of a part other than the first: the exact hashes are the whole
+#: payload's, computed once, by part 0.
+NOT_COMPUTED = ExactHashes(md5="", sha1="", sha256="")
+
+
+def fingerprint_video(data: bytes, params: VideoParams, part: int = 0,
+                      parts: int = 1) -> VideoFingerprint:
     """Exact hashes always; vPDQ and per-frame fingerprints of the frames sampled on the
     time grid. Never raises for bad video data: unreadable is `skipped`, read in part is
-    `incomplete` (with the fingerprints of that part)."""
+    `incomplete` (with the fingerprints of that part).
+
+    A long video is decoded as `parts` parts by as many processes at once (one decoder
+    uses one core); this is part `part` (0 <= part < parts; ValueError otherwise): the
+    samples of the grid times t with start <= t < end, start and end the declared duration
+    * part / parts and * (part + 1) / parts (the last part: to the end of the stream,
+    whatever the declared duration says). Each part seeks to a keyframe at or before its
+    first grid time; the samples of parts 0..parts-1 joined are those of ``parts=1`` (the
+    same frames: a sample is the first decoded frame at or after its grid time, and parts
+    meet on grid times). A sample's time is at or after its grid time, so the last sample
+    of a part can be a frame or two past `end` (never past the next grid time). Duration
+    unknown: part 0 samples the whole video, the others return no frames and no error.
+    With parts > 1:
+
+    - `exact`: computed by part 0 only; the others hold `NOT_COMPUTED` (empty strings).
+    - `vpdq`: every sampled frame's feature, not pruned (pruning needs the feature before
+      the part's first), so the parts' features joined and pruned are exactly the features
+      of ``parts=1``; `frames` are numbered from 0 in each part.
+    - `max_frames` applies to each part as ceil(max_frames / parts); the deadline to each
+      part from its own start.
+    - `skipped`: part 0 as with parts=1. Other parts are skipped only for what is found
+      before decoding (not a video, too large, corrupt container, no video stream,
+      unsupported codec, too many pixels declared: the same for every part); what goes
+      wrong while decoding their stretch (deadline before a frame, corrupt, too-many-pixels
+      frames) is `incomplete` with the frames so far (maybe none). A part whose stretch has
+      no frames (past the end of a short video) has none, with no error; one that ends
+      before the video stream's declared length says is `truncated`.
+    - `incomplete`: per part as with parts=1 (deadline, frames-past-limit, corrupt,
+      truncated...); a part other than the last ends at its end without it.
+    """
+    if parts < 1 or not 0 <= part < parts:
+        raise ValueError(f"part {part} of {parts}")
     started = time.monotonic()
-    exact = exact_hashes(data)
+    exact = exact_hashes(data) if part == 0 else NOT_COMPUTED
     outcome = SamplingOutcome()
     sampled: list[SampledFrame] = []
     features: list[VpdqFeature] = []
     try:
-        for index, sample in enumerate(sample_frames(data, params.video, outcome, started)):
+        for index, sample in enumerate(sample_frames(data, params.video, outcome, started,
+                                                     part=part, parts=parts)):
             frame, pdq = _sampled_frame(index, sample, params)
             sampled.append(frame)
             features.append(feature_from_pdq(pdq, sample.timestamp))
     except SkipImage as exc:
         info = outcome.stream
-        return VideoFingerprint(
-            exact=exact, container=info.container if info else "",
-            codec=info.codec if info else "", width=info.width if info else 0,
-            height=info.height if info else 0, duration=info.duration if info else 0.0,
-            decoded=outcome.decoded, skipped=exc.reason, detail=exc.detail,
-        )
+        if part > 0 and info is not None:  # decoding this part's stretch failed
+            outcome.incomplete, outcome.detail = exc.reason, exc.detail
+        else:
+            return VideoFingerprint(
+                exact=exact, container=info.container if info else "",
+                codec=info.codec if info else "", width=info.width if info else 0,
+                height=info.height if info else 0, duration=info.duration if info else 0.0,
+                decoded=outcome.decoded, skipped=exc.reason, detail=exc.detail,
+            )
     info = outcome.stream
     assert info is not None  # set before the first frame
     return VideoFingerprint(
         exact=exact, container=info.container, codec=info.codec, width=info.width,
         height=info.height, duration=round(info.duration or outcome.last_timestamp, 3),
-        frames=tuple(sampled), vpdq=prune(features), decoded=outcome.decoded,
-        incomplete=outcome.incomplete, detail=outcome.detail,
+        frames=tuple(sampled), vpdq=prune(features) if parts == 1 else tuple(features),
+        decoded=outcome.decoded, incomplete=outcome.incomplete, detail=outcome.detail,
     )

@@ -3,9 +3,11 @@ limits ending in partial results, hostile files ending as defined skip reasons."
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import itertools
 import time
+from pathlib import Path
 
 import av
 import numpy as np
@@ -13,13 +15,14 @@ import pytest
 
 from mailfilter import video
 from mailfilter.hashing.pdq import pdq_from_luma
-from mailfilter.hashing.vpdq import VpdqFeature, luma_from_rgb
+from mailfilter.hashing.vpdq import VpdqFeature, luma_from_rgb, prune
 from mailfilter.settings import Settings, VideoSettings
 from mailfilter.video import VideoFingerprint, VideoParams, fingerprint_video, sniff_container
 from tests.factories import jpeg
 from tests.video_factories import KINDS, audio_only_mp4, clip, encode, scene_frames
 
 PARAMS = VideoParams.from_settings(Settings())
+VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "vpdq"
 
 
 def fingerprint(data: bytes, **limits: object) -> VideoFingerprint:
@@ -271,3 +274,130 @@ def test_after_a_lie_the_video_is_decoded_again_without_gating(
     assert len(opened) == 2
     assert result.incomplete is None and result.skipped is None
     assert [(f.timestamp, f.frames[0].pdq) for f in result.frames] == plain
+
+
+# --- parts of the timeline, decoded by several workers at once ----------------------------
+
+
+def _part_samples(data: bytes, part: int, parts: int, params: VideoParams = PARAMS
+                  ) -> tuple[list[tuple[float, str | None]], VideoFingerprint]:
+    result = fingerprint_video(data, params, part=part, parts=parts)
+    assert result.skipped is None, result.detail
+    return [(f.timestamp, f.frames[0].pdq) for f in result.frames], result
+
+
+def _assert_parts_join_to_the_whole(data: bytes, params: VideoParams = PARAMS,
+                                    counts: tuple[int, ...] = (2, 3)) -> None:
+    whole, one = _part_samples(data, 0, 1, params)
+    assert one.incomplete is None, one.detail
+    assert len(whole) >= 2
+    for parts in counts:
+        joined: list[tuple[float, str | None]] = []
+        features: list[VpdqFeature] = []
+        for part in range(parts):
+            samples, result = _part_samples(data, part, parts, params)
+            assert result.incomplete is None, (parts, part, result.detail)
+            assert [f.frames[0].frame for f in result.frames] == list(range(len(samples)))
+            # Each part's samples lie in its stretch (grid times, see fingerprint_video).
+            interval = 1.0 / params.video.frames_per_second
+            start = video._grid_at_or_after(one.duration * part / parts, interval)
+            assert all(t >= start for t, _ in samples), (parts, part, samples[:1])
+            if part + 1 < parts:
+                end = video._grid_at_or_after(one.duration * (part + 1) / parts, interval)
+                assert all(t < end for t, _ in samples), (parts, part, samples[-1:])
+            if part == 0:
+                assert result.exact == one.exact
+            else:
+                assert result.exact == video.NOT_COMPUTED
+            joined.extend(samples)
+            features.extend(result.vpdq)
+        # The same frames exactly: same times, same PDQ hashes (no tolerance needed: each
+        # part starts at a keyframe at or before its first grid time, decodes the frames
+        # from there as the whole run does, and parts meet on grid times).
+        assert joined == whole, parts
+        assert prune(features) == one.vpdq
+
+
+@pytest.mark.parametrize(("kind", "gop"), [
+    ("h264.mp4", 100),  # x264, 4 s groups of pictures, 3 B-frames
+    ("h264.mp4", 25),  # a keyframe a second, as phones write
+    ("hevc.mkv", 50),  # x265: open GOPs (leading pictures after a keyframe)
+    ("vp9.webm", 50),
+    ("mjpeg.avi", None),
+])
+def test_parts_join_to_the_whole_video(kind: str, gop: int | None) -> None:
+    frames = scene_frames(11.0, 25, 160, 120, scene_seconds=0.5)
+    data = encode(frames, kind, fps=25, gop=gop)
+    _assert_parts_join_to_the_whole(data, counts=(2, 3, 4))
+    _assert_parts_join_to_the_whole(data, VideoParams(video=VideoSettings(
+        frames_per_second=3.0)), counts=(2, 3))
+
+
+def test_parts_of_a_video_with_one_keyframe_only() -> None:
+    frames = scene_frames(6.0, 25, 160, 120, scene_seconds=0.5)
+    data = encode(frames, "h264.mp4", fps=25, gop=250)
+    _assert_parts_join_to_the_whole(data)
+
+
+def test_a_part_that_finds_no_keyframe_decodes_from_the_start(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    frames = scene_frames(6.0, 25, 160, 120, scene_seconds=0.5)
+    data = encode(frames, "h264.mp4", fps=25, gop=50)
+    monkeypatch.setattr(video, "_seek", lambda *args: None)
+    _assert_parts_join_to_the_whole(data)
+
+
+def test_a_part_past_the_end_has_no_frames_and_no_error() -> None:
+    data = clip("h264.mp4", seconds=0.6)
+    assert len(fingerprint_video(data, PARAMS).frames) == 1
+    first = fingerprint_video(data, PARAMS, part=0, parts=3)
+    assert len(first.frames) == 1
+    for part in (1, 2):
+        result = fingerprint_video(data, PARAMS, part=part, parts=3)
+        assert result.skipped is None and result.incomplete is None, result.detail
+        assert result.frames == () and result.vpdq == ()
+        assert result.codec == "h264"
+
+
+def test_unknown_duration_leaves_the_video_to_part_zero(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    data = clip("h264.mp4", seconds=4.0)
+    whole, _ = _part_samples(data, 0, 1)
+    real_info = video._stream_info
+
+    def no_duration(*args: object) -> video.VideoStream:
+        return dataclasses.replace(real_info(*args), duration=0.0)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(video, "_stream_info", no_duration)
+    assert _part_samples(data, 0, 2)[0] == whole
+    rest, result = _part_samples(data, 1, 2)
+    assert rest == [] and result.incomplete is None and result.decoded == 0
+
+
+def test_parts_of_a_truncated_video() -> None:
+    frames = scene_frames(8.0, 25, 160, 120, scene_seconds=0.5)
+    data = encode(frames, "h264.mp4", fps=25, gop=25)
+    cut = data[:len(data) // 2]  # the index (moov) is at the end: nothing can be read
+    results = [fingerprint_video(cut, PARAMS, part=p, parts=2) for p in (0, 1)]
+    assert all(r.skipped == video.CORRUPT for r in results)
+
+
+def test_max_frames_is_shared_among_the_parts(h264: bytes) -> None:
+    params = VideoParams(video=VideoSettings(max_frames=3))
+    first = fingerprint_video(h264, params, part=0, parts=2)  # ceil(3 / 2) = 2 each
+    second = fingerprint_video(h264, params, part=1, parts=2)
+    # A 5 s clip: part 0 has grid times 0, 1, 2 (one too many), part 1 has 3 and 4.
+    assert len(first.frames) == 2 and first.incomplete == video.FRAMES_PAST_LIMIT
+    assert len(second.frames) == 2 and second.incomplete is None
+
+
+def test_a_part_out_of_range_is_a_programming_error(h264: bytes) -> None:
+    for part, parts in ((2, 2), (-1, 2), (0, 0)):
+        with pytest.raises(ValueError, match="part"):
+            fingerprint_video(h264, PARAMS, part=part, parts=parts)
+
+
+@pytest.mark.skipif(not (VECTORS / "videos").is_dir(), reason=f"no vPDQ vectors at {VECTORS}")
+@pytest.mark.parametrize("name", sorted(p.stem for p in (VECTORS / "videos").glob("*.mp4")))
+def test_parts_join_to_the_whole_on_metas_vectors(name: str) -> None:
+    _assert_parts_join_to_the_whole((VECTORS / "videos" / f"{name}.mp4").read_bytes())
