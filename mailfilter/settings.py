@@ -154,15 +154,48 @@ def _check_webhook_url(value: str) -> str:
     return value
 
 
+@dataclass(frozen=True, slots=True)
+class MilterListen:
+    """Where the milter listens: a TCP host and port, or a Unix socket path."""
+
+    host: str | None = None
+    port: int | None = None
+    path: Path | None = None
+
+
+def parse_milter_listen(value: str) -> MilterListen:
+    """`milter.listen` in the spellings milter admins know: ours, `inet:HOST:PORT`, and
+    Sendmail's and OpenDKIM's, `inet:PORT@HOST`, `inet6:PORT@HOST`, `inet:PORT` (every
+    interface, as in Sendmail: `allowed_clients` still applies), `unix:PATH`, `local:PATH`."""
+    kind, _, rest = value.strip().partition(":")
+    expected = ("expected inet:host:port, inet:port@host, inet6:port@host, inet:port, "
+                f"unix:/path or local:/path, got {value!r}")
+    if kind in ("unix", "local"):
+        if not rest:
+            raise ValueError(expected)
+        return MilterListen(path=Path(rest))
+    if kind not in ("inet", "inet6"):
+        raise ValueError(expected)
+    if "@" in rest:  # PORT@HOST
+        port_text, _, host = rest.partition("@")
+        host = host.strip("[]")
+    elif rest.isdigit():  # PORT: every interface
+        port_text, host = rest, "::" if kind == "inet6" else "0.0.0.0"
+    else:
+        try:
+            host, port = split_host_port(rest)
+        except ValueError:
+            raise ValueError(expected) from None
+        return MilterListen(host=host, port=port)
+    if not (port_text.isdigit() and 0 < int(port_text) < 65536 and host):
+        raise ValueError(expected)
+    return MilterListen(host=host, port=int(port_text))
+
+
 def _check_milter_listen(value: str) -> str:
-    if not value:
-        return value
-    if value.startswith("unix:") and len(value) > 5:
-        return value
-    if value.startswith("inet:"):
-        _check_host_port(value[5:])
-        return value
-    raise ValueError("expected inet:host:port or unix:/path, or empty to disable the milter")
+    if value:
+        parse_milter_listen(value)  # raises ValueError with the spellings it takes
+    return value
 
 
 Size = Annotated[int, BeforeValidator(_parse_size)]

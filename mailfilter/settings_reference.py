@@ -59,7 +59,9 @@ _VALIDATOR_TYPES: Final = {
     "_check_email": "email address (or empty)",
     "_check_emails": "list of email addresses",
     "_check_webhook_url": "`http://` or `https://` URL, or empty",
-    "_check_milter_listen": "`inet:host:port` or `unix:/path`, or empty to turn it off",
+    "_check_milter_listen": "`inet:host:port`, `inet:port@host`, `inet6:port@host`, "
+                            "`inet:port` (every interface), `unix:/path` or `local:/path`, "
+                            "or empty to turn it off",
     "_known_signals": "list of signal types: "
                       + ", ".join(f"`{name}`" for name in signals.NAMES),
 }

@@ -89,7 +89,7 @@ def test_unknown_enumeration_value(tmp_path: Path) -> None:
         ('[smtp]\nallowed_clients = ["10.0.0.0/33"]\n', "expected IP networks"),
         ('[store]\nredis_url = "http://x"\n', "redis://"),
         ('[report]\nto = ["nobody"]\n', "expected an email address"),
-        ('[milter]\nlisten = "127.0.0.1:8891"\n', "inet:host:port or unix:/path"),
+        ('[milter]\nlisten = "127.0.0.1:8891"\n', "inet:port@host"),
         ("[smtp]\nadd_header = 3\n", "expected true or false"),
     ],
 )
@@ -151,3 +151,30 @@ def test_effective_toml_round_trips() -> None:
     s = load_settings(EXAMPLE, {}).settings
     again = Settings.model_validate(tomllib.loads(effective_toml(s)))
     assert again == s
+
+
+@pytest.mark.parametrize(("value", "host", "port", "path"), [
+    ("inet:127.0.0.1:8891", "127.0.0.1", 8891, None),
+    ("inet:8891@127.0.0.1", "127.0.0.1", 8891, None),
+    ("inet6:8891@::1", "::1", 8891, None),
+    ("inet6:8891@[::1]", "::1", 8891, None),
+    ("inet:8891", "0.0.0.0", 8891, None),
+    ("inet6:8891", "::", 8891, None),
+    ("unix:/run/m.sock", None, None, "/run/m.sock"),
+    ("local:/run/m.sock", None, None, "/run/m.sock"),
+])
+def test_milter_listen_spellings(value: str, host: str | None, port: int | None,
+                                 path: str | None) -> None:
+    from mailfilter.settings import parse_milter_listen
+
+    where = parse_milter_listen(value)
+    assert (where.host, where.port, str(where.path) if where.path else None) == (host, port,
+                                                                                 path)
+    assert Settings.model_validate({"milter": {"listen": value}}).milter.listen == value
+
+
+@pytest.mark.parametrize("value", ["tcp:8891", "inet:", "inet:99999@127.0.0.1", "inet:x@h",
+                                   "unix:", "inet:8891@", "127.0.0.1:8891"])
+def test_milter_listen_refused_with_the_spellings(value: str) -> None:
+    with pytest.raises(ValueError, match="inet:port@host"):
+        Settings.model_validate({"milter": {"listen": value}})

@@ -52,12 +52,12 @@ from mailfilter.handling import Decision, MessageHandler, MessageOutcome
 from mailfilter.model import Envelope, Reply, ScanResult
 from mailfilter.policy import Action, ActionKind, header_value
 from mailfilter.scanner import Scanner
-from mailfilter.settings import Settings, split_host_port
+from mailfilter.settings import Settings, parse_milter_listen
 
 if TYPE_CHECKING:
     from mailfilter.metrics import Metrics
 
-__all__ = ["ListenAddress", "MilterServer", "MilterSession", "parse_listen"]
+__all__ = ["MilterServer", "MilterSession"]
 
 log = logging.getLogger("mailfilter.milter")
 
@@ -88,25 +88,6 @@ QUICKACK: Final = getattr(socket, "TCP_QUICKACK", None)  # Linux
 MESSAGE_STAGES: Final = frozenset("MRTLNBE")
 # Where a macro's latest value is looked up first: end of message back to connect.
 STAGE_ORDER: Final = "EBNLTRMHC"
-
-
-@dataclass(frozen=True, slots=True)
-class ListenAddress:
-    """`inet:host:port` (host and port set) or `unix:/path` (path set)."""
-
-    host: str | None = None
-    port: int | None = None
-    path: Path | None = None
-
-
-def parse_listen(value: str) -> ListenAddress:
-    kind, _, rest = value.partition(":")
-    if kind == "inet":
-        host, port = split_host_port(rest)
-        return ListenAddress(host=host, port=port)
-    if kind == "unix" and rest:
-        return ListenAddress(path=Path(rest))
-    raise ValueError(f"expected inet:host:port or unix:/path, got {value!r}")
 
 
 @dataclass
@@ -578,7 +559,7 @@ class MilterServer:
     # --- listening -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        where = parse_listen(self.settings.milter.listen)
+        where = parse_milter_listen(self.settings.milter.listen)
         path = where.path
         loop = asyncio.get_running_loop()
         if path is None:

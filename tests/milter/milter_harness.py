@@ -30,7 +30,7 @@ from mailfilter.frontend.milter_protocol import MAX_PACKET
 from mailfilter.matching.cache import MemoryVerdictCache
 from mailfilter.metrics import Metrics
 from mailfilter.scanner import Scanner
-from mailfilter.settings import Settings
+from mailfilter.settings import Settings, parse_milter_listen
 from mailfilter.workers import WorkerPool
 
 
@@ -55,11 +55,11 @@ class RunningMilter:
     @property
     def address(self) -> tuple[str, int] | str:
         """(host, port) of an inet listener, or the path of a unix one."""
-        kind, _, rest = self.settings.milter.listen.partition(":")
-        if kind == "unix":
-            return rest
-        host, port = rest.rsplit(":", 1)
-        return host, int(port)
+        where = parse_milter_listen(self.settings.milter.listen)
+        if where.path is not None:
+            return str(where.path)
+        assert where.host is not None and where.port is not None
+        return where.host, where.port
 
     @property
     def quarantine_dir(self) -> Path:

@@ -639,3 +639,29 @@ def test_inet_listener_on_ipv6(milter_factory: Factory) -> None:
     c.run(c.session_packets())
     assert c.send_message(clean_message())[-1] == (ACCEPT, b"")
     c.close()
+
+
+@pytest.mark.parametrize("spelling", ["inet:{port}@127.0.0.1", "inet:{port}@[127.0.0.1]",
+                                      "inet:127.0.0.1:{port}", "local:{sock}"])
+def test_sendmail_and_opendkim_spellings_of_listen(milter_factory: Factory, tmp_path: Path,
+                                                   spelling: str) -> None:
+    """`inet:PORT@HOST` and `local:PATH`, as Sendmail and OpenDKIM write them, listen where
+    they say (issue 18, item 5)."""
+    port, sock = free_port(), tmp_path / "m.sock"
+    m = milter_factory(milter={"listen": spelling.format(port=port, sock=sock)})
+    if spelling.startswith("local:"):
+        assert m.server.address == f"unix:{sock}"
+        c = client(m)
+    else:
+        assert m.server.address == f"inet:127.0.0.1:{port}"
+        c = MilterClient(("127.0.0.1", port))
+        c.negotiate()
+        c.run(c.session_packets())
+    assert c.send_message(clean_message())[-1] == (ACCEPT, b"")
+    c.close()
+
+
+def test_inet_port_alone_listens_on_every_interface(milter_factory: Factory) -> None:
+    port = free_port()
+    m = milter_factory(milter={"listen": f"inet:{port}"})
+    assert m.server.address == f"inet:0.0.0.0:{port}"
