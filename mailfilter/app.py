@@ -33,7 +33,7 @@ from mailfilter.matching.live import LiveIndex
 from mailfilter.matching.store import BaseHashStore
 from mailfilter.metrics import HealthSource, Metrics, MetricsServer
 from mailfilter.scanner import Scanner
-from mailfilter.settings import LoadedSettings, Settings, load_settings
+from mailfilter.settings import LoadedSettings, Settings, load_settings, service_problems
 from mailfilter.workers import PoolStats, WorkerPool
 
 __all__ = ["App", "serve"]
@@ -82,9 +82,9 @@ class App:
 
     async def start(self) -> None:
         s = self.settings
-        if not s.smtp.listen and not s.milter.listen:
-            raise ConfigError(f"{self.source}: [smtp] listen and [milter] listen are both "
-                              "empty: nothing to serve")
+        problems = service_problems(s, self.source)
+        if problems:
+            raise ConfigError(*problems)
         self.pool = WorkerPool.from_settings(s.workers)
         self.store, self.live = await self._open_index(s)
         if not self.live.loaded:

@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from mailfilter import __version__
+from mailfilter.errors import ConfigError
 from mailfilter.frontend.command_line import (
     EXIT_ERROR,
     EXIT_MATCH,
@@ -29,7 +30,7 @@ from mailfilter.frontend.hashes_command import hashes
 from mailfilter.frontend.quarantine_command import quarantine
 from mailfilter.logs import setup_logging
 from mailfilter.matching.formats import FORMATS
-from mailfilter.settings import effective_toml
+from mailfilter.settings import effective_toml, service_problems
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -50,8 +51,12 @@ def cli(ctx: click.Context, log_format: str | None, log_level: str | None) -> No
 @config_option
 @handles_errors
 def check_config(config_path: Path | None) -> None:
-    """Validate a settings file and print the effective settings."""
+    """Validate a settings file and print the effective settings; every problem on a line
+    of its own (exit 2) otherwise, also those `serve` would refuse."""
     loaded = load_for_command(config_path)
+    problems = service_problems(loaded.settings, loaded.source)
+    if problems:
+        raise ConfigError(*problems)
     click.echo(f"# {loaded.source}: valid")
     click.echo(effective_toml(loaded.settings), nl=False)
 

@@ -17,7 +17,12 @@ class MailfilterError(Exception):
 
 
 class ConfigError(MailfilterError):
-    """A setting is missing, unknown or has a bad value. The message is one line."""
+    """A setting is missing, unknown or has a bad value: one line per problem (`problems`),
+    the message being those lines."""
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
 
 
 class ListFormatError(MailfilterError):

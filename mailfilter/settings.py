@@ -488,10 +488,16 @@ def _format_value(value: Any) -> str:
     return _toml_value(value)
 
 
-def _first_error_line(
+def _error_lines(
     exc: ValidationError, source: str, env_sources: Mapping[tuple[str, ...], str]
+) -> list[str]:
+    """One line per problem, in the order of the file's sections."""
+    return [_error_line(err, source, env_sources) for err in exc.errors()]
+
+
+def _error_line(
+    err: Any, source: str, env_sources: Mapping[tuple[str, ...], str]
 ) -> str:
-    err = exc.errors()[0]
     loc = tuple(str(p) for p in err["loc"] if not isinstance(p, int))
     origin = env_sources.get(loc[:2], source)
     if len(loc) >= 2:
@@ -553,8 +559,18 @@ def load_settings(
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_first_error_line(exc, source, env_sources)) from None
+        raise ConfigError(*_error_lines(exc, source, env_sources)) from None
     return LoadedSettings(settings=settings, source=source)
+
+
+def service_problems(settings: Settings, source: str) -> list[str]:
+    """What `serve` refuses in settings that are each valid on their own (so that
+    `check-config` says so too)."""
+    problems = []
+    if not settings.smtp.listen and not settings.milter.listen:
+        problems.append(f"{source}: [smtp] listen and [milter] listen are both empty: "
+                        "nothing to serve")
+    return problems
 
 
 def effective_toml(settings: Settings) -> str:

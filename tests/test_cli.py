@@ -39,6 +39,28 @@ def test_check_config_refuses_bad_file_with_one_line(tmp_path: Path) -> None:
     assert lines == [expected]
 
 
+def test_check_config_lists_every_problem_at_once(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[policy]\non_error = "ignore"\n[smtp]\nmax_connections = 0\n'
+                   '[images]\nmax_frames = "many"\n')
+    out = run("check-config", "--config", str(bad))
+    assert out.returncode == 2 and out.stdout == ""
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 3 and all(line.startswith(f"mailfilter: {bad}: [") for line in lines)
+    assert {line.split("] ")[1].split(" =")[0] for line in lines} == {
+        "on_error", "max_connections", "max_frames"}
+
+
+def test_check_config_refuses_what_serve_refuses(tmp_path: Path) -> None:
+    """Valid key by key, but nothing to serve: `serve` refuses it, so check-config must."""
+    idle = tmp_path / "idle.toml"
+    idle.write_text('[smtp]\nlisten = ""\n')
+    out = run("check-config", "--config", str(idle))
+    assert out.returncode == 2
+    assert out.stderr.strip() == (f"mailfilter: {idle}: [smtp] listen and [milter] listen "
+                                  "are both empty: nothing to serve")
+
+
 def test_quarantine_commands_on_an_empty_quarantine(tmp_path: Path) -> None:
     config = tmp_path / "mf.toml"
     config.write_text(f'[quarantine]\npath = "{tmp_path / "q"}"\n')

@@ -32,13 +32,15 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Machine-read
 
 
 def fail(message: str) -> NoReturn:
-    click.echo(f"mailfilter: {message}", err=True)
+    """Each line of `message` on stderr as `mailfilter: LINE`, then exit 2."""
+    for line in message.splitlines() or [""]:
+        click.echo(f"mailfilter: {line}", err=True)
     sys.exit(EXIT_ERROR)
 
 
 def handles_errors(fn: Callable[P, R]) -> Callable[P, R]:
-    """Bad settings or input files, an unreachable store, unreadable files: one line on
-    stderr and exit 2, never a traceback."""
+    """Bad settings or input files, an unreachable store, unreadable files: one line per
+    problem on stderr and exit 2, never a traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
