@@ -29,6 +29,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from mailfilter import signals
@@ -387,6 +388,23 @@ class Settings(_Section):
     milter: MilterSettings = MilterSettings()
     metrics: MetricsSettings = MetricsSettings()
     logging: LoggingSettings = LoggingSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _quarantine_under_the_store(cls, data: Any) -> Any:
+        """`store.path` is mailfilter's state directory: the quarantine goes under it
+        (`STORE_PATH/quarantine`) unless `quarantine.path` says otherwise."""
+        if not isinstance(data, dict):
+            return data
+        store, quarantine = data.get("store"), data.get("quarantine")
+        if not isinstance(store, dict) or "path" not in store:
+            return data
+        if quarantine is None:
+            quarantine = {}
+        if isinstance(quarantine, dict) and "path" not in quarantine:
+            data = {**data, "quarantine": {**quarantine,
+                                           "path": str(Path(str(store["path"])) / "quarantine")}}
+        return data
 
 
 # --- loading ----------------------------------------------------------------------------

@@ -178,3 +178,15 @@ def test_milter_listen_spellings(value: str, host: str | None, port: int | None,
 def test_milter_listen_refused_with_the_spellings(value: str) -> None:
     with pytest.raises(ValueError, match="inet:port@host"):
         Settings.model_validate({"milter": {"listen": value}})
+
+
+def test_the_quarantine_follows_the_state_directory(tmp_path: Path) -> None:
+    """`store.path` moves the quarantine too unless `quarantine.path` is set (issue 18,
+    item 6); the environment counts as the file does."""
+    config = tmp_path / "mf.toml"
+    config.write_text(f'[store]\npath = "{tmp_path / "state"}"\n')
+    assert load_settings(config, {}).settings.quarantine.path == tmp_path / "state" / "quarantine"
+    env = {"MAILFILTER_STORE__PATH": str(tmp_path / "other")}
+    assert load_settings(None, env).settings.quarantine.path == tmp_path / "other" / "quarantine"
+    config.write_text(f'[store]\npath = "{tmp_path / "state"}"\n[quarantine]\npath = "/q"\n')
+    assert load_settings(config, {}).settings.quarantine.path == Path("/q")
