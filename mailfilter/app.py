@@ -200,6 +200,10 @@ class App:
                     self.cache.close()
                 self.cache = open_cache(new.store, settings_namespace(new))
             self.settings = new
+            if self.relay is not None:
+                # The next hop of relayed mail and of report mail alike: applied here, not
+                # by a front end, so a milter-only instance follows a changed next_hop too.
+                self.relay.configure(new.smtp)
             if self.proxy is not None:
                 self.proxy.reconfigure(new, self._scanner())
             if self.milter is not None:

@@ -569,11 +569,11 @@ class SmtpProxy:
         self.address: tuple[str, int] | None = None
 
     def reconfigure(self, settings: Settings, scanner: Scanner) -> None:
-        """New settings for the next messages (listen address and TLS need a restart)."""
+        """New settings for the next messages (listen address and TLS need a restart; the
+        relay pool, shared with the report sender, is reconfigured by the service)."""
         self.settings = settings
         self.handler.reconfigure(settings, scanner)
         self.clients = AllowedClients(settings.smtp.allowed_clients)
-        self.relay.configure(settings.smtp)
 
     # --- serving ---------------------------------------------------------------------------
 

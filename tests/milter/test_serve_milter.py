@@ -16,6 +16,7 @@ from proxy.proxy_harness import (
     enroll,
     free_port,
     http_get,
+    running_sink,
     spawn_serve,
     wait_port,
     write_config,
@@ -113,3 +114,34 @@ def test_nothing_to_serve(tmp_path: Path) -> None:
                          env={**os.environ, "MAILFILTER_SMTP__LISTEN": ""})
     assert run.returncode == 2
     assert "[smtp] listen and [milter] listen are both empty" in run.stderr
+
+
+def test_milter_only_sighup_moves_report_mail_to_a_new_next_hop(tmp_path: Path) -> None:
+    """A milter-only instance has no proxy to reconfigure its relay pool, which also carries
+    report mail: a changed `[smtp] next_hop` must apply on SIGHUP (issue 18, item 1)."""
+    sock = tmp_path / "milter.sock"
+    metrics_port, smtp_port = free_port(), free_port()
+    report = '[report]\nto = ["abuse@example.org"]\nfrom = "mailfilter@example.org"\n'
+    milter = f'[milter]\nlisten = "unix:{sock}"\n[policy]\non_match = "quarantine"\n'
+    config = write_config(tmp_path, "127.0.0.1:9", smtp_port, metrics_port,
+                          sections=milter + report)
+    image = tmp_path / "known.jpg"
+    image.write_bytes(KNOWN)
+    enroll(config, image)
+    with running_sink() as sink:
+        proc = _serve(config, tmp_path, {"MAILFILTER_SMTP__LISTEN": ""})
+        try:
+            wait_port("127.0.0.1", metrics_port, proc=proc)
+            assert wait_for(sock.exists, 30), _log(tmp_path)
+            write_config(tmp_path, f"127.0.0.1:{sink.port}", smtp_port, metrics_port,
+                         sections=milter + report)
+            proc.send_signal(signal.SIGHUP)
+            assert wait_for(lambda: "settings reloaded" in _log(tmp_path), 30), _log(tmp_path)
+            c = _session(str(sock))
+            assert c.send_message(matching_message())[0][0] == QUARANTINE
+            c.close()
+            assert wait_for(lambda: any("abuse@example.org" in " ".join(m.rcpts)
+                                        for m in sink.messages), 60), _log(tmp_path)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
