@@ -325,10 +325,21 @@ def _assert_parts_join_to_the_whole(data: bytes, params: VideoParams = PARAMS,
     ("vp9.webm", 50),
     ("mjpeg.avi", None),
 ])
-def test_parts_join_to_the_whole_video(kind: str, gop: int | None) -> None:
+def test_parts_join_to_the_whole_video(kind: str, gop: int | None,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
     frames = scene_frames(11.0, 25, 160, 120, scene_seconds=0.5)
     data = encode(frames, kind, fps=25, gop=gop)
+    seeks: list[bool] = []
+    real_seek = video._seek
+
+    def seek(*args: object) -> object:
+        found = real_seek(*args)  # type: ignore[arg-type]
+        seeks.append(found is not None)
+        return found
+
+    monkeypatch.setattr(video, "_seek", seek)
     _assert_parts_join_to_the_whole(data, counts=(2, 3, 4))
+    assert seeks and all(seeks)  # each part after the first started at a keyframe
     _assert_parts_join_to_the_whole(data, VideoParams(video=VideoSettings(
         frames_per_second=3.0)), counts=(2, 3))
 
@@ -401,3 +412,21 @@ def test_a_part_out_of_range_is_a_programming_error(h264: bytes) -> None:
 @pytest.mark.parametrize("name", sorted(p.stem for p in (VECTORS / "videos").glob("*.mp4")))
 def test_parts_join_to_the_whole_on_metas_vectors(name: str) -> None:
     _assert_parts_join_to_the_whole((VECTORS / "videos" / f"{name}.mp4").read_bytes())
+
+
+def test_a_part_starts_at_the_keyframe_displayed_at_or_before_its_first_grid_time() -> None:
+    # Keyframes at 0, 4 and 8 s; with B-frames the keyframe at 4 s is decoded at 3.92 s,
+    # and an MP4 index is searched by decode time: asked for 3.95 s, the container first
+    # gives the keyframe displayed at 4 s, and is asked again for the one before.
+    frames = scene_frames(10.0, 25, 160, 120, scene_seconds=0.5)
+    data = encode(frames, "h264.mp4", fps=25, gop=100)
+    for moment, keyframe in ((3.95, 0.0), (4.0, 4.0), (4.5, 4.0), (9.0, 8.0)):
+        box = video._open(data, "mp4")
+        stream = box.streams.video[0]
+        found = video._seek(box, stream, moment)
+        assert found is not None
+        first = next(found)
+        assert first.is_keyframe and first.pts is not None and stream.time_base is not None
+        origin = stream.start_time or 0
+        assert float((first.pts - origin) * stream.time_base) == pytest.approx(keyframe)
+        box.close()
