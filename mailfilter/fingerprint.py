@@ -9,7 +9,8 @@ the worker pool; nothing here does I/O.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from PIL import Image
@@ -20,7 +21,7 @@ from mailfilter.hashing.exact import exact_hashes
 from mailfilter.hashing.gridhist import gridhist_dihedral, gridhist_from_luma
 from mailfilter.hashing.pdq import pdq_from_luma
 from mailfilter.images import FRAMES_PAST_LIMIT, decode
-from mailfilter.model import AttachmentKind, FrameFingerprint, ImageFingerprint
+from mailfilter.model import AttachmentKind, ExactHashes, FrameFingerprint, ImageFingerprint
 from mailfilter.settings import ImageSettings, Settings, VideoSettings
 
 PREVIEW_SHORT_SIDE = 160
@@ -63,16 +64,50 @@ class FingerprintParams:
         return self.video.deadline if kind is AttachmentKind.VIDEO else self.images.deadline
 
 
-def fingerprint_media(data: bytes, kind: AttachmentKind,
-                      params: FingerprintParams) -> ImageFingerprint:
+def fingerprint_media(data: bytes, kind: AttachmentKind, params: FingerprintParams,
+                      part: int = 0, parts: int = 1) -> ImageFingerprint:
     """The worker task for one attachment the extract stage handed on: a video's sampled
-    frames, or an image's."""
+    frames (part `part` of `parts` of its timeline: see merge_video_parts), or an image's."""
     if kind is AttachmentKind.VIDEO:
-        return fingerprint_video(data, params)
+        return fingerprint_video(data, params, part, parts)
     return fingerprint_image(data, params)
 
 
-def fingerprint_video(data: bytes, params: FingerprintParams) -> ImageFingerprint:
+def merge_video_parts(parts: Sequence[ImageFingerprint], exact: ExactHashes) -> ImageFingerprint:
+    """One video's fingerprint from the fingerprints of the parts of its timeline, decoded
+    by several workers at once (one decoder uses one core): samples in time order (frame
+    numbers renumbered), vPDQ features joined with the near repeats at the seams pruned as
+    within a part, the first part's description, the longest duration. A part that failed
+    leaves the video incomplete with its reason (the other parts' frames still match); all
+    parts skipped for the same reason (not a video, no video stream) is that reason."""
+    from mailfilter.hashing.vpdq import parse_features, prune
+
+    frames: list[FrameFingerprint] = []
+    times: list[float] = []
+    features: list[str] = []
+    incomplete: tuple[str, str] | None = None
+    for fp in parts:
+        frames.extend(replace(f, frame=f.frame + len(times)) for f in fp.frames)
+        times.extend(fp.frame_times)
+        features.extend(fp.vpdq)
+        if incomplete is None and (fp.incomplete or fp.skipped):
+            incomplete = (fp.incomplete or fp.skipped or "", fp.detail)
+    first = parts[0]
+    if all(fp.skipped for fp in parts) and not times:
+        return replace(first, exact=exact)
+    described = next((fp for fp in parts if fp.image_format), first)
+    return ImageFingerprint(
+        exact=exact, width=described.width, height=described.height,
+        image_format=described.image_format, frames=tuple(frames), frame_count=len(times),
+        incomplete=incomplete[0] if incomplete else None,
+        detail=incomplete[1] if incomplete else "",
+        vpdq=tuple(str(f) for f in prune(parse_features(features))), frame_times=tuple(times),
+        duration=max(fp.duration for fp in parts),
+    )
+
+
+def fingerprint_video(data: bytes, params: FingerprintParams, part: int = 0,
+                      parts: int = 1) -> ImageFingerprint:
     """A video's fingerprint as the match stage reads it: `frames` hold every sampled
     frame's fingerprints (whole, and trimmed of letterbox/pillarbox borders), so they are
     looked up in the image lists as an animation's frames are; `vpdq` its features for the
@@ -81,9 +116,11 @@ def fingerprint_video(data: bytes, params: FingerprintParams) -> ImageFingerprin
     hashes with that reason."""
     from mailfilter import video  # PyAV: imported only in the workers that decode videos
 
-    v = video.fingerprint_video(data, video.VideoParams(
+    video_params = video.VideoParams(
         video=params.video, pdq_min_quality=params.pdq_min_quality,
-        min_dimension=params.images.min_dimension, trim_borders=params.images.trim_borders))
+        min_dimension=params.images.min_dimension, trim_borders=params.images.trim_borders)
+    v = (video.fingerprint_video(data, video_params) if parts == 1 else
+         video.fingerprint_video(data, video_params, part=part, parts=parts))
     described = "/".join(x for x in (v.container, v.codec) if x) or None
     return ImageFingerprint(
         exact=v.exact, width=v.width, height=v.height, image_format=described,

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 from mailfilter.errors import WorkerFailure
 from mailfilter.extract import extract, extract_text_only
 from mailfilter.extract.core import DECLARED_NOT_AN_IMAGE
-from mailfilter.fingerprint import FingerprintParams, fingerprint_media
+from mailfilter.fingerprint import FingerprintParams, fingerprint_media, merge_video_parts
 from mailfilter.hashing.exact import exact_hashes
 from mailfilter.images import NO_PIXEL_DATA
 from mailfilter.matching.cache import VerdictCache
@@ -44,6 +44,7 @@ from mailfilter.model import (
     Attachment,
     AttachmentKind,
     AttachmentResult,
+    ExactHashes,
     Extraction,
     ImageFingerprint,
     Match,
@@ -74,6 +75,12 @@ class ScanTrace:
     sizes: dict[str, int] = field(default_factory=dict)
     cache_hits: int = 0
     subject: str | None = None
+
+
+async def _exact_hashes(data: bytes) -> ExactHashes:
+    if len(data) >= _THREAD_HASH_MIN:
+        return await asyncio.to_thread(exact_hashes, data)
+    return exact_hashes(data)
 
 
 async def _sha256(data: bytes) -> str:
@@ -132,20 +139,28 @@ def _image_records(results: Iterable[AttachmentResult]
     return unscannable, defects
 
 
-WorkerScan = tuple[Extraction, tuple[ImageFingerprint, ...], tuple[int, ...], float]
-"""What `extract_and_fingerprint` returns: the extraction with the attachments' `data`
-left empty, a fingerprint per attachment, their sizes, seconds spent fingerprinting."""
+WorkerScan = tuple[Extraction, tuple[ImageFingerprint | None, ...], tuple[int, ...], float]
+"""What `extract_and_fingerprint` returns: the extraction with the images' `data` left
+empty, a fingerprint per attachment (None for a video: its bytes are kept, and its parts
+are fingerprinted by several workers at once), their sizes, seconds spent fingerprinting."""
+
+#: A video is split into parts of its timeline decoded by different workers at once, about
+#: one part per this many bytes, at most one per worker (one decoder uses one core).
+VIDEO_PART_BYTES = 2_000_000
 
 
 def extract_and_fingerprint(raw: bytes, limits: ExtractSettings,
                             params: FingerprintParams) -> WorkerScan:
-    """A worker task: extract, then fingerprint each attachment in this process, each
-    within `params.images.deadline` (else skipped with reason `deadline`, as a task of its
-    own would be)."""
+    """A worker task: extract, then fingerprint each image in this process, each within
+    `params.images.deadline` (else skipped with reason `deadline`, as a task of its own
+    would be); videos are left to the caller."""
     extraction = extract(raw, limits)
     started = time.perf_counter()
-    fingerprints = []
+    fingerprints: list[ImageFingerprint | None] = []
     for a in extraction.attachments:
+        if a.kind is AttachmentKind.VIDEO:
+            fingerprints.append(None)
+            continue
         try:
             with time_limit(params.deadline(a.kind)):
                 fp = fingerprint_media(a.data, a.kind, params)
@@ -156,7 +171,8 @@ def extract_and_fingerprint(raw: bytes, limits: ExtractSettings,
     seconds = time.perf_counter() - started
     sizes = tuple(len(a.data) for a in extraction.attachments)
     light = replace(extraction, attachments=tuple(
-        replace(a, data=b"") for a in extraction.attachments))
+        a if a.kind is AttachmentKind.VIDEO else replace(a, data=b"")
+        for a in extraction.attachments))
     return light, tuple(fingerprints), sizes, seconds
 
 
@@ -187,6 +203,8 @@ class Scanner:
             )
 
     async def _fingerprint(self, attachment: Attachment) -> ImageFingerprint:
+        if attachment.kind is AttachmentKind.VIDEO:
+            return await self._video(attachment)
         try:
             return await self._pool.run(
                 fingerprint_media, attachment.data, attachment.kind, self._params,
@@ -196,6 +214,24 @@ class Scanner:
             return ImageFingerprint(
                 exact=exact_hashes(attachment.data), skipped=exc.reason, detail=exc.detail
             )
+
+    async def _video(self, attachment: Attachment) -> ImageFingerprint:
+        """A video's fingerprint, its timeline split over the workers (merge_video_parts)."""
+        data = attachment.data
+        parts = max(1, min(self._pool.processes, -(-len(data) // VIDEO_PART_BYTES)))
+
+        async def part(i: int) -> ImageFingerprint:
+            try:
+                return await self._pool.run(
+                    fingerprint_media, data, attachment.kind, self._params, i, parts,
+                    deadline=self._params.deadline(attachment.kind))
+            except WorkerFailure as exc:
+                return ImageFingerprint(exact=ExactHashes("", "", ""), skipped=exc.reason,
+                                        detail=exc.detail)
+
+        found = await asyncio.gather(*(part(i) for i in range(parts)))
+        exact = found[0].exact if found[0].exact.sha256 else await _exact_hashes(data)
+        return merge_video_parts(found, exact)
 
     async def _cached_fingerprint(
         self, attachment: Attachment, version: int
@@ -233,7 +269,8 @@ class Scanner:
         if scanned is not None:
             extraction, fingerprints, sizes, fp_seconds = scanned
             found: list[tuple[ImageFingerprint, tuple[Match, ...] | None]] = [
-                (fp, None) for fp in fingerprints]
+                (fp if fp is not None else await self._video(a), None)
+                for a, fp in zip(extraction.attachments, fingerprints, strict=True)]
             fingerprinted = time.perf_counter()
             extracted = fingerprinted - fp_seconds
         else:

@@ -113,3 +113,43 @@ def test_audio_only_is_a_file_looked_at(pool: WorkerPool) -> None:
     assert result.verdict is Verdict.CLEAN, (result.unscannable, result.attachments)
     [item] = result.attachments
     assert item.kind is AttachmentKind.FILE
+
+
+def test_a_video_split_over_the_workers_gives_the_same_fingerprint(
+        pool: WorkerPool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long video's timeline is decoded in parts by several workers at once and merged:
+    the same samples and vPDQ as one worker decoding it all."""
+    import mailfilter.scanner as scanner_module
+
+    video = encode(scene_frames(8, FPS, W, H, seed=51), "h264.mp4", FPS)
+    whole = scan(pool, photo_list(), "v.mp4", "video/mp4", video).attachments[0].fingerprint
+    monkeypatch.setattr(scanner_module, "VIDEO_PART_BYTES", len(video) // 2 + 1)
+    split = scan(pool, photo_list(), "v.mp4", "video/mp4", video).attachments[0].fingerprint
+    assert split.frame_times == whole.frame_times
+    assert split.vpdq == whole.vpdq
+    assert split.exact == whole.exact and split.incomplete is None
+
+
+def test_merging_parts() -> None:
+    from mailfilter.fingerprint import merge_video_parts
+    from mailfilter.model import ExactHashes, FrameFingerprint, ImageFingerprint
+
+    exact = ExactHashes("a" * 32, "b" * 40, "c" * 64)
+    h1, h2 = "0" * 64, "f" * 64
+
+    def part(times: list[float], hashes: list[str], **kw: object) -> ImageFingerprint:
+        frames = tuple(FrameFingerprint(i, False, h, 90, (h,), None)
+                       for i, h in enumerate(hashes))
+        return ImageFingerprint(exact=exact, image_format="mp4/h264", frames=frames,
+                                frame_times=tuple(times), duration=4.0,
+                                vpdq=tuple(f"{h},90,{t:.3f}" for h, t in zip(hashes, times,
+                                                                            strict=True)),
+                                **kw)  # type: ignore[arg-type]
+
+    merged = merge_video_parts([part([0.0, 1.0], [h1, h2]), part([2.0, 3.0], [h2, h1])], exact)
+    assert merged.frame_times == (0.0, 1.0, 2.0, 3.0)
+    assert [f.frame for f in merged.frames] == [0, 1, 2, 3]
+    assert len(merged.vpdq) == 3  # the repeat across the seam is pruned, as within a part
+    failed = ImageFingerprint(exact=ExactHashes("", "", ""), skipped="worker-crashed")
+    merged = merge_video_parts([part([0.0], [h1]), failed], exact)
+    assert merged.incomplete == "worker-crashed" and merged.frame_times == (0.0,)
