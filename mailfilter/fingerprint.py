@@ -78,8 +78,8 @@ def merge_video_parts(parts: Sequence[ImageFingerprint], exact: ExactHashes) -> 
     by several workers at once (one decoder uses one core): samples in time order (frame
     numbers renumbered), vPDQ features joined with the near repeats at the seams pruned as
     within a part, the first part's description, the longest duration. A part that failed
-    leaves the video incomplete with its reason (the other parts' frames still match); all
-    parts skipped for the same reason (not a video, no video stream) is that reason."""
+    leaves the video incomplete with its reason (the other parts' frames still match); part
+    0 skipped with no frame anywhere (not a video, no video stream, corrupt) is that reason."""
     from mailfilter.hashing.vpdq import parse_features, prune
 
     frames: list[FrameFingerprint] = []
@@ -93,7 +93,7 @@ def merge_video_parts(parts: Sequence[ImageFingerprint], exact: ExactHashes) -> 
         if incomplete is None and (fp.incomplete or fp.skipped):
             incomplete = (fp.incomplete or fp.skipped or "", fp.detail)
     first = parts[0]
-    if all(fp.skipped for fp in parts) and not times:
+    if first.skipped and not times:  # (later parts skip only what part 0 skips first)
         return replace(first, exact=exact)
     described = next((fp for fp in parts if fp.image_format), first)
     return ImageFingerprint(
