@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 import click
 
@@ -25,15 +26,57 @@ from mailfilter.frontend.command_line import (
     json_option,
     load_for_command,
 )
-from mailfilter.frontend.demo_command import demo
-from mailfilter.frontend.hashes_command import hashes
-from mailfilter.frontend.quarantine_command import quarantine
 from mailfilter.logs import setup_logging
 from mailfilter.matching.formats import FORMATS
-from mailfilter.settings import effective_toml, service_problems
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _LazyGroup(click.Group):
+    """Command groups of their own modules (`hashes`, `quarantine`, `demo`) are imported
+    when they are run or asked for their help: their imports (the store, Redis, the
+    quarantine) cost more than half a second, which `mailfilter --help` should not pay.
+    Their one-line help is given here so the top-level help needs none of them
+    (tests/test_cli.py checks it is theirs)."""
+
+    LAZY: ClassVar[dict[str, tuple[str, str, str]]] = {  # name: module, attribute, help
+        "hashes": ("mailfilter.frontend.hashes_command", "hashes",
+                   "Manage hash lists: import, add, stats, export, remove."),
+        "quarantine": ("mailfilter.frontend.quarantine_command", "quarantine",
+                       "Inspect and act on quarantined messages (never shows message or "
+                       "image content)."),
+        "demo": ("mailfilter.frontend.demo_command", "demo",
+                 "Run the whole filter once on this machine: embedded store, a local sink "
+                 "as..."),
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.LAZY])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.LAZY:
+            import importlib
+
+            module, attr, _help = self.LAZY[cmd_name]
+            command = getattr(importlib.import_module(module), attr)
+            assert isinstance(command, click.Command)
+            return command
+        return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            if name in self.LAZY:
+                rows.append((name, self.LAZY[name][2]))
+                continue
+            command = super().get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(formatter.width)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+@click.group(cls=_LazyGroup,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="mailfilter")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default=None,
               help="Log line format (default: [logging] format, text).")
@@ -53,6 +96,8 @@ def cli(ctx: click.Context, log_format: str | None, log_level: str | None) -> No
 def check_config(config_path: Path | None) -> None:
     """Validate a settings file and print the effective settings; every problem on a line
     of its own (exit 2) otherwise, also those `serve` would refuse."""
+    from mailfilter.settings import effective_toml, service_problems
+
     loaded = load_for_command(config_path)
     problems = service_problems(loaded.settings, loaded.source)
     if problems:
@@ -129,9 +174,6 @@ def scan(as_json: bool, config_path: Path | None, hash_files: tuple[Path, ...],
     sys.exit(EXIT_MATCH if summary.matches else EXIT_OK)
 
 
-cli.add_command(hashes)
-cli.add_command(demo)
-cli.add_command(quarantine)
 
 
 def main() -> None:

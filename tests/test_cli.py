@@ -21,6 +21,31 @@ def test_help_lists_the_contract_commands() -> None:
         assert command in out.stdout
 
 
+def test_lazy_commands_show_their_own_help() -> None:
+    """`mailfilter --help` lists hashes, quarantine and demo without importing them: the
+    short help it shows must be theirs."""
+    import importlib
+
+    from mailfilter.cli import _LazyGroup
+
+    for name, (module, attr, short) in _LazyGroup.LAZY.items():
+        command = getattr(importlib.import_module(module), attr)
+        assert command.name == name
+        assert command.get_short_help_str(80) == short, name
+    out = run("hashes", "--help")
+    assert out.returncode == 0 and "import" in out.stdout
+
+
+def test_help_imports_no_settings_or_store() -> None:
+    code = ("import sys; from mailfilter.cli import cli\n"
+            "try:\n    cli(['--help'], prog_name='mailfilter')\nexcept SystemExit:\n    pass\n"
+            "heavy = [m for m in ('pydantic', 'redis', 'numpy', 'mailfilter.settings') "
+            "if m in sys.modules]\nprint('HEAVY', heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, cwd=REPO)
+    assert "HEAVY []" in out.stdout, out.stdout + out.stderr
+
+
 def test_check_config_prints_effective_settings() -> None:
     out = run("check-config", "--config", "config/mailfilter.example.toml")
     assert out.returncode == 0, out.stderr

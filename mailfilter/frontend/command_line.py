@@ -7,13 +7,15 @@ import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
 import click
 
 from mailfilter.errors import ConfigError, ListFormatError, TemporaryFailure
 from mailfilter.logs import setup_logging
-from mailfilter.settings import LoadedSettings, load_settings
+
+if TYPE_CHECKING:  # (settings import pydantic: not needed to print --help)
+    from mailfilter.settings import LoadedSettings
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -61,6 +63,8 @@ def handles_errors(fn: Callable[P, R]) -> Callable[P, R]:
 def load_for_command(config_path: Path | None, service: bool = False) -> LoadedSettings:
     """Settings, and logging set up from them. Only the service logs at the configured
     level by default; one-shot commands log warnings unless --log-level asks for more."""
+    from mailfilter.settings import load_settings
+
     loaded = load_settings(config_path)
     opts: dict[str, Any] = click.get_current_context().find_root().meta
     setup_logging(
