@@ -44,6 +44,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import itertools
 import logging
 import re
 import zlib
@@ -635,8 +636,9 @@ def _unopenable_streams(data: bytes, cap: int) -> list[bytes] | None:
         if len(decoded) > budget:
             return None
         budget -= len(decoded)
-        if _INLINE_IMAGE.search(decoded) or len(
-                _PAINT_OPERATORS.findall(decoded[: 1 << 20])) > _MAX_PAINTS_UNSEEN:
+        paints = _PAINT_OPERATORS.finditer(decoded)  # all of it: a picture can come late
+        if _INLINE_IMAGE.search(decoded) or any(
+                True for _ in itertools.islice(paints, _MAX_PAINTS_UNSEEN, None)):
             return None
         found.append(decoded)
     return found

@@ -394,7 +394,7 @@ def _page_objects(page: Any, page_box: Box, budget: list[int], deadline: float,
                 result.vectors = _VectorGrid(page_box, pdfium_c)
             result.vectors.count(raw, to_page, clip)
         if patterns and kind == pdfium_c.FPDF_PAGEOBJ_SHADING:
-            shaded = _shading_box(raw, to_page, clip, pdfium_c)
+            shaded = _visible_box(raw, to_page, clip, pdfium_c)
             if shaded is not None:
                 result.images.append(_Placement(shaded, _PATTERN_DENSITY, False, seq, None,
                                                 False, 0))
@@ -445,8 +445,9 @@ def _page_objects(page: Any, page_box: Box, budget: list[int], deadline: float,
     return result
 
 
-def _shading_box(raw: Any, to_page: Matrix, clip: Box | None, pdfium_c: Any) -> Box | None:
-    """The visible box of a shading (`sh`) large enough to show a picture, else None."""
+def _visible_box(raw: Any, to_page: Matrix, clip: Box | None, pdfium_c: Any) -> Box | None:
+    """The visible box of a drawn object (a shading, a filled path) large enough to show
+    a picture, else None."""
     bounds = _bounds(raw, pdfium_c)
     box = _intersect(clip, _transform(to_page, bounds)) if bounds else None
     if box is None or not _finite(box):
@@ -461,13 +462,7 @@ def _filled_box(raw: Any, to_page: Matrix, clip: Box | None, pdfium_c: Any) -> B
     fill_mode, stroke = ctypes.c_int(), ctypes.c_int()
     if not pdfium_c.FPDFPath_GetDrawMode(raw, fill_mode, stroke) or fill_mode.value == 0:
         return None
-    bounds = _bounds(raw, pdfium_c)
-    box = _intersect(clip, _transform(to_page, bounds)) if bounds else None
-    if box is None or not _finite(box):
-        return None
-    if min(box[2] - box[0], box[3] - box[1]) < _MIN_PATTERN_SIDE:
-        return None
-    return box
+    return _visible_box(raw, to_page, clip, pdfium_c)
 
 
 def _mark_redundant(found: _PageObjects, plain: frozenset[bytes], annotated: bool) -> None:

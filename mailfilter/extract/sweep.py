@@ -387,6 +387,16 @@ def _text_markers(data: bytes) -> bool:
 # --- carving ----------------------------------------------------------------------------
 
 
+def _carve_limit_reached(ctx: Context, kids: Children) -> bool:
+    """Whether the message's carving budget is spent (recorded as carve-limit: what is
+    left is not looked at)."""
+    if ctx.carved < MAX_CARVED:
+        return False
+    ctx.skip(kids.node.path, core.CARVE_LIMIT,
+             f"more than {MAX_CARVED} signatures carved out of payloads in the message")
+    return True
+
+
 def carve(ctx: Context, kids: Children, data: bytes, first: int = 1) -> Iterator[PayloadNode]:
     """The files whose signatures sit in `data` at `first` or later, each cut where its
     format ends (else at the end of the data); signatures inside a carved file are left to
@@ -395,11 +405,7 @@ def carve(ctx: Context, kids: Children, data: bytes, first: int = 1) -> Iterator
     for at, kind in signatures(data, first):
         if at < busy_until:
             continue
-        if ctx.carved >= MAX_CARVED:
-            ctx.skip(
-                kids.node.path, core.CARVE_LIMIT,
-                f"more than {MAX_CARVED} signatures carved out of payloads in the message",
-            )
+        if _carve_limit_reached(ctx, kids):
             return
         end = carved_end(data, at, kind)
         busy_until = end
@@ -482,11 +488,7 @@ def _jpeg_app_pictures(ctx: Context, kids: Children, data: bytes) -> Iterator[Pa
             if not _plausible_jpeg(segment[at : at + _SNIFF_BYTES]):
                 at = segment.find(b"\xff\xd8\xff", at + 1)
                 continue
-            if ctx.carved >= MAX_CARVED:
-                ctx.skip(
-                    kids.node.path, core.CARVE_LIMIT,
-                    f"more than {MAX_CARVED} signatures carved out of payloads in the message",
-                )
+            if _carve_limit_reached(ctx, kids):
                 return
             stop = _jpeg_end(segment, at)
             piece = segment[at:stop]

@@ -1121,12 +1121,13 @@ class HashIndex:
         attachment's frames match that video (an excerpt does not either). Match.distance
         is the share of frames not matched on the side that decided (0: all), and
         Match.value the listed video's id."""
+        from mailfilter.hashing.vpdq import parse_features
+
         frames = self._frames
         unique: dict[str, None] = {}
-        for feature in features:
-            pdq_hex, quality, _time = feature.split(",")
-            if int(quality) >= min_quality:
-                unique.setdefault(pdq_hex.lower())
+        for feature in parse_features(features):  # ValueError on a malformed feature
+            if feature.quality >= min_quality:
+                unique.setdefault(feature.pdq_hex)
         if frames is None or not unique:
             return []
         qbytes = b"".join(_hex_bytes(q, PDQ_BYTES, "vpdq query") for q in unique)
