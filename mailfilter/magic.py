@@ -126,6 +126,11 @@ def _plausible_ico(head: bytes) -> bool:
     )
 
 
+# Skip reasons of a video container with no video in it (the decoder's, video.py), named
+# here, where neither the decoder nor PyAV is imported, for the stages that read them.
+NOT_A_VIDEO = "not-a-video"  # no video container signature after all
+NO_VIDEO_STREAM = "no-video-stream"  # a container holding no video (audio only, say)
+
 # The boxes an ISO-BMFF (MP4, 3GP) or QuickTime (MOV) file may start with.
 _QUICKTIME_FIRST_BOXES = frozenset({b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide",
                                     b"pnot"})

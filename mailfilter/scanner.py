@@ -37,6 +37,7 @@ from mailfilter.extract.core import DECLARED_NOT_AN_IMAGE
 from mailfilter.fingerprint import FingerprintParams, fingerprint_media, merge_video_parts
 from mailfilter.hashing.exact import exact_hashes
 from mailfilter.images import NO_PIXEL_DATA
+from mailfilter.magic import NO_VIDEO_STREAM, NOT_A_VIDEO
 from mailfilter.matching.cache import VerdictCache
 from mailfilter.matching.index import HashIndex
 from mailfilter.matching.lookup import match_fingerprint
@@ -98,7 +99,7 @@ NOT_AN_IMAGE = "not-an-image"
 #: attachment counts as looked at (its exact hashes were matched): a defect each.
 LOOKED_AT = {NOT_AN_IMAGE: DECLARED_NOT_AN_IMAGE, NO_PIXEL_DATA: "image-without-pixel-data",
              # (a video container that holds no video: audio only, or not a video at all)
-             "no-video-stream": "video-without-video-stream", "not-a-video": "not-a-video"}
+             NO_VIDEO_STREAM: "video-without-video-stream", NOT_A_VIDEO: "not-a-video"}
 
 
 def _kind_found(handed_on: AttachmentKind, fp: ImageFingerprint) -> AttachmentKind:

@@ -112,7 +112,7 @@ from mailfilter.hashing.exact import exact_hashes
 from mailfilter.hashing.gridhist import gridhist_dihedral, gridhist_from_luma
 from mailfilter.hashing.pdq import PdqResult, pdq_from_luma
 from mailfilter.hashing.vpdq import VpdqFeature, feature_from_pdq, luma_from_rgb, prune
-from mailfilter.magic import video_container
+from mailfilter.magic import NO_VIDEO_STREAM, NOT_A_VIDEO, video_container
 from mailfilter.model import ExactHashes, FrameFingerprint
 from mailfilter.settings import Settings, VideoSettings
 
@@ -135,9 +135,7 @@ __all__ = [
     "sniff_container",
 ]
 
-NOT_A_VIDEO = "not-a-video"
 UNSUPPORTED_FORMAT = "unsupported-format"
-NO_VIDEO_STREAM = "no-video-stream"
 TOO_LARGE = "too-large"
 TOO_MANY_PIXELS = "too-many-pixels"
 CORRUPT = "corrupt"
