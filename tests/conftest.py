@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import sys
@@ -25,6 +24,7 @@ import pytest
 import redis
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from ports import free_port as free_port  # re-exported: harnesses import it from here
 
 TESTS_DIR = Path(__file__).resolve().parent
 # Worker processes (forkserver/spawn) import test task modules from here.
@@ -37,12 +37,6 @@ SHARED = REPO.parent / "shared"
 # Every key prefix of this run starts with RUN_PREFIX, so the run can check at its end that
 # it left nothing behind in a shared Redis (and touch no other run's keys doing so).
 RUN_PREFIX = f"mftest:{uuid.uuid4().hex[:8]}"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _redis_answers(url: str) -> bool:

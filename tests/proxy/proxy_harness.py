@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from factories import jpeg
+from ports import free_port as free_port  # re-exported: harnesses import it from here
 
 from mailfilter.actions.quarantine import QuarantineStore
 from mailfilter.actions.relay import RelayPool
@@ -32,13 +33,6 @@ from mailfilter.metrics import Metrics
 from mailfilter.scanner import Scanner
 from mailfilter.settings import Settings, load_settings
 from mailfilter.workers import WorkerPool
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 KNOWN = jpeg(42)  # the enrolled stand-in image (benign, generated)
 

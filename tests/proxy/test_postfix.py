@@ -7,7 +7,9 @@ Skipped when Postfix is not installed, unless CI is set (then it fails)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,6 +75,11 @@ def test_matching_message_is_quarantined(instance: Instance, proxy: object,
 
 def test_mail_waits_in_postfix_while_the_filter_is_down(instance: Instance,
                                                         tmp_path: Path) -> None:
+    # The filter is down: nothing may listen on its port (the earlier tests' proxies are
+    # stopped), else Postfix would deliver instead of deferring.
+    with contextlib.suppress(OSError), socket.create_connection(
+            ("127.0.0.1", instance.filter_port), 1):
+        pytest.fail(f"something listens on the filter port {instance.filter_port}")
     run = instance.swaks("--to", "bob@example.net", "--header", "Subject: deferred-one")
     assert run.returncode == 0, run.stdout + run.stderr
     assert wait_until(lambda: any(q.get("queue_name") == "deferred"
