@@ -79,6 +79,14 @@ def media_kind(data: bytes) -> AttachmentKind:
     return AttachmentKind.FILE
 
 
+def kind_found(handed_on: AttachmentKind, fp: ImageFingerprint) -> AttachmentKind:
+    """What an attachment handed on as `handed_on` turned out to be: a video container
+    without any video in it (an M4A, say) is a file."""
+    if handed_on is AttachmentKind.VIDEO and fp.skipped in (NOT_A_VIDEO, NO_VIDEO_STREAM):
+        return AttachmentKind.FILE
+    return handed_on
+
+
 @dataclass(frozen=True, slots=True)
 class MediaFingerprint:
     """One file or attachment fingerprinted as what it turned out to be: `kind` IMAGE,
@@ -102,9 +110,8 @@ def fingerprint_file(data: bytes, params: FingerprintParams, kind: AttachmentKin
         kind = media_kind(data)
     if kind is AttachmentKind.VIDEO:
         record = _video_record(data, params, part, parts)
-        found = (AttachmentKind.FILE if record.skipped in (NOT_A_VIDEO, NO_VIDEO_STREAM)
-                 else AttachmentKind.VIDEO)
-        return MediaFingerprint(found, _from_video(record), record)
+        fp = _from_video(record)
+        return MediaFingerprint(kind_found(kind, fp), fp, record)
     if kind is AttachmentKind.FILE:
         return MediaFingerprint(kind, ImageFingerprint(exact=exact_hashes(data)))
     return MediaFingerprint(AttachmentKind.IMAGE, fingerprint_image(data, params))
