@@ -157,9 +157,9 @@ def test_validation_against_an_xsd(tmp_path: Path) -> None:
     validate(file_details_xml(FileDetails(12, "abc", "a.png")), xsd)
     swapped = (b'<?xml version="1.0" encoding="UTF-8"?>\n'
                b"<fileDetails><fileId>abc</fileId><reportId>12</reportId></fileDetails>")
-    with pytest.raises(InvalidDocument, match="reportId|fileId"):
+    with pytest.raises(InvalidDocument, match=r"reportId|fileId"):
         validate(swapped, xsd)
-    with pytest.raises(InvalidDocument, match="long|reportId"):
+    with pytest.raises(InvalidDocument, match=r"long|reportId"):
         validate(b"<fileDetails><reportId>x</reportId><fileId>a</fileId></fileDetails>", xsd)
     with pytest.raises(InvalidDocument, match="cannot read"):
         validate(swapped, tmp_path / "absent.xsd")
