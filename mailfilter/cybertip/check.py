@@ -4,6 +4,7 @@ to the test environment. Refused against any other service, so that nothing reac
 production CyberTipline from here.
 
     python -m mailfilter.cybertip.check [--config FILE]
+    python -m mailfilter.cybertip.check [--config FILE] --save-xsd FILE
     python -m mailfilter.cybertip.check [--config FILE] --test-report --journal FILE
 
 The journal file keeps the steps: run the same command again after a failure to resume
@@ -88,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path)
     parser.add_argument("--test-report", action="store_true",
                         help="file a whole benign test report (test environment only)")
+    parser.add_argument("--save-xsd", type=Path, metavar="FILE",
+                        help="download NCMEC's XSD (GET /xsd) into FILE, for [cybertip] xsd")
     parser.add_argument("--journal", type=Path,
                         help="where the test report's steps are kept (to resume it)")
     args = parser.parse_args(argv)
@@ -112,6 +115,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cybertip check: {url}: {exc}", file=sys.stderr)
         return 1
     print(f"{url}: status ok ({answer.response_description})")
+    if args.save_xsd is not None:
+        try:
+            schema = client.xsd()
+        except CybertipError as exc:
+            print(f"cybertip check: {url}: {exc}", file=sys.stderr)
+            return 1
+        args.save_xsd.write_bytes(schema)
+        print(f"{args.save_xsd}: NCMEC's XSD, {len(schema)} bytes")
     if not args.test_report:
         return 0
     return _test_report(settings, client, args.journal)

@@ -29,6 +29,7 @@ from mailfilter.cybertip.protocol import (
 __all__ = ["CybertipClient", "Uploaded"]
 
 MAX_ANSWER = 1024 * 1024  # answers are a few hundred bytes; a bigger one is not an answer
+MAX_SCHEMA = 16 * 1024 * 1024  # NCMEC's XSD is about 150 kB
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,11 @@ class CybertipClient:
         """GET /status: are the service up and the credentials good."""
         status, body = self.send(protocol.status_request())
         return protocol.parse_report_response("status", status, body)
+
+    def xsd(self) -> bytes:
+        """GET /xsd: NCMEC's schema of the documents (for `[cybertip] xsd`)."""
+        status, body = self.send(protocol.xsd_request(), limit=MAX_SCHEMA)
+        return protocol.parse_xsd(status, body)
 
     def submit(self, report_xml: bytes) -> int:
         """POST /submit: NCMEC's report id."""
@@ -102,7 +108,7 @@ class CybertipClient:
                                                context=self._ssl)
         return http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
 
-    def send(self, request: Request) -> tuple[int, bytes]:
+    def send(self, request: Request, limit: int = MAX_ANSWER) -> tuple[int, bytes]:
         """The HTTP status and body of the answer to `request`."""
         connection = self._connection()
         try:
@@ -121,7 +127,7 @@ class CybertipClient:
                 connection.putheader("Content-Length", str(len(request.body)))
                 connection.endheaders(request.body or None)
                 response = connection.getresponse()
-                body = response.read(MAX_ANSWER)
+                body = response.read(limit)
             except (OSError, http.client.HTTPException) as exc:
                 raise OutcomeUnknown(request.step, f"no complete answer: {_describe(exc)}"
                                      ) from None

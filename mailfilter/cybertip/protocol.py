@@ -49,13 +49,15 @@ __all__ = [
     "finish_request",
     "parse_done_response",
     "parse_report_response",
+    "parse_xsd",
     "retract_request",
     "status_request",
     "submit_request",
     "upload_request",
+    "xsd_request",
 ]
 
-Step = Literal["status", "submit", "upload", "fileinfo", "finish", "retract"]
+Step = Literal["status", "xsd", "submit", "upload", "fileinfo", "finish", "retract"]
 
 SUCCESS: Final = 0
 REPORT_DOES_NOT_EXIST: Final = 5001
@@ -136,6 +138,21 @@ def basic_auth(username: str, password: str) -> str:
 
 def status_request() -> Request:
     return Request("status", "GET", "/status", ())
+
+
+def xsd_request() -> Request:
+    return Request("xsd", "GET", "/xsd", ())
+
+
+def parse_xsd(http_status: int, body: bytes) -> bytes:
+    """The schema NCMEC serves, or the error its answer stands for."""
+    if 200 <= http_status < 300 and b"schema" in body[:2000]:
+        return body
+    response = _read_report_response(body)
+    if response is not None and response.response_code != SUCCESS:
+        raise failure_for_code("xsd", response.response_code,
+                               response.response_description, http_status)
+    raise failure_for_status("xsd", http_status, body)
 
 
 def submit_request(report_xml: bytes) -> Request:

@@ -10,7 +10,9 @@ and response shapes, with faults to inject, and a record of everything it receiv
 - POST /finish (form `id`) -> reportDoneResponse with the report's file ids; 5102 when
   finished already, 5101 when retracted;
 - POST /retract (form `id`) -> reportResponse; 5101/5102 likewise;
-- GET /status -> reportResponse "Remote User : NAME".
+- GET /status -> reportResponse "Remote User : NAME";
+- GET /xsd -> `STAND_IN_XSD`, a schema of our own with the top-level sequences of
+  `report` and `fileDetails` (NCMEC's own comes only with an account).
 
 `fail(step, fault)` queues a fault for the next request to that step:
 - "500": HTTP 500 with responseCode 1000, nothing done (the documented server error);
@@ -76,6 +78,41 @@ def report_response(code: int, description: str, **fields: Any) -> bytes:
     parts += [f"<{k}>{escape(str(v))}</{k}>" for k, v in fields.items() if v is not None]
     return ('<?xml version="1.0" encoding="UTF-8"?>\n<reportResponse>'
             + "".join(parts) + "</reportResponse>").encode()
+
+
+STAND_IN_XSD = b"""<?xml version="1.0" encoding="UTF-8"?>
+<xs:schema xmlns:xs="http://www.w3.org/2001/XMLSchema" elementFormDefault="qualified">
+  <xs:element name="report">
+    <xs:complexType><xs:sequence>
+      <xs:element name="incidentSummary" type="xs:anyType"/>
+      <xs:element name="internetDetails" type="xs:anyType" minOccurs="0" maxOccurs="unbounded"/>
+      <xs:element name="reporter" type="xs:anyType"/>
+      <xs:element name="personOrUserReported" type="xs:anyType" minOccurs="0"/>
+      <xs:element name="intendedRecipient" type="xs:anyType" minOccurs="0"
+                  maxOccurs="unbounded"/>
+      <xs:element name="additionalInfo" type="xs:string" minOccurs="0"/>
+    </xs:sequence></xs:complexType>
+  </xs:element>
+  <xs:element name="fileDetails">
+    <xs:complexType><xs:sequence>
+      <xs:element name="reportId" type="xs:long"/>
+      <xs:element name="fileId" type="xs:token"/>
+      <xs:element name="originalFileName" type="xs:string" minOccurs="0"/>
+      <xs:element name="fileViewedByEsp" type="xs:boolean" minOccurs="0"/>
+      <xs:element name="exifViewedByEsp" type="xs:boolean" minOccurs="0"/>
+      <xs:element name="publiclyAvailable" type="xs:boolean" minOccurs="0"/>
+      <xs:element name="fileRelevance" type="xs:string" minOccurs="0"/>
+      <xs:element name="originalFileHash" minOccurs="0" maxOccurs="unbounded">
+        <xs:complexType><xs:simpleContent><xs:extension base="xs:string">
+          <xs:attribute name="hashType" type="xs:string" use="required"/>
+        </xs:extension></xs:simpleContent></xs:complexType>
+      </xs:element>
+      <xs:element name="ipCaptureEvent" type="xs:anyType" minOccurs="0"/>
+      <xs:element name="additionalInfo" type="xs:string" minOccurs="0" maxOccurs="unbounded"/>
+    </xs:sequence></xs:complexType>
+  </xs:element>
+</xs:schema>
+"""
 
 
 class _QuietServer(http.server.ThreadingHTTPServer):
@@ -165,7 +202,8 @@ class NcmecServer:
         if fault == "reject":
             self._answer(h, 200, report_response(4100, "Validation failed"))
             return
-        routes = {("GET", "status"): self._status, ("POST", "submit"): self._submit,
+        routes = {("GET", "status"): self._status, ("GET", "xsd"): self._xsd,
+                  ("POST", "submit"): self._submit,
                   ("POST", "upload"): self._upload, ("POST", "fileinfo"): self._fileinfo,
                   ("POST", "finish"): self._finish, ("POST", "retract"): self._retract}
         route = routes.get((method, step))
@@ -203,6 +241,9 @@ class NcmecServer:
 
     def _status(self, content_type: str, body: bytes, fault: str | None) -> tuple[int, bytes]:
         return 200, report_response(0, f"Remote User : {self.username}")
+
+    def _xsd(self, content_type: str, body: bytes, fault: str | None) -> tuple[int, bytes]:
+        return 200, STAND_IN_XSD
 
     def _submit(self, content_type: str, body: bytes, fault: str | None) -> tuple[int, bytes]:
         if not content_type.startswith("text/xml"):

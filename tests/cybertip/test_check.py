@@ -8,7 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cybertip.ncmec_server import NcmecServer
+import pytest
+
+from cybertip.ncmec_server import STAND_IN_XSD, NcmecServer
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -54,6 +56,25 @@ def test_a_test_report_resumes_after_a_failure(ncmec: NcmecServer, tmp_path: Pat
     assert stored.finished and len(ncmec.posts("submit")) == 1
     assert stored.files[-1].details is not None
     assert stored.files[-1].details.findtext("fileViewedByEsp") == "false"
+
+
+def test_the_xsd_is_saved_and_then_used(ncmec: NcmecServer, tmp_path: Path) -> None:
+    pytest.importorskip("xmlschema")
+    xsd = tmp_path / "cybertip.xsd"
+    path = config(tmp_path, ncmec)
+    saved = check("--config", path, "--save-xsd", xsd)
+    assert saved.returncode == 0, saved.stderr
+    assert xsd.read_bytes() == STAND_IN_XSD
+    path.write_text(path.read_text() + f'xsd = "{xsd}"\n')
+    done = check("--config", path, "--test-report", "--journal", tmp_path / "j.json")
+    assert done.returncode == 0, done.stderr
+    # a schema the documents break: refused before anything is filed
+    xsd.write_bytes(STAND_IN_XSD.replace(b'name="reportId" type="xs:long"',
+                                         b'name="reportNumber" type="xs:long"'))
+    submitted = len(ncmec.posts("submit"))
+    broken = check("--config", path, "--test-report", "--journal", tmp_path / "k.json")
+    assert broken.returncode == 2 and "does not validate" in broken.stderr
+    assert len(ncmec.posts("submit")) == submitted
 
 
 def test_a_test_report_never_goes_to_production(ncmec: NcmecServer, tmp_path: Path) -> None:
