@@ -6,6 +6,7 @@ production CyberTipline from here.
     python -m mailfilter.cybertip.check [--config FILE]
     python -m mailfilter.cybertip.check [--config FILE] --save-xsd FILE
     python -m mailfilter.cybertip.check [--config FILE] --test-report --journal FILE
+        [--decide no-report|abandon|REPORT_ID]
 
 The journal file keeps the steps: run the same command again after a failure to resume
 the same report. Exit 0 when the check passed, 1 when the service refused or failed, 2
@@ -21,7 +22,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final
+from typing import Final, Literal
 
 from mailfilter.cybertip.client import CybertipClient
 from mailfilter.cybertip.credentials import CredentialsError, read_password
@@ -37,6 +38,7 @@ from mailfilter.cybertip.journal import (
     Finished,
     Journal,
     Unknown,
+    decide,
     plan,
     run_steps,
 )
@@ -93,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="download NCMEC's XSD (GET /xsd) into FILE, for [cybertip] xsd")
     parser.add_argument("--journal", type=Path,
                         help="where the test report's steps are kept (to resume it)")
+    parser.add_argument("--decide", metavar="no-report|abandon|REPORT_ID",
+                        help="when the outcome of /submit is unknown: no report was made "
+                             "(submit again), give up, or NCMEC holds this report (go on)")
     args = parser.parse_args(argv)
     try:
         settings = load_settings(args.config).settings
@@ -125,10 +130,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.save_xsd}: NCMEC's XSD, {len(schema)} bytes")
     if not args.test_report:
         return 0
-    return _test_report(settings, client, args.journal)
+    return _test_report(settings, client, args.journal, args.decide)
 
 
-def _test_report(settings: Settings, client: CybertipClient, journal_path: Path) -> int:
+def _decided(journal: Journal, decision: str) -> Journal:
+    now = time.time()
+    choices: dict[str, Literal["no-report", "abandon"]] = {"no-report": "no-report",
+                                                           "abandon": "abandon"}
+    if decision in choices:
+        return decide(journal, choices[decision], now,
+                      note="python -m mailfilter.cybertip.check")
+    return decide(journal, "report-exists", now, report_id=int(decision),
+                  note="python -m mailfilter.cybertip.check")
+
+
+def _test_report(settings: Settings, client: CybertipClient, journal_path: Path,
+                 decision: str | None) -> int:
     try:
         incident, file, data = _test_material(settings)
         report = build_report(incident, (file,), settings)
@@ -146,6 +163,14 @@ def _test_report(settings: Settings, client: CybertipClient, journal_path: Path)
         temporary.write_text(json.dumps(j.to_dict()))
         temporary.replace(journal_path)
 
+    if decision is not None:
+        try:
+            journal = _decided(journal, decision)
+        except ValueError as exc:
+            print(f"cybertip check: --decide {decision}: {exc}", file=sys.stderr)
+            return 2
+        save(journal)
+
     xsd = Path(settings.cybertip.xsd) if settings.cybertip.xsd else None
     try:
         journal, action = run_steps(journal, report, files, client, save, xsd=xsd,
@@ -155,7 +180,8 @@ def _test_report(settings: Settings, client: CybertipClient, journal_path: Path)
         return 2
     except CybertipError as exc:
         again = "run the same command again to resume" if exc.retry_safe else (
-            "the outcome is unknown: see docs/cybertipline.md")
+            "the outcome is unknown: ask NCMEC, then run again with --decide no-report or "
+            "--decide REPORT_ID")
         print(f"cybertip check: {exc} ({again})", file=sys.stderr)
         return 1
     for event in journal.events:
@@ -167,7 +193,9 @@ def _test_report(settings: Settings, client: CybertipClient, journal_path: Path)
               f"(files {', '.join(action.file_ids)})")
         return 0
     if isinstance(action, Unknown):
-        print(f"cybertip check: {action.reason}: see docs/cybertipline.md", file=sys.stderr)
+        print(f"cybertip check: the outcome of /submit is unknown ({action.reason}): ask "
+              "NCMEC, then run again with --decide no-report or --decide REPORT_ID",
+              file=sys.stderr)
         return 1
     print(f"cybertip check: {action}", file=sys.stderr)
     return 1

@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from waiting import wait_until
 
 from cybertip.ncmec_server import STAND_IN_XSD, NcmecServer
 
@@ -82,6 +84,42 @@ def test_a_test_report_never_goes_to_production(ncmec: NcmecServer, tmp_path: Pa
     done = check("--config", path, "--test-report", "--journal", tmp_path / "j.json")
     assert done.returncode == 2 and "test environment" in done.stderr
     assert not (tmp_path / "j.json").exists()
+
+
+def start_check(*args: str | Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-m", "mailfilter.cybertip.check",
+                             *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+
+
+@pytest.mark.parametrize("step", ["submit", "upload", "finish"])
+def test_killed_in_flight(ncmec: NcmecServer, tmp_path: Path, step: str) -> None:
+    """SIGKILL while a request is in flight (NCMEC carries it out, the answer comes
+    late), then the same command again: no second report."""
+    path = config(tmp_path, ncmec)
+    path.write_text(path.read_text().replace('timeout = "1s"', 'timeout = "30s"'))
+    journal = tmp_path / "journal.json"
+    ncmec.slow_seconds = 20
+    ncmec.fail(step, "slow")
+    process = start_check("--config", path, "--test-report", "--journal", journal)
+    try:
+        assert wait_until(lambda: ncmec.posts(step), timeout=30)
+        assert wait_until(lambda: ncmec.reports, timeout=5)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.communicate(timeout=10)
+    assert process.returncode == -signal.SIGKILL
+    again = check("--config", path, "--test-report", "--journal", journal)
+    if step == "submit":
+        assert again.returncode == 1 and "--decide" in again.stderr
+        assert len(ncmec.posts("submit")) == 1
+        (report_id,) = ncmec.reports
+        again = check("--config", path, "--test-report", "--journal", journal,
+                      "--decide", str(report_id))
+    assert again.returncode == 0, again.stderr
+    assert f"test report {next(iter(ncmec.reports))} filed and finished" in again.stdout
+    assert len(ncmec.posts("submit")) == 1 and len(ncmec.reports) == 1
 
 
 def test_a_readable_password_file_is_refused(ncmec: NcmecServer, tmp_path: Path) -> None:
