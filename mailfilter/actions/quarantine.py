@@ -5,9 +5,9 @@ crash or a power cut. The front ends answer 250 only after that.
 Layout under `quarantine.path` (directories 0700, files 0600):
 
     <path>/<YYYY-MM-DD>/<id>.eml    the message exactly as received
-    <path>/<YYYY-MM-DD>/<id>.json   the record (see `build_record`)
+    <path>/<YYYY-MM-DD>/<id>.json   the record (`records.QuarantineRecord`)
     <path>/outbox/<id>.<n>.job      work still to do for an entry: report mail, report
-                                    directory, webhook, quarantine index (report.py)
+                                    directory, webhook, quarantine index (report/)
     <path>/audit.jsonl              operator actions, one JSON object per line
     <path>/.lock                    taken (flock) while a record is rewritten
 

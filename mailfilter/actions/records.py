@@ -164,7 +164,8 @@ class JsonRecord:
     __slots__ = ()
     # (JSON key, attribute, reader) in the order a new value writes them.
     _FIELDS: ClassVar[tuple[tuple[str, str, Reader], ...]]
-    _ALWAYS: ClassVar[frozenset[str]] = frozenset()  # written even if the source lacked it
+    # Written even if the source lacked them, in this order after the others.
+    _ALWAYS: ClassVar[tuple[str, ...]] = ()
     _OMIT_NONE: ClassVar[frozenset[str]] = frozenset()  # a new value leaves these out if None
     kept: Kept
 
@@ -404,7 +405,7 @@ class QuarantineRecord(JsonRecord):
         ("status", "status", _str), ("history", "history", _history),
         ("front_end", "front_end", _opt_str),
     )
-    _ALWAYS = frozenset({"legal_hold", "host", "status", "history"})
+    _ALWAYS = ("legal_hold", "host", "status", "history")
     _OMIT_NONE = frozenset({"front_end"})
 
     @classmethod
@@ -476,7 +477,7 @@ class EntrySummary(JsonRecord):
         ("report_pending", "report_pending", _bool),
         ("message_held", "message_held", _bool),
     )
-    _ALWAYS = frozenset({"host"})
+    _ALWAYS = ("host",)
 
     @classmethod
     def of(cls, record: QuarantineRecord, *, report_pending: bool = False,

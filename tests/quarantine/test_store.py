@@ -74,10 +74,16 @@ def test_write_puts_the_report_job_first_and_everything_private(tmp_path: Path) 
     found = store.find(entry_id)
     assert found is not None and found.record.status == "quarantined"
     assert store.pending_entry_ids() == {entry_id}
-    # A job file of an earlier version, with the record's path it no longer writes, is read.
-    old_job = {**job.to_json(), "record": f"{entry.record_path.parent.name}/{entry_id}.json"}
+    # A job file of an earlier version, with the record's path it no longer writes and the
+    # mail's recipients outside `progress`, is read.
+    old_job = {**job.to_json(), "record": f"{entry.record_path.parent.name}/{entry_id}.json",
+               "mail_pending": ["abuse@example.org"]}
+    del old_job["progress"]
     job_file.write_text(json.dumps(old_job))
     assert [(j.job_id, j.steps) for j in store.jobs()] == [(job.job_id, ["mail", "status"])]
+    [read] = store.jobs()
+    assert read.mail_pending == ["abuse@example.org"]
+    assert read.progress == {"mail": {"pending": ["abuse@example.org"]}}
     # No steps: no job.
     other = new_id(now)
     store.write(other, b"raw\r\n", _record(other, now), now)
