@@ -12,7 +12,7 @@ import time
 from email.message import EmailMessage
 from email.policy import default
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -31,6 +31,7 @@ from mailfilter.actions.records import (
 )
 from mailfilter.actions.relay import RelayPool
 from mailfilter.actions.report import ReportSender, report_document, report_mail, report_steps
+from mailfilter.actions.report.channels import StepContext
 from mailfilter.errors import ConfigError
 from mailfilter.model import Envelope
 from mailfilter.settings import QuarantineSettings, Settings, load_settings
@@ -278,3 +279,74 @@ def test_sender_drops_jobs_whose_entry_never_appeared(tmp_path: Path) -> None:
     young_id, left = asyncio.run(run())
     assert left == [young_id]
     assert not (tmp_path / "reports").exists()
+
+
+class TwoParts:
+    """A report step with parts of its own, as a CyberTipline submission will have (submit,
+    then upload): the part done is kept in the job, so a retry, even by another process,
+    does not do it again."""
+
+    name: ClassVar[str] = "two-parts"
+    error_kind: ClassVar[str | None] = None
+
+    def __init__(self, fail: bool) -> None:
+        self.fail = fail
+        self.calls: list[str] = []
+
+    @classmethod
+    def wanted(cls, settings: Settings) -> bool:
+        return True
+
+    @classmethod
+    def reported_as(cls, settings: Settings) -> dict[str, Any]:
+        return {}
+
+    async def run(self, ctx: StepContext) -> None:
+        state = ctx.state(self.name)
+        if "first" not in state:
+            self.calls.append("first")
+            state["first"] = "report-1"
+        if self.fail:
+            raise RuntimeError("the second part failed")
+        self.calls.append(f"second, for {state['first']}")
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_step_resumes_its_own_parts_and_steps_done_are_not_repeated(tmp_path: Path) -> None:
+    settings = Settings.model_validate({"quarantine": {"path": str(tmp_path / "q")},
+                                        "report": {"dir": str(tmp_path / "reports")}})
+    store = QuarantineStore(settings.quarantine)
+    now = time.time()
+    entry_id = new_id(now)
+    store.write(entry_id, b"raw\r\n", _record(entry_id, now), now,
+                ("dir", "two-parts", "status"))
+    report_file = tmp_path / "reports" / f"{entry_id}.json"
+
+    async def one_pass(step: TwoParts) -> None:  # a sender of its own: a process restart
+        sender = ReportSender(settings, RelayPool(settings.smtp, "mf.test"))
+        sender.steps[step.name] = step
+        await sender.run_once()
+        await sender.stop()
+
+    failing = TwoParts(fail=True)
+    asyncio.run(one_pass(failing))
+    assert failing.calls == ["first"] and report_file.exists()
+    [job] = store.jobs()
+    assert job.done == ["dir"] and job.attempts == 1 and job.next_attempt > now
+    assert job.progress == {"two-parts": {"first": "report-1"}}
+    assert job.last_error == "two-parts: the second part failed"
+    report_file.unlink()
+    job.next_attempt = 0.0  # due now
+    store.save_job(job)
+
+    working = TwoParts(fail=False)
+    asyncio.run(one_pass(working))
+    assert working.calls == ["second, for report-1"]
+    assert not report_file.exists()  # the directory step was done: not again
+    assert store.jobs() == []
+    entry = store.find(entry_id)
+    assert entry is not None and entry.record.status == "reported"
+    assert [h.event for h in entry.record.history] == ["quarantined", "reported"]
+    assert entry.record.history[1].detail == {"dir": str(tmp_path / "reports")}

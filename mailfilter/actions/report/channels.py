@@ -1,5 +1,6 @@
 """Where reports go, and the other steps of an outbox job: one class each, behind one
-small interface (`ReportStep`), chosen by name from `STEPS`.
+small interface (`ReportStep`), in the order of `STEPS`. Another channel (a CyberTipline
+submission, issue 19) is one more class there, before `StatusStep`.
 
 A step's `name` is what outbox jobs remember (`mail`, `dir`, `webhook`, `status`,
 `index`): a job lists the steps a new entry needs under the settings of its time
@@ -60,6 +61,7 @@ from mailfilter.settings import Settings, url_without_credentials
 
 __all__ = [
     "CHANNELS",
+    "STEPS",
     "DeliveryFailed",
     "DirectoryChannel",
     "IndexStep",
@@ -91,6 +93,7 @@ class StepContext:
     job: OutboxJob
     entry: StoredEntry
     document: ReportDocument
+    relay: RelayPool
     hostname: str
 
     def state(self, step: str) -> JsonObject:
@@ -99,7 +102,8 @@ class StepContext:
 
 
 class ReportStep(Protocol):
-    """One step of an outbox job. `wanted` and `reported_as` look at settings only, so
+    """One step of an outbox job, made once per sender (`cls()`): it may keep a
+    connection, closed by `close`. `wanted` and `reported_as` look at settings only, so
     `report_steps` can ask them before there is a sender."""
 
     name: ClassVar[str]
@@ -135,6 +139,9 @@ class _Step:
     def reported_as(cls, settings: Settings) -> JsonObject:
         return {}
 
+    async def run(self, ctx: StepContext) -> None:
+        raise NotImplementedError
+
     def close(self) -> None:
         pass
 
@@ -147,9 +154,6 @@ class MailChannel(_Step):
     accepted yet are the step's state, so a retry never mails one twice."""
 
     name: ClassVar[str] = "mail"
-
-    def __init__(self, relay: RelayPool) -> None:
-        self.relay = relay
 
     @classmethod
     def wanted(cls, settings: Settings) -> bool:
@@ -167,7 +171,7 @@ class MailChannel(_Step):
             return
         state["pending"] = pending
         message = report_mail(ctx.document, r, ctx.hostname, time.time())
-        delivery = await deliver(self.relay, r.from_, (), [(a, ()) for a in pending], message)
+        delivery = await deliver(ctx.relay, r.from_, (), [(a, ()) for a in pending], message)
         if delivery.delivered:
             state["pending"] = [a for a in pending if a not in delivery.accepted]
         if state["pending"]:
@@ -288,10 +292,12 @@ class IndexStep(_Step):
             self.index = None
 
 
+STEPS: Final[tuple[type[_Step], ...]] = (*CHANNELS, StatusStep, IndexStep)
+
+
 def report_steps(settings: Settings) -> tuple[str, ...]:
     """What the outbox job of a new entry has to do, in order, under these settings."""
-    steps: list[type[_Step]] = [*CHANNELS, StatusStep, IndexStep]
-    return tuple(s.name for s in steps if s.wanted(settings))
+    return tuple(s.name for s in STEPS if s.wanted(settings))
 
 
 # --- the webhook's signature and POST -----------------------------------------------------------

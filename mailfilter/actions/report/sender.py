@@ -26,15 +26,7 @@ from prometheus_client import Counter, Gauge
 from mailfilter.actions.quarantine import OutboxJob, QuarantineStore, StoredEntry
 from mailfilter.actions.records import ReportDocument
 from mailfilter.actions.relay import RelayPool, local_hostname
-from mailfilter.actions.report.channels import (
-    DirectoryChannel,
-    IndexStep,
-    MailChannel,
-    ReportStep,
-    StatusStep,
-    StepContext,
-    WebhookChannel,
-)
+from mailfilter.actions.report.channels import STEPS, ReportStep, StepContext
 from mailfilter.actions.report.document import report_document
 from mailfilter.settings import Settings
 
@@ -61,9 +53,7 @@ class ReportSender:
         self.relay = relay
         self.store = QuarantineStore(settings.quarantine)
         self.metrics = metrics
-        self.steps: dict[str, ReportStep] = {
-            step.name: step for step in (MailChannel(relay), DirectoryChannel(),
-                                         WebhookChannel(), StatusStep(), IndexStep())}
+        self.steps: dict[str, ReportStep] = {step.name: step() for step in STEPS}
         self.hostname = local_hostname(settings.smtp.hostname)
         self.started = time.time()
         self._wake = asyncio.Event()
@@ -238,4 +228,5 @@ class ReportSender:
             log.error("unknown outbox step skipped", extra={"fields": {
                 "id": job.entry_id, "step": name}})
             return
-        await step.run(StepContext(self.settings, self.store, job, entry, doc, self.hostname))
+        await step.run(StepContext(self.settings, self.store, job, entry, doc, self.relay,
+                                   self.hostname))
