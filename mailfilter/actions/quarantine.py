@@ -93,6 +93,7 @@ _ID_RE: Final = re.compile(rf"^[{_ALPHABET}]{{8,32}}$")
 _DAY_RE: Final = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _RANDOM_BITS: Final = 40
 
+
 def new_id(now: float | None = None) -> str:
     """A queue-id-like id: milliseconds since the epoch then 40 random bits, in base 31;
     sorts by time (for ids of the same length), unique across processes and machines."""

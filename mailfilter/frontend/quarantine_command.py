@@ -16,6 +16,9 @@ that exists, a release the next hop refused, Redis unreachable for `reindex`).
 
 Every command that reads or changes an entry (all but `list`) is appended to the audit
 log with the operator's name: `--by NAME`, else $SUDO_USER, else $USER.
+
+The work (and the audit log) is `actions/quarantine_service.py`'s: these commands parse
+their arguments, call it, and print what it did.
 """
 
 from __future__ import annotations
