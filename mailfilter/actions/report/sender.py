@@ -201,11 +201,13 @@ class ReportSender:
                 delay = self._backoff(job.attempts)
                 job.next_attempt = time.time() + delay
                 job.last_error = f"{step}: {exc}"[:500]
-                await asyncio.to_thread(self.store.save_job, job)
+                # Counted before the job is saved: whoever sees the failure in the outbox
+                # sees it in the metrics too.
                 self._count(step, "failed")
                 kind = self.steps[step].error_kind if step in self.steps else None
                 if kind is not None and self.metrics is not None:
                     self.metrics.error(kind)
+                await asyncio.to_thread(self.store.save_job, job)
                 log.warning("report step failed, will retry", extra={"fields": {
                     "id": job.entry_id, "step": step, "error": str(exc)[:300],
                     "attempt": job.attempts, "retry_in_s": round(delay, 1)}})
