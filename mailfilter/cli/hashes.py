@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from mailfilter import signals
-from mailfilter.frontend.command_line import (
+from mailfilter.cli.command_line import (
     EXIT_ERROR,
     EXIT_OK,
     config_option,
