@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from mailfilter.frontend.mailbox import count_messages, iter_messages
+from mailfilter.cli.mailbox import count_messages, iter_messages
 from mailfilter.matching.backends import open_store
 from mailfilter.matching.formats import parse_file
 from mailfilter.matching.index import HashIndex, IndexEntry
