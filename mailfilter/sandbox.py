@@ -190,7 +190,7 @@ def _seccomp_filter() -> bytes | None:
     # last two are "allow" (at 4 + n) and "deny" (at 5 + n).
     program = [
         op(_BPF_LD_W_ABS, 4),
-        op(_BPF_JEQ_K, audit_arch, 0, 2 + n + 1),  # another ABI: deny
+        op(_BPF_JEQ_K, audit_arch, 0, n + 3),  # another ABI (i386, arm compat): deny
         op(_BPF_LD_W_ABS, 0),
         op(_BPF_JGE_K, _X32_SYSCALL_BIT, n + 1, 0),  # x32: deny
         *(op(_BPF_JEQ_K, nr, n - i, 0) for i, nr in enumerate(calls)),
