@@ -188,7 +188,8 @@ def run_scan(
             out.write(scan_text(result) + "\n")
         out.flush()
 
-    with WorkerPool.from_settings(settings.workers) as pool:
+    protect = (settings.quarantine.path, settings.store.path)
+    with WorkerPool.from_settings(settings.workers, protect) as pool:
         scanner = Scanner(settings, pool, lambda: index)
         in_flight = 4 * pool.stats().processes
         asyncio.run(_scan_all(paths, scanner, in_flight, summary, emit, progress))
