@@ -12,11 +12,14 @@ How long a reported entry is kept: preservation.py.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
+import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,6 +56,7 @@ from mailfilter.extract import extract
 from mailfilter.settings import Settings
 
 __all__ = [
+    "Busy",
     "Submission",
     "already",
     "check_reportable",
@@ -63,6 +67,7 @@ __all__ = [
     "submit_entry",
 ]
 
+SUBMIT_LOCK: Final = ".cybertip.lock"
 Decision = Literal["no-report", "abandon"] | int  # an int: NCMEC holds that report
 
 
@@ -209,13 +214,48 @@ def _constant(data: bytes) -> Callable[[], bytes]:
     return lambda: data
 
 
+class Busy(Refused):
+    """Another process is taking this instance's CyberTipline steps right now."""
+
+
+@contextlib.contextmanager
+def _submitting(root: Path) -> Iterator[None]:
+    # One submission at a time per quarantine: `quarantine submit` and the outbox's
+    # auto-submission reading the same journal at once could both send /submit.
+    fd = os.open(root / SUBMIT_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise Busy("another CyberTipline submission is in progress on this instance; "
+                       "try again in a moment") from None
+        yield
+    finally:
+        os.close(fd)
+
+
 def submit_entry(service: QuarantineService, entry: StoredEntry, actor: str,
                  client: CybertipClient, *, decision: Decision | None = None,
                  clock: Callable[[], float] = time.time) -> Submission:
     """Take the entry's report as far as it goes: submit, upload, fileinfo, finish, the
     journal saved in the record around every request. Refused when the entry cannot be
     reported (no match on an eligible list, the message deleted, a file not found again,
-    the reporter not set, a document invalid against `[cybertip] xsd`)."""
+    the reporter not set, a document invalid against `[cybertip] xsd`); Busy while
+    another process submits."""
+    with _submitting(service.store.root):
+        # Read again under the lock: the journal is the one the last submitter left.
+        fresh = service.store.find(entry.id)
+        if fresh is None:
+            raise Refused(f"{entry.id} disappeared (purged meanwhile?)")
+        ended = already(fresh)
+        if ended is not None:
+            return ended
+        return _submit_locked(service, fresh, actor, client, decision, clock)
+
+
+def _submit_locked(service: QuarantineService, entry: StoredEntry, actor: str,
+                   client: CybertipClient, decision: Decision | None,
+                   clock: Callable[[], float]) -> Submission:
     settings, store = service.settings, service.store
     record = entry.record
     check_reportable(entry, settings)

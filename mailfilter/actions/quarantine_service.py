@@ -292,12 +292,17 @@ class QuarantineService:
 
     def delete(self, entry: StoredEntry, actor: str, confirm: Callable[[str], None]) -> bool:
         """Delete the message (the record stays until purged); False if it already was.
-        Refused for an entry on legal hold."""
+        Refused for an entry on legal hold or preserved for its CyberTipline report."""
         store = self.store
         if entry.record.legal_hold:
             store.audit(actor, "delete", entry.id, "refused: legal hold")
             raise Refused(f"{entry.id} is on legal hold: it cannot be deleted (unhold it first "
                           "if the hold has ended)")
+        until = preserved_until(entry.record, store.retention_days)
+        if until is not None and until > time.time():
+            store.audit(actor, "delete", entry.id, "refused: reported to the CyberTipline")
+            raise Refused(f"{entry.id} was reported to the CyberTipline: it is preserved until "
+                          f"{iso_time(until)} and cannot be deleted before")
         if not entry.has_message:
             store.audit(actor, "delete", entry.id, "ok: already deleted")
             return False

@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cybertip.ncmec_server import NcmecServer, running_ncmec_server
@@ -27,7 +28,7 @@ from mailfilter.actions.preservation import report_id_of
 from mailfilter.actions.quarantine import QuarantineStore
 from mailfilter.actions.quarantine_service import QuarantineService
 from mailfilter.settings import QuarantineSettings, load_settings
-from quarantine.quarantine_harness import REPO, mf
+from quarantine.quarantine_harness import REPO, ReportingProxy, mf
 from quarantine.test_commands import config_for, quarantine_via_proxy
 
 Factory = Callable[..., RunningProxy]
@@ -141,6 +142,10 @@ def test_submit_files_one_report_and_records_the_ids(
     assert answer["report_id"] == report.report_id
     assert sorted(answer["file_ids"]) == sorted(f.file_id for f in report.files)
     assert len(ncmec.received) == posts
+
+    # What was reported is preserved: its message cannot be deleted.
+    out = mf("quarantine", "delete", entry_id, "--yes", "--config", str(config))
+    assert out.returncode == 2 and "preserved until" in out.stderr
 
 
 def test_matches_on_no_allowed_list_are_refused(
@@ -272,3 +277,34 @@ def test_purge_says_what_it_kept_for_the_cybertipline(
     assert summary["purged"] == []
     assert [k["id"] for k in summary["kept_reported"]] == [entry_id]
     assert store.find(entry_id) is not None
+
+
+def test_auto_submit_from_the_outbox_resumes_and_shares_the_journal(
+        reporting_proxy: Any, recording_sink: RecordingSink, ncmec: NcmecServer,
+        tmp_path: Path) -> None:
+    """`[cybertip] auto_submit`: the outbox's cybertip step files the report; a 500 on
+    upload is retried with backoff, on the same report; `quarantine submit` afterwards
+    finds it finished."""
+    secret = tmp_path / "cybertip.password"
+    secret.write_text(ncmec.password + "\n")
+    secret.chmod(0o600)
+    ncmec.fail("upload", "500")
+    rp: ReportingProxy = reporting_proxy(
+        recording_sink.address,
+        report={"reporter_name": "Casey Compliance", "reporter_email": "abuse@example.org",
+                "dir": str(tmp_path / "reports"), "retry_min": "0.3s", "retry_max": "0.5s"},
+        cybertip={"url": ncmec.url, "username": ncmec.username,
+                  "password_file": str(secret), "timeout": "2s", "auto_submit": True})
+    entry_id = quarantined(rp.proxy)
+    (entry,) = rp.wait_reported(1, timeout=30)
+    (report,) = ncmec.reports.values()
+    assert report.finished and len(ncmec.posts("submit")) == 1
+    assert len(ncmec.posts("upload")) == 3  # the refused one again, then the other file
+    assert report_id_of(entry.record) == report.report_id
+    events = [h.event for h in entry.record.history]
+    assert events == ["quarantined", "cybertip-finished", "reported"]
+    assert entry.record.history[2].detail["cybertip"] == ncmec.url
+    config = cybertip_config(tmp_path, recording_sink, ncmec)
+    again = submit(config, entry_id, "--yes")
+    assert again.returncode == 0 and "already reported" in again.stdout
+    assert len(ncmec.posts("submit")) == 1
