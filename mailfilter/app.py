@@ -16,10 +16,10 @@ import asyncio
 import contextlib
 import logging
 import signal
-import time
 from pathlib import Path
 from typing import Final
 
+from mailfilter.actions.next_hop_check import warn_if_unreachable
 from mailfilter.actions.quarantine import QuarantineStore
 from mailfilter.actions.relay import RelayPool, local_hostname
 from mailfilter.actions.report import ReportSender
@@ -99,6 +99,7 @@ class App:
                       "answered 451", extra={"fields": {"path": str(quarantine.root),
                                                         "error": str(exc)}})
         self.relay = RelayPool(s.smtp, local_hostname(s.smtp.hostname))
+        await warn_if_unreachable(s)
         if s.smtp.listen:
             self.proxy = SmtpProxy(s, self._scanner(), self.relay, quarantine, self.metrics)
         if s.milter.listen:
@@ -142,10 +143,11 @@ class App:
             index_entries=entries,
             index_version=lambda: self.live.version if self.live is not None else 0,
             index_stale=lambda: self.live is not None and self.live.stale,
-            # Milter only: no next hop carries mail, so it is not a readiness condition.
-            next_hop_last_ok=lambda: relay().stats.last_ok if self.proxy is not None
-            else time.monotonic(),
+            next_hop_last_ok=lambda: relay().stats.last_ok,
             next_hop_probe=lambda: relay().probe(),
+            # Milter only: it carries report mail and releases, a warning (next_hop_check)
+            next_hop_carries_mail=self.proxy is not None,
+            next_hop=lambda: relay().settings.next_hop,
             connections=lambda: len(self.proxy.sessions) if self.proxy is not None else 0,
             idle_next_hop=lambda: relay().idle,
             milter_connections=milter_connections if self.milter is not None else None,
@@ -204,6 +206,8 @@ class App:
                 # The next hop of relayed mail and of report mail alike: applied here, not
                 # by a front end, so a milter-only instance follows a changed next_hop too.
                 self.relay.configure(new.smtp)
+                if new.smtp.next_hop != old.smtp.next_hop:
+                    await warn_if_unreachable(new)
             if self.proxy is not None:
                 self.proxy.reconfigure(new, self._scanner())
             if self.milter is not None:
