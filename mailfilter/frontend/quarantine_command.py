@@ -65,6 +65,7 @@ from mailfilter.frontend.command_line import (
     EXIT_ERROR,
     EXIT_OK,
     config_option,
+    counted,
     fail,
     handles_errors,
     json_option,
@@ -377,8 +378,8 @@ def list_command(config_path: Path | None, as_json: bool, since: str | None,
             click.echo(line)
     held_count = sum(1 for s in rows if s.get("legal_hold"))
     pending = sum(1 for s in rows if s.get("report_pending"))
-    click.echo(f"{len(rows)} entries ({held_count} on legal hold, {pending} with reports "
-               "pending)")
+    click.echo(f"{counted(len(rows), 'entry', 'entries')} ({held_count} on legal hold, "
+               f"{pending} with reports pending)")
 
 
 # --- show -----------------------------------------------------------------------------------
@@ -689,7 +690,8 @@ def purge_command(config_path: Path | None, as_json: bool, by: str | None,
     verb = "would purge" if dry_run else "purged"
     for entry in expired:
         click.echo(f"{verb} {entry.id} (received {_received(entry.record)})")
-    click.echo(f"{verb} {len(removed)} entries received before {iso_time(cutoff)} "
+    click.echo(f"{verb} {counted(len(removed), 'entry', 'entries')} received before "
+               f"{iso_time(cutoff)} "
                f"(retention {store.retention_days} days); kept {len(held)} on legal hold, "
                f"{len(waiting)} with reports pending; "
                f"{'would remove' if dry_run else 'removed'} {len(leftovers)} leftover files")
