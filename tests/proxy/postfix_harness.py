@@ -127,9 +127,12 @@ PLACEMENT_SMTPD = {
     "milter": "",
 }
 
-MASTER_CF = """\
+PUBLIC_MASTER_CF = """\
 127.0.0.1:{smtpd} inet n - n - - smtpd
 {public_options}\
+"""
+MASTER_CF = """\
+{public_service}\
 {reinject_service}\
 scan      unix  -       -       n       -       10      smtp
 """
@@ -172,13 +175,14 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 @contextlib.contextmanager
 def postfix_instance(placement: Placement, extra_master: str = "",
                      relayhost_port: int | None = None, *, main_cf: str | None = None,
-                     reinject_master: str | None = None) -> Iterator[Instance]:
+                     reinject_master: str | None = None, public_master: str | None = None
+                     ) -> Iterator[Instance]:
     """Start a private Postfix with mailfilter in `placement`; stop and remove it after.
     `extra_master`: more master.cf lines (e.g. a second public smtpd); `relayhost_port`:
     relay to this port instead of the recording sink (a faster sink for benchmarks).
-    `main_cf` / `reinject_master`: the placement's main.cf lines / the reinjection smtpd
-    instead of the harness's own (documented snippets, with `{filter}` and `{reinject}`
-    where their ports go)."""
+    `main_cf` / `reinject_master` / `public_master`: the placement's main.cf lines / the
+    reinjection smtpd / the public service(s) instead of the harness's own (documented
+    snippets, with `{filter}`, `{reinject}` and `{smtpd}` where their ports go)."""
     # Postfix's daemons run as user postfix: every directory above queue and data must be
     # traversable by it (pytest's own temp directory is 0700).
     tmp = Path(tempfile.mkdtemp(prefix="mailfilter-postfix-"))
@@ -195,10 +199,14 @@ def postfix_instance(placement: Placement, extra_master: str = "",
             + (PLACEMENT_MAIN_CF[placement] if main_cf is None else main_cf).format(
                 filter=inst.filter_port))
         reinject = REINJECT_MASTER_CF if reinject_master is None else reinject_master
+        public = PUBLIC_MASTER_CF.format(
+            smtpd=inst.smtpd_port,
+            public_options=PLACEMENT_SMTPD[placement].format(filter=inst.filter_port)) \
+            if public_master is None else public_master.format(smtpd=inst.smtpd_port,
+                                                               filter=inst.filter_port)
         (config_dir / "master.cf").write_text(MASTER_CF.format(
-            smtpd=inst.smtpd_port, reinject_service=reinject.format(
-                reinject=inst.reinject_port),
-            public_options=PLACEMENT_SMTPD[placement].format(filter=inst.filter_port))
+            public_service=public,
+            reinject_service=reinject.format(reinject=inst.reinject_port))
             + extra_master)
         try:
             with started(inst):
