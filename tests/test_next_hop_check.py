@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from ports import free_port
 from proxy.proxy_harness import (
     http_get,
     running_sink,
@@ -24,7 +25,6 @@ from proxy.proxy_harness import (
 )
 
 from mailfilter.actions.next_hop_check import next_hop_problem
-from ports import free_port
 
 
 class _Greets(socketserver.StreamRequestHandler):

@@ -535,6 +535,10 @@ def release_command(config_path: Path | None, by: str | None, yes: bool, force: 
     _sync_index(settings, store, entry)
     if delivery.delivered:
         click.echo(f"released {entry.id} to {', '.join(delivery.accepted)} ({reply})")
+        if record.get("front_end") == "milter" and record.get("queue_id"):
+            # The MTA's copy is still on hold (SMFIR_QUARANTINE): docs/milter.md
+            click.echo(f"Postfix still holds its own copy: delete it with `postsuper -d "
+                       f"{printable(record['queue_id'])} hold` (never release it too)", err=True)
     for addr, why in refused.items():
         click.echo(f"not released to {addr}: {why}", err=True)
     if not delivery.delivered and delivery.reply is not None:

@@ -191,6 +191,8 @@ def test_report_mail_and_release_delivered_once_and_not_held_again(
     run = service.quarantine("release", record["id"], "--yes")
     assert run.returncode == 0, run.stdout + run.stderr
     assert f"released {record['id']} to bob@example.net" in run.stdout
+    # ... and says what to do with Postfix's copy
+    assert f"postsuper -d {queue_id} hold" in run.stderr, run.stderr
     assert wait_until(lambda: delivered(instance, "documented-release")), \
         instance.maillog()
     # Not scanned again (the listener has no milter): no second entry, no second hold.

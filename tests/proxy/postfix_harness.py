@@ -131,11 +131,6 @@ PUBLIC_MASTER_CF = """\
 127.0.0.1:{smtpd} inet n - n - - smtpd
 {public_options}\
 """
-MASTER_CF = """\
-{public_service}\
-{reinject_service}\
-scan      unix  -       -       n       -       10      smtp
-"""
 REINJECT_MASTER_CF = """\
 127.0.0.1:{reinject} inet n - n - 10 smtpd
   -o content_filter=
@@ -147,7 +142,8 @@ REINJECT_MASTER_CF = """\
   -o smtpd_recipient_restrictions=permit_mynetworks,reject
   -o smtpd_authorized_xforward_hosts=127.0.0.0/8
 """
-MASTER_CF += """\
+SERVICES_MASTER_CF = """\
+scan      unix  -       -       n       -       10      smtp
   -o smtp_send_xforward_command=yes
   -o disable_mime_output_conversion=yes
 pickup    unix  n       -       n       1       1       pickup
@@ -170,6 +166,8 @@ scache    unix  -       -       n       -       1       scache
 showq     unix  n       -       n       -       -       showq
 postlog   unix-dgram n  -       n       -       1       postlogd
 """
+# The whole of it, as one template ({smtpd}, {public_options}, {reinject}).
+MASTER_CF = PUBLIC_MASTER_CF + REINJECT_MASTER_CF + SERVICES_MASTER_CF
 
 
 @contextlib.contextmanager
@@ -204,9 +202,8 @@ def postfix_instance(placement: Placement, extra_master: str = "",
             public_options=PLACEMENT_SMTPD[placement].format(filter=inst.filter_port)) \
             if public_master is None else public_master.format(smtpd=inst.smtpd_port,
                                                                filter=inst.filter_port)
-        (config_dir / "master.cf").write_text(MASTER_CF.format(
-            public_service=public,
-            reinject_service=reinject.format(reinject=inst.reinject_port))
+        (config_dir / "master.cf").write_text(
+            public + reinject.format(reinject=inst.reinject_port) + SERVICES_MASTER_CF
             + extra_master)
         try:
             with started(inst):
