@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from factories import jpeg, message, message_bytes, png
 
-from mailfilter.actions.report import distance_text
+from mailfilter.actions.report.text import distance_text
 from mailfilter.frontend.scan_command import ScanSummary, scan_text
 from mailfilter.model import (
     AttachmentResult,

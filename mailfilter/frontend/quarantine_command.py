@@ -16,11 +16,13 @@ that exists, a release the next hop refused, Redis unreachable for `reindex`).
 
 Every command that reads or changes an entry (all but `list`) is appended to the audit
 log with the operator's name: `--by NAME`, else $SUDO_USER, else $USER.
+
+The work (and the audit log) is `actions/quarantine_service.py`'s: these commands parse
+their arguments, call it, and print what it did.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as dt
 import getpass
@@ -29,38 +31,22 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import NoReturn
 
 import click
 
-from mailfilter.actions.deliver import (
-    Delivery,
-    deliver,
-    release_params,
-    released_message,
-    valid_actor,
+from mailfilter.actions.deliver import valid_actor
+from mailfilter.actions.quarantine import STATUSES, StoredEntry
+from mailfilter.actions.quarantine_service import (
+    JobState,
+    NotHere,
+    QuarantineService,
+    Refused,
 )
-from mailfilter.actions.quarantine import (
-    STATUSES,
-    QuarantineStore,
-    StoredEntry,
-    entry_summary,
-    history_event,
-    is_entry_id,
-    iso_time,
-)
-from mailfilter.actions.quarantine_index import IndexUnavailable, QuarantineIndex, open_index
-from mailfilter.actions.relay import NextHopUnavailable, RelayPool, local_hostname
-from mailfilter.actions.report import (
-    cybertip_xml,
-    findings_text,
-    printable,
-    report_document,
-    report_json,
-    size_text,
-)
+from mailfilter.actions.records import EntrySummary
+from mailfilter.actions.report.text import findings_text, printable, size_text
 from mailfilter.frontend.command_line import (
     EXIT_ERROR,
     EXIT_OK,
@@ -71,13 +57,10 @@ from mailfilter.frontend.command_line import (
     json_option,
     load_for_command,
 )
-from mailfilter.settings import Settings
 
 __all__ = ["EXIT_NOT_HERE", "parse_since", "quarantine"]
 
 EXIT_NOT_HERE = 1
-LEFTOVER_AGE = 3600.0  # unfinished writes older than this are removed by purge
-T = TypeVar("T")
 
 by_option = click.option(
     "--by", "by", default=None, metavar="NAME",
@@ -97,9 +80,25 @@ def quarantine() -> None:
 # --- shared helpers ---------------------------------------------------------------------------
 
 
-def _open(config_path: Path | None) -> tuple[Settings, QuarantineStore]:
-    settings = load_for_command(config_path).settings
-    return settings, QuarantineStore(settings.quarantine)
+def _open(config_path: Path | None) -> QuarantineService:
+    return QuarantineService(load_for_command(config_path).settings, _warn)
+
+
+@contextlib.contextmanager
+def _outcomes() -> Iterator[None]:
+    """The service's refusals as exit 2, an entry not here as exit 1, with its message."""
+    try:
+        yield
+    except NotHere as exc:
+        _not_here(str(exc))
+    except Refused as exc:
+        fail(str(exc))
+
+
+def _locate(service: QuarantineService, entry_id: str) -> StoredEntry:
+    with _outcomes():
+        return service.locate(entry_id)
+    raise AssertionError("unreachable")  # (fail and _not_here exit)
 
 
 def _actor(by: str | None) -> str:
@@ -124,54 +123,6 @@ def _warn(message: str) -> None:
     click.echo(f"mailfilter: warning: {message}", err=True)
 
 
-def _index(settings: Settings) -> QuarantineIndex | None:
-    return open_index(settings.store)
-
-
-def _locate(settings: Settings, store: QuarantineStore, entry_id: str) -> StoredEntry:
-    """The entry on this instance, or exit 1 saying where it is (the shared index) or
-    that there is none."""
-    if not is_entry_id(entry_id):
-        fail(f"{entry_id!r} is not a quarantine id")
-    entry = store.find(entry_id)
-    if entry is not None:
-        return entry
-    index = _index(settings)
-    if index is not None:
-        try:
-            summary = index.get(entry_id)
-        except IndexUnavailable as exc:
-            _warn(f"quarantine index not reachable ({exc.detail}): cannot tell where else to look")
-            summary = None
-        finally:
-            index.close()
-        if summary is not None and summary.get("host") != store.instance:
-            _not_here(f"{entry_id} is held by instance {printable(summary.get('host'))} "
-                      f"(received {summary.get('received')}, status "
-                      f"{summary.get('status')}): run the command there")
-        if summary is not None:
-            _not_here(f"{entry_id} is in the quarantine index but not in {store.root}: "
-                      "the index is out of date (mailfilter quarantine reindex)")
-    _not_here(f"no quarantine entry {entry_id} on {store.instance} ({store.root})")
-
-
-def _sync_index(settings: Settings, store: QuarantineStore, entry: StoredEntry) -> None:
-    """Best effort: the index follows an operator's change at once; if Redis is not
-    reachable, an outbox job makes the service retry it."""
-    index = _index(settings)
-    if index is None:
-        return
-    try:
-        pending = entry.id in store.pending_entry_ids()
-        index.put(entry_summary(entry.record, report_pending=pending,
-                                has_message=entry.has_message))
-    except IndexUnavailable as exc:
-        store.add_job(entry, ["index"])
-        _warn(f"quarantine index not updated ({exc.detail}); the service will retry it")
-    finally:
-        index.close()
-
-
 def _confirm(question: str, yes: bool) -> None:
     if yes:
         return
@@ -179,14 +130,6 @@ def _confirm(question: str, yes: bool) -> None:
         fail(f"not a terminal: add --yes to {question}")
     if not click.confirm(f"{question[0].upper()}{question[1:]}?", err=True):
         fail("nothing done")
-
-
-def _change(store: QuarantineStore, entry: StoredEntry,
-            change: Callable[[dict[str, Any]], T]) -> tuple[StoredEntry, T]:
-    try:
-        return store.update(entry.id, change)
-    except KeyError:
-        _not_here(f"{entry.id} disappeared (purged meanwhile?)")
 
 
 def _write_new_file(path: Path, data: bytes, force: bool) -> None:
@@ -273,18 +216,18 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[str]],
     return out
 
 
-def _when(summary: Mapping[str, Any]) -> str:
-    ts = summary.get("received_ts")
-    if not isinstance(ts, int | float):
-        return str(summary.get("received") or "?")
+def _when(summary: EntrySummary) -> str:
+    ts = summary.received_ts
+    if ts is None:
+        return str(summary.received or "?")
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M")
 
 
-def _status_cell(s: Mapping[str, Any]) -> str:
-    flags = [str(s.get("status"))]
-    if s.get("legal_hold"):
+def _status_cell(s: EntrySummary) -> str:
+    flags = [str(s.status)]
+    if s.legal_hold:
         flags.append("HOLD")
-    if s.get("report_pending"):
+    if s.report_pending:
         flags.append("report pending")
     return ", ".join(flags)
 
@@ -296,30 +239,6 @@ def _recipients_cell(to: Sequence[str]) -> str:
 
 
 # --- list -----------------------------------------------------------------------------------
-
-
-def _summaries(settings: Settings, store: QuarantineStore) -> list[dict[str, Any]]:
-    pending = store.pending_entry_ids()
-    progress = _Progress("reading entries")
-    out = []
-    for entry in store.entries():
-        summary = entry_summary(entry.record, report_pending=entry.id in pending,
-                                has_message=entry.has_message)
-        summary["host"] = summary["host"] or store.instance
-        out.append(summary)
-        progress.step()
-    progress.done()
-    index = _index(settings)
-    if index is not None:
-        try:
-            out += [s for s in index.all() if s.get("host") != store.instance]
-        except IndexUnavailable as exc:
-            _warn(f"quarantine index not reachable ({exc.detail}): showing this instance's "
-                  "entries only")
-        finally:
-            index.close()
-    out.sort(key=lambda s: (float(s.get("received_ts") or 0), str(s.get("id"))))
-    return out
 
 
 @quarantine.command("list")
@@ -346,38 +265,38 @@ def list_command(config_path: Path | None, as_json: bool, since: str | None,
     legal_hold, from, to, subject, size, verdict, reason, lists, matches,
     report_pending, message_held.
     """
-    settings, store = _open(config_path)
+    service = _open(config_path)
     cutoff = parse_since(since, time.time()) if since else None
+    progress = _Progress("reading entries")
     rows = [
-        s for s in _summaries(settings, store)
-        if (cutoff is None or float(s.get("received_ts") or 0) >= cutoff)
-        and (list_name is None or list_name in (s.get("lists") or []))
-        and (status is None or s.get("status") == status)
-        and (not held or s.get("legal_hold"))
-        and (host is None or s.get("host") == host)
+        s for s in service.summaries(progress.step, progress.done)
+        if (cutoff is None or float(s.received_ts or 0) >= cutoff)
+        and (list_name is None or list_name in s.lists)
+        and (status is None or s.status == status)
+        and (not held or s.legal_hold)
+        and (host is None or s.host == host)
     ]
     if limit is not None:
         rows = rows[-limit:]
     if as_json:
         with _reader_may_go_away():
             for s in rows:
-                click.echo(json.dumps(s, ensure_ascii=False))
+                click.echo(json.dumps(s.to_json(), ensure_ascii=False))
         return
     if not rows:
         click.echo("no quarantined messages" + (" match the filters" if any(
             (since, list_name, status, held, host)) else ""))
         return
     headers = ["ID", "RECEIVED (UTC)", "HOST", "STATUS", "FROM", "TO", "LISTS", "SUBJECT"]
-    table = [[str(s.get("id")), _when(s), str(s.get("host") or "?"), _status_cell(s),
-              str(s.get("from") or "<>"), _recipients_cell(list(s.get("to") or [])),
-              ",".join(s.get("lists") or []) or str(s.get("reason") or "-"),
-              str(s.get("subject") or "")]
+    table = [[s.id, _when(s), str(s.host or "?"), _status_cell(s), str(s.from_ or "<>"),
+              _recipients_cell(s.to), ",".join(s.lists) or str(s.reason or "-"),
+              str(s.subject or "")]
              for s in rows]
     with _reader_may_go_away():
         for line in _table(headers, table, {4: 32, 5: 32, 6: 24, 7: 40}):
             click.echo(line)
-    held_count = sum(1 for s in rows if s.get("legal_hold"))
-    pending = sum(1 for s in rows if s.get("report_pending"))
+    held_count = sum(1 for s in rows if s.legal_hold)
+    pending = sum(1 for s in rows if s.report_pending)
     click.echo(f"{counted(len(rows), 'entry', 'entries')} ({held_count} on legal hold, "
                f"{pending} with reports pending)")
 
@@ -385,53 +304,41 @@ def list_command(config_path: Path | None, as_json: bool, since: str | None,
 # --- show -----------------------------------------------------------------------------------
 
 
-def _job_states(store: QuarantineStore, entry_id: str) -> list[dict[str, Any]]:
-    return [{"steps": j.steps, "done": j.done, "attempts": j.attempts,
-             "next_attempt": iso_time(j.next_attempt) if j.next_attempt else None,
-             "last_error": j.last_error}
-            for j in store.jobs() if j.entry_id == entry_id]
+def _detail_text(value: object) -> str:
+    return printable(value if not isinstance(value, list) else ",".join(map(str, value)))
 
 
-def _received(record: Mapping[str, Any]) -> str:
-    ts = record.get("received_ts")
-    return iso_time(ts) if isinstance(ts, int | float) else str(record.get("received"))
-
-
-def show_text(entry: StoredEntry, jobs: Sequence[Mapping[str, Any]]) -> list[str]:
+def show_text(entry: StoredEntry, jobs: Sequence[JobState]) -> list[str]:
     r = entry.record
-    client = r.get("client") or {}
-    envelope = r.get("envelope") or {}
-    policy = r.get("policy") or {}
+    client, envelope = r.client, r.envelope
     p = printable
-    hold = "yes" if r.get("legal_hold") else "no"
+    hold = "yes" if r.legal_hold else "no"
     lines = [
-        f"entry {entry.id} on {p(r.get('host'))}",
-        f"  status      {r.get('status')}; legal hold: {hold}",
-        f"  received    {_received(r)} via {p(r.get('front_end') or '?')}",
-        f"  client      {p(client.get('name') or 'unknown')} [{p(client.get('addr') or '?')}]"
-        f", HELO {p(client.get('helo') or '-')}, queue id {p(r.get('queue_id') or '-')}",
-        f"  sender      {p(envelope.get('mail_from') or '<>')}",
-        f"  recipients  {', '.join(p(x) for x in envelope.get('rcpt_tos') or [])}",
-        f"  message-id  {p(r.get('message_id') or '-')}",
-        f"  subject     {p(r.get('subject') or '')}",
-        f"  size        {size_text(r.get('size'))}; message held: "
+        f"entry {entry.id} on {p(r.host)}",
+        f"  status      {r.status}; legal hold: {hold}",
+        f"  received    {r.received_at} via {p(r.front_end or '?')}",
+        f"  client      {p(client.name or 'unknown')} [{p(client.addr or '?')}]"
+        f", HELO {p(client.helo or '-')}, queue id {p(r.queue_id or '-')}",
+        f"  sender      {p(envelope.mail_from or '<>')}",
+        f"  recipients  {', '.join(p(x) for x in envelope.rcpt_tos)}",
+        f"  message-id  {p(r.message_id or '-')}",
+        f"  subject     {p(r.subject or '')}",
+        f"  size        {size_text(r.size)}; message held: "
         f"{'yes' if entry.has_message else 'no (deleted)'}",
-        f"  verdict     {r.get('verdict')}: {r.get('action')} ({r.get('reason')}; policy "
-        + ", ".join(f"{k} = {v}" for k, v in policy.items()) + ")",
+        f"  verdict     {r.verdict}: {r.action} ({r.reason}; policy "
+        + ", ".join(f"{k} = {v}" for k, v in r.policy.items()) + ")",
     ]
     for job in jobs:
-        waiting = [s for s in job["steps"] if s not in job["done"]]
-        state = f"pending: {', '.join(waiting)}"
-        if job["attempts"]:
-            state += (f" (attempt {job['attempts']} failed: {p(job['last_error'])}; next "
-                      f"try {job['next_attempt']})")
+        state = f"pending: {', '.join(job.waiting)}"
+        if job.attempts:
+            state += (f" (attempt {job.attempts} failed: {p(job.last_error)}; next "
+                      f"try {job.next_attempt})")
         lines.append(f"  report      {state}")
-    lines += findings_text(r)
+    lines += findings_text(r.attachments, r.matches, r.unscannable)
     lines.append("history")
-    for h in r.get("history") or []:
-        detail = " ".join(f"{k}={p(v if not isinstance(v, list) else ','.join(map(str, v)))}"
-                          for k, v in h.items() if k not in ("event", "time", "by"))
-        lines.append(f"  {h.get('time')}  {h.get('event'):<16} by {p(h.get('by'))}"
+    for h in r.history:
+        detail = " ".join(f"{k}={_detail_text(v)}" for k, v in h.detail.items())
+        lines.append(f"  {h.time}  {h.event:<16} by {p(h.by)}"
                      + (f"  {detail}" if detail else ""))
     return lines
 
@@ -445,30 +352,20 @@ def show_text(entry: StoredEntry, jobs: Sequence[Mapping[str, Any]]) -> list[str
 def show_command(config_path: Path | None, as_json: bool, by: str | None,
                  entry_id: str) -> None:
     """Show an entry's metadata, matches and history (never its message or images)."""
-    settings, store = _open(config_path)
+    service = _open(config_path)
     actor = _actor(by)
-    entry = _locate(settings, store, entry_id)
-    jobs = _job_states(store, entry.id)
-    store.audit(actor, "show", entry.id, "ok")
+    entry = _locate(service, entry_id)
+    jobs = service.show(entry, actor)
     if as_json:
-        click.echo(json.dumps({**entry.record, "message_held": entry.has_message,
-                               "report_pending": bool(jobs), "outbox": jobs},
+        click.echo(json.dumps({**entry.record.to_json(), "message_held": entry.has_message,
+                               "report_pending": bool(jobs),
+                               "outbox": [j.to_json() for j in jobs]},
                               ensure_ascii=False))
     else:
         click.echo("\n".join(show_text(entry, jobs)))
 
 
 # --- release --------------------------------------------------------------------------------
-
-
-async def _release(settings: Settings, mail_from: str, params: Sequence[str],
-                   recipients: Sequence[tuple[str, Sequence[str]]], message: bytes
-                   ) -> Delivery:
-    pool = RelayPool(settings.smtp, local_hostname(settings.smtp.hostname))
-    try:
-        return await deliver(pool, mail_from, params, recipients, message)
-    finally:
-        await pool.close()
 
 
 @quarantine.command("release")
@@ -486,64 +383,24 @@ def release_command(config_path: Path | None, by: str | None, yes: bool, force: 
     header is added: X-Mailfilter-Released: by NAME at TIME (id ID). Exit 0 when every
     recipient got it, 2 when the next hop refused any (or could not be reached).
     """
-    settings, store = _open(config_path)
+    service = _open(config_path)
     actor = _actor(by)
-    entry = _locate(settings, store, entry_id)
-    record = entry.record
-    if not entry.has_message:
-        store.audit(actor, "release", entry.id, "refused: message deleted")
-        fail(f"{entry.id}: the message was deleted; there is nothing to release")
-    if record.get("status") == "released" and not force:
-        last: dict[str, Any] = next(
-            (h for h in reversed(record["history"]) if h.get("event") == "released"), {})
-        store.audit(actor, "release", entry.id, "refused: already released")
-        fail(f"{entry.id} was already released by {printable(last.get('by'))} at "
-             f"{last.get('time')} (add --force to release it again)")
-    envelope = record.get("envelope") or {}
-    recipients = list(envelope.get("rcpt_tos") or [])
-    _confirm(f"release {entry.id} to {', '.join(recipients)}", yes)
-    now = time.time()
-    message = released_message(entry.message_path.read_bytes(), actor, iso_time(now),
-                               entry.id)
-    params = release_params(envelope.get("mail_options") or [], len(message))
-    options = list(envelope.get("rcpt_options") or [])
-    targets = [(addr, options[i] if i < len(options) else [])
-               for i, addr in enumerate(recipients)]
-    try:
-        delivery = asyncio.run(_release(settings, str(envelope.get("mail_from") or ""),
-                                        params, targets, message))
-    except NextHopUnavailable as exc:
-        store.audit(actor, "release", entry.id, f"failed: {exc}")
-        fail(f"{entry.id} not released: next hop {settings.smtp.next_hop}: {exc}")
-    refused = {addr: str(reply) for addr, reply in delivery.refused}
-    reply = str(delivery.reply) if delivery.reply is not None else None
-
-    def change(rec: dict[str, Any]) -> None:
-        event = "released" if delivery.delivered else "release-failed"
-        rec["history"].append(history_event(
-            event, now, actor, next_hop=settings.smtp.next_hop, reply=reply,
-            delivered_to=delivery.accepted if delivery.delivered else [], refused=refused))
-        if delivery.delivered:
-            rec["status"] = "released"
-
-    entry, _ = _change(store, entry, change)
-    result = "ok" if delivery.delivered and not refused else (
-        "partial" if delivery.delivered else "failed")
-    store.audit(actor, "release", entry.id, result, next_hop=settings.smtp.next_hop,
-                reply=reply, delivered_to=delivery.accepted if delivery.delivered else [],
-                refused=refused)
-    _sync_index(settings, store, entry)
-    if delivery.delivered:
-        click.echo(f"released {entry.id} to {', '.join(delivery.accepted)} ({reply})")
-        if record.get("front_end") == "milter" and record.get("queue_id"):
+    entry = _locate(service, entry_id)
+    with _outcomes():
+        done = service.release(entry, actor, force, lambda q: _confirm(q, yes))
+    if done.delivery.delivered:
+        click.echo(f"released {done.entry.id} to {', '.join(done.delivery.accepted)} "
+                   f"({done.reply})")
+        record = done.entry.record
+        if record.front_end == "milter" and record.queue_id:
             # The MTA's copy is still on hold (SMFIR_QUARANTINE): docs/milter.md
             click.echo(f"Postfix still holds its own copy: delete it with `postsuper -d "
-                       f"{printable(record['queue_id'])} hold` (never release it too)", err=True)
-    for addr, why in refused.items():
+                       f"{printable(record.queue_id)} hold` (never release it too)", err=True)
+    for addr, why in done.refused.items():
         click.echo(f"not released to {addr}: {why}", err=True)
-    if not delivery.delivered and delivery.reply is not None:
-        click.echo(f"not released: next hop answered {reply}", err=True)
-    sys.exit(EXIT_OK if result == "ok" else EXIT_ERROR)
+    if not done.delivery.delivered and done.delivery.reply is not None:
+        click.echo(f"not released: next hop answered {done.reply}", err=True)
+    sys.exit(EXIT_OK if done.result == "ok" else EXIT_ERROR)
 
 
 # --- delete, hold, unhold ----------------------------------------------------------------------
@@ -558,52 +415,28 @@ def release_command(config_path: Path | None, by: str | None, yes: bool, force: 
 def delete_command(config_path: Path | None, by: str | None, yes: bool, entry_id: str) -> None:
     """Delete an entry's message. Its record (metadata, hashes, history) stays until
     purge removes it; an entry on legal hold cannot be deleted."""
-    settings, store = _open(config_path)
+    service = _open(config_path)
     actor = _actor(by)
-    entry = _locate(settings, store, entry_id)
-    if entry.record.get("legal_hold"):
-        store.audit(actor, "delete", entry.id, "refused: legal hold")
-        fail(f"{entry.id} is on legal hold: it cannot be deleted (unhold it first if the "
-             "hold has ended)")
-    if not entry.has_message:
-        store.audit(actor, "delete", entry.id, "ok: already deleted")
+    entry = _locate(service, entry_id)
+    with _outcomes():
+        deleted = service.delete(entry, actor, lambda q: _confirm(q, yes))
+    if deleted:
+        click.echo(f"deleted the message of {entry.id} (its record stays until purged)")
+    else:
         click.echo(f"{entry.id}: already deleted")
-        return
-    _confirm(f"delete the message of {entry.id}", yes)
-    store.delete_message(entry)
-    now = time.time()
-
-    def change(rec: dict[str, Any]) -> None:
-        rec["history"].append(history_event("deleted", now, actor))
-        rec["status"] = "deleted"
-
-    entry, _ = _change(store, entry, change)
-    store.audit(actor, "delete", entry.id, "ok")
-    _sync_index(settings, store, entry)
-    click.echo(f"deleted the message of {entry.id} (its record stays until purged)")
 
 
 def _set_hold(config_path: Path | None, by: str | None, entry_id: str, hold: bool,
               reason: str | None) -> None:
-    settings, store = _open(config_path)
+    service = _open(config_path)
     actor = _actor(by)
-    entry = _locate(settings, store, entry_id)
-    action = "hold" if hold else "unhold"
-    if bool(entry.record.get("legal_hold")) == hold:
-        store.audit(actor, action, entry.id, "ok: unchanged")
+    entry = _locate(service, entry_id)
+    with _outcomes():
+        changed = service.set_hold(entry, actor, hold, reason)
+    if not changed:
         click.echo(f"{entry.id}: {'already' if hold else 'not'} on legal hold")
-        return
-    now = time.time()
-    detail = {"reason": reason} if reason else {}
-
-    def change(rec: dict[str, Any]) -> None:
-        rec["legal_hold"] = hold
-        rec["history"].append(history_event(action, now, actor, **detail))
-
-    entry, _ = _change(store, entry, change)
-    store.audit(actor, action, entry.id, "ok", **detail)
-    _sync_index(settings, store, entry)
-    click.echo(f"{entry.id}: {'on legal hold' if hold else 'legal hold lifted'}")
+    else:
+        click.echo(f"{entry.id}: {'on legal hold' if hold else 'legal hold lifted'}")
 
 
 @quarantine.command("hold")
@@ -644,61 +477,22 @@ def purge_command(config_path: Path | None, as_json: bool, by: str | None,
     """Remove entries received more than quarantine.retention_days ago, except those on
     legal hold and those whose report is still waiting in the outbox; also remove files
     of writes that never finished (an hour old or more)."""
-    settings, store = _open(config_path)
+    service = _open(config_path)
     actor = _actor(by)
-    now = time.time()
-    cutoff = now - store.retention_days * 86400
-    pending = store.pending_entry_ids()
     progress = _Progress("reading entries")
-    expired: list[StoredEntry] = []
-    held: list[str] = []
-    waiting: list[str] = []
-    for entry in store.entries():
-        progress.step()
-        if float(entry.record.get("received_ts") or now) >= cutoff:
-            continue
-        if entry.record.get("legal_hold"):
-            held.append(entry.id)
-        elif entry.id in pending:
-            waiting.append(entry.id)
-        else:
-            expired.append(entry)
-    progress.done()
-    leftovers = store.leftovers(now - LEFTOVER_AGE)
-    if not dry_run:
-        for entry in expired:
-            store.remove(entry)
-        for path in leftovers:
-            path.unlink(missing_ok=True)
-    removed = [e.id for e in expired]
-    summary = {
-        "dry_run": dry_run, "retention_days": store.retention_days,
-        "cutoff": iso_time(cutoff), "purged": removed, "kept_on_hold": held,
-        "kept_report_pending": waiting, "leftovers": [str(p) for p in leftovers],
-    }
-    if removed and not dry_run:
-        index = _index(settings)
-        if index is not None:
-            try:
-                index.remove(removed)
-            except IndexUnavailable as exc:
-                _warn(f"quarantine index not updated ({exc.detail}): run mailfilter quarantine "
-                      "reindex")
-            finally:
-                index.close()
-    store.audit(actor, "purge", None, "dry-run" if dry_run else "ok", **{
-        k: v for k, v in summary.items() if k != "dry_run"})
+    done = service.purge(actor, dry_run, progress.step, progress.done)
     if as_json:
-        click.echo(json.dumps(summary))
+        click.echo(json.dumps(done.to_json()))
         return
     verb = "would purge" if dry_run else "purged"
-    for entry in expired:
-        click.echo(f"{verb} {entry.id} (received {_received(entry.record)})")
-    click.echo(f"{verb} {counted(len(removed), 'entry', 'entries')} received before "
-               f"{iso_time(cutoff)} "
-               f"(retention {store.retention_days} days); kept {len(held)} on legal hold, "
-               f"{len(waiting)} with reports pending; "
-               f"{'would remove' if dry_run else 'removed'} {len(leftovers)} leftover files")
+    for entry in done.purged:
+        click.echo(f"{verb} {entry.id} (received {entry.record.received_at})")
+    click.echo(f"{verb} {counted(len(done.purged), 'entry', 'entries')} received before "
+               f"{done.cutoff} "
+               f"(retention {done.retention_days} days); kept {len(done.kept_on_hold)} on "
+               f"legal hold, {len(done.kept_report_pending)} with reports pending; "
+               f"{'would remove' if dry_run else 'removed'} {len(done.leftovers)} leftover "
+               "files")
 
 
 # --- report, export ---------------------------------------------------------------------------
@@ -720,34 +514,19 @@ def report_command(config_path: Path | None, by: str | None, fmt: str, to: Path 
                    force: bool, entry_id: str) -> None:
     """Write an entry's report. Nothing is sent anywhere: a cybertip-xml draft is for a
     compliance officer to review and submit to NCMEC."""
-    settings, store = _open(config_path)
+    service = _open(config_path)
     actor = _actor(by)
-    entry = _locate(settings, store, entry_id)
+    entry = _locate(service, entry_id)
     now = time.time()
-    if fmt == "json":
-        data = report_json(report_document(entry.record, now))
-    else:
-        try:
-            data = cybertip_xml(entry.record, settings.report, now)
-        except ValueError as exc:
-            store.audit(actor, "report", entry.id, f"refused: {exc}", format=fmt)
-            fail(f"{entry.id}: {exc}")
-        missing = [k for k in ("reporter_name", "reporter_email")
-                   if not getattr(settings.report, k)]
-        if missing:
-            _warn(f"[report] {' and '.join(missing)} not set: the reporter is left empty")
+    with _outcomes():
+        data = service.report(entry, actor, fmt, now)
     if to is not None:
         _write_new_file(to, data, force)
     else:
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
-
-    def change(rec: dict[str, Any]) -> None:
-        rec["history"].append(history_event("report-written", now, actor, format=fmt,
-                                            to=str(to) if to else "stdout"))
-
-    _change(store, entry, change)
-    store.audit(actor, "report", entry.id, "ok", format=fmt, to=str(to) if to else "stdout")
+    with _outcomes():
+        service.report_written(entry, actor, fmt, to, now)
     if to is not None:
         click.echo(f"wrote the {fmt} report of {entry.id} to {to}", err=True)
 
@@ -763,21 +542,14 @@ def report_command(config_path: Path | None, by: str | None, fmt: str, to: Path 
 def export_command(config_path: Path | None, by: str | None, to: Path, force: bool,
                    entry_id: str) -> None:
     """Write the raw quarantined message, exactly as received, to a file (0600)."""
-    settings, store = _open(config_path)
+    service = _open(config_path)
     actor = _actor(by)
-    entry = _locate(settings, store, entry_id)
-    if not entry.has_message:
-        store.audit(actor, "export", entry.id, "refused: message deleted")
-        fail(f"{entry.id}: the message was deleted; there is nothing to export")
-    data = entry.message_path.read_bytes()
+    entry = _locate(service, entry_id)
+    with _outcomes():
+        data = service.export(entry, actor)
     _write_new_file(to, data, force)
-    now = time.time()
-
-    def change(rec: dict[str, Any]) -> None:
-        rec["history"].append(history_event("exported", now, actor, to=str(to)))
-
-    _change(store, entry, change)
-    store.audit(actor, "export", entry.id, "ok", to=str(to), bytes=len(data))
+    with _outcomes():
+        service.exported(entry, actor, to, len(data))
     click.echo(f"wrote {len(data):,} bytes of {entry.id} to {to}")
 
 
@@ -790,30 +562,15 @@ def export_command(config_path: Path | None, by: str | None, to: Path, force: bo
 @handles_errors
 def reindex_command(config_path: Path | None, by: str | None) -> None:
     """Rebuild this instance's part of the shared quarantine index from its directory."""
-    settings, store = _open(config_path)
+    service = _open(config_path)
     actor = _actor(by)
-    index = _index(settings)
-    if index is None:
+    progress = _Progress("reading entries")
+    with _outcomes():
+        counts = service.reindex(actor, progress.step, progress.done)
+    if counts is None:
         click.echo("no shared index ([store] redis_url is empty): the quarantine directory "
                    "is the index")
         return
-    pending = store.pending_entry_ids()
-    progress = _Progress("reading entries")
-    summaries = []
-    for entry in store.entries():
-        progress.step()
-        summary = entry_summary(entry.record, report_pending=entry.id in pending,
-                                has_message=entry.has_message)
-        summary["host"] = summary["host"] or store.instance
-        summaries.append(summary)
-    progress.done()
-    try:
-        written, removed = index.replace_host(store.instance, summaries)
-    except IndexUnavailable as exc:
-        store.audit(actor, "reindex", None, f"failed: {exc.detail}")
-        fail(f"quarantine index not reachable: {exc.detail}")
-    finally:
-        index.close()
-    store.audit(actor, "reindex", None, "ok", written=written, removed=removed)
-    click.echo(f"quarantine index: {written} entries of {store.instance} written, "
+    written, removed = counts
+    click.echo(f"quarantine index: {written} entries of {service.store.instance} written, "
                f"{removed} stale ones removed")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from mailfilter.actions.report import distance_text
+from mailfilter.actions.report.text import distance_text
 from mailfilter.frontend.command_line import counted, rate_text
 from mailfilter.frontend.mailbox import count_messages, iter_messages
 from mailfilter.matching.backends import open_store
