@@ -74,7 +74,7 @@ RUN: dict[str, Expect] = {
     "hashes import --list ncmec ncmec.xml": Expect(),
     "hashes import --list iwf-md5 list.md5": Expect(),
     "hashes import --list hma export.hma": Expect(),
-    "hashes add --list own --label case-1234 image.jpg …": Expect(),
+    "hashes add --list own --label case-1234 image.jpg clip.mp4 …": Expect(),
     "hashes export --list ncmec | head -1": Expect(output=('{"list":"ncmec",',)),
     "check-config": Expect(output=("[smtp]",)),
     "check-config # the effective settings, or what is wrong": Expect(output=("[smtp]",)),
