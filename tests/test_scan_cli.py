@@ -15,7 +15,7 @@ import pytest
 from factories import jpeg, message, message_bytes, png
 
 from mailfilter.actions.report.text import distance_text
-from mailfilter.frontend.scan_command import ScanSummary, scan_text
+from mailfilter.cli.scan import ScanSummary, scan_text
 from mailfilter.model import (
     AttachmentResult,
     ExactHashes,

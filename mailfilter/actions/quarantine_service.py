@@ -2,7 +2,7 @@
 the shared index, on which instance), release, delete, hold and unhold, purge, write its
 report or export it, rebuild the index; every change recorded in the entry's history and
 in the audit log, and followed in the shared index. `mailfilter quarantine …`
-(frontend/quarantine_command.py) parses arguments, calls these and prints.
+(cli/quarantine.py) parses arguments, calls these and prints.
 
 Blocking, like the store. Errors are exceptions carrying the message for the operator:
 `NotHere` (no such entry on this instance: exit 1) and `Refused` (a refusal or an error:

@@ -47,7 +47,7 @@ from mailfilter.actions.quarantine_service import (
 )
 from mailfilter.actions.records import EntrySummary
 from mailfilter.actions.report.text import findings_text, printable, size_text
-from mailfilter.frontend.command_line import (
+from mailfilter.cli.command_line import (
     EXIT_ERROR,
     EXIT_OK,
     config_option,
