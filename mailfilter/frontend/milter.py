@@ -26,11 +26,12 @@ SMFIR_SETSYMLIST (Postfix then sends them in place of its lists for those stages
 `milter_*_macros` setting is needed.
 
 Limits are the proxy's (`[smtp]`): `max_connections` (one more connection is closed at
-once: the MTA applies its `milter_default_action`), `max_concurrent_messages` (messages wait
-for a slot), `command_timeout` (idle time between packets), `max_message_size`,
-`scan_timeout`, `allowed_clients` (for inet listeners; a unix socket is guarded by its
-permissions, 0660). A malformed packet closes that connection with a log line; the MTA
-applies `milter_default_action` to its message and other connections go on.
+once: the MTA applies its `milter_default_action`), `max_concurrent_messages` (one limit for
+the proxy and the milter together: messages wait for a slot), `command_timeout` (idle time
+between packets), `max_message_size`, `allowed_clients` (for inet listeners; a unix socket
+is guarded by its permissions, 0660); the scan's deadline is `[scan] timeout`. A malformed
+packet closes that connection with a log line; the MTA applies `milter_default_action` to
+its message and other connections go on.
 """
 
 from __future__ import annotations
@@ -43,19 +44,15 @@ import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
-from mailfilter.actions.quarantine import QuarantineStore, new_id
+from mailfilter.actions.quarantine import new_id
 from mailfilter.frontend import milter_protocol as mp
 from mailfilter.frontend.clients import AllowedClients
 from mailfilter.handling import Decision, MessageHandler, MessageOutcome
 from mailfilter.model import Envelope, Reply, ScanResult
 from mailfilter.policy import Action, ActionKind, header_value
-from mailfilter.scanner import Scanner
 from mailfilter.settings import Settings, parse_milter_listen
-
-if TYPE_CHECKING:
-    from mailfilter.metrics import Metrics
 
 __all__ = ["MilterServer", "MilterSession"]
 
@@ -469,7 +466,7 @@ class MilterSession(asyncio.Protocol):
                 out, outcome = self._on_error(msg_id)
         outcome.stages["total"] = time.perf_counter() - started
         try:
-            handler.finish(outcome, envelope, size)
+            handler.finish(outcome, envelope, size, server.name)
         except Exception:  # (the answer matters more than its log line)
             log.exception("could not log a message", extra={"fields": {"id": msg_id}})
         return out
@@ -504,7 +501,8 @@ class MilterSession(asyncio.Protocol):
                           envelope: Envelope, raw: bytes) -> tuple[bytes, Reply]:
         assert self.agreed is not None
         extra: dict[str, Any] = {"milter": {"macros": self.all_macros(), "peer": self.peer}}
-        reply, entry = await handler.quarantine_message(decision, envelope, raw, extra)
+        reply, entry = await handler.quarantine_message(decision, envelope, raw,
+                                                        self.server.name, extra)
         if entry is None:  # not on our disk: the MTA must keep the message and retry
             return self._refuse(reply), reply
         if self.agreed.may(mp.SMFIF_QUARANTINE):
@@ -531,14 +529,17 @@ class MilterSession(asyncio.Protocol):
 
 
 class MilterServer:
-    """The listener and its sessions. `settings` and `scanner` may be replaced while running
-    (SIGHUP); the listening address needs a restart."""
+    """The listener and its sessions; messages go through the service's one `handler`. A
+    `FrontEnd` (base.py); `settings` may be replaced while running (SIGHUP), the listening
+    address needs a restart."""
 
-    def __init__(self, settings: Settings, scanner: Scanner, quarantine: QuarantineStore,
-                 metrics: Metrics | None = None, max_packet: int = mp.MAX_PACKET) -> None:
+    name: Final = "milter"
+    relays: Final = False  # the MTA keeps the message: no next hop
+
+    def __init__(self, settings: Settings, handler: MessageHandler,
+                 max_packet: int = mp.MAX_PACKET) -> None:
         self.settings = settings
-        self.handler = MessageHandler(settings, scanner, quarantine, metrics,
-                                      front_end="milter")
+        self.handler = handler
         self.max_packet = max_packet
         self.sessions: set[MilterSession] = set()
         self.draining = False
@@ -548,10 +549,14 @@ class MilterServer:
         self.tasks: set[asyncio.Task[None]] = set()  # ends of message being handled
         self.address: str | None = None  # what we listen on, as inet:host:port / unix:path
 
-    def reconfigure(self, settings: Settings, scanner: Scanner) -> None:
+    def reconfigure(self, settings: Settings) -> None:
+        """(the handler, shared with the other front ends, is reconfigured by the
+        service)"""
         self.settings = settings
-        self.handler.reconfigure(settings, scanner)
         self.clients = AllowedClients(settings.smtp.allowed_clients)
+
+    def connections(self) -> int:
+        return len(self.sessions)
 
     def count_error(self, reason: str) -> None:
         self.handler.count_error(reason)

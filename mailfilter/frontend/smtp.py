@@ -36,7 +36,7 @@ import ssl
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from aiosmtpd.smtp import SMTP, Session
 
@@ -54,9 +54,6 @@ from mailfilter.model import Envelope, Reply, ScanResult
 from mailfilter.policy import Action, ActionKind, decide_error, header_value
 from mailfilter.scanner import Scanner
 from mailfilter.settings import Settings, split_host_port
-
-if TYPE_CHECKING:
-    from mailfilter.metrics import Metrics
 
 __all__ = ["SmtpProxy"]
 
@@ -473,9 +470,11 @@ class ProxySession(SMTP):
         else:
             self.processing = True
             self.txn = None
-            # The message may take scan_timeout + the next hop's time; the client waits.
+            # The message may take the scan's deadline + the next hop's time; the client
+            # waits.
             s = self.proxy.settings.smtp
-            self._reset_timeout(s.scan_timeout + 2 * s.next_hop_timeout + s.command_timeout)
+            self._reset_timeout(self.proxy.settings.scan.timeout + 2 * s.next_hop_timeout
+                                + s.command_timeout)
             try:
                 replies = await self.proxy.handle_message(self, txn, raw)
             finally:
@@ -552,14 +551,16 @@ ProxySession.command_size_limits = collections.defaultdict(
 
 class SmtpProxy:
     """The listening side and the message flow: scan -> policy -> relay / quarantine /
-    refuse. `settings` and `scanner` may be replaced while running (SIGHUP)."""
+    refuse, through the service's one `handler`. A `FrontEnd` (base.py); `settings` may be
+    replaced while running (SIGHUP)."""
 
-    def __init__(self, settings: Settings, scanner: Scanner, relay: RelayPool,
-                 quarantine: QuarantineStore, metrics: Metrics | None = None) -> None:
+    name: Final = "smtp"
+    relays: Final = True
+
+    def __init__(self, settings: Settings, handler: MessageHandler, relay: RelayPool) -> None:
         self.settings = settings
-        self.handler = MessageHandler(settings, scanner, quarantine, metrics)
+        self.handler = handler
         self.relay = relay
-        self.metrics = metrics
         self.hostname = local_hostname(settings.smtp.hostname)
         self.tls_context = _tls_context(settings)
         self.clients = AllowedClients(settings.smtp.allowed_clients)
@@ -568,11 +569,11 @@ class SmtpProxy:
         self._server: asyncio.Server | None = None
         self.address: tuple[str, int] | None = None
 
-    def reconfigure(self, settings: Settings, scanner: Scanner) -> None:
+    def reconfigure(self, settings: Settings) -> None:
         """New settings for the next messages (listen address and TLS need a restart; the
-        relay pool, shared with the report sender, is reconfigured by the service)."""
+        relay pool, shared with the report sender, and the handler, shared with the other
+        front ends, are reconfigured by the service)."""
         self.settings = settings
-        self.handler.reconfigure(settings, scanner)
         self.clients = AllowedClients(settings.smtp.allowed_clients)
 
     # --- serving ---------------------------------------------------------------------------
@@ -625,6 +626,9 @@ class SmtpProxy:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 5.0)
 
+    def connections(self) -> int:
+        return len(self.sessions)
+
     def count_error(self, reason: str) -> None:
         self.handler.count_error(reason)
 
@@ -661,7 +665,7 @@ class SmtpProxy:
             outcome = MessageOutcome(msg_id, decide_error("internal", self.settings.policy),
                                      INTERNAL_ERROR, None, {})
         outcome.stages["total"] = time.perf_counter() - started
-        handler.finish(outcome, envelope, len(raw))
+        handler.finish(outcome, envelope, len(raw), self.name)
         return [outcome.reply] * (len(txn.rcpts) if session.lmtp else 1)
 
     async def _process(self, handler: MessageHandler, msg_id: str, received: float,
@@ -675,7 +679,7 @@ class SmtpProxy:
             stages["relay"] = time.perf_counter() - acted
         elif action.kind is ActionKind.QUARANTINE:
             txn.next_hop.abort()
-            reply, _ = await handler.quarantine_message(decision, envelope, raw)
+            reply, _ = await handler.quarantine_message(decision, envelope, raw, self.name)
         else:
             txn.next_hop.abort()
             reply = action.reply or INTERNAL_ERROR
