@@ -2,10 +2,10 @@
 the message and its queue, and asks us at the end of each message what to do with it.
 
 The wire format is in `milter_protocol.py`; this module is the asyncio server around it:
-one protocol instance per MTA connection, parsing packets as they arrive, collecting the
-envelope, headers and body of each message, and at end of message running the shared flow
-of `handling.py` (scan under the deadline, policy, quarantine, the one log line), then
-telling the MTA:
+one protocol instance per MTA connection, feeding what arrives to its packet framer,
+collecting the envelope, headers and body of each message, and at end of message running
+the shared flow of `handling.py` (scan under the deadline, policy, quarantine, the one log
+line), then telling the MTA:
 
 | decision                     | milter replies                                              |
 |------------------------------|-------------------------------------------------------------|
@@ -115,7 +115,7 @@ class MilterSession(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.peer = "unix"
-        self.buffer = bytearray()
+        self.framer = mp.PacketFramer(server.max_packet)
         self.agreed: mp.Negotiated | None = None
         self.macros: dict[str, dict[str, str]] = {}
         self.connect: mp.Connect | None = None
@@ -166,7 +166,7 @@ class MilterSession(asyncio.Protocol):
                 "in_message": self.message is not None}})
         self.closed = True
         self.message = None
-        self.buffer = bytearray()
+        self.framer = mp.PacketFramer(self.server.max_packet)  # (what it held is dropped)
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
@@ -214,7 +214,7 @@ class MilterSession(asyncio.Protocol):
         if self.closed:
             return
         self._last = self.loop.time()
-        self.buffer += data
+        self.framer.receive_data(data)
         if self.quickack is not None:
             self._ack_now()
         if not self.processing:
@@ -225,7 +225,7 @@ class MilterSession(asyncio.Protocol):
     def _pause_if_full(self) -> None:
         """While an end of message is handled, keep at most about a packet's worth of what
         the MTA pipelined after it; read the rest once we answered."""
-        if len(self.buffer) > self.server.max_packet and not self._paused \
+        if self.framer.buffered > self.server.max_packet and not self._paused \
                 and self.transport is not None and not self.closed:
             self.transport.pause_reading()
             self._paused = True
@@ -233,17 +233,12 @@ class MilterSession(asyncio.Protocol):
     def _consume(self) -> None:
         """Handle every whole packet in the buffer, up to an end of message."""
         out = bytearray()
-        buf = self.buffer
-        pos = 0
-        limit = self.server.max_packet
+        framer = self.framer
         try:
-            while not self.processing and len(buf) - pos >= 4:
-                length = mp.packet_length(bytes(buf[pos:pos + 4]), limit)
-                end = pos + 4 + length
-                if len(buf) < end:
+            while not self.processing:
+                command = framer.next_event()
+                if isinstance(command, mp.Marker):  # (never CLOSED: connection_lost says so)
                     break
-                command = mp.decode(buf[pos + 4], bytes(buf[pos + 5:end]))
-                pos = end
                 answer = self._handle(command)
                 if answer is None:  # QUIT
                     self._send(out)
@@ -262,7 +257,6 @@ class MilterSession(asyncio.Protocol):
             self.server.count_error("internal")
             self.close()
             return
-        del buf[:pos]
         self._send(out)
         if self.processing:
             self._pause_if_full()

@@ -38,7 +38,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from aiosmtpd.smtp import SMTP, Session
+from aiosmtpd.smtp import Session
 
 from mailfilter.actions.quarantine import QuarantineStore, new_id
 from mailfilter.actions.relay import (
@@ -48,6 +48,7 @@ from mailfilter.actions.relay import (
     local_hostname,
     xtext_decode,
 )
+from mailfilter.frontend.aiosmtpd_adapter import SessionAdapter
 from mailfilter.frontend.clients import AllowedClients
 from mailfilter.handling import MessageHandler, MessageOutcome
 from mailfilter.model import Envelope, Reply, ScanResult
@@ -74,7 +75,6 @@ TOO_BIG: Final = Reply(552, "5.3.4", "Message size exceeds fixed maximum message
 IDLE_TIMEOUT: Final = Reply(421, "4.4.2", "Timeout waiting for a command, closing connection")
 
 _CONTROL: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-_HOOK_NAMES: dict[type, tuple[str, ...]] = {}  # session class -> its smtp_ and auth_ names
 _PATH: Final = re.compile(r"^\s*(?:<([^<>]*)>|([^<>\s]+))(?:\s+(.*))?$", re.S)
 _PARAM: Final = re.compile(
     r"^([A-Za-z0-9][A-Za-z0-9-]*)(?:=([\x21-\x3c\x3e-\x7e\x80-\U0010ffff]+))?$"
@@ -159,8 +159,9 @@ class _NoHooks:
         return _format(INTERNAL_ERROR)
 
 
-class ProxySession(SMTP):
-    """One client connection."""
+class ProxySession(SessionAdapter):
+    """One client connection. aiosmtpd runs the session (reading commands, calling the
+    `smtp_*` methods); what it does not offer publicly comes through `SessionAdapter`."""
 
     line_length_limit = READ_LIMIT
     command_size_limit = 4096  # MAIL/RCPT with DSN parameters, XFORWARD, XCLIENT
@@ -193,17 +194,6 @@ class ProxySession(SMTP):
         assert self.session is not None
         return self.session
 
-    def __dir__(self) -> Iterable[str]:
-        # aiosmtpd looks at every attribute of each new session (inspect.getmembers for
-        # its auth_ methods, dir() for its smtp_ methods): ~70 us a connection for the
-        # ~150 names. Those two kinds are all it looks for.
-        cls = type(self)
-        names = _HOOK_NAMES.get(cls)
-        if names is None:
-            names = _HOOK_NAMES[cls] = tuple(
-                n for n in dir(cls) if n.startswith(("smtp_", "auth_")))
-        return names
-
     # --- connection life cycle ---------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -220,19 +210,18 @@ class ProxySession(SMTP):
         self.proxy.sessions.discard(self)
         super().connection_lost(error)
 
-    async def _handle_client(self) -> None:
+    async def refused_before_greeting(self) -> bool:
         refusal = self.proxy.refusal(self.peer_addr)
-        if refusal is not None:
-            with contextlib.suppress(Exception):
-                await self.push(_format(refusal))
-            if self.transport is not None:
-                self.transport.close()
-            return
-        await super()._handle_client()
+        if refusal is None:
+            return False
+        with contextlib.suppress(Exception):
+            await self.push(_format(refusal))
+        if self.transport is not None:
+            self.transport.close()
+        return True
 
-    def _set_rset_state(self) -> None:
+    def on_reset(self) -> None:
         self._abort_txn()
-        super()._set_rset_state()  # type: ignore[no-untyped-call]
 
     def _abort_txn(self) -> None:
         txn = getattr(self, "txn", None)
@@ -245,17 +234,16 @@ class ProxySession(SMTP):
         if self.txn is not None or self.processing or self.transport is None:
             return False
         with contextlib.suppress(Exception):
-            self._writer.write(f"{SHUTTING_DOWN}\r\n".encode())
+            self.write_now(_format(SHUTTING_DOWN))
         self.transport.close()
         return True
 
-    def _timeout_cb(self) -> None:
+    def on_idle_timeout(self) -> None:
         """command_timeout passed without a command (or DATA stalled): say 421 before
         closing (RFC 5321 4.5.3.2; aiosmtpd itself closes silently)."""
         if self.transport is not None and not self.transport.is_closing():
             with contextlib.suppress(Exception):
-                self._writer.write(f"{IDLE_TIMEOUT}\r\n".encode())
-        super()._timeout_cb()  # type: ignore[no-untyped-call]
+                self.write_now(_format(IDLE_TIMEOUT))
 
     async def _after_transaction(self) -> None:
         self.xforward.clear()
@@ -271,7 +259,7 @@ class ProxySession(SMTP):
                "ENHANCEDSTATUSCODES", "DSN",
                "XFORWARD " + " ".join(XFORWARD_ATTRS),
                "XCLIENT " + " ".join(XCLIENT_ATTRS)]
-        if self.tls_context is not None and self._tls_protocol is None:
+        if self.tls_context is not None and not self.tls_started():
             out.append("STARTTLS")
         return out
 
@@ -285,7 +273,7 @@ class ProxySession(SMTP):
         if not hostname:
             await self.push("501 5.5.4 Syntax: EHLO hostname")
             return
-        self._set_rset_state()
+        self.reset_state()
         self.sess().extended_smtp = True
         self.sess().host_name = hostname
         lines = [self.hostname, *self._extensions()]
@@ -348,9 +336,9 @@ class ProxySession(SMTP):
         # As if a new client connected: its attributes are sent on as XFORWARD; a fresh
         # greeting, and the client must say EHLO again.
         self.xforward = {k: v for k, v in attrs.items() if k in XFORWARD_ATTRS}
-        self._set_rset_state()
+        self.reset_state()
         self.sess().host_name = None
-        await self.push(f"220 {self.hostname} {self.__ident__}")
+        await self.push(f"220 {self.hostname} {self.greeting_text()}")
 
     # --- the transaction ------------------------------------------------------------------
 
@@ -445,7 +433,7 @@ class ProxySession(SMTP):
         if arg:
             await self.push("501 5.5.4 Syntax: RSET")
             return
-        self._set_rset_state()
+        self.reset_state()
         self.xforward.clear()
         await self.push("250 2.0.0 Ok")
 
@@ -473,13 +461,13 @@ class ProxySession(SMTP):
             # The message may take the scan's deadline + the next hop's time; the client
             # waits.
             s = self.proxy.settings.smtp
-            self._reset_timeout(self.proxy.settings.scan.timeout + 2 * s.next_hop_timeout
+            self.restart_idle_timer(self.proxy.settings.scan.timeout + 2 * s.next_hop_timeout
                                 + s.command_timeout)
             try:
                 replies = await self.proxy.handle_message(self, txn, raw)
             finally:
                 self.processing = False
-                self._reset_timeout()
+                self.restart_idle_timer()
         for reply in replies:
             await self.push(_format(reply))
         await self._after_transaction()
@@ -491,7 +479,7 @@ class ProxySession(SMTP):
         buf = bytearray()
         too_big = False
         since_reset = 0
-        reader: asyncio.StreamReader = self._reader
+        reader = self.client_stream()
         while True:
             try:
                 piece = await reader.readuntil(b".\r\n")
@@ -505,7 +493,7 @@ class ProxySession(SMTP):
             buf += piece
             since_reset += len(piece)
             if since_reset >= READ_LIMIT:
-                self._reset_timeout()
+                self.restart_idle_timer()
                 since_reset = 0
             if complete:
                 end = len(buf) - 3
