@@ -1,6 +1,6 @@
 """`mailfilter serve`: settings -> worker pool, hash store + live index, verdict cache,
-scanner, SMTP proxy and/or milter (`smtp.listen`, `milter.listen`; at least one), metrics;
-then signals.
+scanner, one message handler, the front ends that share it (SMTP proxy and/or milter:
+`smtp.listen`, `milter.listen`; at least one), metrics; then signals.
 
 - SIGTERM / SIGINT: stop accepting connections, let messages in flight finish (up to
   `smtp.shutdown_timeout`, proxy and milter alike), close everything, exit 0.
