@@ -327,6 +327,7 @@ class WorkerSettings(_Section):
     processes: int = Field(default=0, ge=0, le=256)  # 0: one per CPU core
     memory_limit: Size = 1024**3
     max_tasks_per_worker: int = Field(default=1000, ge=0)  # 0: never recycle
+    sandbox: Literal["auto", "require", "off"] = "auto"  # sandbox.py
 
 
 class PolicySettings(_Section):
