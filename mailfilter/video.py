@@ -59,6 +59,35 @@ decoded at all. The sampled frame for grid time t is the first decoded frame at 
 reported with its own timestamp (a skipped B-frame moves a sample a frame or two later);
 gating never changes which frame that is (checked on Meta's vectors and generated clips).
 
+Measured and not done (60 s 720p30 x264-default clip of bench/video_speed.py, CPU seconds,
+which load from other work moves far less than wall time; a one-thread full decode by the
+``ffmpeg`` CLI was 7.0-7.6 s of CPU on a loaded machine):
+
+- ``skip_loop_filter``: ``ffmpeg -threads 1 -skip_frame noref`` 4.46 s, with
+  ``-skip_loop_filter all`` 3.83 s (-14%). But with NONREF every frame that is decoded is a
+  reference: the sampled frames are predicted from the very frames it would apply to, so
+  their pixels would drift from the reference's; and PyAV sets it only when the decoder
+  opens, not per packet. ``skip_idct`` is read by FFmpeg's MPEG-1/2/4 part 2 macroblock
+  code only (not H.264/HEVC), and there only for what NONREF already skips.
+- ``skip_frame = NONKEY`` and decoding from the keyframe before each grid time (seek)
+  instead of on: with a keyframe every 250 or 600 frames a grid time deep in a group needs
+  every reference before it in that group, so a decode per sample repeats the group's
+  start for each; NONKEY would sample other frames than the grid's. With a keyframe a
+  second, GOP gating already decodes little more than the keyframes (bench: 0.2x).
+- Decoder threads: two frame threads cost no more CPU than one (10-minute clip in 2 parts:
+  48.5 s against 50.0 s of CPU for both parts; the CLI: 4.8-5.4 s against 4.6-4.9 s), and a
+  part that ends first leaves a core to the other, so parts decode with two threads too.
+- Hashing the sampled frames on a thread beside the decoder: PyAV holds the GIL while it
+  decodes (two threads decoding at once used no more CPU per second than one), so Python
+  work cannot overlap the decode; the exact hashes can (hashlib lets go of the GIL over a
+  large buffer) and run beside it.
+
+Where the CPU goes then (the same clip, one thread): decoding the reference frames 3.9 s
+(964 of 1,800 frames), RGB conversion 0.35 s (5.8 ms a frame: swscale with
+``ACCURATE_RND``), PDQ with luma, preview and border trimming 0.6 s (10 ms a frame), the exact
+hashes 0.07 s. The reference frames alone are 0.52-0.6 of a full decode's CPU, so 0.5x of a
+one-thread full decode needs a second core: frame threads, and the scanner's parts.
+
 Frame conversion: vPDQ's reference converts each frame to RGB24 with swscale
 (``SWS_AREA``) at full size, with swscale's default (BT.601) coefficients whatever the
 stream says. The same conversion needs ``ACCURATE_RND`` here: the reference's build rounds as
@@ -148,8 +177,9 @@ TRUNCATED = "truncated"
 #: Decoding stops at this share of `video.deadline` after the task began, so the frames so
 #: far are hashed and returned before the worker pool's own deadline ends the task.
 DEADLINE_SHARE = 0.85
-#: Decoder threads per video (frame or slice threads, as the codec allows). Two: the worker
-#: pool runs a worker per core, and two threads already hide most of a lone video's decode.
+#: Decoder threads per video or part (frame or slice threads, as the codec allows). Two: the
+#: worker pool runs a worker per core, two threads already hide most of a lone video's
+#: decode, and they cost no more CPU than one (module docstring), so parts keep them too.
 DECODE_THREADS = 2
 #: FFmpeg's probing reads at most this much of the file / this much stream time before the
 #: streams are known (its defaults are 5 MB and 5 s too; set so a change there cannot
