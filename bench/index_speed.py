@@ -19,12 +19,22 @@ takes, then reports, on one core:
   (sizes geometric, mean 8; members ~4, 8 or 16 bits from their centre), as real lists hold
   many re-encodes of one image; planted queries then hit whole clusters.
 
+- vPDQ (`--vpdq-videos`, default 10,000; 0 skips it; `--only-vpdq` runs it alone):
+  listed videos of `--vpdq-frames` (60) random frame hashes each, indexed as a store's
+  cold load does (`from_arrays(vpdq=...)`: multi-index tables over the frames), queried
+  with videos of as many frames (half transcodes of a listed video, every frame 0..24 bits
+  off, which must match; half unrelated) through `search_vpdq`, against brute force over
+  the same frames (`method="brute"`, fewer queries, results compared); bytes per frame
+  and per video. The tables are built whatever the size (`vpdq_mih=True`; by default
+  only from 131,072 frames) and searched with `method="mih"`.
+
 Random hashes fill the buckets evenly; real lists are clumpier (near-duplicates share
 chunks and crowd some buckets), which the clumpy case shows. Latency is wall clock with the
 thread's CPU time beside it: the machine may be shared, so load averages are printed too.
 
     python bench/index_speed.py [--entries N] [--queries 1000] [--json] [--no-clumpy]
         [--no-alt] [--no-faiss] [--bits 23,23,21,...] [--tables M] [--radius 31]
+        [--vpdq-videos 10000] [--vpdq-frames 60] [--vpdq-queries 200] [--only-vpdq]
 """
 
 from __future__ import annotations
@@ -45,7 +55,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from mailfilter.matching.index import HashIndex
+from mailfilter.matching.index import EntryArrays, HashIndex
 
 U8 = npt.NDArray[np.uint8]
 
@@ -254,6 +264,114 @@ def faiss_baseline(data: U8, sets: list[list[str]], radius: int) -> dict[str, An
     return percentiles(times)
 
 
+def run_vpdq(args: argparse.Namespace, rng: np.random.Generator) -> dict[str, Any]:
+    """Listed videos as frame rows in the index, queried with whole videos."""
+    videos, per = args.vpdq_videos, args.vpdq_frames
+    n = videos * per
+    frames = random_hashes(rng, n)
+    video_ids = rng.integers(0, 256, size=(videos, 8), dtype=np.uint8)
+    rows = np.concatenate([frames, np.repeat(video_ids, per, axis=0)], axis=1)
+    list_ids = np.repeat(rng.integers(0, len(LISTS), size=videos), per).astype(np.int64)
+    label_ids = np.repeat(rng.integers(0, len(LABEL_SETS), size=videos), per).astype(np.int64)
+    trim()
+    rss0 = rss_bytes()
+    t0 = time.perf_counter()
+    index = HashIndex.from_arrays(version=1, lists=LISTS, label_sets=LABEL_SETS,
+                                  vpdq=EntryArrays(rows, list_ids, label_ids), vpdq_mih=True)
+    build_s = time.perf_counter() - t0
+    trim()
+    rss1 = rss_bytes()
+    stats = index.stats()
+    del rows, list_ids, label_ids
+
+    def features(hashes: U8) -> list[str]:
+        return [f"{h},90,{i}.000" for i, h in enumerate(hexes(hashes))]
+
+    queries: list[tuple[list[str], int | None]] = []
+    for i in range(args.vpdq_queries):
+        if i % 2:
+            v = int(rng.integers(0, videos))
+            drift = rng.integers(0, 25, size=per)
+            queries.append((features(flip_bits(rng, frames[v * per:(v + 1) * per], drift)), v))
+        else:
+            queries.append((features(random_hashes(rng, per)), None))
+    for q, _ in queries[:3]:
+        index.search_vpdq(q, args.radius, method="mih")  # build the probe plan
+
+    wall: list[float] = []
+    cpu: list[float] = []
+    missed = 0
+    gc.disable()
+    try:
+        for q, v in queries:
+            c0 = time.thread_time()
+            t0 = time.perf_counter()
+            matches = index.search_vpdq(q, args.radius, method="mih")
+            wall.append(time.perf_counter() - t0)
+            cpu.append(time.thread_time() - c0)
+            if v is not None and video_ids[v].tobytes().hex() not in {m.value for m in matches}:
+                missed += 1
+            if v is None and matches:
+                missed += 1  # an unrelated random video cannot match
+    finally:
+        gc.enable()
+    nb = min(args.baseline_queries, len(queries))
+    brute: list[float] = []
+    brute_cpu: list[float] = []
+    mismatched = 0
+    for q, _ in queries[:nb]:
+        c0 = time.thread_time()
+        t0 = time.perf_counter()
+        found = index.search_vpdq(q, args.radius, method="brute")
+        brute.append(time.perf_counter() - t0)
+        brute_cpu.append(time.thread_time() - c0)
+        mismatched += found != index.search_vpdq(q, args.radius, method="mih")
+    result: dict[str, Any] = {
+        "case": "vpdq",
+        "videos": videos,
+        "frames_per_video": per,
+        "frames": n,
+        "build_s": build_s,
+        "array_bytes_per_frame": stats["bytes:vpdq"] / n,
+        "mih_bytes_per_frame": stats["bytes:vpdq_mih"] / n,
+        "array_bytes_per_video": stats["bytes:vpdq"] / videos,
+        "rss_bytes_per_frame": (rss1 - rss0) / n,
+        "index": percentiles(wall),
+        "index_cpu": percentiles(cpu),
+        "numpy_brute": percentiles(brute),
+        "numpy_brute_cpu": percentiles(brute_cpu),
+        "planted_missed": missed,
+        "brute_vs_index_mismatches": mismatched,
+        "load": load(),
+    }
+    del index
+    trim()
+    return result
+
+
+def markdown_vpdq(r: dict[str, Any], args: argparse.Namespace) -> str:
+    ix, cpu = r["index"], r["index_cpu"]
+    brute, brute_cpu = r["numpy_brute"], r["numpy_brute_cpu"]
+    return "\n".join([
+        f"vPDQ index, frame radius {args.radius}, queries of {r['frames_per_video']} frames "
+        "(one video), one core; latency wall clock, CPU time of the thread in brackets",
+        "",
+        "| listed videos x frames | build s | array B/frame (tables) | B/video | RSS B/frame | "
+        "p50 ms | p99 ms | max ms | brute p50 ms | brute/index CPU p50 | missed | load |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        f"| {r['videos']:,} x {r['frames_per_video']} | {r['build_s']:.1f} | "
+        f"{r['array_bytes_per_frame']:.1f} ({r['mih_bytes_per_frame']:.1f}) | "
+        f"{r['array_bytes_per_video']:,.0f} | {r['rss_bytes_per_frame']:.1f} | "
+        f"{ix['p50_ms']:.2f} ({cpu['p50_ms']:.2f}) | {ix['p99_ms']:.2f} ({cpu['p99_ms']:.2f}) | "
+        f"{ix['max_ms']:.1f} | {brute['p50_ms']:.0f} ({brute_cpu['p50_ms']:.0f}) | "
+        f"{brute_cpu['p50_ms'] / cpu['p50_ms']:.1f}x | "
+        f"{r['planted_missed']} | {r['load']} |",
+        "",
+        f"- index over {ix['n']} videos (half transcodes of a listed one), brute force over "
+        f"{brute['n']}; brute/index result mismatches: {r['brute_vs_index_mismatches']}",
+    ])
+
+
 def markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines = [
         f"PDQ index, radius {args.radius}, sets of 8 hashes, one core "
@@ -302,6 +420,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--no-alt", action="store_true", help="skip the smaller, slower 10-table layout"
     )
     ap.add_argument("--no-faiss", dest="faiss", action="store_false", help="skip faiss")
+    ap.add_argument("--vpdq-videos", type=int, default=10_000, help="0 skips the vPDQ case")
+    ap.add_argument("--vpdq-frames", type=int, default=60, help="frames per listed video")
+    ap.add_argument("--vpdq-queries", type=int, default=200, help="query videos")
+    ap.add_argument("--only-vpdq", action="store_true", help="skip the PDQ cases")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
@@ -309,26 +431,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     rng = np.random.default_rng(args.seed)
     results: list[dict[str, Any]] = []
     bits, tables = parse_bits(args.bits), args.tables
+    vpdq: dict[str, Any] | None = None
+    if args.vpdq_videos > 0:
+        vpdq = run_vpdq(args, rng)
+        print(f"# vpdq: done (load {load()})", file=sys.stderr)
+    if args.only_vpdq:
+        args.entries = 0
     data = random_hashes(rng, args.entries)
-    results.append(run_case("random", data, args, rng, bits, tables))
-    print(f"# random: done (load {load()})", file=sys.stderr)
-    if not args.no_alt:
+    if args.entries:
+        results.append(run_case("random", data, args, rng, bits, tables))
+        print(f"# random: done (load {load()})", file=sys.stderr)
+    if args.entries and not args.no_alt:
         name = f"random, pdq_tables={ALT_TABLES}"
         results.append(run_case(name, data, args, rng, None, ALT_TABLES))
         print(f"# {name}: done (load {load()})", file=sys.stderr)
     del data
     trim()
-    if not args.no_clumpy:
+    if args.entries and not args.no_clumpy:
         data = clumpy_hashes(rng, args.entries)
         results.append(run_case("clumpy", data, args, rng, bits, tables))
         del data
         trim()
         print(f"# clumpy: done (load {load()})", file=sys.stderr)
     if args.json:
-        print(json.dumps({"radius": args.radius, "results": results}, indent=2))
+        print(json.dumps({"radius": args.radius, "results": results, "vpdq": vpdq}, indent=2))
     else:
-        print(markdown(results, args))
-    bad = any(r["planted_missed"] or r["brute_vs_index_mismatches"] for r in results)
+        if results:
+            print(markdown(results, args))
+        if vpdq is not None:
+            print(("\n" if results else "") + markdown_vpdq(vpdq, args))
+    bad = any(r["planted_missed"] or r["brute_vs_index_mismatches"]
+              for r in [*results, *([vpdq] if vpdq else [])])
     return 1 if bad else 0
 
 

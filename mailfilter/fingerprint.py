@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -21,8 +22,12 @@ from mailfilter.hashing.exact import exact_hashes
 from mailfilter.hashing.gridhist import gridhist_dihedral, gridhist_from_luma
 from mailfilter.hashing.pdq import pdq_from_luma
 from mailfilter.images import FRAMES_PAST_LIMIT, decode
+from mailfilter.magic import NO_VIDEO_STREAM, NOT_A_VIDEO, image_format, video_container
 from mailfilter.model import AttachmentKind, ExactHashes, FrameFingerprint, ImageFingerprint
 from mailfilter.settings import ImageSettings, Settings, VideoSettings
+
+if TYPE_CHECKING:  # PyAV is imported only in the workers that decode videos
+    from mailfilter.video import VideoFingerprint
 
 PREVIEW_SHORT_SIDE = 160
 """gridhist area-averages to 32 x 32 and border detection looks at row and column
@@ -64,13 +69,59 @@ class FingerprintParams:
         return self.video.deadline if kind is AttachmentKind.VIDEO else self.images.deadline
 
 
+def media_kind(data: bytes) -> AttachmentKind:
+    """What a file is by its signature (magic.py), as the extract stage tells an attachment:
+    an image, a video container, or any other file (exact hashes only)."""
+    if image_format(data) is not None:
+        return AttachmentKind.IMAGE
+    if video_container(data) is not None:
+        return AttachmentKind.VIDEO
+    return AttachmentKind.FILE
+
+
+def kind_found(handed_on: AttachmentKind, fp: ImageFingerprint) -> AttachmentKind:
+    """What an attachment handed on as `handed_on` turned out to be: a video container
+    without any video in it (an M4A, say) is a file."""
+    if handed_on is AttachmentKind.VIDEO and fp.skipped in (NOT_A_VIDEO, NO_VIDEO_STREAM):
+        return AttachmentKind.FILE
+    return handed_on
+
+
+@dataclass(frozen=True, slots=True)
+class MediaFingerprint:
+    """One file or attachment fingerprinted as what it turned out to be: `kind` IMAGE,
+    VIDEO or FILE (neither: exact hashes only; also a video container holding no video);
+    `fingerprint` as the match stage reads it; `video` the decoder's own record of a video
+    (container, codec, frames decoded, vPDQ features: what `hash` reports), else None."""
+
+    kind: AttachmentKind
+    fingerprint: ImageFingerprint
+    video: VideoFingerprint | None = None
+
+
+def fingerprint_file(data: bytes, params: FingerprintParams, kind: AttachmentKind | None = None,
+                     part: int = 0, parts: int = 1) -> MediaFingerprint:
+    """The one dispatch of image, video and file. `kind`: as the extract stage handed the
+    attachment on, or None for a file of unknown kind (`hash`, `hashes add`: by
+    `media_kind`). A video is decoded in part `part` of `parts` of its timeline (see
+    merge_video_parts); an image is decoded whatever it turns out to be (a declared image
+    without an image signature is skipped `not-an-image` by the decoder)."""
+    if kind is None:
+        kind = media_kind(data)
+    if kind is AttachmentKind.VIDEO:
+        record = _video_record(data, params, part, parts)
+        fp = _from_video(record)
+        return MediaFingerprint(kind_found(kind, fp), fp, record)
+    if kind is AttachmentKind.FILE:
+        return MediaFingerprint(kind, ImageFingerprint(exact=exact_hashes(data)))
+    return MediaFingerprint(AttachmentKind.IMAGE, fingerprint_image(data, params))
+
+
 def fingerprint_media(data: bytes, kind: AttachmentKind, params: FingerprintParams,
                       part: int = 0, parts: int = 1) -> ImageFingerprint:
     """The worker task for one attachment the extract stage handed on: a video's sampled
     frames (part `part` of `parts` of its timeline: see merge_video_parts), or an image's."""
-    if kind is AttachmentKind.VIDEO:
-        return fingerprint_video(data, params, part, parts)
-    return fingerprint_image(data, params)
+    return fingerprint_file(data, params, kind, part, parts).fingerprint
 
 
 def merge_video_parts(parts: Sequence[ImageFingerprint], exact: ExactHashes) -> ImageFingerprint:
@@ -114,13 +165,22 @@ def fingerprint_video(data: bytes, params: FingerprintParams, part: int = 0,
     video lists; `frame_times` the time of each sample (FrameFingerprint.frame indexes it).
     A video the decoder finds none in (not a video after all, audio only) gives its exact
     hashes with that reason."""
+    return _from_video(_video_record(data, params, part, parts))
+
+
+def _video_record(data: bytes, params: FingerprintParams, part: int = 0,
+                  parts: int = 1) -> VideoFingerprint:
     from mailfilter import video  # PyAV: imported only in the workers that decode videos
 
     video_params = video.VideoParams(
         video=params.video, pdq_min_quality=params.pdq_min_quality,
         min_dimension=params.images.min_dimension, trim_borders=params.images.trim_borders)
-    v = (video.fingerprint_video(data, video_params) if parts == 1 else
-         video.fingerprint_video(data, video_params, part=part, parts=parts))
+    return (video.fingerprint_video(data, video_params) if parts == 1 else
+            video.fingerprint_video(data, video_params, part=part, parts=parts))
+
+
+def _from_video(v: VideoFingerprint) -> ImageFingerprint:
+    """The match stage's view of the decoder's record of a video."""
     described = "/".join(x for x in (v.container, v.codec) if x) or None
     return ImageFingerprint(
         exact=v.exact, width=v.width, height=v.height, image_format=described,

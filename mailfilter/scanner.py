@@ -34,7 +34,12 @@ from dataclasses import dataclass, field, replace
 from mailfilter.errors import WorkerFailure
 from mailfilter.extract import extract, extract_text_only
 from mailfilter.extract.core import DECLARED_NOT_AN_IMAGE
-from mailfilter.fingerprint import FingerprintParams, fingerprint_media, merge_video_parts
+from mailfilter.fingerprint import (
+    FingerprintParams,
+    fingerprint_media,
+    kind_found,
+    merge_video_parts,
+)
 from mailfilter.hashing.exact import exact_hashes
 from mailfilter.images import NO_PIXEL_DATA
 from mailfilter.magic import NO_VIDEO_STREAM, NOT_A_VIDEO
@@ -100,13 +105,6 @@ NOT_AN_IMAGE = "not-an-image"
 LOOKED_AT = {NOT_AN_IMAGE: DECLARED_NOT_AN_IMAGE, NO_PIXEL_DATA: "image-without-pixel-data",
              # (a video container that holds no video: audio only, or not a video at all)
              NO_VIDEO_STREAM: "video-without-video-stream", NOT_A_VIDEO: "not-a-video"}
-
-
-def _kind_found(handed_on: AttachmentKind, fp: ImageFingerprint) -> AttachmentKind:
-    """A video container without any video in it (an M4A, say) is reported as a file."""
-    if handed_on is AttachmentKind.VIDEO and fp.skipped in LOOKED_AT:
-        return AttachmentKind.FILE
-    return handed_on
 
 
 def _unexamined(fp: ImageFingerprint) -> bool:
@@ -296,7 +294,7 @@ class Scanner:
                 fingerprint=fp,
                 matches=matches,
                 containers=a.containers,
-                kind=_kind_found(a.kind, fp),
+                kind=kind_found(a.kind, fp),
             ))
         for f in extraction.files:  # every other file: its exact hashes
             fp = ImageFingerprint(exact=f.exact)

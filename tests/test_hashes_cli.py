@@ -18,7 +18,7 @@ import pytest
 import redis
 from click.testing import CliRunner, Result
 from conftest import REPO, free_port
-from factories import photo_like
+from factories import message, message_bytes, photo_like
 from test_formats import pdq_like, random_hex
 
 from mailfilter.frontend.hashes_command import _Progress, centre_crop, hashes
@@ -177,6 +177,63 @@ def test_add_enrolls_images_and_catches_cropped_copies(config: Path, tmp_path: P
     matches = index.search_pdq(queries, settings.match.pdq_max_distance)
     assert [m.list_name for m in matches] and matches[0].labels == ("case-17",)
     assert {e.labels for e in exported} == {("case-17",)}
+
+
+def test_add_enrolls_a_video_and_any_file_then_scan_matches_a_transcode(
+        config: Path, tmp_path: Path) -> None:
+    """`hashes add` of a video stores its exact hashes and its vPDQ, of any other file its
+    exact hashes; `mailfilter scan` against the store then matches a transcode of the video
+    (another size, codec and container) and the file, and not an unrelated video."""
+    from PIL import Image
+    from video_factories import encode, scene_frames
+
+    frames = scene_frames(6, 10, 320, 240, seed=161)
+    held = tmp_path / "held.mp4"
+    held.write_bytes(encode(frames, "h264.mp4", 10))
+    other = tmp_path / "other.bin"
+    other.write_bytes(np.random.default_rng(16).integers(0, 256, 4096, np.uint8).tobytes())
+
+    out = run(config, "add", "--list", "own", "--label", "case-16", str(held), str(other))
+    assert out.exit_code == 0, out.output
+    assert "vpdq" in out.output and "features (pdq,quality,seconds)  video" in out.output
+    assert "not an image or video; exact hashes only" in out.output
+    again = run(config, "add", "--list", "own", "--json", str(held), str(other))
+    assert again.exit_code == 0, again.output
+    records = [json.loads(line) for line in again.output.splitlines()]
+    assert {e["algorithm"] for e in records[0]["entries"]} == {"md5", "sha1", "sha256", "vpdq"}
+    [video_entry] = [e for e in records[0]["entries"] if e["algorithm"] == "vpdq"]
+    assert len(video_entry["value"]) == 6 and video_entry["variant"] == "video"
+    assert {e["algorithm"] for e in records[1]["entries"]} == {"md5", "sha1", "sha256"}
+    assert records[-1]["added"] == 0  # everything was there already
+    stats = json.loads(run(config, "stats", "--json").output)
+    [own] = [info for info in stats["lists"] if info["name"] == "own"]
+    assert own["counts"]["vpdq"] == 6 and own["counts"]["md5"] == 2
+
+    smaller = [np.asarray(Image.fromarray(f).resize((256, 192), Image.Resampling.LANCZOS))
+               for f in frames]
+    messages = {
+        "transcode.eml": ("copy.webm", "video/webm", encode(smaller, "vp9.webm", 10)),
+        "file.eml": ("data.bin", "application/octet-stream", other.read_bytes()),
+        "unrelated.eml": ("other.mp4", "video/mp4",
+                          encode(scene_frames(6, 10, 320, 240, seed=162), "h264.mp4", 10)),
+    }
+    paths = []
+    for name, attachment in messages.items():
+        path = tmp_path / name
+        path.write_bytes(message_bytes(message(attachments=[attachment])))
+        paths.append(str(path))
+    scanned = subprocess.run(
+        [sys.executable, "-m", "mailfilter", "scan", "--json", "--config", str(config), *paths],
+        capture_output=True, text=True, timeout=300)
+    assert scanned.returncode == 1, scanned.stderr
+    results = {Path(r["source"]).name: r for r in map(json.loads, scanned.stdout.splitlines())}
+    assert {name: r["verdict"] for name, r in results.items()} == {
+        "transcode.eml": "match", "file.eml": "match", "unrelated.eml": "clean"}
+    [video_match] = results["transcode.eml"]["attachments"][0]["matches"]
+    assert (video_match["list"], video_match["algorithm"], video_match["labels"]) == (
+        "own", "vpdq", ["case-16"])
+    file_matches = results["file.eml"]["attachments"][0]["matches"]
+    assert {m["algorithm"] for m in file_matches} == {"md5", "sha1", "sha256"}
 
 
 def test_add_unreadable_image_exits_2(config: Path, tmp_path: Path) -> None:

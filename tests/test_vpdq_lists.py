@@ -4,9 +4,12 @@ listed video's frames are matched, or >= 80% of the attachment's frames are."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import random
+
+import pytest
 
 from mailfilter.matching.formats import parse_stream
 from mailfilter.matching.index import HashIndex, IndexEntry
@@ -108,3 +111,115 @@ def test_jsonl_entries_and_a_video_in_two_lists() -> None:
     rule = MatchSettings()
     [match] = index.search("vpdq", features(LISTED), rule.pdq_max_distance, rule)
     assert (match.algorithm, match.labels, len(match.value)) == ("vpdq", ("v",), 16)
+
+
+# --- the multi-index over listed frames against brute force and a plain-Python oracle ----
+
+
+def reference(lists: dict[str, list[list[str]]], query: list[str], radius: int,
+              listed_percent: float, attachment_percent: float) -> set[tuple[str, str, float]]:
+    """(list, video id, distance) of every listed video the rule matches, from scratch."""
+    asked = {int(f.split(",")[0], 16) for f in query if int(f.split(",")[1]) >= 50}
+    out: set[tuple[str, str, float]] = set()
+    for name, videos in lists.items():
+        for video in videos:
+            hexes = sorted({f.split(",")[0] for f in video if int(f.split(",")[1]) >= 50})
+            video_id = hashlib.sha256(b"".join(bytes.fromhex(h) for h in hexes)).hexdigest()
+            near = {(f, q) for f in map(lambda h: int(h, 16), hexes) for q in asked
+                    if (f ^ q).bit_count() <= radius}
+            listed = len({f for f, _ in near}) / len(hexes)
+            attached = len({q for _, q in near}) / len(asked) if asked else 0.0
+            share = max(listed if listed * 100 >= listed_percent else 0.0,
+                        attached if attached * 100 >= attachment_percent else 0.0)
+            if share > 0:
+                out.add((name, video_id[:16], round(1.0 - share, 4)))
+    return out
+
+
+def random_videos(rng: random.Random, count: int) -> list[list[str]]:
+    """Videos of 1-40 frames; some share frames (near or equal) with an earlier one, and
+    some frames are below quality 50."""
+    videos: list[list[str]] = []
+    for _ in range(count):
+        n = rng.randint(1, 40)
+        hashes = [f"{rng.getrandbits(256):064x}" for _ in range(n)]
+        if videos and rng.random() < 0.3:  # a re-cut of an earlier video
+            donor = rng.choice(videos)
+            for i in range(min(n, len(donor)) // 2):
+                hashes[i] = flip_with(rng, donor[i].split(",")[0], rng.randint(0, 20))
+        qualities = [rng.choice((90, 90, 90, 60, 49, 10)) for _ in range(n)]
+        if max(qualities) < 50:
+            qualities[0] = 80
+        videos.append([f"{h},{q},{i}.000"
+                       for i, (h, q) in enumerate(zip(hashes, qualities, strict=True))])
+    return videos
+
+
+def flip_with(rng: random.Random, h: str, bits: int) -> str:
+    value = int(h, 16)
+    for bit in rng.sample(range(256), bits):
+        value ^= 1 << bit
+    return f"{value:064x}"
+
+
+def random_query(rng: random.Random, lists: dict[str, list[list[str]]]) -> list[str]:
+    """A transcode, an excerpt, a padded copy, a mix of two listed videos, or unrelated."""
+    videos = [v for vs in lists.values() for v in vs]
+    source = [f.split(",")[0] for f in rng.choice(videos)]
+    kind = rng.randrange(5)
+    if kind == 0:
+        hashes = source
+    elif kind == 1:
+        hashes = source[: rng.randint(1, len(source))]
+    elif kind == 2:
+        hashes = source + [f"{rng.getrandbits(256):064x}" for _ in range(rng.randint(1, 30))]
+    elif kind == 3:
+        hashes = source + [f.split(",")[0] for f in rng.choice(videos)]
+    else:
+        hashes = [f"{rng.getrandbits(256):064x}" for _ in range(rng.randint(1, 40))]
+    drift = rng.choice((0, 4, 12, 25, 31, 32, 40))
+    return [f"{flip_with(rng, h, rng.randint(0, drift))},{rng.choice((90, 70, 50, 40))},{i}"
+            for i, h in enumerate(hashes)]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_multi_index_equals_brute_force_and_the_rule(seed: int) -> None:
+    rng = random.Random(seed)
+    lists = {"a": random_videos(rng, 60), "b": random_videos(rng, 40)}
+    lists["b"] += lists["a"][:5]  # the same videos in two lists
+    entries = []
+    for name, videos in lists.items():
+        text = "".join("vpdq " + json.dumps(v) + "\n" for v in videos)
+        for batch in parse_stream(io.BytesIO(text.encode()), "hma"):
+            for algorithm, value, labels, _added in batch.iter_entries():
+                entries.append(IndexEntry(name, algorithm, value, labels))
+    index = HashIndex.build(entries, vpdq_mih=True)
+    assert index._frames is not None and index._frames.mih is not None
+    assert index.stats()["bytes:vpdq_mih"] > 0
+    for _ in range(25):
+        query = random_query(rng, lists)
+        for radius, listed, attached in ((31, 80.0, 80.0), (20, 50.0, 95.0), (40, 100.0, 10.0)):
+            mih = index.search_vpdq(query, radius, 50, listed, attached, method="mih")
+            brute = index.search_vpdq(query, radius, 50, listed, attached, method="brute")
+            assert mih == brute
+            assert {(m.list_name, m.value, m.distance) for m in mih} == reference(
+                lists, query, radius, listed, attached)
+
+
+def test_without_tables_the_multi_index_is_refused() -> None:
+    index = index_of(hma())
+    assert index._frames is not None and index._frames.mih is None  # few frames: brute
+    with pytest.raises(ValueError, match="no vpdq multi-index"):
+        index.search_vpdq(features(LISTED), 31, method="mih")
+
+
+def test_a_video_id_ending_in_zero_bytes_is_reported_whole() -> None:
+    rng = random.Random(5)
+    while True:  # about 1 video in 256 has an id whose last byte is zero
+        hashes = sorted(f"{rng.getrandbits(256):064x}" for _ in range(3))
+        video_id = hashlib.sha256(b"".join(bytes.fromhex(h) for h in hashes)).digest()[:8]
+        if video_id[-1] == 0:
+            break
+    index = index_of("vpdq " + json.dumps(features(hashes)) + "\n")
+    [match] = index.search_vpdq(features(hashes), 31)
+    assert match.value == video_id.hex()

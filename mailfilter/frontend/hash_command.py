@@ -1,8 +1,9 @@
 """The `hash` command's front end: files in, one record per file out.
 
 Files are read here and fingerprinted in the worker pool, a bounded window of them at a
-time, and reported in the order given. A video (by its container signature) gets vPDQ, an
-image PDQ and gridhist, anything else its exact hashes only (`"kind"`: video, image, file).
+time, and reported in the order given. `fingerprint.fingerprint_file` decides what each is:
+a video (by its container signature) gets vPDQ, an image PDQ and gridhist, anything else
+its exact hashes only (`"kind"`: video, image, file).
 """
 
 from __future__ import annotations
@@ -10,55 +11,31 @@ from __future__ import annotations
 import collections
 import functools
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mailfilter.errors import WorkerFailure
-from mailfilter.fingerprint import FingerprintParams, fingerprint_image
-from mailfilter.hashing.exact import exact_hashes
-from mailfilter.model import ImageFingerprint
-from mailfilter.settings import Settings
-from mailfilter.video import (
-    NO_VIDEO_STREAM,
-    NOT_A_VIDEO,
-    VideoFingerprint,
-    VideoParams,
-    fingerprint_video,
-    sniff_container,
+from mailfilter.fingerprint import (
+    FingerprintParams,
+    MediaFingerprint,
+    fingerprint_file,
+    media_kind,
 )
+from mailfilter.hashing.exact import exact_hashes
+from mailfilter.model import AttachmentKind, ImageFingerprint
+from mailfilter.settings import Settings
 from mailfilter.workers import WorkerPool
 
-Outcome = ImageFingerprint | VideoFingerprint | OSError
+if TYPE_CHECKING:  # PyAV: imported by the workers that decode videos
+    from mailfilter.video import VideoFingerprint
 
-#: Skip reasons that mean "looked at, and it is neither": such a file is reported with its
-#: exact hashes only (kind "file"), not as an error.
-_NOT_A_PICTURE = frozenset({"not-an-image", NOT_A_VIDEO, NO_VIDEO_STREAM})
-
-
-@dataclass(frozen=True, slots=True)
-class HashParams:
-    images: FingerprintParams
-    video: VideoParams
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> HashParams:
-        return cls(FingerprintParams.from_settings(settings), VideoParams.from_settings(settings))
-
-
-def fingerprint_any(data: bytes, params: HashParams) -> ImageFingerprint | VideoFingerprint:
-    """The worker task: a video (by container signature) or else an image."""
-    if sniff_container(data) is not None:
-        result = fingerprint_video(data, params.video)
-        if result.skipped != NOT_A_VIDEO:
-            return result
-    return fingerprint_image(data, params.images)
+Outcome = MediaFingerprint | OSError
 
 
 def fingerprint_files(
     files: Sequence[Path], settings: Settings
 ) -> Iterator[tuple[Path, Outcome]]:
-    params = HashParams.from_settings(settings)
+    params = FingerprintParams.from_settings(settings)
     processes = min(len(files), settings.workers.processes or (WorkerPool.default_processes()))
     with WorkerPool(
         processes=max(1, processes),
@@ -85,7 +62,7 @@ def fingerprint_files(
                 assert isinstance(error, OSError)
                 yield path, error
 
-        task = functools.partial(fingerprint_any, params=params)
+        task = functools.partial(fingerprint_file, params=params)
         deadline = max(settings.images.deadline, settings.video.deadline)
         for result in pool.map(task, readable(), deadline=deadline):
             yield from unreadable_ahead()
@@ -93,10 +70,8 @@ def fingerprint_files(
             assert isinstance(data, bytes)
             if isinstance(result, WorkerFailure):
                 # The file killed its worker or ran out of time: still report exact hashes.
-                failed = (VideoFingerprint if sniff_container(data) else ImageFingerprint)
-                result = failed(
-                    exact=exact_hashes(data), skipped=result.reason, detail=result.detail
-                )
+                result = MediaFingerprint(media_kind(data), ImageFingerprint(
+                    exact=exact_hashes(data), skipped=result.reason, detail=result.detail))
             yield path, result
         yield from unreadable_ahead()
 
@@ -105,57 +80,53 @@ def hash_record(path: Path, outcome: Outcome) -> dict[str, Any]:
     """The contract's `hash --json` object."""
     if isinstance(outcome, OSError):
         return {"file": str(path), "error": f"cannot read: {outcome.strerror or outcome}"}
+    fp = outcome.fingerprint
     record: dict[str, Any] = {
         "file": str(path),
-        "kind": "image",
-        "md5": outcome.exact.md5,
-        "sha1": outcome.exact.sha1,
-        "sha256": outcome.exact.sha256,
+        "kind": str(outcome.kind),
+        "md5": fp.exact.md5,
+        "sha1": fp.exact.sha1,
+        "sha256": fp.exact.sha256,
     }
-    if outcome.skipped in _NOT_A_PICTURE:
-        record["kind"] = "file"
+    if outcome.kind is AttachmentKind.FILE:
         return record
-    if isinstance(outcome, VideoFingerprint):
-        return _video_record(record, outcome)
-    if outcome.skipped:
-        detail = f": {outcome.detail}" if outcome.detail else ""
-        record["error"] = f"{outcome.skipped}{detail}"
+    if fp.skipped:
+        detail = f": {fp.detail}" if fp.detail else ""
+        record["error"] = f"{fp.skipped}{detail}"
         return record
-    primary = outcome.primary
+    if outcome.kind is AttachmentKind.VIDEO and outcome.video is not None:
+        return _video_record(record, outcome.video)
+    primary = fp.primary
     record.update({
-        "width": outcome.width,
-        "height": outcome.height,
-        "format": outcome.image_format,
-        "frames": outcome.frame_count,
+        "width": fp.width,
+        "height": fp.height,
+        "format": fp.image_format,
+        "frames": fp.frame_count,
         "pdq": primary.pdq if primary else None,
         "pdq_quality": primary.pdq_quality if primary else 0,
         "gridhist": primary.gridhist if primary else None,
     })
     if primary is not None and primary.reason:
         record["reason"] = primary.reason
-    trimmed = [f for f in outcome.frames if f.trimmed and f.frame == 0]
+    trimmed = [f for f in fp.frames if f.trimmed and f.frame == 0]
     if trimmed:
         record["pdq_trimmed"] = trimmed[0].pdq
     return record
 
 
-def _video_record(record: dict[str, Any], outcome: VideoFingerprint) -> dict[str, Any]:
-    record["kind"] = "video"
-    if outcome.skipped:
-        detail = f": {outcome.detail}" if outcome.detail else ""
-        record["error"] = f"{outcome.skipped}{detail}"
-        return record
+def _video_record(record: dict[str, Any], video: VideoFingerprint) -> dict[str, Any]:
+    """A video's fields, from the decoder's own record (container and codec apart)."""
     record.update({
-        "width": outcome.width,
-        "height": outcome.height,
-        "format": f"{outcome.container}/{outcome.codec}",
-        "duration": outcome.duration,
-        "frames": len(outcome.frames),
-        "vpdq": outcome.vpdq_compact,
+        "width": video.width,
+        "height": video.height,
+        "format": f"{video.container}/{video.codec}",
+        "duration": video.duration,
+        "frames": len(video.frames),
+        "vpdq": video.vpdq_compact,
     })
-    if outcome.incomplete:
-        detail = f": {outcome.detail}" if outcome.detail else ""
-        record["incomplete"] = f"{outcome.incomplete}{detail}"
+    if video.incomplete:
+        detail = f": {video.detail}" if video.detail else ""
+        record["incomplete"] = f"{video.incomplete}{detail}"
     return record
 
 

@@ -11,6 +11,7 @@ at all could be loaded (then the list is left as it was).
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 import time
@@ -34,7 +35,7 @@ from mailfilter.frontend.command_line import (
     load_for_command,
 )
 from mailfilter.matching.backends import open_store
-from mailfilter.matching.formats import FORMATS, detect_format, parse_file
+from mailfilter.matching.formats import FORMATS, detect_format, parse_file, parse_stream
 from mailfilter.matching.store import (
     BaseHashStore,
     ImportProgress,
@@ -42,6 +43,7 @@ from mailfilter.matching.store import (
     StoreStats,
     UnknownList,
 )
+from mailfilter.model import ImageFingerprint
 from mailfilter.settings import Settings
 
 CROP_FRACTIONS = (0.05, 0.10)
@@ -172,11 +174,11 @@ def hashes_import(config_path: Path | None, list_name: str, fmt: str | None, rep
 
 @dataclass(frozen=True, slots=True)
 class Enrolled:
-    """One list entry made from an image, and what it was made from."""
+    """One list entry made from a file, and what it was made from."""
 
     algorithm: str
-    value: str
-    variant: str  # "file", "original", "trimmed", "crop 5%", ...
+    value: str | tuple[str, ...]  # hex; a video's vpdq: its features
+    variant: str  # "file", "original", "trimmed", "crop 5%", "video", ...
     frame: int = 0
 
 
@@ -196,16 +198,13 @@ def centre_crop(luma: npt.NDArray[np.float32], fraction: float) -> npt.NDArray[n
     return luma[dy:h - dy, dx:w - dx]
 
 
-def enroll_image(path: Path, settings: Settings) -> Enrollment:
-    """Every entry `hashes add` stores for one image file: exact hashes of the file; PDQ
-    (the original orientation only: queries try all 8) and gridhist of each frame, of its
-    trimmed-borders copy and of centre crops (`CROP_FRACTIONS`). PDQ of frames with too
-    little information (quality under `pdq_min_quality`) is left out."""
-    from mailfilter.errors import SkipImage
-    from mailfilter.fingerprint import FingerprintParams, fingerprint_image
-    from mailfilter.hashing.gridhist import gridhist_from_luma
-    from mailfilter.hashing.pdq import pdq_from_luma
-    from mailfilter.images import decode
+def enroll_file(path: Path, settings: Settings) -> Enrollment:
+    """Every entry `hashes add` stores for one file: the exact hashes of any file; for an
+    image, its perceptual hashes (`_image_entries`); for a video, its vPDQ features (the
+    list keeps those of quality >= `pdq_min_quality`). `fingerprint.fingerprint_file`
+    decides which the file is."""
+    from mailfilter.fingerprint import FingerprintParams, fingerprint_file
+    from mailfilter.model import AttachmentKind
 
     result = Enrollment(path)
     try:
@@ -213,13 +212,49 @@ def enroll_image(path: Path, settings: Settings) -> Enrollment:
     except OSError as exc:
         result.error = f"cannot read: {exc.strerror or exc}"
         return result
-    fp = fingerprint_image(data, FingerprintParams.from_settings(settings))
+    media = fingerprint_file(data, FingerprintParams.from_settings(settings))
+    fp = media.fingerprint
     for signal in signals.EXACT:
         result.entries.append(Enrolled(signal.name, getattr(fp.exact, signal.name), "file"))
-    if fp.skipped:
-        detail = f": {fp.detail}" if fp.detail else ""
-        result.note = f"not decoded ({fp.skipped}{detail}); exact hashes only"
-        return result
+    detail = f"{fp.skipped}: {fp.detail}" if fp.skipped and fp.detail else fp.skipped
+    if media.kind is AttachmentKind.FILE:
+        result.note = ("not an image or video"
+                       + (f" ({detail})" if detail else "") + "; exact hashes only")
+    elif fp.skipped:
+        result.note = f"not decoded ({detail}); exact hashes only"
+    elif media.kind is AttachmentKind.VIDEO:
+        _video_entries(result, fp.vpdq, settings)
+        if fp.incomplete:
+            read = f"{fp.incomplete}: {fp.detail}" if fp.detail else fp.incomplete
+            result.note = "; ".join(filter(None, (result.note, f"read in part ({read})")))
+    else:
+        _image_entries(result, data, fp, settings)
+    return result
+
+
+def _video_entries(result: Enrollment, features: tuple[str, ...], settings: Settings) -> None:
+    from mailfilter.hashing.vpdq import parse_features
+
+    gate = settings.match.pdq_min_quality
+    usable = sum(1 for f in parse_features(features) if f.quality >= gate)
+    if not usable:
+        result.note = f"no sampled frame of PDQ quality {gate} or more; exact hashes only"
+        return
+    result.entries.append(Enrolled("vpdq", features, "video"))
+    if usable < len(features):
+        result.note = f"{len(features) - usable} of {len(features)} frames under quality {gate}"
+
+
+def _image_entries(result: Enrollment, data: bytes, fp: ImageFingerprint,
+                   settings: Settings) -> None:
+    """PDQ (the original orientation only: queries try all 8) and gridhist of each frame,
+    of its trimmed-borders copy and of centre crops (`CROP_FRACTIONS`). PDQ of frames with
+    too little information (quality under `pdq_min_quality`) is left out."""
+    from mailfilter.errors import SkipImage
+    from mailfilter.hashing.gridhist import gridhist_from_luma
+    from mailfilter.hashing.pdq import pdq_from_luma
+    from mailfilter.images import decode
+
     for frame in fp.frames:
         variant = "trimmed" if frame.trimmed else "original"
         if frame.pdq:
@@ -232,9 +267,9 @@ def enroll_image(path: Path, settings: Settings) -> Enrollment:
     try:
         decoded = decode(data, settings.images)
     except SkipImage:
-        return result
+        return
     if min(decoded.width, decoded.height) < settings.images.min_dimension:
-        return result
+        return
     for index, luma in enumerate(decoded.frames):
         for fraction in CROP_FRACTIONS:
             crop = centre_crop(luma, fraction)
@@ -247,7 +282,6 @@ def enroll_image(path: Path, settings: Settings) -> Enrollment:
             grid = gridhist_from_luma(crop)
             if grid:
                 result.entries.append(Enrolled("gridhist", grid, variant, index))
-    return result
 
 
 def _enrollment_text(e: Enrollment) -> str:
@@ -256,18 +290,24 @@ def _enrollment_text(e: Enrollment) -> str:
     lines = [f"{e.path}:"]
     for entry in e.entries:
         where = f" frame {entry.frame}" if entry.frame else ""
-        lines.append(f"  {entry.algorithm:<9}{entry.value[:64]}"
-                     f"{'…' if len(entry.value) > 64 else ''}  {entry.variant}{where}")
+        if isinstance(entry.value, tuple):
+            value = f"{len(entry.value)} features (pdq,quality,seconds)"
+        else:
+            value = entry.value[:64] + ("…" if len(entry.value) > 64 else "")
+        lines.append(f"  {entry.algorithm:<9}{value}  {entry.variant}{where}")
     if e.note:
         lines.append(f"  note: {e.note}")
     return "\n".join(lines)
 
 
-@dataclass(frozen=True, slots=True)
-class _Entry:
-    algorithm: str
-    value: str
-    labels: tuple[str, ...]
+def _jsonl(entries: list[Enrolled], labels: tuple[str, ...]) -> bytes:
+    """The entries as our `jsonl` list format: what `add` loads, through the parser an
+    import uses (so a video's features become frame rows exactly as an import's do)."""
+    return b"".join(
+        json.dumps({"algorithm": en.algorithm,
+                    "value": list(en.value) if isinstance(en.value, tuple) else en.value,
+                    "labels": list(labels)}).encode() + b"\n"
+        for en in entries)
 
 
 @hashes.command("add")
@@ -276,27 +316,27 @@ class _Entry:
 @click.option("--label", "labels", multiple=True,
               help="Label for the added entries (repeatable).")
 @json_option
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @handles_errors
 def hashes_add(config_path: Path | None, list_name: str, labels: tuple[str, ...],
-               as_json: bool, images: tuple[Path, ...]) -> None:
-    """Enroll images the operator holds into a list: exact hashes, PDQ and gridhist of each
-    image, its trimmed-borders copy and 5% / 10% centre crops."""
+               as_json: bool, files: tuple[Path, ...]) -> None:
+    """Enroll files the operator holds into a list: exact hashes of each; of an image also
+    PDQ and gridhist of it, its trimmed-borders copy and 5% / 10% centre crops; of a video
+    its vPDQ."""
     settings = _settings(config_path)
-    enrollments = [enroll_image(path, settings) for path in images]
-    entries = [
-        _Entry(en.algorithm, en.value, labels)
-        for e in enrollments for en in e.entries
-    ]
+    enrollments = [enroll_file(path, settings) for path in files]
+    entries = [en for e in enrollments for en in e.entries]
     failed = any(e.error for e in enrollments)
     report: ImportReport | None = None
     before = 0
     location = ""
     if entries:
+        batches = parse_stream(io.BytesIO(_jsonl(entries, labels)), "jsonl",
+                               pdq_min_quality=settings.match.pdq_min_quality)
         with _store(settings) as store:
             existing = {info.name: info for info in store.lists()}
             before = existing[list_name].total if list_name in existing else 0
-            report = store.add(list_name, entries)
+            report = store.import_list(list_name, "added", batches)
             location = f"{store.backend} {store.location}"
     after = sum(report.totals.values()) if report else before
     if as_json:
@@ -316,9 +356,11 @@ def hashes_add(config_path: Path | None, list_name: str, labels: tuple[str, ...]
         for e in enrollments:
             click.echo(_enrollment_text(e))
         if report is not None:
+            # (counted as stored: a video's vPDQ is one entry a frame)
+            already = report.loaded_total - (after - before)
             click.echo(
                 f"list {list_name!r}: {after - before:,} new entries "
-                f"({len(entries) - (after - before):,} already there); now {after:,} entries "
+                f"({already:,} already there); now {after:,} entries "
                 f"({_counts(report.totals)}); store version {report.version} ({location})"
             )
     sys.exit(EXIT_ERROR if failed or report is None else EXIT_OK)
@@ -411,4 +453,4 @@ def hashes_remove(config_path: Path | None, list_name: str, as_json: bool) -> No
         click.echo(f"list {list_name!r} removed ({removed:,} entries); store version {version}")
 
 
-__all__ = ["centre_crop", "enroll_image", "hashes"]
+__all__ = ["centre_crop", "enroll_file", "hashes"]

@@ -53,6 +53,14 @@ PDQ
     * All queries (the 8 dihedral hashes, trimmed variants) are probed in one vectorised
       pass; the cost model picks brute force instead when that is cheaper (lists below
       ~100K hashes, where no tables are built either, and large radii).
+vPDQ
+    Listed videos as bags of frame hashes: one row per distinct frame of a listed video
+    (quality >= 50, as the lists keep them), each pointing to its video. The rows get
+    multi-index tables of the same shape as PDQ's (from ``MIH_MIN_ENTRIES`` frames) and are
+    probed in the same way, all of a video's query frames in one pass; the matched (query
+    frame, row) pairs are then counted per candidate video: the share of its frames matched
+    and the share of the attachment's frames that match it. 10,000 videos of 60 frames:
+    600K rows, ~71 bytes a frame with the tables (``bench/index_speed.py --vpdq``).
 """
 
 from __future__ import annotations
@@ -556,8 +564,9 @@ class _Mih:
         self.plans[radius] = plan
         return plan
 
-    def search(self, queries: U64, radius: int, words: U64) -> tuple[I64, I64] | None:
-        """Rows within ``radius`` of any query (ids may repeat), or None if not plannable."""
+    def search(self, queries: U64, radius: int, words: U64) -> tuple[I64, I64, I64] | None:
+        """(row ids, distances, query index) of the rows within ``radius`` of each query
+        (a row may repeat for one query), or None if not plannable."""
         plan = self.plan(radius)
         if plan is None:
             return None
@@ -633,27 +642,34 @@ class _Pdq:
         return int(self.words.nbytes + self.gids.nbytes + (self.mih.nbytes if self.mih else 0))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class _Frames:
     """Listed videos as bags of frame hashes (vPDQ): one row per distinct frame of a video
-    in a list; `video` numbers the (video, list group) pairs, `frames` counts each one's
-    rows. Searched by brute force (XOR and popcount, two words first): a list of videos
-    holds far fewer frames than an image list holds hashes (1,000 videos of ten minutes at
-    one frame a second are 600K rows: about 2 ms a query frame on one core)."""
+    in a list, pointing to its video (`video` numbers the (video, list group) pairs;
+    `frames` counts each one's rows). The rows are searched as the PDQ image hashes are:
+    through multi-index tables of the same kind over `words` (then sorted by chunk 0), or
+    by brute force where the cost model expects that to be cheaper (few rows, large radii);
+    brute force is also the tests' oracle. Per candidate video, `HashIndex.search_vpdq`
+    then counts the share of its frames matched and of the attachment's frames matching it.
+    """
 
-    words: U64  # (N, 4)
-    video: I64  # (N,): index into the per-video arrays
+    words: U64  # (N, 4), in table-0 order when there are tables
+    video: U32  # (N,): index into the per-video arrays
     video_ids: AnyArray  # (V,) "S8": the listed video's id (from its frame hashes)
     gids: AnyArray  # (V,): the video's group (lists and labels)
     frames: I64  # (V,): frames per video
+    mih: _Mih | None
 
     @property
     def nbytes(self) -> int:
         return int(self.words.nbytes + self.video.nbytes + self.video_ids.nbytes
-                   + self.gids.nbytes + self.frames.nbytes)
+                   + self.gids.nbytes + self.frames.nbytes
+                   + (self.mih.nbytes if self.mih else 0))
 
     @classmethod
-    def build(cls, rows: U8, pairs: I64, registry: _GroupRegistry) -> _Frames:
+    def build(cls, rows: U8, pairs: I64, registry: _GroupRegistry,
+              widths: Sequence[int] = ()) -> _Frames:
+        """`widths`: the multi-index chunk widths (none: brute force only)."""
         n = rows.shape[0]
         words = np.ascontiguousarray(rows[:, :PDQ_BYTES]).view(np.uint64).reshape(n, 4)
         ids = np.ascontiguousarray(rows[:, PDQ_BYTES:]).view(f"S{VIDEO_ID_BYTES}").reshape(n)
@@ -661,11 +677,32 @@ class _Frames:
         keys = np.stack([ids.view(np.int64), pairs], axis=1)
         uniq, first, video = np.unique(keys, axis=0, return_index=True, return_inverse=True)
         gids = registry.single_gids(pairs[first])
-        counts = np.bincount(video.reshape(-1), minlength=uniq.shape[0]).astype(np.int64)
-        return cls(words, video.reshape(-1).astype(np.int64), ids[first], gids, counts)
+        video = video.reshape(-1)
+        counts = np.bincount(video, minlength=uniq.shape[0]).astype(np.int64)
+        mih: _Mih | None = None
+        if widths:
+            order = np.argsort(_sort_key(words, widths[0]), kind="stable")
+            words = np.take(words, order, axis=0)
+            video = np.take(video, order)
+            mih = _Mih.build(words, widths)
+        return cls(words, video.astype(np.uint32), ids[first], gids, counts, mih)
 
-    def search(self, queries: U64, radius: int) -> tuple[I64, I64, I64]:
-        """(query index, video index, row) of every row within `radius` of a query."""
+    def search(self, queries: U64, radius: int,
+               method: PdqMethod = "auto") -> tuple[I64, I64, I64]:
+        """(query index, video index, row) of every row within `radius` of a query (a pair
+        may repeat)."""
+        mih = self.mih
+        if method == "mih" and mih is None:
+            raise ValueError("this index has no vpdq multi-index tables (built with it off)")
+        if mih is not None and (method == "mih" or (method == "auto" and mih.worth(radius))):
+            found = mih.search(queries, radius, self.words)
+            if found is not None:
+                rows, _dists, q_idx = found
+                return q_idx, self.video[rows].astype(np.int64), rows
+        return self.search_brute(queries, radius)
+
+    def search_brute(self, queries: U64, radius: int) -> tuple[I64, I64, I64]:
+        """As `search`, by XOR and popcount over every row."""
         out_q: list[I64] = []
         out_v: list[I64] = []
         out_r: list[I64] = []
@@ -675,7 +712,7 @@ class _Frames:
                 if pos.size:
                     out_q.append(np.full(pos.size, j, np.int64))
                     out_r.append(pos + lo)
-                    out_v.append(self.video[pos + lo])
+                    out_v.append(self.video[pos + lo].astype(np.int64))
         return _cat(out_q), _cat(out_v), _cat(out_r)
 
 
@@ -710,10 +747,12 @@ def _brute_pdq(words: U64, queries: U64, radius: int) -> tuple[I64, I64]:
 
 def _verify(
     words: U64, groups: Sequence[tuple[I64, I64]], queries: U64, radius: int, nq: int
-) -> tuple[I64, I64]:
-    """Exact distances of candidates (query-major groups of row ids with per-query bounds)."""
+) -> tuple[I64, I64, I64]:
+    """Exact distances of candidates (query-major groups of row ids with per-query bounds):
+    (row ids, distances, query index) of those within ``radius``."""
     out_ids: list[I64] = []
     out_d: list[I64] = []
+    out_q: list[I64] = []
     records = words.view("S32").reshape(-1)  # one 32-byte item per row: a fast gather
     for ids, bounds in groups:
         rows = np.take(records, ids).view(np.uint64).reshape(-1, 4)
@@ -725,7 +764,8 @@ def _verify(
             if pos.size:
                 out_ids.append(ids[a:b][pos])
                 out_d.append(dist)
-    return _cat(out_ids), _cat(out_d)
+                out_q.append(np.full(pos.size, j, np.int64))
+    return _cat(out_ids), _cat(out_d), _cat(out_q)
 
 
 def _cat(parts: list[I64]) -> I64:
@@ -809,6 +849,7 @@ class HashIndex:
         pdq_mih: bool | None = None,
         pdq_chunk_bits: int | Sequence[int] | None = None,
         pdq_tables: int | None = None,
+        vpdq_mih: bool | None = None,
     ) -> HashIndex:
         """Index entries given one by one (imports, tests, small lists)."""
         lists: dict[str, int] = {}
@@ -869,6 +910,7 @@ class HashIndex:
             pdq_mih=pdq_mih,
             pdq_chunk_bits=pdq_chunk_bits,
             pdq_tables=pdq_tables,
+            vpdq_mih=vpdq_mih,
         )
 
     @classmethod
@@ -887,6 +929,7 @@ class HashIndex:
         pdq_mih: bool | None = None,
         pdq_chunk_bits: int | Sequence[int] | None = None,
         pdq_tables: int | None = None,
+        vpdq_mih: bool | None = None,
         threads: int | None = None,
     ) -> HashIndex:
         """Index column arrays without a Python object per entry (a store's cold load).
@@ -897,9 +940,12 @@ class HashIndex:
         ``gridhist`` is one :class:`EntryArrays` per vector length. ``pdq_mih`` forces the
         multi-index tables on or off (None: on from ``MIH_MIN_ENTRIES`` hashes);
         ``pdq_chunk_bits`` (one width, or one per table) and ``pdq_tables`` override their
-        shape. ``threads`` sorts the tables in parallel (default 1: at 10M, 2 threads build
-        in ~7 s instead of ~9-10 s, but ~5 bytes per entry of freed memory then stays in
-        the threads' malloc arenas). Input arrays are not modified or kept.
+        shape. ``vpdq`` holds one row per listed frame (its PDQ, then the video's id);
+        ``vpdq_mih`` forces multi-index tables over those frames on or off (None: on from
+        ``MIH_MIN_ENTRIES`` frames; default shape for their number). ``threads`` sorts
+        the PDQ tables in parallel (default 1: at 10M, 2 threads build in ~7 s instead of
+        ~9-10 s, but ~5 bytes per entry of freed memory then stays in the threads' malloc
+        arenas). Input arrays are not modified or kept.
         """
         lists_t = tuple(lists)
         label_sets_t = tuple(tuple(ls) for ls in label_sets)
@@ -986,7 +1032,10 @@ class HashIndex:
             pairs = registry.pair_keys(vpdq.list_ids, vpdq.label_ids, n_lists)
             if pairs.shape[0] != rows.shape[0]:
                 raise ValueError(f"{VPDQ}: ids differ in length from values")
-            frames_built = _Frames.build(rows, pairs, registry)
+            n_frames = rows.shape[0]
+            frame_mih = n_frames >= MIH_MIN_ENTRIES if vpdq_mih is None else vpdq_mih
+            frames_built = _Frames.build(rows, pairs, registry,
+                                         _default_widths(n_frames) if frame_mih else ())
 
         groups = tuple(registry.groups)
         gdt = _gid_dtype(len(groups))
@@ -1035,7 +1084,9 @@ class HashIndex:
         for algo in EXACT_ALGORITHMS:
             stats[f"bytes:{algo}"] = exact_idx[algo].nbytes if algo in exact_idx else 0
         stats["bytes:gridhist"] = sum(g.nbytes for g in grid_idx.values())
+        frames_mih = frames_built.mih if frames_built is not None else None
         stats[f"bytes:{VPDQ}"] = frames_built.nbytes if frames_built is not None else 0
+        stats[f"bytes:{VPDQ}_mih"] = frames_mih.nbytes if frames_mih is not None else 0
         stats["bytes"] = (
             stats["bytes:pdq"]
             + sum(stats[f"bytes:{a}"] for a in EXACT_ALGORITHMS)
@@ -1064,7 +1115,8 @@ class HashIndex:
 
     def stats(self) -> dict[str, int]:
         """Entries per algorithm (``pdq``...), per list (``list:NAME``, ``list:NAME:ALGO``),
-        ``entries`` in all, and bytes of arrays (``bytes``, ``bytes:ALGO``, ``bytes:pdq_mih``)."""
+        ``entries`` in all, and bytes of arrays (``bytes``, ``bytes:ALGO``, and the
+        part of those in multi-index tables: ``bytes:pdq_mih``, ``bytes:vpdq_mih``)."""
         return dict(self._stats)
 
     @property
@@ -1112,7 +1164,7 @@ class HashIndex:
 
     def search_vpdq(self, features: Sequence[str], radius: int, min_quality: int = 50,
                     listed_percent: float = 80.0, attachment_percent: float = 80.0,
-                    ) -> list[Match]:
+                    *, method: PdqMethod = "auto") -> list[Match]:
         """Listed videos that a video's vPDQ `features` (`pdqhex,quality,timestamp`)
         match, as Meta's vPDQ compares bags of unique frame hashes of quality >=
         `min_quality` on both sides, a frame matching within `radius` bits: a match when at
@@ -1120,7 +1172,8 @@ class HashIndex:
         other footage does not hide it) or at least `attachment_percent` of the
         attachment's frames match that video (an excerpt does not either). Match.distance
         is the share of frames not matched on the side that decided (0: all), and
-        Match.value the listed video's id."""
+        Match.value the listed video's id. `method` forces brute force or the multi-index
+        over the listed frames (tests, benchmarks)."""
         from mailfilter.hashing.vpdq import parse_features
 
         frames = self._frames
@@ -1128,23 +1181,32 @@ class HashIndex:
         for feature in parse_features(features):  # ValueError on a malformed feature
             if feature.quality >= min_quality:
                 unique.setdefault(feature.pdq_hex)
-        if frames is None or not unique:
+        if frames is None or not unique or radius < 0:
             return []
+        nq = len(unique)
         qbytes = b"".join(_hex_bytes(q, PDQ_BYTES, "vpdq query") for q in unique)
-        queries = np.frombuffer(qbytes, dtype=np.uint64).reshape(len(unique), 4)
-        q_idx, v_idx, rows = frames.search(queries, min(int(radius), 256))
+        queries = np.frombuffer(qbytes, dtype=np.uint64).reshape(nq, 4)
+        q_idx, v_idx, rows = frames.search(queries, min(int(radius), 256), method)
+        if rows.size == 0:
+            return []
+        # Per candidate video: its distinct frames matched, and the distinct query frames
+        # that match one of its frames.
+        n_videos = frames.frames.shape[0]
+        listed_hits = np.bincount(frames.video[np.unique(rows)], minlength=n_videos)
+        attached_hits = np.bincount(np.unique(v_idx * nq + q_idx) // nq, minlength=n_videos)
+        candidates = np.flatnonzero(listed_hits)
+        listed = listed_hits[candidates] / frames.frames[candidates]
+        attached = attached_hits[candidates] / nq
+        share = np.maximum(np.where(listed * 100 >= listed_percent, listed, 0.0),
+                           np.where(attached * 100 >= attachment_percent, attached, 0.0))
         out: list[Match] = []
-        for v in np.unique(v_idx).tolist():
-            mine = v_idx == v
-            listed = np.unique(rows[mine]).size / int(frames.frames[v])
-            attached = np.unique(q_idx[mine]).size / len(unique)
-            share = max(listed if listed * 100 >= listed_percent else 0.0,
-                        attached if attached * 100 >= attachment_percent else 0.0)
-            if share <= 0:
+        for v, s in zip(candidates.tolist(), share.tolist(), strict=True):
+            if s <= 0:
                 continue
-            video_id = bytes(frames.video_ids[v]).hex()
+            # (the array's bytes: an "S8" item drops trailing zero bytes when taken alone)
+            video_id = frames.video_ids[v : v + 1].tobytes().hex()
             for list_id, labels in self._groups[int(frames.gids[v])]:
-                out.append(Match(self._lists[list_id], VPDQ, round(1.0 - share, 4), labels,
+                out.append(Match(self._lists[list_id], VPDQ, round(1.0 - s, 4), labels,
                                  video_id))
         out.sort(key=lambda m: (m.distance, m.list_name, m.value))
         return out
@@ -1187,7 +1249,7 @@ class HashIndex:
             method == "mih" or (method == "auto" and pdq.mih.worth(radius))
         ):
             found = pdq.mih.search(qwords, radius, pdq.words)
-        ids, dists = found if found is not None else _brute_pdq(pdq.words, qwords, radius)
+        ids, dists = found[:2] if found is not None else _brute_pdq(pdq.words, qwords, radius)
         ids, dists = _closest(ids, dists)
         values = [pdq.words[i].tobytes().hex() for i in ids.tolist()]
         return self._matches(PDQ, pdq.gids[ids], values, [float(d) for d in dists.tolist()])
