@@ -76,12 +76,12 @@ def write_pdq_file(path: Path, lines: int, seed: int = 1) -> float:
 def hashes_command() -> list[str]:
     """`mailfilter hashes` as a command line: the real one when wired into the CLI."""
     from mailfilter import cli
-    from mailfilter.frontend.hashes_command import hashes
+    from mailfilter.cli.hashes import hashes
 
     if cli.cli.commands.get("hashes") is hashes:
         return [sys.executable, "-m", "mailfilter", "hashes"]
     return [sys.executable, "-c",
-            "from mailfilter.frontend.hashes_command import hashes; hashes()"]
+            "from mailfilter.cli.hashes import hashes; hashes()"]
 
 
 def write_config(path: Path, settings: StoreSettings) -> None:

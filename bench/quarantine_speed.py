@@ -27,6 +27,7 @@ from typing import Any
 from aiosmtpd.controller import Controller
 
 from mailfilter.actions.quarantine import QuarantineStore, build_record, new_id
+from mailfilter.actions.records import QuarantineRecord
 from mailfilter.actions.relay import RelayPool
 from mailfilter.actions.report import ReportSender, report_steps
 from mailfilter.model import Envelope
@@ -39,7 +40,7 @@ def ms(samples: list[float]) -> str:
     return f"p50 {statistics.median(s) * 1000:6.2f} ms   p99 {p99 * 1000:6.2f} ms"
 
 
-def record(entry_id: str, received: float, size: int) -> dict[str, Any]:
+def record(entry_id: str, received: float, size: int) -> QuarantineRecord:
     return build_record(entry_id=entry_id, received=received,
                         envelope=Envelope("a@example.org", ("b@example.net",),
                                           client_addr="192.0.2.1"),

@@ -1,6 +1,6 @@
 """What the worker pool itself costs per task, next to concurrent.futures.ProcessPoolExecutor.
 
-    python bench/worker_overhead.py [--tasks 5000] [--processes 2]
+    python bench/worker_overhead.py [--tasks 5000] [--processes 2] [--sandbox-only]
 
 For each pool: start (constructor until the first no-op result; for ours also until every
 worker is ready, and how long one replacement worker takes to come up), the round trip of a
@@ -8,6 +8,10 @@ no-op task one at a time (submit -> result, p50/p99 in µs), the same through as
 256 KiB argument, and the cost per task with many in flight (all submitted, then all
 awaited). The target: the whole decode + hash of a 1 MP JPEG in <= 5 ms, so the pool should
 add well under 1 ms per task.
+
+Our pool runs twice with the forkserver, without and with the workers' sandbox
+([workers] sandbox, sandbox.py), and the sandboxed figures are given as ratios to the
+unsandboxed ones. `--sandbox-only` leaves out spawn and ProcessPoolExecutor.
 """
 
 from __future__ import annotations
@@ -18,13 +22,17 @@ import multiprocessing
 import os
 import platform
 import statistics
+import struct
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from contextlib import contextmanager, suppress
 from typing import Any
 
+from mailfilter import sandbox
 from mailfilter.errors import WorkerFailure
+from mailfilter.sandbox import Mode
 from mailfilter.workers import StartMethod, WorkerPool
 
 PAYLOAD = os.urandom(256 * 1024)
@@ -93,33 +101,70 @@ def timed(label: str) -> Iterator[None]:
     print(f"  {label:<34}{(time.perf_counter() - t) * 1e3:8.1f} ms")
 
 
-def bench_ours(processes: int, tasks: int, start_method: StartMethod) -> None:
-    print(f"\nWorkerPool ({start_method}, {processes} workers)")
+def bench_ours(
+    processes: int, tasks: int, start_method: StartMethod, sandbox: Mode = "auto"
+) -> dict[str, float]:
+    """Prints the figures; returns the main ones (seconds) for comparing runs."""
+    out: dict[str, float] = {}
+    print(f"\nWorkerPool ({start_method}, {processes} workers, sandbox {sandbox})")
     t = time.perf_counter()
     pool = WorkerPool(processes, memory_limit=0, max_tasks_per_worker=0,
-                      start_method=start_method)
+                      start_method=start_method, sandbox=sandbox)
     pool.submit(noop, deadline=30).result()
     print(f"  {'start: first result':<34}{(time.perf_counter() - t) * 1e3:8.1f} ms")
     pool.wait_ready(60)
-    print(f"  {'start: all workers ready':<34}{(time.perf_counter() - t) * 1e3:8.1f} ms")
-    with suppress(WorkerFailure):
-        pool.submit(die, deadline=30).result()
-    t = time.perf_counter()
-    pool.wait_ready(60)
+    out["start: all workers ready"] = time.perf_counter() - t
+    print(f"  {'start: all workers ready':<34}{out['start: all workers ready'] * 1e3:8.1f} ms"
+          f"   (confined in: {', '.join(pool.stats().sandbox) or 'nothing'})")
+    starts = []
+    for _ in range(10 if start_method == "forkserver" else 1):
+        with suppress(WorkerFailure):
+            pool.submit(die, deadline=30).result()
+        t = time.perf_counter()
+        pool.wait_ready(60)
+        starts.append(pool.stats().last_start_seconds)
+    out["worker start (median of crashes)"] = statistics.median(starts)
     print(f"  {'crash -> replacement ready':<34}{(time.perf_counter() - t) * 1e3:8.1f} ms"
-          f"   (worker start itself {pool.stats().last_start_seconds * 1e3:.1f} ms)")
+          f"   (worker start itself {pool.stats().last_start_seconds * 1e3:.1f} ms, median of "
+          f"{len(starts)}: {statistics.median(starts) * 1e3:.1f} ms)")
 
     def submit(fn: Callable[..., Any], *args: Any) -> Future[Any]:
         return pool.submit(fn, *args, deadline=30)
 
     if start_method == "forkserver":
-        print(f"  {'no-op round trip':<34}{percentiles(serial(submit, tasks))}")
+        samples = serial(submit, tasks)
+        out["no-op round trip p50"] = statistics.median(samples)
+        print(f"  {'no-op round trip':<34}{percentiles(samples)}")
         print(f"  {'no-op via asyncio run()':<34}"
               f"{percentiles(via_asyncio(lambda: pool.run(noop, deadline=30), tasks))}")
-        print(f"  {'256 KiB argument round trip':<34}{percentiles(serial(submit, tasks, PAYLOAD))}")
-        print(f"  {'no-op, many in flight':<34}{in_flight(submit, tasks * 4) * 1e6:7.1f} µs/task")
+        samples = serial(submit, tasks, PAYLOAD)
+        out["256 KiB argument round trip p50"] = statistics.median(samples)
+        print(f"  {'256 KiB argument round trip':<34}{percentiles(samples)}")
+        out["no-op, many in flight"] = in_flight(submit, tasks * 4)
+        print(f"  {'no-op, many in flight':<34}{out['no-op, many in flight'] * 1e6:7.1f} µs/task")
     with timed("close"):
         pool.close()
+    return out
+
+
+def confine_cost(n: int = 30) -> float:
+    """What sandbox.confine takes (Landlock rules for every allowed path + the seccomp
+    filter), timed in forked children: median seconds."""
+    plan = sandbox.plan("auto", tempfile.gettempdir())
+    times = []
+    for _ in range(n):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            t = time.perf_counter()
+            sandbox.confine(plan)
+            os.write(w, struct.pack("d", time.perf_counter() - t))
+            os._exit(0)
+        os.close(w)
+        times.append(struct.unpack("d", os.read(r, 8))[0])
+        os.close(r)
+        os.waitpid(pid, 0)
+    return statistics.median(times)
 
 
 def bench_executor(processes: int, tasks: int, start_method: str) -> None:
@@ -148,10 +193,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=5000)
     parser.add_argument("--processes", type=int, default=min(4, os.cpu_count() or 1))
+    parser.add_argument("--sandbox-only", action="store_true")
     args = parser.parse_args()
     print(f"Python {platform.python_version()}, {os.cpu_count()} CPUs, {platform.machine()}, "
           f"{args.tasks} tasks per measurement")
-    bench_ours(args.processes, args.tasks, "forkserver")
+    with WorkerPool(1, memory_limit=0, sandbox="off"):  # the forkserver starts here, not
+        pass  # inside the first measurement
+    print(f"\nconfine() itself, in a fresh process: {confine_cost() * 1e6:.0f} µs (median)")
+    off = bench_ours(args.processes, args.tasks, "forkserver", "off")
+    on = bench_ours(args.processes, args.tasks, "forkserver", "auto")
+    print("\nsandbox on / off (forkserver)")
+    for name, seconds in on.items():
+        print(f"  {name:<34}{seconds / off[name]:6.2f}x"
+              f"   ({off[name] * 1e6:9.1f} -> {seconds * 1e6:9.1f} µs)")
+    if args.sandbox_only:
+        return
     bench_ours(args.processes, args.tasks, "spawn")
     bench_executor(args.processes, args.tasks, "forkserver")
     bench_executor(args.processes, args.tasks, "fork")

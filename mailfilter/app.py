@@ -32,6 +32,7 @@ from mailfilter.matching.cache import VerdictCache, open_cache, settings_namespa
 from mailfilter.matching.live import LiveIndex
 from mailfilter.matching.store import BaseHashStore
 from mailfilter.metrics import HealthSource, Metrics, MetricsServer
+from mailfilter.sandbox import SandboxUnavailable
 from mailfilter.scanner import Scanner
 from mailfilter.settings import LoadedSettings, Settings, load_settings, service_problems
 from mailfilter.workers import PoolStats, WorkerPool
@@ -44,7 +45,8 @@ FIRST_LOAD_WAIT: Final = 30.0  # seconds to wait for the lists before listening 
 RESTART_KEYS: Final = (("smtp", "listen"), ("smtp", "protocol"), ("smtp", "tls_cert"),
                        ("smtp", "tls_key"), ("smtp", "hostname"), ("metrics", "listen"),
                        ("workers", "processes"), ("workers", "memory_limit"),
-                       ("workers", "max_tasks_per_worker"), ("milter", "listen"))
+                       ("workers", "max_tasks_per_worker"), ("workers", "sandbox"),
+                       ("milter", "listen"))
 
 
 class App:
@@ -85,7 +87,14 @@ class App:
         problems = service_problems(s, self.source)
         if problems:
             raise ConfigError(*problems)
-        self.pool = WorkerPool.from_settings(s.workers)
+        # The workers never need the quarantine, the store or the configuration (secrets).
+        protect = [s.quarantine.path, s.store.path]
+        if self.config_path is not None:
+            protect.append(self.config_path)
+        try:
+            self.pool = WorkerPool.from_settings(s.workers, protect)
+        except SandboxUnavailable as exc:
+            raise ConfigError(str(exc)) from exc
         self.store, self.live = await self._open_index(s)
         if not self.live.loaded:
             log.error("hash lists not loaded yet: messages are answered per on_error until "

@@ -21,7 +21,7 @@ from mailfilter.errors import SkipImage
 from mailfilter.hashing.exact import exact_hashes
 from mailfilter.hashing.gridhist import gridhist_dihedral, gridhist_from_luma
 from mailfilter.hashing.pdq import pdq_from_luma
-from mailfilter.images import FRAMES_PAST_LIMIT, decode
+from mailfilter.images import FRAMES_PAST_LIMIT, DecodedImage, decode
 from mailfilter.magic import NO_VIDEO_STREAM, NOT_A_VIDEO, image_format, video_container
 from mailfilter.model import AttachmentKind, ExactHashes, FrameFingerprint, ImageFingerprint
 from mailfilter.settings import ImageSettings, Settings, VideoSettings
@@ -223,7 +223,14 @@ def fingerprint_image(data: bytes, params: FingerprintParams) -> ImageFingerprin
         decoded = decode(data, params.images)
     except SkipImage as exc:
         return ImageFingerprint(exact=exact, skipped=exc.reason, detail=exc.detail)
+    return fingerprint_decoded(decoded, exact, params, started)
 
+
+def fingerprint_decoded(decoded: DecodedImage, exact: ExactHashes, params: FingerprintParams,
+                        started: float) -> ImageFingerprint:
+    """The perceptual hashes of an image already decoded (`started`: when its task began,
+    for the time budget); `fingerprint_image` after its decode, and enrollment, which also
+    crops the same frames."""
     min_dimension = params.images.min_dimension
     small = min(decoded.width, decoded.height) < min_dimension
     frames: list[FrameFingerprint] = []

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from mailfilter.actions.quarantine import QuarantineEntry, QuarantineStore, build_record
+from mailfilter.actions.records import QuarantineRecord
 from mailfilter.actions.report import report_steps
 from mailfilter.errors import TemporaryFailure
 from mailfilter.model import AttachmentKind, Envelope, Reply, ScanResult
@@ -129,7 +130,7 @@ class MessageHandler:
         return Decision(msg_id, received, action, result, trace, dict(trace.stages))
 
     def record(self, decision: Decision, envelope: Envelope, size: int,
-               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+               extra: dict[str, Any] | None = None) -> QuarantineRecord:
         return build_record(
             entry_id=decision.id, received=decision.received, envelope=envelope,
             result=decision.result, action=decision.action.kind.value,

@@ -84,6 +84,13 @@ class _StateCollector(Collector):
             events.add_metric(["restart"], stats.restarts)
             events.add_metric(["memory_limit"], stats.memory_limits)
             yield events
+            confined = GaugeMetricFamily(
+                "mailfilter_worker_sandbox",
+                "1 for what the workers are confined in ([workers] sandbox)",
+                labels=["protection"])
+            for protection in ("files", "network", "signals"):
+                confined.add_metric([protection], float(protection in stats.sandbox))
+            yield confined
         yield GaugeMetricFamily("mailfilter_index_loaded", "1 when hash lists are loaded",
                                 value=float(s.index_loaded()))
         yield GaugeMetricFamily("mailfilter_index_entries", "Entries in the served index",

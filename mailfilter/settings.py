@@ -33,6 +33,7 @@ from pydantic import (
 )
 
 from mailfilter import signals
+from mailfilter.cybertip.document import IncidentType
 from mailfilter.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/mailfilter/mailfilter.toml")
@@ -317,6 +318,7 @@ class WorkerSettings(_Section):
     processes: int = Field(default=0, ge=0, le=256)  # 0: one per CPU core
     memory_limit: Size = 1024**3
     max_tasks_per_worker: int = Field(default=1000, ge=0)  # 0: never recycle
+    sandbox: Literal["auto", "require", "off"] = "auto"  # sandbox.py
 
 
 class PolicySettings(_Section):
@@ -360,6 +362,35 @@ class ReportSettings(_Section):
         return value
 
 
+def _check_cybertip_url(value: str) -> str:
+    # Basic auth sends the password with every request: in clear text only to this host.
+    parts = urlsplit(value)
+    if parts.scheme == "https" and parts.hostname:
+        return value.rstrip("/")
+    if parts.scheme == "http" and parts.hostname in ("127.0.0.1", "::1", "localhost"):
+        return value.rstrip("/")
+    raise ValueError("expected an https:// URL (http:// only to 127.0.0.1, ::1 or "
+                     "localhost)")
+
+
+class CybertipSettings(_Section):
+    """NCMEC's CyberTipline reporting API (issue 19)."""
+
+    url: Annotated[str, AfterValidator(_check_cybertip_url)] = (
+        "https://exttest.cybertip.org/ispws")
+    username: str = ""
+    password_file: str = ""
+    timeout: Duration = 60.0
+    lists: tuple[str, ...] = ()
+    incident_type: IncidentType = "Child Pornography (possession, manufacture, and distribution)"
+    reporter_email: Annotated[str, AfterValidator(_check_email)] = ""
+    company_template: str = ""
+    terms_of_service: str = ""
+    file_viewed_by_esp: bool = False
+    xsd: str = ""
+    auto_submit: bool = False
+
+
 class MilterSettings(_Section):
     listen: Annotated[str, AfterValidator(_check_milter_listen)] = ""
     default_action: Literal["tempfail", "accept", "reject"] = "tempfail"
@@ -385,6 +416,7 @@ class Settings(_Section):
     policy: PolicySettings = PolicySettings()
     quarantine: QuarantineSettings = QuarantineSettings()
     report: ReportSettings = ReportSettings()
+    cybertip: CybertipSettings = CybertipSettings()
     milter: MilterSettings = MilterSettings()
     metrics: MetricsSettings = MetricsSettings()
     logging: LoggingSettings = LoggingSettings()

@@ -26,8 +26,12 @@ replaced); `WorkerFailure("worker-crashed")` when the worker died under it (segf
 `os._exit`, killed from outside). A task is never run twice: it is only re-queued when its
 message provably never reached a worker (the write to its socket failed).
 
-The pool is not a security sandbox: workers run as the same user, and results come back as
-pickles. It contains crashes, runaway memory and runaway time, not a compromised decoder.
+Workers are confined (sandbox.py: Landlock and seccomp, where the kernel has them) once they
+have imported their decoders: they read only the Python installation and system libraries,
+write only the pool's scratch directory, cannot reach the quarantine, the store or the
+network. They still run as the service's user, and results come back as pickles: the pool
+contains crashes, runaway memory and time, and keeps a compromised decoder from the data,
+not from the service process itself.
 """
 
 from __future__ import annotations
@@ -47,10 +51,12 @@ import os
 import pickle
 import resource
 import selectors
+import shutil
 import signal
 import socket
 import struct
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -59,8 +65,10 @@ from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from mailfilter import sandbox
 from mailfilter.errors import WorkerFailure
 
 if TYPE_CHECKING:
@@ -162,6 +170,7 @@ class PoolStats:
     restarts: int  # workers started to replace one (crash, deadline, memory, recycling)
     memory_limits: int = 0  # tasks that hit the worker memory limit
     last_start_seconds: float = 0.0  # how long the latest worker took to become ready
+    sandbox: tuple[str, ...] = ()  # what the latest ready worker is confined in (sandbox.py)
 
 
 # --- the worker side ---------------------------------------------------------------------
@@ -226,7 +235,8 @@ def _tune_malloc() -> None:
 
 
 def _worker_main(
-    sock: socket.socket, memory_limit: int, initializer: Callable[[], None] | None
+    sock: socket.socket, memory_limit: int, initializer: Callable[[], None] | None,
+    plan: sandbox.Plan | None = None,
 ) -> None:
     """A worker: read (fn, args, deadline), run, write back one reply, until EOF."""
     for name in _THREAD_ENV:
@@ -241,10 +251,16 @@ def _worker_main(
         resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
     if initializer is not None:
         initializer()
+    confined: tuple[str, ...] = ()
+    if plan is not None:
+        if plan.write[1:]:  # the scratch directory: the one place temporary files can go
+            os.environ["TMPDIR"] = tempfile.tempdir = plan.write[-1]
+        confined = sandbox.confine(plan)  # last: everything the worker needs is loaded
     # Tasks are read into one reused buffer: no fresh (page-faulting) allocation per task.
     buffer = bytearray(_RECV_BUFFER)
     try:
-        _send_frame(sock, pickle.dumps((_READY, os.getpid()), pickle.HIGHEST_PROTOCOL))
+        ready = (_READY, (os.getpid(), confined))
+        _send_frame(sock, pickle.dumps(ready, pickle.HIGHEST_PROTOCOL))
         while True:
             got = sock.recv_into(buffer)  # the header, and all of a small task
             if not got:
@@ -499,6 +515,24 @@ def _context(start_method: StartMethod | None) -> BaseContext:
     return ctx
 
 
+def _sandbox_plan(
+    mode: sandbox.Mode, protect: Iterable[str | os.PathLike[str]]
+) -> tuple[sandbox.Plan | None, str | None]:
+    """The workers' sandbox plan and scratch directory; logs what the workers will be
+    confined in. SandboxUnavailable in mode "require" when the kernel cannot do it."""
+    if mode == "off":
+        log.info("worker sandbox: off")
+        return None, None
+    sandbox.check(mode)
+    scratch = tempfile.mkdtemp(prefix="mailfilter-workers-")
+    plan = sandbox.plan(mode, scratch, protect)
+    log.info("worker sandbox: %s", sandbox.describe(mode))
+    if plan.dropped:
+        log.warning("worker sandbox: these directories hold the quarantine or the store, so "
+                    "workers may not read them: %s", ", ".join(plan.dropped))
+    return plan, scratch
+
+
 def _describe_exit(exitcode: int | None) -> str:
     if exitcode is None:
         return "ended"
@@ -544,7 +578,10 @@ class WorkerPool:
     `processes` 0 means one per available CPU; `memory_limit` is each worker's address-space
     limit in bytes (RLIMIT_AS, which counts the interpreter and its libraries, ~100 MB; 0: no
     limit); a worker is replaced after `max_tasks_per_worker` tasks (0: never); `initializer`
-    (module-level) runs once in each worker before its first task.
+    (module-level) runs once in each worker before its first task. `sandbox` (sandbox.py):
+    "auto" confines the workers as far as the kernel can, "require" raises
+    SandboxUnavailable here when it cannot confine their files and network; `protect` are
+    paths the workers must never reach (the quarantine, the store).
 
     Thread-safe. Workers start in the background; `submit` never waits for them.
     """
@@ -557,6 +594,8 @@ class WorkerPool:
         initializer: Callable[[], None] | None = None,
         *,
         start_method: StartMethod | None = None,
+        sandbox: sandbox.Mode = "auto",
+        protect: Iterable[str | os.PathLike[str]] = (),
     ) -> None:
         if processes < 0:
             raise ValueError("processes must be 0 (one per CPU) or more")
@@ -568,6 +607,10 @@ class WorkerPool:
         self._initializer = initializer
         self._ctx = _context(start_method)
         self.start_method: str = self._ctx.get_start_method()
+        self._plan, self._scratch = _sandbox_plan(sandbox, protect)
+        # the one directory workers may write to (their TMPDIR); None: no sandbox
+        self.scratch: Path | None = Path(self._scratch) if self._scratch else None
+        self._confined: tuple[str, ...] = ()
 
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # a worker became ready / exited
@@ -599,11 +642,15 @@ class WorkerPool:
         atexit.register(self._close_at_exit)
 
     @classmethod
-    def from_settings(cls, s: WorkerSettings) -> WorkerPool:
+    def from_settings(
+        cls, s: WorkerSettings, protect: Iterable[str | os.PathLike[str]] = ()
+    ) -> WorkerPool:
         return cls(
             processes=s.processes,
             memory_limit=s.memory_limit,
             max_tasks_per_worker=s.max_tasks_per_worker,
+            sandbox=s.sandbox,
+            protect=protect,
         )
 
     @staticmethod
@@ -701,6 +748,7 @@ class WorkerPool:
                 restarts=self._restarts,
                 memory_limits=self._memory_limits,
                 last_start_seconds=self._last_start,
+                sandbox=self._confined,
             )
 
     def wait_ready(self, timeout: float | None = None) -> bool:
@@ -893,7 +941,7 @@ class WorkerPool:
         parent_sock, child_sock = socket.socketpair()
         process = self._ctx.Process(  # type: ignore[attr-defined]
             target=_worker_main,
-            args=(child_sock, self._memory_limit, self._initializer),
+            args=(child_sock, self._memory_limit, self._initializer, self._plan),
             name="mailfilter-worker",
             daemon=True,
         )
@@ -948,6 +996,7 @@ class WorkerPool:
         recycle = False
         with self._lock:
             if tag == _READY:
+                self._confined = body[1]
                 if worker.state == _STARTING and not worker.exited:
                     worker.state = _IDLE
                     self._idle.append(worker)
@@ -1130,6 +1179,8 @@ class WorkerPool:
         self._selector.close()
         os.close(wake_r)
         os.close(wake_w)
+        if self._scratch is not None:  # what workers left there (a killed RAR unpack)
+            shutil.rmtree(self._scratch, ignore_errors=True)
 
 
 if sys.platform == "win32":  # pragma: no cover - mailfilter runs on Linux

@@ -8,6 +8,7 @@ are deleted afterwards: the Redis may be shared with other users.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import ssl
@@ -207,6 +208,25 @@ def state_dir(tmp_path: Path) -> Path:
     path = tmp_path / "state"
     path.mkdir(mode=0o700)
     return path
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """MAILFILTER_TEST_SANDBOX=1: this test process is held to the workers' file rules
+    (sandbox.py) before any test runs, so decoder tests that decode in this process show
+    what a confined worker could not read. Writable: a fresh TMPDIR (which holds tmp_path).
+    Also readable: all of /proc, since the worker pools started here make rules for their
+    own /proc/self (Landlock's rules nest: a worker gets what both allow).
+        MAILFILTER_TEST_SANDBOX=1 python -m pytest -p no:cacheprovider tests/extract
+    """
+    if os.environ.get("MAILFILTER_TEST_SANDBOX") != "1":
+        return
+    from mailfilter import sandbox
+
+    scratch = tempfile.mkdtemp(prefix="mailfilter-test-sandbox-")
+    os.environ["TMPDIR"] = tempfile.tempdir = scratch
+    plan = sandbox.plan("require", scratch)
+    if not sandbox.confine_files(dataclasses.replace(plan, read=(*plan.read, "/proc"))):
+        pytest.exit("MAILFILTER_TEST_SANDBOX=1 needs Landlock (Linux >= 5.13)", returncode=4)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

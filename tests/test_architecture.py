@@ -132,3 +132,28 @@ def test_no_import_cycles_between_modules() -> None:
     assert not unexpected, "import cycles: " + " | ".join(describe(g, graph) for g in unexpected)
     gone = KNOWN_CYCLES - {frozenset(g) for g in groups}
     assert not gone, f"known cycles no longer there, drop them from KNOWN_CYCLES: {gone}"
+
+
+def _named_in(doc: str, relative: Path) -> bool:
+    """Whether docs/architecture.md names a module: its path under mailfilter/ in backticks,
+    or its file name on a line that names its package (`cli/` ... `hash.py`)."""
+    if f"`{relative.as_posix()}`" in doc:
+        return True
+    package = relative.parent.as_posix() + "/"
+    return any(f"`{package}`" in line and f"`{relative.name}`" in line
+               for line in doc.splitlines())
+
+
+def test_the_architecture_overview_names_every_module() -> None:
+    doc = (PACKAGE.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    missing = [
+        path.relative_to(PACKAGE).as_posix() for path in sorted(PACKAGE.rglob("*.py"))
+        if not (path.name == "__init__.py" and path.parent != PACKAGE
+                and f"`{path.parent.relative_to(PACKAGE).as_posix()}/`" in doc)
+        and not _named_in(doc, path.relative_to(PACKAGE))
+    ]
+    assert not missing, f"docs/architecture.md does not name: {', '.join(missing)}"
+    named = set(doc.split("`")[1::2])
+    gone = sorted(n for n in named if n.endswith(".py") and "/" in n
+                  and not (PACKAGE / n).exists() and not (PACKAGE.parent / n).exists())
+    assert not gone, f"docs/architecture.md names modules that do not exist: {gone}"

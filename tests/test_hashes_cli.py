@@ -21,7 +21,8 @@ from conftest import REPO, free_port
 from factories import message, message_bytes, photo_like
 from test_formats import pdq_like, random_hex
 
-from mailfilter.frontend.hashes_command import _Progress, centre_crop, hashes
+from mailfilter.cli.hashes import _Progress, hashes
+from mailfilter.enrollment import centre_crop
 from mailfilter.matching.backends import open_store
 from mailfilter.matching.store import ImportProgress
 from mailfilter.redis_connection import KeyLayout

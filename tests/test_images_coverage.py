@@ -27,9 +27,9 @@ from factories import image_bytes, jpeg, message, message_bytes, photo_like
 from PIL import Image, ImageCms, ImageFile, features
 
 from mailfilter import images
+from mailfilter.cli.scan import scan_record
 from mailfilter.errors import SkipImage
 from mailfilter.fingerprint import FingerprintParams, fingerprint_image
-from mailfilter.frontend.scan_command import scan_record
 from mailfilter.hashing.pdq import hamming
 from mailfilter.images import decode
 from mailfilter.matching.index import HashIndex, IndexEntry

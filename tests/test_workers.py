@@ -139,8 +139,14 @@ def test_a_crashing_task_kills_only_its_worker(pool: WorkerPool, crash: object) 
     assert pool.stats().crashes == 1
 
 
-def test_worker_killed_from_outside(pool: WorkerPool, tmp_path: Path) -> None:
-    pid_file = tmp_path / "pid"
+def scratch(pool: WorkerPool) -> Path:
+    """The one directory sandboxed workers may write to."""
+    assert pool.scratch is not None
+    return pool.scratch
+
+
+def test_worker_killed_from_outside(pool: WorkerPool) -> None:
+    pid_file = scratch(pool) / "pid"
     future = pool.submit(wt.write_pid_then_sleep, str(pid_file), 5, deadline=10)
     assert wait_until(lambda: pid_file.exists() and pid_file.read_text())
     os.kill(int(pid_file.read_text()), signal.SIGKILL)
@@ -179,10 +185,12 @@ def test_workers_use_one_blas_thread(pool: WorkerPool) -> None:
         assert pool.submit(wt.environment, name, deadline=5).result() == "1"
 
 
-def test_no_task_lost_or_run_twice(tmp_path: Path) -> None:
+def test_no_task_lost_or_run_twice() -> None:
     """Crashes, deadline kills and recycling in the middle of a stream of tasks: every
     future resolves, every good task ran exactly once (mark_once fails on a second run)."""
     with WorkerPool(processes=3, memory_limit=0, max_tasks_per_worker=4) as pool:
+        marks = scratch(pool) / "marks"
+        marks.mkdir()
         futures: list[tuple[str, Future[Any]]] = []
         for i in range(60):
             if i % 10 == 3:
@@ -190,7 +198,7 @@ def test_no_task_lost_or_run_twice(tmp_path: Path) -> None:
             elif i % 10 == 7:
                 futures.append(("slow", pool.submit(wt.spin, 10, deadline=0.2)))
             else:
-                futures.append(("ok", pool.submit(wt.mark_once, str(tmp_path), str(i), 0.01,
+                futures.append(("ok", pool.submit(wt.mark_once, str(marks), str(i), 0.01,
                                                   deadline=5)))
         for kind, future in futures:
             if kind == "ok":
@@ -198,7 +206,7 @@ def test_no_task_lost_or_run_twice(tmp_path: Path) -> None:
             else:
                 with pytest.raises(WorkerFailure):
                     future.result(timeout=20)
-        marked = sorted(int(p.name) for p in tmp_path.iterdir())
+        marked = sorted(int(p.name) for p in marks.iterdir())
         assert marked == [i for i in range(60) if i % 10 not in (3, 7)]
         stats = pool.stats()
         assert stats.completed == len(marked)

@@ -177,3 +177,51 @@ def time_limit_then_spin(limit: float, seconds: float) -> int:
     with time_limit(limit):
         pass
     return spin(seconds)
+
+
+# --- what a sandboxed worker may not do (tests/test_sandbox.py) --------------------------
+
+
+def read_bytes(path: str) -> bytes:
+    return Path(path).read_bytes()
+
+
+def list_dir(path: str) -> list[str]:
+    return sorted(p.name for p in Path(path).iterdir())
+
+
+def write_bytes(path: str, data: bytes) -> int:
+    return Path(path).write_bytes(data)
+
+
+def tcp_connect(host: str, port: int) -> str:
+    import socket
+
+    with socket.create_connection((host, port), timeout=5) as sock:
+        return str(sock.getpeername())
+
+
+def unix_connect(path: str) -> str:
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(path)
+        return path
+
+
+def udp_socket() -> str:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        return str(sock.getsockname())
+
+
+def send_signal(pid: int, signum: int) -> None:
+    os.kill(pid, signum)
+
+
+def extract_message(raw: bytes) -> object:
+    from mailfilter.extract import extract
+    from mailfilter.settings import ExtractSettings
+
+    return extract(raw, ExtractSettings())

@@ -5,9 +5,9 @@ crash or a power cut. The front ends answer 250 only after that.
 Layout under `quarantine.path` (directories 0700, files 0600):
 
     <path>/<YYYY-MM-DD>/<id>.eml    the message exactly as received
-    <path>/<YYYY-MM-DD>/<id>.json   the record (see `build_record`)
+    <path>/<YYYY-MM-DD>/<id>.json   the record (`records.QuarantineRecord`)
     <path>/outbox/<id>.<n>.job      work still to do for an entry: report mail, report
-                                    directory, webhook, quarantine index (report.py)
+                                    directory, webhook, quarantine index (report/)
     <path>/audit.jsonl              operator actions, one JSON object per line
     <path>/.lock                    taken (flock) while a record is rewritten
 
@@ -36,6 +36,7 @@ that point. Only the crash-consistency tests set it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import errno
 import fcntl
@@ -50,31 +51,36 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
+from mailfilter.actions.records import (
+    RECORD_FORMAT,
+    SERVICE_ACTOR,
+    HistoryEvent,
+    JsonObject,
+    QuarantineRecord,
+    iso_time,
+)
 from mailfilter.model import Envelope, ScanResult
 from mailfilter.settings import QuarantineSettings
 
 __all__ = [
     "CRASH_HOOK_ENV",
+    "SERVICE_ACTOR",
     "STATUSES",
     "OutboxJob",
     "QuarantineEntry",
     "QuarantineStore",
     "StoredEntry",
     "build_record",
-    "entry_summary",
-    "history_event",
     "id_time",
     "is_entry_id",
     "iso_time",
     "new_id",
-    "normalised",
 ]
 
 log = logging.getLogger("mailfilter.quarantine")
 
-RECORD_FORMAT: Final = 1
 JOB_FORMAT: Final = 1
 CRASH_HOOK_ENV: Final = "MAILFILTER_TEST_CRASH_AFTER"
 STATUSES: Final = ("quarantined", "reported", "released", "deleted")
@@ -82,13 +88,10 @@ OUTBOX_DIR: Final = "outbox"
 SENDER_LOCK: Final = ".sender.lock"
 AUDIT_LOG: Final = "audit.jsonl"
 LOCK_FILE: Final = ".lock"
-SERVICE_ACTOR: Final = "mailfilter"
 _ALPHABET: Final = "0123456789BCDFGHJKLMNPQRSTVWXYZ"  # no vowels: ids never spell words
 _ID_RE: Final = re.compile(rf"^[{_ALPHABET}]{{8,32}}$")
 _DAY_RE: Final = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _RANDOM_BITS: Final = 40
-
-T = TypeVar("T")
 
 
 def new_id(now: float | None = None) -> str:
@@ -118,11 +121,6 @@ def id_time(entry_id: str) -> float:
     return (value >> _RANDOM_BITS) / 1000
 
 
-def iso_time(ts: float) -> str:
-    """UTC, seconds, with a Z: how times appear in records, reports and the audit log."""
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 @dataclass(frozen=True, slots=True)
 class QuarantineEntry:
     id: str
@@ -130,18 +128,13 @@ class QuarantineEntry:
     record_path: Path
 
 
-def _json_envelope(envelope: Envelope) -> dict[str, Any]:
+def _json_envelope(envelope: Envelope) -> JsonObject:
     return {
         "mail_from": envelope.mail_from,
         "rcpt_tos": list(envelope.rcpt_tos),
         "mail_options": list(envelope.mail_options),
         "rcpt_options": [list(o) for o in envelope.rcpt_options],
     }
-
-
-def history_event(event: str, when: float, by: str, **detail: Any) -> dict[str, Any]:
-    """One line of a record's history: what happened, when (UTC), who did it."""
-    return {"event": event, "time": iso_time(when), "by": by, **detail}
 
 
 def build_record(
@@ -158,17 +151,19 @@ def build_record(
     attachment_sizes: Mapping[str, int] | None = None,
     extra: Mapping[str, Any] | None = None,
     host: str | None = None,
-) -> dict[str, Any]:
-    """The JSON record of a quarantined message. Never holds message or image content:
-    names, sizes, types, hashes and matches only."""
+) -> QuarantineRecord:
+    """The record of a quarantined message. Never holds message or image content: names,
+    sizes, types, hashes and matches only. Made from the JSON views of the scan result
+    (`as_json`), so its file has exactly their keys; `extra` adds top-level fields
+    (`front_end`)."""
     sizes = attachment_sizes or {}
-    attachments: list[dict[str, Any]] = []
-    matches: list[dict[str, Any]] = []
+    attachments: list[JsonObject] = []
+    matches: list[JsonObject] = []
     if result is not None:
         for a in result.attachments:
             attachments.append({**a.as_json(), "size": sizes.get(a.mime_path)})
             matches.extend({"mime_path": a.mime_path, **m.as_json()} for m in a.matches)
-    record: dict[str, Any] = {
+    record: JsonObject = {
         "format": RECORD_FORMAT,
         "id": entry_id,
         "received": dt.datetime.fromtimestamp(received, dt.UTC).isoformat(),
@@ -194,57 +189,19 @@ def build_record(
         "policy": dict(policy),
         "legal_hold": False,
         "status": "quarantined",
-        "history": [history_event("quarantined", received, SERVICE_ACTOR)],
+        "history": [HistoryEvent.now("quarantined", received, SERVICE_ACTOR).to_json()],
     }
     if extra:
         record.update(extra)
-    return record
-
-
-def normalised(record: Mapping[str, Any]) -> dict[str, Any]:
-    """A record with the fields later versions added filled in (records written before
-    status, history and host existed are read as freshly quarantined)."""
-    out = dict(record)
-    out.setdefault("legal_hold", False)
-    out.setdefault("host", None)
-    out.setdefault("status", "quarantined")
-    if not isinstance(out.get("history"), list):
-        out["history"] = [{"event": "quarantined", "time": out.get("received"),
-                           "by": SERVICE_ACTOR}]
-    return out
-
-
-def entry_summary(record: Mapping[str, Any], *, report_pending: bool = False,
-                  has_message: bool = True) -> dict[str, Any]:
-    """What `quarantine list` shows of an entry, and what the shared index holds."""
-    envelope = record.get("envelope") or {}
-    matches = record.get("matches") or []
-    return {
-        "id": record.get("id"),
-        "host": record.get("host"),
-        "received": record.get("received"),
-        "received_ts": record.get("received_ts"),
-        "status": record.get("status", "quarantined"),
-        "legal_hold": bool(record.get("legal_hold")),
-        "from": envelope.get("mail_from"),
-        "to": list(envelope.get("rcpt_tos") or []),
-        "subject": record.get("subject"),
-        "size": record.get("size"),
-        "verdict": record.get("verdict"),
-        "reason": record.get("reason"),
-        "lists": sorted({str(m.get("list")) for m in matches}),
-        "matches": len(matches),
-        "report_pending": report_pending,
-        "message_held": has_message,
-    }
+    return QuarantineRecord.from_json(record)
 
 
 @dataclass(frozen=True, slots=True)
 class StoredEntry:
-    """An entry as read back: its record (normalised) and where its files are."""
+    """An entry as read back: its record and where its files are."""
 
     id: str
-    record: dict[str, Any]
+    record: QuarantineRecord
     record_path: Path
     message_path: Path
 
@@ -255,8 +212,10 @@ class StoredEntry:
 
 @dataclass
 class OutboxJob:
-    """Work still to do for one entry, in `steps` order (see report.py); `done` grows as
-    steps succeed, so a retry never repeats a step that worked."""
+    """Work still to do for one entry, in `steps` order (see report/channels.py); `done`
+    grows as steps succeed, so a retry never repeats a step that worked. `progress` holds
+    each step's own state (JSON values, by step name): the report mail's recipients not
+    yet accepted, for example."""
 
     job_id: str
     entry_id: str
@@ -266,18 +225,27 @@ class OutboxJob:
     attempts: int = 0
     next_attempt: float = 0.0
     last_error: str | None = None
-    mail_pending: list[str] | None = None  # report recipients not yet accepted
+    progress: dict[str, JsonObject] = field(default_factory=dict)
     format: int = JOB_FORMAT
 
     @property
     def remaining(self) -> list[str]:
         return [s for s in self.steps if s not in self.done]
 
-    def to_json(self) -> dict[str, Any]:
+    @property
+    def mail_pending(self) -> list[str] | None:
+        """The report recipients not yet accepted (None: the mail was not tried yet)."""
+        pending = self.progress.get("mail", {}).get("pending")
+        return None if pending is None else [str(a) for a in pending]
+
+    def to_json(self) -> JsonObject:
         return asdict(self)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> OutboxJob:
+        progress = {str(k): dict(v) for k, v in (data.get("progress") or {}).items()}
+        if data.get("mail_pending") is not None:  # (job files before `progress`)
+            progress.setdefault("mail", {"pending": [str(a) for a in data["mail_pending"]]})
         return cls(
             # Older job files also carry "record" (the record's path), never needed: ignored.
             job_id=str(data["job_id"]), entry_id=str(data["entry_id"]),
@@ -286,8 +254,7 @@ class OutboxJob:
             attempts=int(data.get("attempts", 0)),
             next_attempt=float(data.get("next_attempt", 0.0)),
             last_error=data.get("last_error"),
-            mail_pending=(None if data.get("mail_pending") is None
-                          else [str(r) for r in data["mail_pending"]]),
+            progress=progress,
         )
 
 
@@ -328,8 +295,9 @@ def write_file_durably(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
-def _encode(record: Mapping[str, Any]) -> bytes:
-    return json.dumps(record, ensure_ascii=False, indent=1, default=str).encode() + b"\n"
+def _encode(record: QuarantineRecord) -> bytes:
+    return (json.dumps(record.to_json(), ensure_ascii=False, indent=1, default=str).encode()
+            + b"\n")
 
 
 class QuarantineStore:
@@ -373,7 +341,7 @@ class QuarantineStore:
 
     # --- writing a new entry --------------------------------------------------------------
 
-    def write(self, entry_id: str, raw: bytes, record: Mapping[str, Any],
+    def write(self, entry_id: str, raw: bytes, record: QuarantineRecord,
               received: float | None = None, report_steps: Sequence[str] = ()
               ) -> QuarantineEntry:
         """Durably store the message and its record, and (with `report_steps`) the outbox
@@ -414,8 +382,12 @@ class QuarantineStore:
     # --- reading -----------------------------------------------------------------------------
 
     def _read(self, record_path: Path) -> StoredEntry:
-        record = normalised(json.loads(record_path.read_bytes()))
-        record["host"] = record["host"] or self.instance  # (records from before hosts)
+        data = json.loads(record_path.read_bytes())
+        if not isinstance(data, dict):
+            raise ValueError("a record is a JSON object")
+        record = QuarantineRecord.from_json(data)
+        if not record.host:  # (records from before hosts)
+            record = dataclasses.replace(record, host=self.instance)
         entry_id = record_path.stem
         return StoredEntry(entry_id, record, record_path, record_path.with_suffix(".eml"))
 
@@ -461,19 +433,18 @@ class QuarantineStore:
         finally:
             os.close(fd)  # (closing releases the lock)
 
-    def update(self, entry_id: str, change: Callable[[dict[str, Any]], T]
-               ) -> tuple[StoredEntry, T]:
-        """Read the record, let `change` modify it, write it back durably, all under the
-        store's lock (the report sender and operators may change one record at once).
+    def update(self, entry_id: str, change: Callable[[QuarantineRecord], QuarantineRecord]
+               ) -> StoredEntry:
+        """Read the record, let `change` make the new one, write it back durably, all under
+        the store's lock (the report sender and operators may change one record at once).
         KeyError when there is no such entry."""
         with self._locked():
             entry = self.find(entry_id)
             if entry is None:
                 raise KeyError(entry_id)
-            record = dict(entry.record)
-            outcome = change(record)
+            record = change(entry.record)
             write_file_durably(entry.record_path, _encode(record))
-        return StoredEntry(entry.id, record, entry.record_path, entry.message_path), outcome
+        return StoredEntry(entry.id, record, entry.record_path, entry.message_path)
 
     def delete_message(self, entry: StoredEntry) -> bool:
         """Remove the message bytes (the record stays until purged); False if they were

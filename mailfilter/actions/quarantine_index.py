@@ -5,7 +5,7 @@ wrong instance can say where an entry lives.
 One Redis hash, ``T:quarantine`` (``T`` the deployment's hash tag, as for the hash lists:
 ``{key_prefix}``, or `key_prefix` itself when it already holds a ``{…}`` tag, so every key
 of a deployment sits in one Redis Cluster slot): field = entry id, value = the JSON summary
-of `quarantine.entry_summary` (id, host, received, status, legal hold, envelope, subject,
+of `records.EntrySummary` (id, host, received, status, legal hold, envelope, subject,
 lists, ...). No message content, ever.
 
 The index is a convenience, never the truth: the files on disk are. It is written by the
@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, Final
+from collections.abc import Iterable, Iterator
+from typing import Final
 
 import redis
 
+from mailfilter.actions.records import EntrySummary
 from mailfilter.errors import TemporaryFailure
 from mailfilter.redis_connection import KeyLayout, redis_client
 from mailfilter.settings import StoreSettings
@@ -57,10 +58,10 @@ class QuarantineIndex:
         self.client = client
         self.key = KeyLayout(key_prefix).quarantine
 
-    def put(self, summary: Mapping[str, Any]) -> None:
+    def put(self, summary: EntrySummary) -> None:
         with _unavailable_on_redis_error():
-            self.client.hset(self.key, str(summary["id"]),
-                             json.dumps(summary, ensure_ascii=False))
+            self.client.hset(self.key, summary.id,
+                             json.dumps(summary.to_json(), ensure_ascii=False))
 
     def remove(self, entry_ids: Iterable[str]) -> int:
         ids = list(entry_ids)
@@ -69,12 +70,12 @@ class QuarantineIndex:
         with _unavailable_on_redis_error():
             return int(self.client.hdel(self.key, *ids))
 
-    def get(self, entry_id: str) -> dict[str, Any] | None:
+    def get(self, entry_id: str) -> EntrySummary | None:
         with _unavailable_on_redis_error():
             raw = self.client.hget(self.key, entry_id)
         return None if raw is None else _decode(raw)
 
-    def all(self) -> list[dict[str, Any]]:
+    def all(self) -> list[EntrySummary]:
         """Every summary, ordered by id (ids sort by time)."""
         out = []
         with _unavailable_on_redis_error():
@@ -82,18 +83,16 @@ class QuarantineIndex:
                 summary = _decode(raw)
                 if summary is not None:
                     out.append(summary)
-        return sorted(out, key=lambda s: (len(str(s.get("id"))), str(s.get("id"))))
+        return sorted(out, key=lambda s: (len(s.id), s.id))
 
-    def replace_host(self, host: str, summaries: Iterable[Mapping[str, Any]]
-                     ) -> tuple[int, int]:
+    def replace_host(self, host: str, summaries: Iterable[EntrySummary]) -> tuple[int, int]:
         """Make the index's entries of `host` exactly `summaries`: (written, removed)."""
-        fresh = {str(s["id"]): s for s in summaries}
-        stale = [str(s["id"]) for s in self.all()
-                 if s.get("host") == host and str(s.get("id")) not in fresh]
+        fresh = {s.id: s for s in summaries}
+        stale = [s.id for s in self.all() if s.host == host and s.id not in fresh]
         with _unavailable_on_redis_error():
             pipe = self.client.pipeline(transaction=False)
             for entry_id, summary in fresh.items():
-                pipe.hset(self.key, entry_id, json.dumps(summary, ensure_ascii=False))
+                pipe.hset(self.key, entry_id, json.dumps(summary.to_json(), ensure_ascii=False))
             if stale:
                 pipe.hdel(self.key, *stale)
             pipe.execute()
@@ -103,12 +102,14 @@ class QuarantineIndex:
         self.client.close()
 
 
-def _decode(raw: bytes | str) -> dict[str, Any] | None:
+def _decode(raw: bytes | str) -> EntrySummary | None:
+    """A summary any version wrote (what this one does not know is kept); None for what
+    is not one."""
     try:
         value = json.loads(raw)
+        return EntrySummary.from_json(value) if isinstance(value, dict) else None
     except ValueError:
         return None
-    return value if isinstance(value, dict) else None
 
 
 def open_index(settings: StoreSettings) -> QuarantineIndex | None:

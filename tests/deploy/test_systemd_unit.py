@@ -75,6 +75,10 @@ def test_hardening() -> None:
     # The worker pool sets RLIMIT_AS per worker: setrlimit (@resources) must stay allowed.
     assert "@system-service" in svc["SystemCallFilter"]
     assert not any("@resources" in v and v.startswith("~") for v in svc["SystemCallFilter"])
+    # Each worker confines itself with Landlock (sandbox.py): its calls must be allowed.
+    allowed = " ".join(v for v in svc["SystemCallFilter"] if not v.startswith("~")).split()
+    for call in ("landlock_create_ruleset", "landlock_add_rule", "landlock_restrict_self"):
+        assert call in allowed
 
 
 def test_stop_drains_before_anything_is_killed_and_reload_is_sighup() -> None:

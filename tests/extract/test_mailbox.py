@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from mailfilter.frontend import mailbox
-from mailfilter.frontend.mailbox import count_messages, iter_messages
+from mailfilter.cli import mailbox
+from mailfilter.cli.mailbox import count_messages, iter_messages
 
 
 def msg(n: int, eol: bytes = b"\n", body: bytes = b"") -> bytes:

@@ -461,7 +461,7 @@ def mbox_without_blank_lines() -> bytes:
 def test_mbox_split_at_from_lines_without_a_blank_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
 ) -> None:
-    from mailfilter.frontend import mailbox
+    from mailfilter.cli import mailbox
 
     path = tmp_path / "box.mbox"
     path.write_bytes(mbox_without_blank_lines())

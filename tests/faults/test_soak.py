@@ -10,9 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # 30 s of traffic by design
 def test_short_soak_loses_nothing() -> None:
     done = subprocess.run(
         [sys.executable, str(REPO / "bench" / "soak.py"), "--duration", "30", "--rate", "10",

@@ -62,6 +62,7 @@ def _kill_a_busy_worker(s: Served, timeout: float = 30.0) -> int:
     raise TimeoutError("no worker got busy")
 
 
+@pytest.mark.slow  # serve, a killed worker and its replacement: 10-15 s
 def test_worker_killed_mid_decode(tmp_path: Path, sink: RecordingSink) -> None:
     big = progressive_jpeg(8000)  # ~0.35 s of decoding each
     with serving(tmp_path, sink.address, processes=2) as s:
@@ -103,6 +104,7 @@ def test_worker_killed_mid_decode(tmp_path: Path, sink: RecordingSink) -> None:
         assert s.terminate() == 0
 
 
+@pytest.mark.slow  # serve and a decode up to the memory limit: about 10 s
 def test_image_needing_more_memory_than_the_limit(tmp_path: Path, sink: RecordingSink) -> None:
     """A 100-megapixel progressive JPEG (allowed by max_pixels) needs ~300 MB of decoder
     memory; with workers.memory_limit at 400 MiB that does not fit. The image is

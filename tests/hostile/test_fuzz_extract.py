@@ -22,6 +22,7 @@ import zlib
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -222,6 +223,7 @@ FUZZ = settings(max_examples=FUZZ_EXAMPLES, deadline=timedelta(seconds=TIME_BOUN
                                                       HealthCheck.data_too_large])
 
 
+@pytest.mark.slow  # 4,000 generated messages: about a minute on two cores
 @FUZZ
 @given(messages())
 def test_extract_generated_messages(raw: bytes) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from factories import message, message_bytes
 
+from mailfilter import sandbox
 from proxy.proxy_harness import (
     KNOWN,
     RawClient,
@@ -77,10 +78,15 @@ def test_serve_scans_relays_quarantines_and_reports(served: Any, smtp_sink: Any,
     assert 'mailfilter_matches_total{algorithm="pdq",list="stand-ins"}' in text
     assert 'mailfilter_stage_seconds_bucket{le="0.005",stage="extract"}' in text
     assert "mailfilter_index_entries" in text and "mailfilter_workers" in text
+    for protection in ("files", "network", "signals"):  # the worker sandbox, as far as the
+        on = float(protection in sandbox.available())  # kernel offers it
+        assert f'mailfilter_worker_sandbox{{protection="{protection}"}} {on}' in text
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0
     lines = [json.loads(x) for x in (tmp_path / "serve.log").read_text().splitlines()
              if x.startswith("{")]
+    said = [x["msg"] for x in lines if x.get("msg", "").startswith("worker sandbox: ")]
+    assert said == [f"worker sandbox: {sandbox.describe('auto')}"]  # once, at start
     logged = [x for x in lines if x.get("msg") == "message"]
     assert len(logged) == 2
     assert {x["action"] for x in logged} == {"relay", "quarantine"}

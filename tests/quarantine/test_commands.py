@@ -137,7 +137,7 @@ def test_list_show_and_export(proxy_factory: Factory, recording_sink: RecordingS
         ("export", first, "tester", "ok"), ("export", first, "Jane Ops", "ok")]
     history = QuarantineStore(QuarantineSettings(path=tmp_path / "quarantine")).find(first)
     assert history is not None
-    assert [h["event"] for h in history.record["history"]] == ["quarantined", "exported",
+    assert [h["event"] for h in history.record.to_json()["history"]] == ["quarantined", "exported",
                                                                "exported"]
 
 
@@ -176,8 +176,8 @@ def test_release_delivers_the_original_bytes_to_the_original_envelope(
 
     store = QuarantineStore(QuarantineSettings(path=tmp_path / "quarantine"))
     entry = store.find(entry_id)
-    assert entry is not None and entry.record["status"] == "released"
-    event = entry.record["history"][-1]
+    assert entry is not None and entry.record.status == "released"
+    event = entry.record.to_json()["history"][-1]
     assert (event["event"], event["by"]) == ("released", "Jane Ops")
     assert event["delivered_to"] == ["bob@example.net", "carol@example.net"]
     assert entry.message_path.read_bytes() == raw  # still held
@@ -209,10 +209,12 @@ def _old_entry(store: QuarantineStore, days_ago: float, *, legacy: bool = False,
         entry_id=entry_id, received=received,
         envelope=Envelope("old@example.org", ("bob@example.net",), client_addr="192.0.2.9"),
         result=None, action="quarantine", reason="unscannable", policy={}, size=5)
-    if legacy:
+    entry = store.write(entry_id, b"old\r\n", record, received, report_steps)
+    if legacy:  # the file as it was written then
+        data = record.to_json()
         for key in ("status", "history", "host"):
-            del record[key]
-    store.write(entry_id, b"old\r\n", record, received, report_steps)
+            del data[key]
+        entry.record_path.write_text(json.dumps(data))
     return entry_id
 
 
@@ -269,11 +271,11 @@ def test_hold_delete_and_purge_with_retention(proxy_factory: Factory,
     out = mf("quarantine", "delete", held, "--yes", "--by", "Jane Ops", "--config", str(config))
     assert out.returncode == 0, out.stderr
     entry = store.find(held)
-    assert entry is not None and not entry.has_message and entry.record["status"] == "deleted"
-    assert [(h["event"], h["by"]) for h in entry.record["history"]] == [
+    assert entry is not None and not entry.has_message and entry.record.status == "deleted"
+    assert [(h["event"], h["by"]) for h in entry.record.to_json()["history"]] == [
         ("quarantined", "mailfilter"), ("hold", "tester"), ("unhold", "tester"),
         ("deleted", "Jane Ops")]
-    assert entry.record["history"][1]["reason"] == "case 42"
+    assert entry.record.history[1].detail["reason"] == "case 42"
     assert "message held: no (deleted)" in mf("quarantine", "show", held, "--config",
                                               str(config)).stdout
     for command in (["export", held, "--to", str(tmp_path / "x.eml")], ["release", held, "--yes"]):
@@ -324,7 +326,7 @@ def test_report_command_writes_json_and_cybertip_xml_and_sends_nothing(
     entry = store.find(entry_id)
     assert entry is not None
     assert report.findtext("incidentSummary/incidentDateTime") == time.strftime(
-        "%Y-%m-%dT%H:%M:%SZ", time.gmtime(entry.record["received_ts"]))
+        "%Y-%m-%dT%H:%M:%SZ", time.gmtime(entry.record.received_ts))
     assert [e.text for e in report.iterfind("internetDetails/emailIncident/emailAddress")] \
         == ["alice@example.org", "bob@example.net"]
     person = report.find("reporter/reportingPerson")
@@ -358,7 +360,7 @@ def test_report_command_writes_json_and_cybertip_xml_and_sends_nothing(
     assert recording_sink.messages == [] and recording_sink.connections == 1  # sent nothing
     entry = store.find(entry_id)
     assert entry is not None
-    assert [h.get("format") for h in entry.record["history"][1:]] == [
+    assert [h.get("format") for h in entry.record.to_json()["history"][1:]] == [
         "json", "cybertip-xml", "cybertip-xml"]
 
 

@@ -123,7 +123,7 @@ retry_min = "0.2s"
     assert sorted(e.id for e in entries) == sorted(
         m.data.split(b"X-Mailfilter-Report: ", 1)[1].split(b"\r\n", 1)[0].decode()
         for m in reports)
-    assert all(e.record["status"] == "reported" for e in entries)
+    assert all(e.record.status == "reported" for e in entries)
     assert all(e.message_path.read_bytes() == raw for e in entries)
     assert all(m.rcpt_tos == ["abuse@example.org"] for m in reports)
     lines = [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]

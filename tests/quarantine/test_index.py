@@ -5,6 +5,7 @@ only makes `list` fall back to the local directory."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -95,7 +96,7 @@ def test_every_instance_sees_every_entry_and_is_told_where_it_lives(
         'instance_name = "mx-a"', 'instance_name = "mx-a"\nretention_days = 1'))
     store = QuarantineStore(QuarantineSettings(path=tmp_path / "quarantine",
                                                instance_name="mx-a"))
-    store.update(entry.id, lambda r: r.update(received_ts=time.time() - 3 * 86400))
+    store.update(entry.id, lambda r: dataclasses.replace(r, received_ts=time.time() - 3 * 86400))
     assert json.loads(mf("quarantine", "purge", "--json", "--config",
                          str(purge)).stdout)["purged"] == [entry.id]
     assert json_lines(mf("quarantine", "list", "--json", "--config", str(b)).stdout) == []

@@ -72,7 +72,7 @@ def test_quarantined_message_reported_by_mail_dir_webhook_and_index(
     assert code == 250, text
     [entry] = rp.wait_reported()
     assert entry.message_path.read_bytes() == raw
-    record = entry.record
+    record = entry.record.to_json()
     assert record["id"] in text.decode()
     assert record["host"] == "mx-test"
     assert record["status"] == "reported"
@@ -154,7 +154,7 @@ def test_failed_step_retried_from_the_outbox_without_repeating_the_others(
     [entry] = rp.wait_reported(timeout=15)
     assert len(webhook.answered()) == 3
     assert len(smtp_sink.messages) == 1  # the mail went once
-    assert entry.record["status"] == "reported"
+    assert entry.record.status == "reported"
 
 
 def test_report_never_delays_the_reply_and_waits_out_a_refusing_next_hop(
@@ -181,7 +181,7 @@ def test_report_never_delays_the_reply_and_waits_out_a_refusing_next_hop(
     [entry] = rp.wait_reported(timeout=20)
     reports = [m for m in smtp_sink.messages if m.rcpt_tos == ["abuse@example.org"]]
     assert len(reports) == 1
-    assert entry.record["status"] == "reported"
+    assert entry.record.status == "reported"
     assert len(webhook.answered()) == 1
 
 

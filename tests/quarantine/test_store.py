@@ -12,7 +12,7 @@ import time
 from email.message import EmailMessage
 from email.policy import default
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -23,8 +23,15 @@ from mailfilter.actions.quarantine import (
     is_entry_id,
     new_id,
 )
+from mailfilter.actions.records import (
+    EntrySummary,
+    HistoryEvent,
+    QuarantineRecord,
+    ReportDocument,
+)
 from mailfilter.actions.relay import RelayPool
-from mailfilter.actions.report import ReportSender, report_mail, report_steps
+from mailfilter.actions.report import ReportSender, report_document, report_mail, report_steps
+from mailfilter.actions.report.channels import StepContext
 from mailfilter.errors import ConfigError
 from mailfilter.model import Envelope
 from mailfilter.settings import QuarantineSettings, Settings, load_settings
@@ -34,7 +41,7 @@ def _store(tmp_path: Path) -> QuarantineStore:
     return QuarantineStore(QuarantineSettings(path=tmp_path / "q", instance_name="mx-1"))
 
 
-def _record(entry_id: str, received: float, **extra: Any) -> dict[str, Any]:
+def _record(entry_id: str, received: float, **extra: Any) -> QuarantineRecord:
     return build_record(entry_id=entry_id, received=received,
                         envelope=Envelope("a@example.org", ("b@example.net",)), result=None,
                         action="quarantine", reason="unscannable", policy={}, size=3,
@@ -66,12 +73,18 @@ def test_write_puts_the_report_job_first_and_everything_private(tmp_path: Path) 
     for d in (store.root, store.outbox_dir, entry.record_path.parent):
         assert stat.S_IMODE(d.stat().st_mode) == 0o700
     found = store.find(entry_id)
-    assert found is not None and found.record["status"] == "quarantined"
+    assert found is not None and found.record.status == "quarantined"
     assert store.pending_entry_ids() == {entry_id}
-    # A job file of an earlier version, with the record's path it no longer writes, is read.
-    old_job = {**job.to_json(), "record": f"{entry.record_path.parent.name}/{entry_id}.json"}
+    # A job file of an earlier version, with the record's path it no longer writes and the
+    # mail's recipients outside `progress`, is read.
+    old_job = {**job.to_json(), "record": f"{entry.record_path.parent.name}/{entry_id}.json",
+               "mail_pending": ["abuse@example.org"]}
+    del old_job["progress"]
     job_file.write_text(json.dumps(old_job))
     assert [(j.job_id, j.steps) for j in store.jobs()] == [(job.job_id, ["mail", "status"])]
+    [read] = store.jobs()
+    assert read.mail_pending == ["abuse@example.org"]
+    assert read.progress == {"mail": {"pending": ["abuse@example.org"]}}
     # No steps: no job.
     other = new_id(now)
     store.write(other, b"raw\r\n", _record(other, now), now)
@@ -99,7 +112,8 @@ def test_concurrent_record_updates_lose_nothing(tmp_path: Path) -> None:
 
     def add(n: int) -> None:
         for i in range(10):
-            store.update(entry_id, lambda r, n=n, i=i: r["history"].append({"event": f"{n}.{i}"}))
+            store.update(entry_id, lambda r, n=n, i=i: r.with_event(
+                HistoryEvent(f"{n}.{i}", None, None)))
 
     threads = [threading.Thread(target=add, args=(n,)) for n in range(4)]
     for t in threads:
@@ -108,24 +122,92 @@ def test_concurrent_record_updates_lose_nothing(tmp_path: Path) -> None:
         t.join()
     entry = store.find(entry_id)
     assert entry is not None
-    assert len(entry.record["history"]) == 41
+    assert len(entry.record.history) == 41
     with pytest.raises(KeyError):
-        store.update(new_id(), lambda r: None)
+        store.update(new_id(), lambda r: r)
 
 
 def test_records_written_before_status_and_history_are_read(tmp_path: Path) -> None:
     store = _store(tmp_path)
     now = time.time()
     entry_id = new_id(now)
-    record = _record(entry_id, now)
+    written = store.write(entry_id, b"raw\r\n", _record(entry_id, now), now)
+    data = _record(entry_id, now).to_json()
     for key in ("status", "history", "host", "legal_hold"):
-        del record[key]
-    store.write(entry_id, b"raw\r\n", record, now)
+        del data[key]
+    written.record_path.write_text(json.dumps(data))
     entry = store.find(entry_id)
     assert entry is not None
-    assert entry.record["status"] == "quarantined" and entry.record["legal_hold"] is False
-    assert entry.record["host"] == "mx-1"
-    assert entry.record["history"][0]["event"] == "quarantined"
+    assert entry.record.status == "quarantined" and entry.record.legal_hold is False
+    assert entry.record.host == "mx-1"
+    assert entry.record.history[0].event == "quarantined"
+
+
+# A record as the first quarantine (2026-11-25) wrote it: no format-1 fields added since
+# (host, status, legal hold, history, ambiguities, front_end; in attachments kind,
+# containers, gridhist, incomplete), and a key no version of this one knows.
+OLD_RECORD = {
+    "format": 1, "id": "", "received": "2026-11-25T10:00:00+00:00",
+    "received_ts": 1795600800.0,
+    "client": {"addr": "192.0.2.7", "name": "mx.client.example", "helo": "helo.example"},
+    "queue_id": "4AbC12",
+    "envelope": {"mail_from": "alice@example.org", "rcpt_tos": ["bob@example.net"],
+                 "mail_options": ["BODY=8BITMIME"], "rcpt_options": [["NOTIFY=NEVER"]]},
+    "size": 1234, "message_id": "<m1@example.org>", "subject": "holiday",
+    "verdict": "match",
+    "attachments": [{"mime_path": "2", "filename": "beach.jpg", "content_type": "image/jpeg",
+                     "width": 64, "height": 48, "format": "JPEG", "md5": "aa", "sha1": "bb",
+                     "sha256": "cc", "pdq": "dd", "pdq_quality": 100, "skipped": None,
+                     "size": 999}],
+    "unscannable": [],
+    "matches": [{"mime_path": "2", "list": "stand-ins", "algorithm": "pdq", "distance": 0,
+                 "labels": ["test"], "value": "dd"}],
+    "action": "quarantine", "reason": "match", "policy": {"on_match": "quarantine"},
+    "someday": {"a field": "of a later version"},
+}
+
+
+def test_a_record_in_the_old_shape_is_read_and_written_back_unchanged(
+        tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    received = time.time()
+    entry_id = new_id(received)
+    written = store.write(entry_id, b"raw\r\n", _record(entry_id, received), received)
+    old = {**OLD_RECORD, "id": entry_id}
+    written.record_path.write_text(json.dumps(old))
+
+    entry = store.find(entry_id)
+    assert entry is not None
+    r = entry.record
+    assert (r.status, r.legal_hold, r.host, r.front_end) == ("quarantined", False, "mx-1", None)
+    assert [h.event for h in r.history] == ["quarantined"]
+    assert r.envelope.rcpt_options == (("NOTIFY=NEVER",),)
+    [a] = r.attachments
+    assert (a.kind, a.is_image, a.filename, a.size) == ("image", True, "beach.jpg", 999)
+    assert r.matches[0].list_name == "stand-ins" and r.matches[0].distance == 0
+    # As JSON: the keys it had, in their order, and the normalised ones after them.
+    out = r.to_json()
+    assert list(out) == [*old, "legal_hold", "host", "status", "history"]
+    assert {k: out[k] for k in old} == old
+    assert "kind" not in out["attachments"][0]  # not made up
+
+    # A change writes back what it does not understand, unchanged.
+    store.update(entry_id, lambda rec: rec.with_event(
+        HistoryEvent.now("hold", received, "tester"), legal_hold=True))
+    on_disk = json.loads(written.record_path.read_text())
+    assert {k: on_disk[k] for k in old} == old
+    assert on_disk["legal_hold"] is True and on_disk["history"][1]["event"] == "hold"
+
+    doc = report_document(r, received).to_json()
+    assert doc["attachments"] == [{**old["attachments"][0], "matched": True}]  # type: ignore[index]
+    assert doc["client"] == old["client"] and doc["front_end"] is None
+
+    # A summary another version wrote into the shared index reads back as it was.
+    foreign = {"id": entry_id, "host": "mx-2", "status": "reported", "lists": ["x"],
+               "matches": 1, "later": True}
+    assert EntrySummary.from_json(foreign).to_json() == {**foreign}
+    with pytest.raises(ValueError):
+        QuarantineRecord.from_json({"received": "no id"})
 
 
 def test_audit_log_is_append_only_json_lines(tmp_path: Path) -> None:
@@ -166,7 +248,7 @@ def test_report_mail_passes_no_control_characters(tmp_path: Path) -> None:
            "matches": [{"list": "l\r\nBcc: x@example.org", "mime_path": "2"}],
            "attachments": [], "envelope": {"mail_from": "a@example.org", "rcpt_tos": []}}
     settings = Settings.model_validate({"report": {"to": ["abuse@example.org"]}}).report
-    data = report_mail(doc, settings, "mf.example", now)
+    data = report_mail(ReportDocument.from_json(doc), settings, "mf.example", now)
     msg = email.message_from_bytes(data, policy=default)
     assert isinstance(msg, EmailMessage)
     assert msg["Bcc"] is None and msg["To"] == "abuse@example.org"
@@ -197,3 +279,74 @@ def test_sender_drops_jobs_whose_entry_never_appeared(tmp_path: Path) -> None:
     young_id, left = asyncio.run(run())
     assert left == [young_id]
     assert not (tmp_path / "reports").exists()
+
+
+class TwoParts:
+    """A report step with parts of its own, as a CyberTipline submission will have (submit,
+    then upload): the part done is kept in the job, so a retry, even by another process,
+    does not do it again."""
+
+    name: ClassVar[str] = "two-parts"
+    error_kind: ClassVar[str | None] = None
+
+    def __init__(self, fail: bool) -> None:
+        self.fail = fail
+        self.calls: list[str] = []
+
+    @classmethod
+    def wanted(cls, settings: Settings) -> bool:
+        return True
+
+    @classmethod
+    def reported_as(cls, settings: Settings) -> dict[str, Any]:
+        return {}
+
+    async def run(self, ctx: StepContext) -> None:
+        state = ctx.state(self.name)
+        if "first" not in state:
+            self.calls.append("first")
+            state["first"] = "report-1"
+        if self.fail:
+            raise RuntimeError("the second part failed")
+        self.calls.append(f"second, for {state['first']}")
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_step_resumes_its_own_parts_and_steps_done_are_not_repeated(tmp_path: Path) -> None:
+    settings = Settings.model_validate({"quarantine": {"path": str(tmp_path / "q")},
+                                        "report": {"dir": str(tmp_path / "reports")}})
+    store = QuarantineStore(settings.quarantine)
+    now = time.time()
+    entry_id = new_id(now)
+    store.write(entry_id, b"raw\r\n", _record(entry_id, now), now,
+                ("dir", "two-parts", "status"))
+    report_file = tmp_path / "reports" / f"{entry_id}.json"
+
+    async def one_pass(step: TwoParts) -> None:  # a sender of its own: a process restart
+        sender = ReportSender(settings, RelayPool(settings.smtp, "mf.test"))
+        sender.steps[step.name] = step
+        await sender.run_once()
+        await sender.stop()
+
+    failing = TwoParts(fail=True)
+    asyncio.run(one_pass(failing))
+    assert failing.calls == ["first"] and report_file.exists()
+    [job] = store.jobs()
+    assert job.done == ["dir"] and job.attempts == 1 and job.next_attempt > now
+    assert job.progress == {"two-parts": {"first": "report-1"}}
+    assert job.last_error == "two-parts: the second part failed"
+    report_file.unlink()
+    job.next_attempt = 0.0  # due now
+    store.save_job(job)
+
+    working = TwoParts(fail=False)
+    asyncio.run(one_pass(working))
+    assert working.calls == ["second, for report-1"]
+    assert not report_file.exists()  # the directory step was done: not again
+    assert store.jobs() == []
+    entry = store.find(entry_id)
+    assert entry is not None and entry.record.status == "reported"
+    assert [h.event for h in entry.record.history] == ["quarantined", "reported"]
+    assert entry.record.history[1].detail == {"dir": str(tmp_path / "reports")}

@@ -16,8 +16,7 @@ from typing import ClassVar
 import click
 
 from mailfilter import __version__
-from mailfilter.errors import ConfigError
-from mailfilter.frontend.command_line import (
+from mailfilter.cli.command_line import (
     EXIT_ERROR,
     EXIT_MATCH,
     EXIT_OK,
@@ -26,6 +25,7 @@ from mailfilter.frontend.command_line import (
     json_option,
     load_for_command,
 )
+from mailfilter.errors import ConfigError
 from mailfilter.logs import setup_logging
 from mailfilter.matching.formats import FORMATS
 
@@ -38,12 +38,12 @@ class _LazyGroup(click.Group):
     (tests/test_cli.py checks it is theirs)."""
 
     LAZY: ClassVar[dict[str, tuple[str, str, str]]] = {  # name: module, attribute, help
-        "hashes": ("mailfilter.frontend.hashes_command", "hashes",
+        "hashes": ("mailfilter.cli.hashes", "hashes",
                    "Manage hash lists: import, add, stats, export, remove."),
-        "quarantine": ("mailfilter.frontend.quarantine_command", "quarantine",
+        "quarantine": ("mailfilter.cli.quarantine", "quarantine",
                        "Inspect and act on quarantined messages (never shows message or "
                        "image content)."),
-        "demo": ("mailfilter.frontend.demo_command", "demo",
+        "demo": ("mailfilter.cli.demo", "demo",
                  "Run the whole filter once on this machine: embedded store, a local sink "
                  "as..."),
     }
@@ -129,7 +129,7 @@ def hash_command(as_json: bool, config_path: Path | None, files: tuple[Path, ...
     Exit 0 when every file was fingerprinted, 2 when any could not be read, or was an image
     or video that could not be decoded.
     """
-    from mailfilter.frontend.hash_command import fingerprint_files, hash_record, hash_text
+    from mailfilter.cli.hash import fingerprint_files, hash_record, hash_text
 
     settings = load_for_command(config_path).settings
     failed = False
@@ -159,7 +159,7 @@ def scan(as_json: bool, config_path: Path | None, hash_files: tuple[Path, ...],
 
     Exit 0: nothing matched; 1: a match; 2: an error (unreadable path, bad settings).
     """
-    from mailfilter.frontend.scan_command import load_scan_index, run_scan
+    from mailfilter.cli.scan import load_scan_index, run_scan
 
     settings = load_for_command(config_path).settings
     index = load_scan_index(settings, hash_files, hashes_format)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from mailfilter.frontend.mailbox import count_messages, iter_messages
+from mailfilter.cli.mailbox import count_messages, iter_messages
 from mailfilter.matching.backends import open_store
 from mailfilter.matching.formats import parse_file
 from mailfilter.matching.index import HashIndex, IndexEntry
@@ -188,7 +188,8 @@ def run_scan(
             out.write(scan_text(result) + "\n")
         out.flush()
 
-    with WorkerPool.from_settings(settings.workers) as pool:
+    protect = (settings.quarantine.path, settings.store.path)
+    with WorkerPool.from_settings(settings.workers, protect) as pool:
         scanner = Scanner(settings, pool, lambda: index)
         in_flight = 4 * pool.stats().processes
         asyncio.run(_scan_all(paths, scanner, in_flight, summary, emit, progress))

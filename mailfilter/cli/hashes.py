@@ -18,14 +18,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import click
-import numpy as np
-import numpy.typing as npt
 
 from mailfilter import signals
-from mailfilter.frontend.command_line import (
+from mailfilter.cli.command_line import (
     EXIT_ERROR,
     EXIT_OK,
     config_option,
@@ -43,12 +41,10 @@ from mailfilter.matching.store import (
     StoreStats,
     UnknownList,
 )
-from mailfilter.model import ImageFingerprint
 from mailfilter.settings import Settings
 
-CROP_FRACTIONS = (0.05, 0.10)
-"""Centre crops enrolled by `add`: this fraction of each side's length is cut away, half
-on each side, so lists made from the originals also catch slightly cropped copies."""
+if TYPE_CHECKING:  # fingerprinting is imported only by `add`
+    from mailfilter.enrollment import Enrolled
 
 list_option = click.option("--list", "list_name", required=True, help="Name of the list.")
 
@@ -173,118 +169,27 @@ def hashes_import(config_path: Path | None, list_name: str, fmt: str | None, rep
 
 
 @dataclass(frozen=True, slots=True)
-class Enrolled:
-    """One list entry made from a file, and what it was made from."""
+class EnrolledFile:
+    """What `add` made of one file (`enrollment.enroll`), or why it could not read it."""
 
-    algorithm: str
-    value: str | tuple[str, ...]  # hex; a video's vpdq: its features
-    variant: str  # "file", "original", "trimmed", "crop 5%", "video", ...
-    frame: int = 0
-
-
-@dataclass
-class Enrollment:
     path: Path
     entries: list[Enrolled] = field(default_factory=list)
-    error: str | None = None
     note: str | None = None
+    error: str | None = None
 
 
-def centre_crop(luma: npt.NDArray[np.float32], fraction: float) -> npt.NDArray[np.float32]:
-    """The centre of a frame with `fraction` of each side cut away (half on each side)."""
-    h, w = luma.shape
-    dy = round(h * fraction / 2)
-    dx = round(w * fraction / 2)
-    return luma[dy:h - dy, dx:w - dx]
+def enroll_file(path: Path, settings: Settings) -> EnrolledFile:
+    from mailfilter.enrollment import enroll
 
-
-def enroll_file(path: Path, settings: Settings) -> Enrollment:
-    """Every entry `hashes add` stores for one file: the exact hashes of any file; for an
-    image, its perceptual hashes (`_image_entries`); for a video, its vPDQ features (the
-    list keeps those of quality >= `pdq_min_quality`). `fingerprint.fingerprint_file`
-    decides which the file is."""
-    from mailfilter.fingerprint import FingerprintParams, fingerprint_file
-    from mailfilter.model import AttachmentKind
-
-    result = Enrollment(path)
     try:
         data = path.read_bytes()
     except OSError as exc:
-        result.error = f"cannot read: {exc.strerror or exc}"
-        return result
-    media = fingerprint_file(data, FingerprintParams.from_settings(settings))
-    fp = media.fingerprint
-    for signal in signals.EXACT:
-        result.entries.append(Enrolled(signal.name, getattr(fp.exact, signal.name), "file"))
-    detail = f"{fp.skipped}: {fp.detail}" if fp.skipped and fp.detail else fp.skipped
-    if media.kind is AttachmentKind.FILE:
-        result.note = ("not an image or video"
-                       + (f" ({detail})" if detail else "") + "; exact hashes only")
-    elif fp.skipped:
-        result.note = f"not decoded ({detail}); exact hashes only"
-    elif media.kind is AttachmentKind.VIDEO:
-        _video_entries(result, fp.vpdq, settings)
-        if fp.incomplete:
-            read = f"{fp.incomplete}: {fp.detail}" if fp.detail else fp.incomplete
-            result.note = "; ".join(filter(None, (result.note, f"read in part ({read})")))
-    else:
-        _image_entries(result, data, fp, settings)
-    return result
+        return EnrolledFile(path, error=f"cannot read: {exc.strerror or exc}")
+    made = enroll(data, settings)
+    return EnrolledFile(path, made.entries, made.note)
 
 
-def _video_entries(result: Enrollment, features: tuple[str, ...], settings: Settings) -> None:
-    from mailfilter.hashing.vpdq import parse_features
-
-    gate = settings.match.pdq_min_quality
-    usable = sum(1 for f in parse_features(features) if f.quality >= gate)
-    if not usable:
-        result.note = f"no sampled frame of PDQ quality {gate} or more; exact hashes only"
-        return
-    result.entries.append(Enrolled("vpdq", features, "video"))
-    if usable < len(features):
-        result.note = f"{len(features) - usable} of {len(features)} frames under quality {gate}"
-
-
-def _image_entries(result: Enrollment, data: bytes, fp: ImageFingerprint,
-                   settings: Settings) -> None:
-    """PDQ (the original orientation only: queries try all 8) and gridhist of each frame,
-    of its trimmed-borders copy and of centre crops (`CROP_FRACTIONS`). PDQ of frames with
-    too little information (quality under `pdq_min_quality`) is left out."""
-    from mailfilter.errors import SkipImage
-    from mailfilter.hashing.gridhist import gridhist_from_luma
-    from mailfilter.hashing.pdq import pdq_from_luma
-    from mailfilter.images import decode
-
-    for frame in fp.frames:
-        variant = "trimmed" if frame.trimmed else "original"
-        if frame.pdq:
-            result.entries.append(Enrolled("pdq", frame.pdq, variant, frame.frame))
-        if frame.gridhist:
-            result.entries.append(Enrolled("gridhist", frame.gridhist, variant, frame.frame))
-    low = [f for f in fp.frames if not f.trimmed and f.pdq is None]
-    if low:
-        result.note = f"no PDQ for {len(low)} frame(s): {low[0].reason or 'low quality'}"
-    try:
-        decoded = decode(data, settings.images)
-    except SkipImage:
-        return
-    if min(decoded.width, decoded.height) < settings.images.min_dimension:
-        return
-    for index, luma in enumerate(decoded.frames):
-        for fraction in CROP_FRACTIONS:
-            crop = centre_crop(luma, fraction)
-            if min(crop.shape) < 8:
-                continue
-            variant = f"crop {fraction:.0%}"
-            pdq = pdq_from_luma(crop)
-            if pdq.quality >= settings.match.pdq_min_quality:
-                result.entries.append(Enrolled("pdq", pdq.hash, variant, index))
-            grid = gridhist_from_luma(crop)
-            if grid:
-                result.entries.append(Enrolled("gridhist", grid, variant, index))
-
-
-def _enrollment_text(e: Enrollment) -> str:
+def _enrollment_text(e: EnrolledFile) -> str:
     if e.error:
         return f"{e.path}: error: {e.error}"
     lines = [f"{e.path}:"]
@@ -453,4 +358,4 @@ def hashes_remove(config_path: Path | None, list_name: str, as_json: bool) -> No
         click.echo(f"list {list_name!r} removed ({removed:,} entries); store version {version}")
 
 
-__all__ = ["centre_crop", "enroll_file", "hashes"]
+__all__ = ["enroll_file", "hashes"]

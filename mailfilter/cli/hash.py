@@ -41,6 +41,8 @@ def fingerprint_files(
         processes=max(1, processes),
         memory_limit=settings.workers.memory_limit,
         max_tasks_per_worker=settings.workers.max_tasks_per_worker,
+        sandbox=settings.workers.sandbox,
+        protect=(settings.quarantine.path, settings.store.path),
     ) as pool:
         # Files are read as the pool asks for the next one; `order` keeps every file, readable
         # or not, in the order given, so results (which come back in order) pair up with it.

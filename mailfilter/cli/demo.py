@@ -40,7 +40,7 @@ from typing import Any, Final
 
 import click
 
-from mailfilter.frontend.command_line import fail, json_option
+from mailfilter.cli.command_line import fail, json_option
 
 __all__ = ["demo", "run_demo", "stand_in_image"]
 
