@@ -77,6 +77,9 @@ which load from other work moves far less than wall time; a one-thread full deco
 - Decoder threads: two frame threads cost no more CPU than one (10-minute clip in 2 parts:
   48.5 s against 50.0 s of CPU for both parts; the CLI: 4.8-5.4 s against 4.6-4.9 s), and a
   part that ends first leaves a core to the other, so parts decode with two threads too.
+  Three or four (so the decoder runs further ahead while Python hashes a sample): no
+  steady gain (60 s clip, 7 rounds on a shared machine: three threads faster in 3, slower
+  in 4; medians 5.0 s and 5.9 s with a spread of 3.6-7.9 s), for more memory per part.
 - Hashing the sampled frames on a thread beside the decoder: PyAV holds the GIL while it
   decodes (two threads decoding at once used no more CPU per second than one), so Python
   work cannot overlap the decode; the exact hashes can (hashlib lets go of the GIL over a
