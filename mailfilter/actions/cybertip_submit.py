@@ -139,8 +139,8 @@ def _bytes_of(payloads: tuple[object, ...], mime_path: str, sha256: str | None,
             return hashlib.sha256(data).hexdigest() == sha256
         return bool(md5) and hashlib.md5(data).hexdigest() == md5
 
-    candidates = [p for p in payloads if getattr(p, "mime_path", None) == mime_path]
-    candidates += [p for p in payloads if p not in candidates]  # moved by other limits
+    # The payload at the path first, then any other (paths move when limits differ).
+    candidates = sorted(payloads, key=lambda p: getattr(p, "mime_path", None) != mime_path)
     for payload in candidates:
         data = getattr(payload, "data", None)
         if isinstance(data, bytes) and fits(data):
@@ -301,6 +301,8 @@ def _submit_locked(service: QuarantineService, entry: StoredEntry, actor: str,
                 "ID", entry.id)
             result = "unknown"
         store.audit(actor, "submit", entry.id, f"{result}: {exc}")
+        failed = HistoryEvent.now(f"cybertip-{result}", clock(), actor, error=str(exc)[:300])
+        service.change(entry, lambda rec: rec.with_event(failed))
         return Submission(entry.id, result, progress(journal).report_id, (), message,
                           tuple(e.to_dict() for e in journal.events))
     done = _ending(entry.id, action, journal)

@@ -4,6 +4,7 @@ one-line error report that replaces a traceback."""
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +32,17 @@ config_option = click.option(
     "else built-in defaults). MAILFILTER_SECTION__KEY variables override it.",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON.")
+
+
+def counted(n: int, noun: str, plural: str = "") -> str:
+    """`1 message`, `2 messages`; `plural` when it is not noun + s (entry, entries)."""
+    return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
+
+
+def rate_text(per_second: float) -> str:
+    """A rate for people: whole numbers from 10 up, two significant digits below (a short
+    run is 0.38/s, not 0/s)."""
+    return f"{per_second:.0f}" if per_second >= 10 else f"{per_second:.2g}"
 
 
 def fail(message: str) -> NoReturn:
@@ -71,4 +83,6 @@ def load_for_command(config_path: Path | None, service: bool = False) -> LoadedS
         opts.get("log_level") or (loaded.settings.logging.level if service else "warning"),
         opts.get("log_format") or loaded.settings.logging.format,
     )
+    for line in loaded.deprecated:
+        logging.getLogger("mailfilter.settings").warning(line)
     return loaded

@@ -59,6 +59,7 @@ from mailfilter.cli.command_line import (
     EXIT_ERROR,
     EXIT_OK,
     config_option,
+    counted,
     fail,
     handles_errors,
     json_option,
@@ -304,8 +305,8 @@ def list_command(config_path: Path | None, as_json: bool, since: str | None,
             click.echo(line)
     held_count = sum(1 for s in rows if s.legal_hold)
     pending = sum(1 for s in rows if s.report_pending)
-    click.echo(f"{len(rows)} entries ({held_count} on legal hold, {pending} with reports "
-               "pending)")
+    click.echo(f"{counted(len(rows), 'entry', 'entries')} ({held_count} on legal hold, "
+               f"{pending} with reports pending)")
 
 
 # --- show -----------------------------------------------------------------------------------
@@ -402,6 +403,11 @@ def release_command(config_path: Path | None, by: str | None, yes: bool, force: 
     if done.delivery.delivered:
         click.echo(f"released {done.entry.id} to {', '.join(done.delivery.accepted)} "
                    f"({done.reply})")
+        record = done.entry.record
+        if record.front_end == "milter" and record.queue_id:
+            # The MTA's copy is still on hold (SMFIR_QUARANTINE): docs/milter.md
+            click.echo(f"Postfix still holds its own copy: delete it with `postsuper -d "
+                       f"{printable(record.queue_id)} hold` (never release it too)", err=True)
     for addr, why in done.refused.items():
         click.echo(f"not released to {addr}: {why}", err=True)
     if not done.delivery.delivered and done.delivery.reply is not None:
@@ -499,7 +505,8 @@ def purge_command(config_path: Path | None, as_json: bool, by: str | None,
                   else "a CyberTipline report whose outcome is unknown")
         click.echo(f"kept {kept.id}: {report} submitted {kept.submitted}, preserved until "
                    f"{kept.until}")
-    click.echo(f"{verb} {len(done.purged)} entries received before {done.cutoff} "
+    click.echo(f"{verb} {counted(len(done.purged), 'entry', 'entries')} received before "
+               f"{done.cutoff} "
                f"(retention {done.retention_days} days); kept {len(done.kept_on_hold)} on "
                f"legal hold, {len(done.kept_report_pending)} with reports pending, "
                f"{len(done.kept_reported)} reported to the CyberTipline; "
