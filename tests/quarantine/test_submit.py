@@ -302,8 +302,8 @@ def test_auto_submit_from_the_outbox_resumes_and_shares_the_journal(
     assert len(ncmec.posts("upload")) == 3  # the refused one again, then the other file
     assert report_id_of(entry.record) == report.report_id
     events = [h.event for h in entry.record.history]
-    assert events == ["quarantined", "cybertip-finished", "reported"]
-    assert entry.record.history[2].detail["cybertip"] == ncmec.url
+    assert events == ["quarantined", "cybertip-failed", "cybertip-finished", "reported"]
+    assert entry.record.history[3].detail["cybertip"] == ncmec.url
     config = cybertip_config(tmp_path, recording_sink, ncmec)
     again = submit(config, entry_id, "--yes")
     assert again.returncode == 0 and "already reported" in again.stdout
