@@ -163,8 +163,16 @@ def _reduce_exception(exc: BaseException) -> Any:
             and reduced[0] is type(exc) and type(reduced[1]) is tuple):
         raise pickle.PicklingError(f"{type(exc).__qualname__} reduces in its own way")
     attributes = reduced[2] if len(reduced) == 3 else None
-    if attributes is not None and type(attributes) is not dict:
+    # What the service's _exception would refuse is not sent (it comes back by name): an
+    # honest worker never has its reply refused.
+    if attributes is not None and (type(attributes) is not dict or any(
+            type(k) is not str or k.startswith("__") for k in attributes)):
         raise pickle.PicklingError(f"{type(exc).__qualname__} has state of its own")
+    try:
+        type(exc)(*reduced[1])
+    except Exception as exc_rebuilding:
+        raise pickle.PicklingError(f"{type(exc).__qualname__} cannot be rebuilt from its "
+                                   "args") from exc_rebuilding
     return _exception, (type(exc), reduced[1], attributes or None)
 
 

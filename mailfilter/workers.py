@@ -23,15 +23,21 @@ attributes, the worker's traceback as `__cause__`); `RemoteError` when that exce
 be pickled; `WorkerFailure("deadline")` when it ran past its deadline; `WorkerFailure(
 "memory-limit")` when it raised MemoryError under the address-space limit (that worker is
 replaced); `WorkerFailure("worker-crashed")` when the worker died under it (segfault,
-`os._exit`, killed from outside). A task is never run twice: it is only re-queued when its
+`os._exit`, killed from outside); `WorkerFailure("worker-result-refused")` when its reply was
+not what an honest worker sends (below; that worker is killed and replaced). A task is
+never run twice: it is only re-queued when its
 message provably never reached a worker (the write to its socket failed).
 
 Workers are confined (sandbox.py: Landlock and seccomp, where the kernel has them) once they
 have imported their decoders: they read only the Python installation and system libraries,
 write only the pool's scratch directory, cannot reach the quarantine, the store or the
-network. They still run as the service's user, and results come back as pickles: the pool
-contains crashes, runaway memory and time, and keeps a compromised decoder from the data,
-not from the service process itself.
+network. They still run as the service's user. Their replies are not trusted: a worker
+writes them with `worker_results.dumps` and the dispatcher reads them with
+`worker_results.loads`, which builds only plain data and the tasks' result types and calls
+nothing else (a pickle from a compromised decoder could otherwise run its code here). The
+dispatcher reads a reply as it comes, never waiting for the rest, and refuses one larger
+than `max_result_bytes` before reading it, one that does not unpickle so, and one nobody
+asked for; the log line says why, never what the reply held.
 """
 
 from __future__ import annotations
@@ -354,7 +360,8 @@ def _error_reply(exc: BaseException) -> bytes:
 # --- framing ---------------------------------------------------------------------------
 # parent -> worker: 12-byte header (size of the rest, number of out-of-band buffers), then the
 #   buffers' lengths (8 bytes each), the pickle of (fn, args, deadline), the buffers' bytes.
-# worker -> parent: 8-byte size, then the pickle of (tag, body).
+# worker -> parent: 8-byte size, then the pickle of (tag, body): worker_results.dumps, read
+#   by worker_results.loads (an exception in an _ERROR body is such a pickle of its own).
 
 _TASK_HEADER = struct.Struct("!QI")
 _REPLY_HEADER = struct.Struct("!Q")

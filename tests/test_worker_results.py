@@ -194,6 +194,9 @@ def test_an_honest_worker_does_not_send_what_the_service_refuses(
     # an exception that cannot come back as itself comes back by name and text
     with pytest.raises(RemoteError, match=r"builtins\.ValueError: carries an object"):
         pool.submit(wt.raise_with_runs_code, str(marker), deadline=5).result(timeout=10)
+    # (pickle would send its notes, which the service does not set: by name too)
+    with pytest.raises(RemoteError, match=r"builtins\.KeyError: 'k'"):
+        pool.submit(wt.raise_with_note, deadline=5).result(timeout=10)
     assert not marker.exists()
     assert pool.stats().refused == 0 and pool.stats().crashes == 0
 

@@ -278,3 +278,9 @@ def raise_with_runs_code(marker: str) -> None:
 
 def return_bytes(size: int) -> bytes:
     return b"x" * size
+
+
+def raise_with_note() -> None:
+    exc = KeyError("k")
+    exc.add_note("a note")
+    raise exc
