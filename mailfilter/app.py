@@ -1,6 +1,6 @@
 """`mailfilter serve`: settings -> worker pool, hash store + live index, verdict cache,
-scanner, SMTP proxy and/or milter (`smtp.listen`, `milter.listen`; at least one), metrics;
-then signals.
+scanner, one message handler, the front ends that share it (SMTP proxy and/or milter:
+`smtp.listen`, `milter.listen`; at least one), metrics; then signals.
 
 - SIGTERM / SIGINT: stop accepting connections, let messages in flight finish (up to
   `smtp.shutdown_timeout`, proxy and milter alike), close everything, exit 0.
@@ -24,8 +24,10 @@ from mailfilter.actions.quarantine import QuarantineStore
 from mailfilter.actions.relay import RelayPool, local_hostname
 from mailfilter.actions.report import ReportSender
 from mailfilter.errors import ConfigError
+from mailfilter.frontend.base import FrontEnd
 from mailfilter.frontend.milter import MilterServer
 from mailfilter.frontend.smtp import SmtpProxy
+from mailfilter.handling import MessageHandler
 from mailfilter.logs import setup_logging
 from mailfilter.matching.backends import open_store
 from mailfilter.matching.cache import VerdictCache, open_cache, settings_namespace
@@ -62,8 +64,8 @@ class App:
         self.store: BaseHashStore | None = None
         self.live: LiveIndex | None = None
         self.cache: VerdictCache | None = None
-        self.proxy: SmtpProxy | None = None
-        self.milter: MilterServer | None = None
+        self.handler: MessageHandler | None = None  # one for every front end
+        self.front_ends: list[FrontEnd] = []
         self.relay: RelayPool | None = None
         self.reports: ReportSender | None = None
         self.metrics = Metrics()
@@ -108,22 +110,19 @@ class App:
                       "answered 451", extra={"fields": {"path": str(quarantine.root),
                                                         "error": str(exc)}})
         self.relay = RelayPool(s.smtp, local_hostname(s.smtp.hostname))
-        if s.smtp.listen:
-            self.proxy = SmtpProxy(s, self._scanner(), self.relay, quarantine, self.metrics)
-        if s.milter.listen:
-            self.milter = MilterServer(s, self._scanner(), quarantine, self.metrics)
         # Reports of quarantined messages go out from the durable outbox in the
-        # background; both front ends wake the sender after each quarantine write.
+        # background; the handler wakes the sender after each quarantine write.
         self.reports = ReportSender(s, self.relay, self.metrics)
-        for front_end in (self.proxy, self.milter):
-            if front_end is not None:
-                front_end.handler.on_quarantined = self.reports.wake
+        self.handler = MessageHandler(s, self._scanner(), quarantine, self.metrics,
+                                      on_quarantined=self.reports.wake)
+        if s.smtp.listen:
+            self.front_ends.append(SmtpProxy(s, self.handler, self.relay))
+        if s.milter.listen:
+            self.front_ends.append(MilterServer(s, self.handler))
         await self.reports.start()
         self._attach_metrics()
-        if self.proxy is not None:
-            await self.proxy.start()
-        if self.milter is not None:
-            await self.milter.start()
+        for front_end in self.front_ends:
+            await front_end.start()
         if s.metrics.listen:
             self.metrics_server = MetricsServer(self.metrics, s.metrics.listen,
                                                 before_scrape=self._before_scrape)
@@ -142,9 +141,11 @@ class App:
             assert self.relay is not None
             return self.relay
 
-        def milter_connections() -> int:
-            return len(self.milter.sessions) if self.milter is not None else 0
+        def connections(name: str) -> int:
+            return sum(f.connections() for f in self.front_ends if f.name == name)
 
+        relays = any(f.relays for f in self.front_ends)
+        names = {f.name for f in self.front_ends}
         self.metrics.attach(HealthSource(
             pool_stats=pool_stats,
             index_loaded=lambda: self.live is not None and self.live.loaded,
@@ -152,12 +153,12 @@ class App:
             index_version=lambda: self.live.version if self.live is not None else 0,
             index_stale=lambda: self.live is not None and self.live.stale,
             # Milter only: no next hop carries mail, so it is not a readiness condition.
-            next_hop_last_ok=lambda: relay().stats.last_ok if self.proxy is not None
-            else time.monotonic(),
+            next_hop_last_ok=lambda: relay().stats.last_ok if relays else time.monotonic(),
             next_hop_probe=lambda: relay().probe(),
-            connections=lambda: len(self.proxy.sessions) if self.proxy is not None else 0,
+            connections=lambda: connections("smtp"),
             idle_next_hop=lambda: relay().idle,
-            milter_connections=milter_connections if self.milter is not None else None,
+            milter_connections=(lambda: connections("milter")) if "milter" in names
+            else None,
         ))
 
     def _before_scrape(self) -> None:
@@ -213,12 +214,14 @@ class App:
                 # The next hop of relayed mail and of report mail alike: applied here, not
                 # by a front end, so a milter-only instance follows a changed next_hop too.
                 self.relay.configure(new.smtp)
-            if self.proxy is not None:
-                self.proxy.reconfigure(new, self._scanner())
-            if self.milter is not None:
-                self.milter.reconfigure(new, self._scanner())
+            if self.handler is not None:
+                self.handler.reconfigure(new, self._scanner())
+            for front_end in self.front_ends:
+                front_end.reconfigure(new)
             if self.reports is not None:
                 self.reports.reconfigure(new)
+            for line in loaded.deprecated:
+                log.warning(line)
             log.info("settings reloaded", extra={"fields": {"source": loaded.source}})
         finally:
             self._reloading = False
@@ -249,8 +252,7 @@ class App:
 
     async def close(self) -> None:
         timeout = self.settings.smtp.shutdown_timeout
-        await asyncio.gather(*(f.drain(timeout) for f in (self.proxy, self.milter)
-                               if f is not None))
+        await asyncio.gather(*(f.drain(timeout) for f in self.front_ends))
         if self.reports is not None:
             await self.reports.stop()  # (what it has not sent stays in the outbox)
         if self.metrics_server is not None:

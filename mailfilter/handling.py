@@ -68,21 +68,23 @@ class MessageOutcome:
 
 
 class MessageHandler:
-    """Shared by the front ends; `settings`, `scanner` and `quarantine` are replaced on
-    SIGHUP through `reconfigure`."""
+    """One for the whole service, shared by every front end, so that its limit on messages
+    in flight is one limit however many listeners there are. `settings`, `scanner` and
+    `quarantine` are replaced on SIGHUP through `reconfigure`.
+
+    `on_quarantined` is called after each durable quarantine write; the service passes the
+    report sender's wake-up (the sender also looks at the outbox every few seconds)."""
 
     def __init__(self, settings: Settings, scanner: Scanner, quarantine: QuarantineStore,
-                 metrics: Metrics | None = None, front_end: str = "smtp") -> None:
+                 metrics: Metrics | None = None,
+                 on_quarantined: Callable[[QuarantineEntry], None] | None = None) -> None:
         self.settings = settings
         self.scanner = scanner
         self.quarantine = quarantine
         self.metrics = metrics
-        self.front_end = front_end
         # At most `max_concurrent_messages` messages between end of data and reply.
         self.slots = asyncio.Semaphore(settings.smtp.max_concurrent_messages)
-        # Called after each durable quarantine write; the service sets it to wake the
-        # report sender (which also looks at the outbox every few seconds without it).
-        self.on_quarantined: Callable[[QuarantineEntry], None] | None = None
+        self.on_quarantined = on_quarantined
 
     def reconfigure(self, settings: Settings, scanner: Scanner) -> None:
         old, self.settings = self.settings, settings
@@ -100,7 +102,7 @@ class MessageHandler:
     async def _scan(self, msg_id: str, raw: bytes, trace: ScanTrace
                     ) -> tuple[ScanResult | None, str | None]:
         try:
-            async with asyncio.timeout(self.settings.smtp.scan_timeout):  # (no extra task)
+            async with asyncio.timeout(self.settings.scan.timeout):  # (no extra task)
                 result = await self.scanner.scan(raw, msg_id, trace)
         except TimeoutError:
             return None, "scan-timeout"
@@ -129,7 +131,7 @@ class MessageHandler:
             self.metrics.scanned(result, trace)
         return Decision(msg_id, received, action, result, trace, dict(trace.stages))
 
-    def record(self, decision: Decision, envelope: Envelope, size: int,
+    def record(self, decision: Decision, envelope: Envelope, size: int, front_end: str,
                extra: dict[str, Any] | None = None) -> QuarantineRecord:
         return build_record(
             entry_id=decision.id, received=decision.received, envelope=envelope,
@@ -137,19 +139,19 @@ class MessageHandler:
             reason=decision.action.reason,
             policy=self.settings.policy.model_dump(mode="json"), size=size,
             subject=decision.trace.subject, attachment_sizes=decision.trace.sizes,
-            extra={"front_end": self.front_end, **(extra or {})},
+            extra={"front_end": front_end, **(extra or {})},
             host=self.quarantine.instance,
         )
 
     async def quarantine_message(self, decision: Decision, envelope: Envelope, raw: bytes,
-                                 extra: dict[str, Any] | None = None
+                                 front_end: str, extra: dict[str, Any] | None = None
                                  ) -> tuple[Reply, QuarantineEntry | None]:
         """Hold the message durably, with its report job in the outbox (report.py). The
         reply is 250 only once both are on disk; a failure to write is 451 (the sender
         keeps the message). Reports are sent later by the service's report sender and
         never delay this reply."""
         started = time.perf_counter()
-        record = self.record(decision, envelope, len(raw), extra)
+        record = self.record(decision, envelope, len(raw), front_end, extra)
         store = self.quarantine
         try:
             entry = await asyncio.to_thread(store.write, decision.id, raw, record,
@@ -167,8 +169,10 @@ class MessageHandler:
             self.on_quarantined(entry)
         return Reply(250, "2.0.0", f"Ok {decision.id}"), entry
 
-    def finish(self, outcome: MessageOutcome, envelope: Envelope, size: int) -> None:
-        """The one log line per message, and the message metrics."""
+    def finish(self, outcome: MessageOutcome, envelope: Envelope, size: int,
+               front_end: str) -> None:
+        """The one log line per message (`front_end`: the name of the one that took it),
+        and the message metrics."""
         result = outcome.result
         fields: dict[str, Any] = {
             "id": outcome.id,
@@ -190,8 +194,8 @@ class MessageHandler:
         }
         if result is not None and result.ambiguities:
             fields["ambiguities"] = list(result.ambiguities)
-        if self.front_end != "smtp":
-            fields["front_end"] = self.front_end
+        if front_end != "smtp":
+            fields["front_end"] = front_end
         if result is not None:
             hits = [f"{m.list_name}/{m.algorithm}" for a in result.attachments
                     for m in a.matches]

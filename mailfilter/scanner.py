@@ -191,7 +191,7 @@ class Scanner:
     async def _extract(self, raw: bytes) -> Extraction:
         try:
             return await self._pool.run(
-                extract, raw, self._settings.extract, deadline=self._settings.smtp.scan_timeout
+                extract, raw, self._settings.extract, deadline=self._settings.scan.timeout
             )
         except WorkerFailure as exc:
             # The message itself broke the parser (or ran out of time): it cannot be
@@ -247,7 +247,7 @@ class Scanner:
         try:
             return await self._pool.run(
                 extract_and_fingerprint, raw, self._settings.extract, self._params,
-                deadline=self._settings.smtp.scan_timeout,
+                deadline=self._settings.scan.timeout,
             )
         except WorkerFailure:
             return None

@@ -17,7 +17,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import (
@@ -33,6 +33,7 @@ from pydantic import (
 )
 
 from mailfilter import signals
+from mailfilter.cybertip.document import IncidentType
 from mailfilter.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/mailfilter/mailfilter.toml")
@@ -223,6 +224,12 @@ class _Section(BaseModel):
 
 # --- sections ---------------------------------------------------------------------------
 
+# Keys that moved: (old section, old key) -> (new section, new key). The old place is
+# still read (the new one wins when both are set) and the loader names it as deprecated.
+RENAMED_KEYS: Final[Mapping[tuple[str, str], tuple[str, str]]] = {
+    ("smtp", "scan_timeout"): ("scan", "timeout"),
+}
+
 
 class SmtpSettings(_Section):
     listen: OptionalHostPort = "127.0.0.1:10025"  # empty: no SMTP proxy (milter only)
@@ -235,7 +242,6 @@ class SmtpSettings(_Section):
     allowed_clients: Networks = ("127.0.0.0/8", "::1/128")
     command_timeout: Duration = 300.0
     next_hop_timeout: Duration = 60.0
-    scan_timeout: Duration = 60.0
     tls_cert: str = ""
     tls_key: str = ""
     next_hop_starttls: Literal["never", "opportunistic", "required"] = "opportunistic"
@@ -244,6 +250,11 @@ class SmtpSettings(_Section):
     next_hop_idle_time: Duration = 30.0
     add_header: bool = True
     shutdown_timeout: Duration = 60.0
+
+
+class ScanSettings(_Section):
+    # The whole scan of one message, in the service and in `mailfilter scan` alike.
+    timeout: Duration = 60.0
 
 
 class StoreSettings(_Section):
@@ -361,6 +372,35 @@ class ReportSettings(_Section):
         return value
 
 
+def _check_cybertip_url(value: str) -> str:
+    # Basic auth sends the password with every request: in clear text only to this host.
+    parts = urlsplit(value)
+    if parts.scheme == "https" and parts.hostname:
+        return value.rstrip("/")
+    if parts.scheme == "http" and parts.hostname in ("127.0.0.1", "::1", "localhost"):
+        return value.rstrip("/")
+    raise ValueError("expected an https:// URL (http:// only to 127.0.0.1, ::1 or "
+                     "localhost)")
+
+
+class CybertipSettings(_Section):
+    """NCMEC's CyberTipline reporting API (issue 19)."""
+
+    url: Annotated[str, AfterValidator(_check_cybertip_url)] = (
+        "https://exttest.cybertip.org/ispws")
+    username: str = ""
+    password_file: str = ""
+    timeout: Duration = 60.0
+    lists: tuple[str, ...] = ()
+    incident_type: IncidentType = "Child Pornography (possession, manufacture, and distribution)"
+    reporter_email: Annotated[str, AfterValidator(_check_email)] = ""
+    company_template: str = ""
+    terms_of_service: str = ""
+    file_viewed_by_esp: bool = False
+    xsd: str = ""
+    auto_submit: bool = False
+
+
 class MilterSettings(_Section):
     listen: Annotated[str, AfterValidator(_check_milter_listen)] = ""
     default_action: Literal["tempfail", "accept", "reject"] = "tempfail"
@@ -379,6 +419,7 @@ class Settings(_Section):
     smtp: SmtpSettings = SmtpSettings()
     store: StoreSettings = StoreSettings()
     match: MatchSettings = MatchSettings()
+    scan: ScanSettings = ScanSettings()
     images: ImageSettings = ImageSettings()
     video: VideoSettings = VideoSettings()
     extract: ExtractSettings = ExtractSettings()
@@ -386,9 +427,30 @@ class Settings(_Section):
     policy: PolicySettings = PolicySettings()
     quarantine: QuarantineSettings = QuarantineSettings()
     report: ReportSettings = ReportSettings()
+    cybertip: CybertipSettings = CybertipSettings()
     milter: MilterSettings = MilterSettings()
     metrics: MetricsSettings = MetricsSettings()
     logging: LoggingSettings = LoggingSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data: Any) -> Any:
+        """Keys that moved are still read from their old place (`deprecated_keys` says
+        so); the new place wins when both are given."""
+        if not isinstance(data, dict):
+            return data
+        for (old_section, old_key), (new_section, new_key) in RENAMED_KEYS.items():
+            old = data.get(old_section)
+            if not isinstance(old, dict) or old_key not in old:
+                continue
+            value = old[old_key]
+            data = {**data, old_section: {k: v for k, v in old.items() if k != old_key}}
+            new = data.get(new_section)
+            if new is None:
+                new = {}
+            if isinstance(new, dict) and new_key not in new:
+                data[new_section] = {**new, new_key: value}
+        return data
 
     @model_validator(mode="before")
     @classmethod
@@ -415,6 +477,30 @@ class Settings(_Section):
 class LoadedSettings:
     settings: Settings
     source: str  # the file read, or "built-in defaults"
+    # One line per deprecated key that was read (logged by the service and the commands).
+    deprecated: tuple[str, ...] = ()
+
+
+def _has_key(data: Mapping[str, Any], where: tuple[str, str]) -> bool:
+    table = data.get(where[0])
+    return isinstance(table, dict) and where[1] in table
+
+
+def deprecated_keys(data: Mapping[str, Any], source: str,
+                    env_sources: Mapping[tuple[str, ...], str] | None = None) -> list[str]:
+    """A line for each key of `data` (the file and environment, before validation) that
+    is read from its old place (`RENAMED_KEYS`)."""
+    lines = []
+    for (old_section, old_key), (new_section, new_key) in RENAMED_KEYS.items():
+        if not _has_key(data, (old_section, old_key)):
+            continue
+        origin = (env_sources or {}).get((old_section, old_key), source)
+        if _has_key(data, (new_section, new_key)):
+            what = f"ignored: [{new_section}] {new_key} is set too"
+        else:
+            what = f"read as [{new_section}] {new_key}; rename it"
+        lines.append(f"{origin}: [{old_section}] {old_key} is deprecated, {what}")
+    return lines
 
 
 def _env_value(raw: str) -> Any:
@@ -508,16 +594,21 @@ def _format_value(value: Any) -> str:
 
 
 def _error_lines(
-    exc: ValidationError, source: str, env_sources: Mapping[tuple[str, ...], str]
+    exc: ValidationError, source: str, env_sources: Mapping[tuple[str, ...], str],
+    moved: Mapping[tuple[str, ...], tuple[str, str]] | None = None,
 ) -> list[str]:
-    """One line per problem, in the order of the file's sections."""
-    return [_error_line(err, source, env_sources) for err in exc.errors()]
+    """One line per problem, in the order of the file's sections. `moved`: new place ->
+    the old place its value was read from (the line names the key as written)."""
+    return [_error_line(err, source, env_sources, moved or {}) for err in exc.errors()]
 
 
 def _error_line(
-    err: Any, source: str, env_sources: Mapping[tuple[str, ...], str]
+    err: Any, source: str, env_sources: Mapping[tuple[str, ...], str],
+    moved: Mapping[tuple[str, ...], tuple[str, str]],
 ) -> str:
     loc = tuple(str(p) for p in err["loc"] if not isinstance(p, int))
+    if loc[:2] in moved:
+        loc = (*moved[loc[:2]], *loc[2:])
     origin = env_sources.get(loc[:2], source)
     if len(loc) >= 2:
         where = f"[{loc[0]}] {loc[1]}"
@@ -578,8 +669,12 @@ def load_settings(
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(*_error_lines(exc, source, env_sources)) from None
-    return LoadedSettings(settings=settings, source=source)
+        moved: dict[tuple[str, ...], tuple[str, str]] = {
+            new: old for old, new in RENAMED_KEYS.items()
+            if _has_key(data, old) and not _has_key(data, new)}
+        raise ConfigError(*_error_lines(exc, source, env_sources, moved)) from None
+    return LoadedSettings(settings=settings, source=source,
+                          deprecated=tuple(deprecated_keys(data, source, env_sources)))
 
 
 def service_problems(settings: Settings, source: str) -> list[str]:

@@ -190,3 +190,52 @@ def test_the_quarantine_follows_the_state_directory(tmp_path: Path) -> None:
     assert load_settings(None, env).settings.quarantine.path == tmp_path / "other" / "quarantine"
     config.write_text(f'[store]\npath = "{tmp_path / "state"}"\n[quarantine]\npath = "/q"\n')
     assert load_settings(config, {}).settings.quarantine.path == Path("/q")
+
+
+# --- keys that moved ----------------------------------------------------------------------
+
+
+def test_scan_deadline_read_from_its_deprecated_place(tmp_path: Path) -> None:
+    """`[smtp] scan_timeout` (before the deadline became `[scan] timeout`) is still read,
+    and named as deprecated; from the environment too."""
+    loaded = load_settings(_write(tmp_path, '[smtp]\nscan_timeout = "5s"\n'), {})
+    assert loaded.settings.scan.timeout == 5.0
+    assert loaded.deprecated == (
+        f"{tmp_path / 'mf.toml'}: [smtp] scan_timeout is deprecated, read as [scan] "
+        "timeout; rename it",)
+    assert "scan_timeout" not in effective_toml(loaded.settings)
+    assert "[scan]\ntimeout = 5.0\n" in effective_toml(loaded.settings)
+    env = load_settings(None, {"MAILFILTER_SMTP__SCAN_TIMEOUT": "7s"})
+    assert env.settings.scan.timeout == 7.0
+    assert env.deprecated[0].startswith("environment MAILFILTER_SMTP__SCAN_TIMEOUT: ")
+
+
+def test_scan_deadline_new_place_wins(tmp_path: Path) -> None:
+    text = '[smtp]\nscan_timeout = "5s"\n[scan]\ntimeout = "9s"\n'
+    loaded = load_settings(_write(tmp_path, text), {})
+    assert loaded.settings.scan.timeout == 9.0
+    assert loaded.deprecated[0].endswith(
+        "[smtp] scan_timeout is deprecated, ignored: [scan] timeout is set too")
+    plain = load_settings(_write(tmp_path, '[scan]\ntimeout = "9s"\n'), {})
+    assert (plain.settings.scan.timeout, plain.deprecated) == (9.0, ())
+    assert Settings.model_validate({"smtp": {"scan_timeout": 3}}).scan.timeout == 3.0
+
+
+def test_a_bad_deprecated_value_is_refused(tmp_path: Path) -> None:
+    assert _error(tmp_path, '[smtp]\nscan_timeout = "soon"\n').endswith(
+        '[smtp] scan_timeout = "soon": expected a duration such as 30s, 500ms, 5m or a number '
+        "of seconds")
+
+
+def test_commands_warn_about_deprecated_keys(tmp_path: Path) -> None:
+    """`mailfilter check-config` (as every command and the service) logs a deprecated key
+    it read; the effective settings show it in its new place."""
+    import subprocess
+    import sys
+
+    path = _write(tmp_path, '[smtp]\nscan_timeout = "5s"\n')
+    run = subprocess.run([sys.executable, "-m", "mailfilter", "check-config", "--config",
+                          str(path)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert "[smtp] scan_timeout is deprecated, read as [scan] timeout" in run.stderr
+    assert "[scan]\ntimeout = 5.0\n" in run.stdout

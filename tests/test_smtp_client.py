@@ -1,5 +1,6 @@
 """The next-hop SMTP client: pipelining, reply parsing, and what it does with peers that
-break the protocol. The peers are real TCP servers speaking (or abusing) SMTP."""
+break the protocol. The peers are real TCP servers speaking (or abusing) SMTP; the reply
+parser is also tested on its own (bytes in any pieces, and fuzzed garbage)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,19 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mailfilter.actions.smtp_client import SmtpClient, SmtpClientError
+from mailfilter.actions.smtp_replies import (
+    CLOSED,
+    MAX_LINE,
+    MAX_REPLY_LINES,
+    NEED_DATA,
+    MalformedReply,
+    ReplyParser,
+    SmtpReply,
+)
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, list[bytes]], Awaitable[None]]
 EHLO_REPLY = b"250-peer.test\r\n250-PIPELINING\r\n250-XFORWARD NAME ADDR\r\n250 8BITMIME\r\n"
@@ -166,3 +178,126 @@ def test_line_end_inside_a_command_is_refused() -> None:
         assert chunks == [b"EHLO me.test\r\n"]
 
     run(main())
+
+
+# --- the reply parser on its own: bytes in, replies out, no socket --------------------------
+
+
+def _events(parser: ReplyParser, out: list[SmtpReply | str] | None = None
+            ) -> list[SmtpReply | str]:
+    """Every event the parser has now, up to NEED_DATA (not included) or CLOSED, added to
+    `out` (so that those before an error are kept)."""
+    out = [] if out is None else out
+    while True:
+        event = parser.next_event()
+        if event is NEED_DATA:
+            return out
+        if event is CLOSED:
+            out.append("closed")
+            return out
+        assert isinstance(event, SmtpReply)
+        out.append(event)
+
+
+def _parse(chunks: list[bytes], eof: bool = True) -> tuple[list[SmtpReply | str], str | None]:
+    """The events for a stream fed in these pieces (then its end), and the error class's
+    name if it stopped with one. Memory stays bounded all along."""
+    parser = ReplyParser()
+    out: list[SmtpReply | str] = []
+    try:
+        for chunk in [*(c for c in chunks if c), *([b""] if eof else [])]:
+            parser.receive_data(chunk)
+            _events(parser, out)
+            assert parser.buffered <= MAX_LINE
+    except MalformedReply:
+        with pytest.raises(MalformedReply):  # (and it stays broken)
+            parser.next_event()
+        return out, "MalformedReply"
+    return out, None
+
+
+def _split(data: bytes, cuts: list[int]) -> list[bytes]:
+    """`data` cut at these offsets, without empty pieces (b"" would say end of stream)."""
+    points = sorted({min(c, len(data)) for c in cuts})
+    pieces = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+    return [p for p in pieces if p]
+
+
+def test_parser_replies_single_multiline_and_pipelined() -> None:
+    data = (b"220 peer.test ESMTP\r\n250-peer.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n"
+            b"354 go ahead\n550 5.1.1 \xff unknown\r\n421\r\n")
+    assert _parse([data]) == ([
+        SmtpReply(220, "peer.test ESMTP"),
+        SmtpReply(250, "peer.test\nPIPELINING\n8BITMIME"),
+        SmtpReply(354, "go ahead"),
+        SmtpReply(550, "5.1.1 \udcff unknown"),
+        SmtpReply(421, ""),
+        "closed",
+    ], None)
+    parser = ReplyParser()
+    parser.receive_data(b"250-a\r\n250")
+    assert parser.next_event() is NEED_DATA
+    parser.receive_data(b" b\r\n")
+    assert parser.next_event() == SmtpReply(250, "a\nb")
+    assert parser.next_event() is NEED_DATA
+
+
+@pytest.mark.parametrize(("data", "error"), [
+    (b"hello\r\n", "malformed reply line"),
+    (b"25\r\n", "malformed reply line"),
+    (b"250x\r\n", "malformed reply line"),
+    (b"250-a\r\n550 b\r\n", "different codes"),
+    (b"250 " + b"x" * MAX_LINE + b"\r\n", "reply too long"),
+    (b"250 " + b"x" * MAX_LINE, "reply line too long"),  # refused before its end arrives
+    (b"250-x\r\n" * MAX_REPLY_LINES + b"250 x\r\n", "reply too long"),
+    (b"250-x\r\n", "closed inside a reply"),
+    (b"25", "closed inside a reply"),
+])
+def test_parser_refuses_what_is_not_a_reply(data: bytes, error: str) -> None:
+    parser = ReplyParser()
+    parser.receive_data(data)
+    parser.receive_data(b"")
+    with pytest.raises(MalformedReply, match=error):
+        _events(parser)
+
+
+_text = st.text(st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp")), max_size=30
+                ).map(lambda s: s.strip(" \t"))
+_reply = st.builds(SmtpReply, st.integers(200, 599),
+                   st.lists(_text, min_size=1, max_size=5).map("\n".join))
+
+
+def _wire(reply: SmtpReply, crlf: bool) -> bytes:
+    lines = reply.message.split("\n")
+    end = b"\r\n" if crlf else b"\n"
+    return b"".join(f"{reply.code}{'-' if i < len(lines) - 1 else ' '}{line}".encode()
+                    + end for i, line in enumerate(lines))
+
+
+@given(st.lists(st.tuples(_reply, st.booleans()), max_size=8),
+       st.lists(st.integers(0, 2000), max_size=12))
+@settings(max_examples=200, deadline=None)
+def test_fuzz_any_chunking_gives_the_same_replies(
+        replies: list[tuple[SmtpReply, bool]], cuts: list[int]) -> None:
+    data = b"".join(_wire(r, crlf) for r, crlf in replies)
+    expected = [r for r, _crlf in replies]
+    assert _parse(_split(data, cuts)) == ([*expected, "closed"], None)
+    assert _parse([bytes([b]) for b in data]) == ([*expected, "closed"], None)
+
+
+_garbage = st.one_of(
+    st.binary(max_size=300),
+    st.lists(st.sampled_from([b"250", b"-", b" ", b"\r\n", b"\n", b"550 ", b"x", b"\r",
+                              b"2", b"\xff", b"x" * 1500]), max_size=40).map(b"".join),
+)
+
+
+@given(_garbage, st.lists(st.integers(0, 5000), max_size=12))
+@settings(max_examples=300, deadline=None)
+def test_fuzz_garbage_is_a_defined_error_whatever_the_chunking(
+        data: bytes, cuts: list[int]) -> None:
+    """Replies, then the end or MalformedReply (never another exception), the same for
+    any split of the stream; never more than MAX_LINE bytes held."""
+    whole = _parse([data])
+    assert _parse(_split(data, cuts)) == whole
+    assert _parse([bytes([b]) for b in data]) == whole

@@ -60,6 +60,7 @@ _VALIDATOR_TYPES: Final = {
     "_check_email": "email address (or empty)",
     "_check_emails": "list of email addresses",
     "_check_webhook_url": "`http://` or `https://` URL, or empty",
+    "_check_cybertip_url": "`https://` URL (`http://` only to 127.0.0.1, ::1, localhost)",
     "_check_milter_listen": "`inet:host:port`, `inet:port@host`, `inet6:port@host`, "
                             "`inet:port` (every interface), `unix:/path` or `local:/path`, "
                             "or empty to turn it off",

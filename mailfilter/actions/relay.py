@@ -43,7 +43,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from mailfilter.actions.smtp_client import SmtpClient, SmtpClientError, SmtpReply
+from mailfilter.actions.smtp_client import SmtpClient, SmtpClientError
+from mailfilter.actions.smtp_replies import SmtpReply
 from mailfilter.model import Reply
 from mailfilter.settings import SmtpSettings, split_host_port
 

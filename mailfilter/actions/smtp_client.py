@@ -9,8 +9,9 @@ Here replies are read from a stream, in order, however many are outstanding.
 What it does: connect (with a deadline), read the greeting, EHLO (HELO when EHLO is
 refused), STARTTLS (never / when offered / required; certificates verified unless told
 otherwise) followed by a new EHLO, single and pipelined commands, DATA with prepared wire
-bytes, RSET, QUIT. Replies longer than `MAX_REPLY_LINES` lines or `MAX_LINE` bytes, or not
-shaped like replies, are protocol errors: the connection is closed and not reused.
+bytes, RSET, QUIT. Replies are parsed by `smtp_replies.ReplyParser` (no I/O there): longer
+than `MAX_REPLY_LINES` lines or `MAX_LINE` bytes, or not shaped like replies, they are
+protocol errors: the connection is closed and not reused.
 """
 
 from __future__ import annotations
@@ -19,24 +20,24 @@ import asyncio
 import contextlib
 import ssl
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Final, Literal
 
-__all__ = ["SmtpClient", "SmtpClientError", "SmtpReply", "StartTls"]
+from mailfilter.actions.smtp_replies import (
+    CLOSED,
+    NEED_DATA,
+    MalformedReply,
+    ReplyParser,
+    SmtpReply,
+)
 
-MAX_LINE: Final = 4096
-MAX_REPLY_LINES: Final = 200
+__all__ = ["SmtpClient", "SmtpClientError", "StartTls"]
+
+READ_SIZE: Final = 64 * 1024
 StartTls = Literal["never", "opportunistic", "required"]
 
 
 class SmtpClientError(Exception):
     """The next hop broke the protocol, refused the session, or the connection is gone."""
-
-
-@dataclass(frozen=True, slots=True)
-class SmtpReply:
-    code: int
-    message: str  # the reply's lines without their codes, joined by "\n"
 
 
 def _command_line(parts: Sequence[str]) -> bytes:
@@ -55,6 +56,7 @@ class SmtpClient:
                  timeout: float) -> None:
         self._reader = reader
         self._writer = writer
+        self._replies = ReplyParser()
         self.timeout = timeout
         self.extensions: dict[str, str] = {}
         self.tls = False
@@ -67,7 +69,7 @@ class SmtpClient:
         """A connection that has said EHLO (after STARTTLS when that was used).
         SmtpClientError, OSError or TimeoutError when that cannot be had."""
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(host, port, limit=MAX_LINE * 4)
+            reader, writer = await asyncio.open_connection(host, port, limit=READ_SIZE)
         client = cls(reader, writer, timeout)
         try:
             greeting = await client.read_reply()
@@ -109,6 +111,10 @@ class SmtpClient:
         reply = await self.command("STARTTLS")
         if reply.code != 220:
             raise SmtpClientError(f"STARTTLS refused: {reply.code} {reply.message}")
+        if self._replies.buffered:
+            # Sent in the clear after its 220, it would be taken as said over TLS.
+            self.close()
+            raise SmtpClientError("next hop sent data after its STARTTLS reply")
         context = ssl.create_default_context()
         if not verify:
             context.check_hostname = False
@@ -129,36 +135,25 @@ class SmtpClient:
             raise
 
     async def _read_reply(self) -> SmtpReply:
-        lines: list[str] = []
-        code = 0
-        async with asyncio.timeout(self.timeout):
-            while True:
-                try:
-                    raw = await self._reader.readuntil(b"\n")
-                except asyncio.IncompleteReadError as exc:
-                    self.close()
-                    raise SmtpClientError("connection closed by the next hop") from exc
-                except asyncio.LimitOverrunError as exc:
-                    self.close()
-                    raise SmtpClientError("reply line too long") from exc
-                if len(raw) > MAX_LINE or len(lines) >= MAX_REPLY_LINES:
-                    self.close()
-                    raise SmtpClientError("reply too long")
-                head = raw[:3]
-                if not head.isdigit() or raw[3:4] not in (b" ", b"-", b"\r", b"\n"):
-                    self.close()
-                    raise SmtpClientError(f"malformed reply line {raw[:40]!r}")
-                if code and int(head) != code:
-                    self.close()
-                    raise SmtpClientError("reply lines with different codes")
-                code = int(head)
-                lines.append(raw[4:].strip(b" \t\r\n").decode("utf-8", "surrogateescape"))
-                if raw[3:4] != b"-":
-                    break
-        if code == 421:
+        parser = self._replies
+        try:
+            event = parser.next_event()  # (pipelined replies often came in one read)
+            if event is NEED_DATA:
+                async with asyncio.timeout(self.timeout):
+                    while event is NEED_DATA:
+                        parser.receive_data(await self._reader.read(READ_SIZE))
+                        event = parser.next_event()
+        except MalformedReply as exc:
+            self.close()
+            raise SmtpClientError(str(exc)) from exc
+        if event is CLOSED:
+            self.close()
+            raise SmtpClientError("connection closed by the next hop")
+        assert isinstance(event, SmtpReply)
+        if event.code == 421:
             # The next hop is closing the connection: it cannot be used again.
             self.close()
-        return SmtpReply(code, "\n".join(lines))
+        return event
 
     async def command(self, *parts: str) -> SmtpReply:
         self._write(_command_line(parts))

@@ -4,6 +4,7 @@ one-line error report that replaces a traceback."""
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -71,4 +72,6 @@ def load_for_command(config_path: Path | None, service: bool = False) -> LoadedS
         opts.get("log_level") or (loaded.settings.logging.level if service else "warning"),
         opts.get("log_format") or loaded.settings.logging.format,
     )
+    for line in loaded.deprecated:
+        logging.getLogger("mailfilter.settings").warning(line)
     return loaded

@@ -2,10 +2,10 @@
 the message and its queue, and asks us at the end of each message what to do with it.
 
 The wire format is in `milter_protocol.py`; this module is the asyncio server around it:
-one protocol instance per MTA connection, parsing packets as they arrive, collecting the
-envelope, headers and body of each message, and at end of message running the shared flow
-of `handling.py` (scan under the deadline, policy, quarantine, the one log line), then
-telling the MTA:
+one protocol instance per MTA connection, feeding what arrives to its packet framer,
+collecting the envelope, headers and body of each message, and at end of message running
+the shared flow of `handling.py` (scan under the deadline, policy, quarantine, the one log
+line), then telling the MTA:
 
 | decision                     | milter replies                                              |
 |------------------------------|-------------------------------------------------------------|
@@ -26,11 +26,12 @@ SMFIR_SETSYMLIST (Postfix then sends them in place of its lists for those stages
 `milter_*_macros` setting is needed.
 
 Limits are the proxy's (`[smtp]`): `max_connections` (one more connection is closed at
-once: the MTA applies its `milter_default_action`), `max_concurrent_messages` (messages wait
-for a slot), `command_timeout` (idle time between packets), `max_message_size`,
-`scan_timeout`, `allowed_clients` (for inet listeners; a unix socket is guarded by its
-permissions, 0660). A malformed packet closes that connection with a log line; the MTA
-applies `milter_default_action` to its message and other connections go on.
+once: the MTA applies its `milter_default_action`), `max_concurrent_messages` (one limit for
+the proxy and the milter together: messages wait for a slot), `command_timeout` (idle time
+between packets), `max_message_size`, `allowed_clients` (for inet listeners; a unix socket
+is guarded by its permissions, 0660); the scan's deadline is `[scan] timeout`. A malformed
+packet closes that connection with a log line; the MTA applies `milter_default_action` to
+its message and other connections go on.
 """
 
 from __future__ import annotations
@@ -43,19 +44,15 @@ import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
-from mailfilter.actions.quarantine import QuarantineStore, new_id
+from mailfilter.actions.quarantine import new_id
 from mailfilter.frontend import milter_protocol as mp
 from mailfilter.frontend.clients import AllowedClients
 from mailfilter.handling import Decision, MessageHandler, MessageOutcome
 from mailfilter.model import Envelope, Reply, ScanResult
 from mailfilter.policy import Action, ActionKind, header_value
-from mailfilter.scanner import Scanner
 from mailfilter.settings import Settings, parse_milter_listen
-
-if TYPE_CHECKING:
-    from mailfilter.metrics import Metrics
 
 __all__ = ["MilterServer", "MilterSession"]
 
@@ -118,7 +115,7 @@ class MilterSession(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.peer = "unix"
-        self.buffer = bytearray()
+        self.framer = mp.PacketFramer(server.max_packet)
         self.agreed: mp.Negotiated | None = None
         self.macros: dict[str, dict[str, str]] = {}
         self.connect: mp.Connect | None = None
@@ -169,7 +166,7 @@ class MilterSession(asyncio.Protocol):
                 "in_message": self.message is not None}})
         self.closed = True
         self.message = None
-        self.buffer = bytearray()
+        self.framer = mp.PacketFramer(self.server.max_packet)  # (what it held is dropped)
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
@@ -217,7 +214,7 @@ class MilterSession(asyncio.Protocol):
         if self.closed:
             return
         self._last = self.loop.time()
-        self.buffer += data
+        self.framer.receive_data(data)
         if self.quickack is not None:
             self._ack_now()
         if not self.processing:
@@ -228,7 +225,7 @@ class MilterSession(asyncio.Protocol):
     def _pause_if_full(self) -> None:
         """While an end of message is handled, keep at most about a packet's worth of what
         the MTA pipelined after it; read the rest once we answered."""
-        if len(self.buffer) > self.server.max_packet and not self._paused \
+        if self.framer.buffered > self.server.max_packet and not self._paused \
                 and self.transport is not None and not self.closed:
             self.transport.pause_reading()
             self._paused = True
@@ -236,17 +233,12 @@ class MilterSession(asyncio.Protocol):
     def _consume(self) -> None:
         """Handle every whole packet in the buffer, up to an end of message."""
         out = bytearray()
-        buf = self.buffer
-        pos = 0
-        limit = self.server.max_packet
+        framer = self.framer
         try:
-            while not self.processing and len(buf) - pos >= 4:
-                length = mp.packet_length(bytes(buf[pos:pos + 4]), limit)
-                end = pos + 4 + length
-                if len(buf) < end:
+            while not self.processing:
+                command = framer.next_event()
+                if isinstance(command, mp.Marker):  # (never CLOSED: connection_lost says so)
                     break
-                command = mp.decode(buf[pos + 4], bytes(buf[pos + 5:end]))
-                pos = end
                 answer = self._handle(command)
                 if answer is None:  # QUIT
                     self._send(out)
@@ -265,7 +257,6 @@ class MilterSession(asyncio.Protocol):
             self.server.count_error("internal")
             self.close()
             return
-        del buf[:pos]
         self._send(out)
         if self.processing:
             self._pause_if_full()
@@ -469,7 +460,7 @@ class MilterSession(asyncio.Protocol):
                 out, outcome = self._on_error(msg_id)
         outcome.stages["total"] = time.perf_counter() - started
         try:
-            handler.finish(outcome, envelope, size)
+            handler.finish(outcome, envelope, size, server.name)
         except Exception:  # (the answer matters more than its log line)
             log.exception("could not log a message", extra={"fields": {"id": msg_id}})
         return out
@@ -504,7 +495,8 @@ class MilterSession(asyncio.Protocol):
                           envelope: Envelope, raw: bytes) -> tuple[bytes, Reply]:
         assert self.agreed is not None
         extra: dict[str, Any] = {"milter": {"macros": self.all_macros(), "peer": self.peer}}
-        reply, entry = await handler.quarantine_message(decision, envelope, raw, extra)
+        reply, entry = await handler.quarantine_message(decision, envelope, raw,
+                                                        self.server.name, extra)
         if entry is None:  # not on our disk: the MTA must keep the message and retry
             return self._refuse(reply), reply
         if self.agreed.may(mp.SMFIF_QUARANTINE):
@@ -531,14 +523,17 @@ class MilterSession(asyncio.Protocol):
 
 
 class MilterServer:
-    """The listener and its sessions. `settings` and `scanner` may be replaced while running
-    (SIGHUP); the listening address needs a restart."""
+    """The listener and its sessions; messages go through the service's one `handler`. A
+    `FrontEnd` (base.py); `settings` may be replaced while running (SIGHUP), the listening
+    address needs a restart."""
 
-    def __init__(self, settings: Settings, scanner: Scanner, quarantine: QuarantineStore,
-                 metrics: Metrics | None = None, max_packet: int = mp.MAX_PACKET) -> None:
+    name: Final = "milter"
+    relays: Final = False  # the MTA keeps the message: no next hop
+
+    def __init__(self, settings: Settings, handler: MessageHandler,
+                 max_packet: int = mp.MAX_PACKET) -> None:
         self.settings = settings
-        self.handler = MessageHandler(settings, scanner, quarantine, metrics,
-                                      front_end="milter")
+        self.handler = handler
         self.max_packet = max_packet
         self.sessions: set[MilterSession] = set()
         self.draining = False
@@ -548,10 +543,14 @@ class MilterServer:
         self.tasks: set[asyncio.Task[None]] = set()  # ends of message being handled
         self.address: str | None = None  # what we listen on, as inet:host:port / unix:path
 
-    def reconfigure(self, settings: Settings, scanner: Scanner) -> None:
+    def reconfigure(self, settings: Settings) -> None:
+        """(the handler, shared with the other front ends, is reconfigured by the
+        service)"""
         self.settings = settings
-        self.handler.reconfigure(settings, scanner)
         self.clients = AllowedClients(settings.smtp.allowed_clients)
+
+    def connections(self) -> int:
+        return len(self.sessions)
 
     def count_error(self, reason: str) -> None:
         self.handler.count_error(reason)

@@ -1,6 +1,8 @@
-"""The milter wire format (Sendmail's mail filter protocol, versions 2 to 6), as pure
-functions: packets in, typed commands out; decisions in, reply packets out. No I/O here, so
-every rule can be tested without a socket (`milter.py` is the asyncio server around it).
+"""The milter wire format (Sendmail's mail filter protocol, versions 2 to 6), without I/O:
+bytes in, typed commands out (`PacketFramer`, h11's model: `receive_data`, `next_event`);
+decisions in, reply packets out. So every rule can be tested without a socket, and any
+chunking of the stream gives the same commands (`milter.py` is the asyncio server around
+it, feeding the framer what it reads).
 
 A packet is a 4-byte big-endian length, then that many bytes: one command letter and its
 data. Strings in the data are NUL-terminated. The MTA drives the conversation; the filter
@@ -23,10 +25,13 @@ import re
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Final
 
 __all__ = [
+    "CLOSED",
     "MAX_PACKET",
+    "NEED_DATA",
     "PROTOCOL_VERSION",
     "Abort",
     "Body",
@@ -38,9 +43,11 @@ __all__ = [
     "Helo",
     "Macros",
     "Mail",
+    "Marker",
     "MilterCommand",
     "Negotiated",
     "OptionNegotiation",
+    "PacketFramer",
     "ProtocolError",
     "Quit",
     "QuitNewConnection",
@@ -384,6 +391,69 @@ def decode(command: int, data: bytes) -> MilterCommand:
         return Unknown(data.rstrip(b"\0"))
     shown = chr(command) if 32 < command < 127 else f"0x{command:02x}"
     raise ProtocolError(f"unknown command {shown!r}")
+
+
+# --- framing ----------------------------------------------------------------------------------
+
+
+class Marker(Enum):
+    NEED_DATA = "need data"  # no whole packet buffered: feed more bytes
+    CLOSED = "closed"  # the peer closed the connection between packets
+
+
+NEED_DATA: Final = Marker.NEED_DATA
+CLOSED: Final = Marker.CLOSED
+
+
+class PacketFramer:
+    """Commands from the MTA's byte stream, whatever pieces it arrives in. Bounded: a
+    length prefix over `limit` is refused before anything is buffered for it, so at most
+    about `limit` bytes plus one read are held. A ProtocolError (bad length, malformed or
+    unknown command) leaves the framer broken: it raises the same error again."""
+
+    def __init__(self, limit: int = MAX_PACKET) -> None:
+        self.limit = limit
+        self._buffer = bytearray()
+        self._pos = 0  # start of the first packet not yet returned
+        self._eof = False
+        self._error: ProtocolError | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet returned as part of a command."""
+        return len(self._buffer) - self._pos
+
+    def receive_data(self, data: bytes) -> None:
+        """More bytes from the MTA; b"" means it closed the connection."""
+        if not data:
+            self._eof = True
+            return
+        if self._pos:  # (what was returned is dropped here, once per read)
+            del self._buffer[:self._pos]
+            self._pos = 0
+        self._buffer += data
+
+    def next_event(self) -> MilterCommand | Marker:
+        """The next command, NEED_DATA, or CLOSED (after end of stream between packets).
+        Raises ProtocolError, then again on every later call."""
+        if self._error is not None:
+            raise self._error
+        buf, pos = self._buffer, self._pos
+        try:
+            if len(buf) - pos >= 4:
+                end = pos + 4 + packet_length(bytes(buf[pos:pos + 4]), self.limit)
+                if len(buf) >= end:
+                    self._pos = end
+                    return decode(buf[pos + 4], bytes(buf[pos + 5:end]))
+            if self._eof:
+                if len(buf) > pos:
+                    raise ProtocolError("connection closed inside a packet")
+                return CLOSED
+        except ProtocolError as exc:
+            self._error = exc
+            self._buffer, self._pos = bytearray(), 0
+            raise
+        return NEED_DATA
 
 
 # --- negotiation ----------------------------------------------------------------------------

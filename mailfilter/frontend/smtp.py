@@ -36,9 +36,9 @@ import ssl
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
-from aiosmtpd.smtp import SMTP, Session
+from aiosmtpd.smtp import Session
 
 from mailfilter.actions.quarantine import QuarantineStore, new_id
 from mailfilter.actions.relay import (
@@ -48,15 +48,13 @@ from mailfilter.actions.relay import (
     local_hostname,
     xtext_decode,
 )
+from mailfilter.frontend.aiosmtpd_adapter import SessionAdapter
 from mailfilter.frontend.clients import AllowedClients
 from mailfilter.handling import MessageHandler, MessageOutcome
 from mailfilter.model import Envelope, Reply, ScanResult
 from mailfilter.policy import Action, ActionKind, decide_error, header_value
 from mailfilter.scanner import Scanner
 from mailfilter.settings import Settings, split_host_port
-
-if TYPE_CHECKING:
-    from mailfilter.metrics import Metrics
 
 __all__ = ["SmtpProxy"]
 
@@ -77,7 +75,6 @@ TOO_BIG: Final = Reply(552, "5.3.4", "Message size exceeds fixed maximum message
 IDLE_TIMEOUT: Final = Reply(421, "4.4.2", "Timeout waiting for a command, closing connection")
 
 _CONTROL: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-_HOOK_NAMES: dict[type, tuple[str, ...]] = {}  # session class -> its smtp_ and auth_ names
 _PATH: Final = re.compile(r"^\s*(?:<([^<>]*)>|([^<>\s]+))(?:\s+(.*))?$", re.S)
 _PARAM: Final = re.compile(
     r"^([A-Za-z0-9][A-Za-z0-9-]*)(?:=([\x21-\x3c\x3e-\x7e\x80-\U0010ffff]+))?$"
@@ -162,8 +159,9 @@ class _NoHooks:
         return _format(INTERNAL_ERROR)
 
 
-class ProxySession(SMTP):
-    """One client connection."""
+class ProxySession(SessionAdapter):
+    """One client connection. aiosmtpd runs the session (reading commands, calling the
+    `smtp_*` methods); what it does not offer publicly comes through `SessionAdapter`."""
 
     line_length_limit = READ_LIMIT
     command_size_limit = 4096  # MAIL/RCPT with DSN parameters, XFORWARD, XCLIENT
@@ -196,17 +194,6 @@ class ProxySession(SMTP):
         assert self.session is not None
         return self.session
 
-    def __dir__(self) -> Iterable[str]:
-        # aiosmtpd looks at every attribute of each new session (inspect.getmembers for
-        # its auth_ methods, dir() for its smtp_ methods): ~70 us a connection for the
-        # ~150 names. Those two kinds are all it looks for.
-        cls = type(self)
-        names = _HOOK_NAMES.get(cls)
-        if names is None:
-            names = _HOOK_NAMES[cls] = tuple(
-                n for n in dir(cls) if n.startswith(("smtp_", "auth_")))
-        return names
-
     # --- connection life cycle ---------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -223,19 +210,18 @@ class ProxySession(SMTP):
         self.proxy.sessions.discard(self)
         super().connection_lost(error)
 
-    async def _handle_client(self) -> None:
+    async def refused_before_greeting(self) -> bool:
         refusal = self.proxy.refusal(self.peer_addr)
-        if refusal is not None:
-            with contextlib.suppress(Exception):
-                await self.push(_format(refusal))
-            if self.transport is not None:
-                self.transport.close()
-            return
-        await super()._handle_client()
+        if refusal is None:
+            return False
+        with contextlib.suppress(Exception):
+            await self.push(_format(refusal))
+        if self.transport is not None:
+            self.transport.close()
+        return True
 
-    def _set_rset_state(self) -> None:
+    def on_reset(self) -> None:
         self._abort_txn()
-        super()._set_rset_state()  # type: ignore[no-untyped-call]
 
     def _abort_txn(self) -> None:
         txn = getattr(self, "txn", None)
@@ -248,17 +234,16 @@ class ProxySession(SMTP):
         if self.txn is not None or self.processing or self.transport is None:
             return False
         with contextlib.suppress(Exception):
-            self._writer.write(f"{SHUTTING_DOWN}\r\n".encode())
+            self.write_now(_format(SHUTTING_DOWN))
         self.transport.close()
         return True
 
-    def _timeout_cb(self) -> None:
+    def on_idle_timeout(self) -> None:
         """command_timeout passed without a command (or DATA stalled): say 421 before
         closing (RFC 5321 4.5.3.2; aiosmtpd itself closes silently)."""
         if self.transport is not None and not self.transport.is_closing():
             with contextlib.suppress(Exception):
-                self._writer.write(f"{IDLE_TIMEOUT}\r\n".encode())
-        super()._timeout_cb()  # type: ignore[no-untyped-call]
+                self.write_now(_format(IDLE_TIMEOUT))
 
     async def _after_transaction(self) -> None:
         self.xforward.clear()
@@ -274,7 +259,7 @@ class ProxySession(SMTP):
                "ENHANCEDSTATUSCODES", "DSN",
                "XFORWARD " + " ".join(XFORWARD_ATTRS),
                "XCLIENT " + " ".join(XCLIENT_ATTRS)]
-        if self.tls_context is not None and self._tls_protocol is None:
+        if self.tls_context is not None and not self.tls_started():
             out.append("STARTTLS")
         return out
 
@@ -288,7 +273,7 @@ class ProxySession(SMTP):
         if not hostname:
             await self.push("501 5.5.4 Syntax: EHLO hostname")
             return
-        self._set_rset_state()
+        self.reset_state()
         self.sess().extended_smtp = True
         self.sess().host_name = hostname
         lines = [self.hostname, *self._extensions()]
@@ -351,9 +336,9 @@ class ProxySession(SMTP):
         # As if a new client connected: its attributes are sent on as XFORWARD; a fresh
         # greeting, and the client must say EHLO again.
         self.xforward = {k: v for k, v in attrs.items() if k in XFORWARD_ATTRS}
-        self._set_rset_state()
+        self.reset_state()
         self.sess().host_name = None
-        await self.push(f"220 {self.hostname} {self.__ident__}")
+        await self.push(f"220 {self.hostname} {self.greeting_text()}")
 
     # --- the transaction ------------------------------------------------------------------
 
@@ -448,7 +433,7 @@ class ProxySession(SMTP):
         if arg:
             await self.push("501 5.5.4 Syntax: RSET")
             return
-        self._set_rset_state()
+        self.reset_state()
         self.xforward.clear()
         await self.push("250 2.0.0 Ok")
 
@@ -473,14 +458,16 @@ class ProxySession(SMTP):
         else:
             self.processing = True
             self.txn = None
-            # The message may take scan_timeout + the next hop's time; the client waits.
+            # The message may take the scan's deadline + the next hop's time; the client
+            # waits.
             s = self.proxy.settings.smtp
-            self._reset_timeout(s.scan_timeout + 2 * s.next_hop_timeout + s.command_timeout)
+            self.restart_idle_timer(self.proxy.settings.scan.timeout + 2 * s.next_hop_timeout
+                                + s.command_timeout)
             try:
                 replies = await self.proxy.handle_message(self, txn, raw)
             finally:
                 self.processing = False
-                self._reset_timeout()
+                self.restart_idle_timer()
         for reply in replies:
             await self.push(_format(reply))
         await self._after_transaction()
@@ -492,7 +479,7 @@ class ProxySession(SMTP):
         buf = bytearray()
         too_big = False
         since_reset = 0
-        reader: asyncio.StreamReader = self._reader
+        reader = self.client_stream()
         while True:
             try:
                 piece = await reader.readuntil(b".\r\n")
@@ -506,7 +493,7 @@ class ProxySession(SMTP):
             buf += piece
             since_reset += len(piece)
             if since_reset >= READ_LIMIT:
-                self._reset_timeout()
+                self.restart_idle_timer()
                 since_reset = 0
             if complete:
                 end = len(buf) - 3
@@ -552,14 +539,16 @@ ProxySession.command_size_limits = collections.defaultdict(
 
 class SmtpProxy:
     """The listening side and the message flow: scan -> policy -> relay / quarantine /
-    refuse. `settings` and `scanner` may be replaced while running (SIGHUP)."""
+    refuse, through the service's one `handler`. A `FrontEnd` (base.py); `settings` may be
+    replaced while running (SIGHUP)."""
 
-    def __init__(self, settings: Settings, scanner: Scanner, relay: RelayPool,
-                 quarantine: QuarantineStore, metrics: Metrics | None = None) -> None:
+    name: Final = "smtp"
+    relays: Final = True
+
+    def __init__(self, settings: Settings, handler: MessageHandler, relay: RelayPool) -> None:
         self.settings = settings
-        self.handler = MessageHandler(settings, scanner, quarantine, metrics)
+        self.handler = handler
         self.relay = relay
-        self.metrics = metrics
         self.hostname = local_hostname(settings.smtp.hostname)
         self.tls_context = _tls_context(settings)
         self.clients = AllowedClients(settings.smtp.allowed_clients)
@@ -568,11 +557,11 @@ class SmtpProxy:
         self._server: asyncio.Server | None = None
         self.address: tuple[str, int] | None = None
 
-    def reconfigure(self, settings: Settings, scanner: Scanner) -> None:
+    def reconfigure(self, settings: Settings) -> None:
         """New settings for the next messages (listen address and TLS need a restart; the
-        relay pool, shared with the report sender, is reconfigured by the service)."""
+        relay pool, shared with the report sender, and the handler, shared with the other
+        front ends, are reconfigured by the service)."""
         self.settings = settings
-        self.handler.reconfigure(settings, scanner)
         self.clients = AllowedClients(settings.smtp.allowed_clients)
 
     # --- serving ---------------------------------------------------------------------------
@@ -625,6 +614,9 @@ class SmtpProxy:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 5.0)
 
+    def connections(self) -> int:
+        return len(self.sessions)
+
     def count_error(self, reason: str) -> None:
         self.handler.count_error(reason)
 
@@ -661,7 +653,7 @@ class SmtpProxy:
             outcome = MessageOutcome(msg_id, decide_error("internal", self.settings.policy),
                                      INTERNAL_ERROR, None, {})
         outcome.stages["total"] = time.perf_counter() - started
-        handler.finish(outcome, envelope, len(raw))
+        handler.finish(outcome, envelope, len(raw), self.name)
         return [outcome.reply] * (len(txn.rcpts) if session.lmtp else 1)
 
     async def _process(self, handler: MessageHandler, msg_id: str, received: float,
@@ -675,7 +667,7 @@ class SmtpProxy:
             stages["relay"] = time.perf_counter() - acted
         elif action.kind is ActionKind.QUARANTINE:
             txn.next_hop.abort()
-            reply, _ = await handler.quarantine_message(decision, envelope, raw)
+            reply, _ = await handler.quarantine_message(decision, envelope, raw, self.name)
         else:
             txn.next_hop.abort()
             reply = action.reply or INTERNAL_ERROR

@@ -27,6 +27,7 @@ from proxy.proxy_harness import (
 from mailfilter.actions.quarantine import QuarantineStore
 from mailfilter.frontend.milter import MilterServer
 from mailfilter.frontend.milter_protocol import MAX_PACKET
+from mailfilter.handling import MessageHandler
 from mailfilter.matching.cache import MemoryVerdictCache
 from mailfilter.metrics import Metrics
 from mailfilter.scanner import Scanner
@@ -95,8 +96,9 @@ def start_milter(settings: Settings, pool: WorkerPool, index: IndexBox,
     async def setup() -> dict[str, Any]:
         scanner = Scanner(settings, pool, index,
                           cache=MemoryVerdictCache(settings.store.cache_ttl))
-        server = MilterServer(settings, scanner, QuarantineStore(settings.quarantine),
-                              metrics, max_packet=max_packet)
+        handler = MessageHandler(settings, scanner, QuarantineStore(settings.quarantine),
+                                 metrics)
+        server = MilterServer(settings, handler, max_packet=max_packet)
         await server.start()
         return {"server": server}
 

@@ -1,12 +1,15 @@
-"""The milter codec on its own (pure functions): decoding every command, refusing malformed
-packets, negotiation, reply packets and rebuilding header lines. The expected bytes are
-written out here from the protocol description, not produced with the codec."""
+"""The milter codec on its own (no I/O): decoding every command, refusing malformed
+packets, framing a byte stream into commands whatever its pieces (fuzzed), negotiation,
+reply packets and rebuilding header lines. The expected bytes are written out here from
+the protocol description, not produced with the codec."""
 
 from __future__ import annotations
 
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mailfilter.frontend import milter_protocol as mp
 
@@ -166,3 +169,115 @@ def test_optneg_reply_carries_the_macro_lists() -> None:
 ])
 def test_header_lines(value: bytes, leadspc: bool, line: bytes) -> None:
     assert mp.header_bytes(mp.Header(b"Subject", value), leadspc) == line
+
+
+# --- framing a stream: bytes in any pieces, commands out ----------------------------------
+
+
+def _frame(chunks: list[bytes], limit: int = mp.MAX_PACKET
+           ) -> tuple[list[mp.MilterCommand | str], str | None]:
+    """The commands of a stream fed in these pieces (then its end), and the error's text if
+    it stopped with one. Memory stays bounded all along: what is held is at most a packet
+    not yet whole (its length already checked against the limit)."""
+    framer = mp.PacketFramer(limit)
+    out: list[mp.MilterCommand | str] = []
+    try:
+        for chunk in [*(c for c in chunks if c), b""]:
+            framer.receive_data(chunk)
+            while True:
+                event = framer.next_event()
+                if event is mp.NEED_DATA:
+                    assert framer.buffered < 4 + limit
+                    break
+                if event is mp.CLOSED:
+                    out.append("closed")
+                    break
+                assert not isinstance(event, mp.Marker)
+                out.append(event)
+    except mp.ProtocolError as exc:
+        with pytest.raises(mp.ProtocolError):  # (and it stays broken)
+            framer.next_event()
+        return out, str(exc)
+    return out, None
+
+
+def _split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({min(c, len(data)) for c in cuts})
+    return [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+
+
+def test_framer_commands_across_reads() -> None:
+    stream = (pkt(b"O", struct.pack(">III", 6, 0x1FF, 0x1FFFFF))
+              + pkt(b"M", b"<a@example.org>\x00SIZE=10\x00") + pkt(b"B", b"body")
+              + pkt(b"E") + pkt(b"Q"))
+    expected = [mp.OptionNegotiation(6, 0x1FF, 0x1FFFFF),
+                mp.Mail("a@example.org", ("SIZE=10",)), mp.Body(b"body"),
+                mp.EndOfMessage(b""), mp.Quit(), "closed"]
+    assert _frame([stream]) == (expected, None)
+    assert _frame([stream[i:i + 1] for i in range(len(stream))]) == (expected, None)
+    framer = mp.PacketFramer()
+    framer.receive_data(stream[:10])
+    assert framer.next_event() is mp.NEED_DATA
+    assert framer.buffered == 10
+    framer.receive_data(stream[10:])
+    assert framer.next_event() == expected[0]
+    assert framer.buffered == len(stream) - 17
+
+
+@pytest.mark.parametrize("stream, error", [
+    (struct.pack(">I", 0), "empty packet"),
+    (struct.pack(">I", 101) + b"B", "over the limit of 100"),  # before the data came
+    (pkt(b"Z"), "unknown command 'Z'"),
+    (pkt(b"M", b"no terminator"), "not NUL-terminated"),
+    (pkt(b"B", b"x") + b"\x00\x00", "closed inside a packet"),
+])
+def test_framer_refuses_bad_streams(stream: bytes, error: str) -> None:
+    commands, got = _frame([stream], limit=100)
+    assert got is not None and error in got
+    assert commands == ([mp.Body(b"x")] if stream.startswith(pkt(b"B", b"x")) else [])
+
+
+_cstr = st.binary(max_size=20).map(lambda b: b.replace(b"\0", b"") + b"\0")
+_name = st.binary(min_size=1, max_size=20).map(lambda b: b.replace(b"\0", b"x") + b"\0")
+_packet = st.one_of(  # (each a well-formed command)
+    st.builds(lambda d: pkt(b"B", d), st.binary(max_size=300)),
+    st.builds(lambda d: pkt(b"E", d), st.binary(max_size=50)),
+    st.builds(lambda a, p: pkt(b"M", b"<" + a + p), _cstr, _cstr),
+    st.builds(lambda a: pkt(b"R", a), _cstr),
+    st.builds(lambda n, v: pkt(b"L", n + v), _name, _cstr),
+    st.builds(lambda s, m: pkt(b"D", s + m), st.sampled_from([b"C", b"M", b"E"]),
+              st.lists(st.tuples(_cstr, _cstr).map(b"".join), max_size=3).map(b"".join)),
+    st.sampled_from([pkt(b"A"), pkt(b"N"), pkt(b"T"), pkt(b"K"), pkt(b"Q"),
+                     pkt(b"U", b"XYZZY\x00"), pkt(b"H", b"client.test\x00")]),
+)
+
+
+@given(st.lists(_packet, max_size=12), st.lists(st.integers(0, 4000), max_size=12))
+@settings(max_examples=200, deadline=None)
+def test_fuzz_any_chunking_gives_the_same_commands(packets: list[bytes],
+                                                   cuts: list[int]) -> None:
+    stream = b"".join(packets)
+    whole = _frame([stream])
+    assert whole == ([*(decode(p) for p in packets), "closed"], None)
+    assert _frame(_split(stream, cuts)) == whole
+    assert _frame([stream[i:i + 1] for i in range(len(stream))]) == whole
+
+
+_garbage = st.one_of(
+    st.binary(max_size=400),
+    st.lists(st.one_of(_packet, st.binary(max_size=8),
+                       st.sampled_from([struct.pack(">I", 0), struct.pack(">I", 300),
+                                        b"\xff\xff\xff\xff"])),
+             max_size=10).map(b"".join),
+)
+
+
+@given(_garbage, st.lists(st.integers(0, 4000), max_size=12))
+@settings(max_examples=300, deadline=None)
+def test_fuzz_garbage_is_a_defined_error_whatever_the_chunking(data: bytes,
+                                                               cuts: list[int]) -> None:
+    """Commands, then the end or a ProtocolError (never another exception), the same for
+    any split of the stream, with at most a packet of the (small) limit held."""
+    whole = _frame([data], limit=256)
+    assert _frame(_split(data, cuts), limit=256) == whole
+    assert _frame([data[i:i + 1] for i in range(len(data))], limit=256) == whole

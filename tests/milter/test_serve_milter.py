@@ -1,5 +1,6 @@
 """`mailfilter serve` with the milter: milter only (`[smtp] listen` empty) on a unix socket,
-SIGHUP, metrics and readiness, SIGTERM; both front ends at once; nothing to serve."""
+SIGHUP, metrics and readiness, SIGTERM; both front ends at once, sharing one message limit;
+nothing to serve."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+from factories import message, message_bytes
 from proxy.proxy_harness import (
     KNOWN,
+    RawClient,
     enroll,
     free_port,
     http_get,
@@ -105,6 +109,53 @@ def test_proxy_and_milter_together(tmp_path: Path) -> None:
         started = time.monotonic()
         assert proc.wait(30) == 0
         assert time.monotonic() - started < 20
+
+
+def test_proxy_and_milter_share_one_message_limit(tmp_path: Path) -> None:
+    """`max_concurrent_messages` is one limit for the service, whatever listens: with a
+    limit of 1, a milter message waits while a proxy message holds the slot (each front end
+    had a limit of its own once, so two listeners silently doubled it). The deadline's
+    deprecated place, `[smtp] scan_timeout`, is still read, with a warning."""
+    smtp_port, metrics_port, milter_port = free_port(), free_port(), free_port()
+    replies: list[str] = []
+
+    def through_the_proxy() -> None:
+        c = RawClient("127.0.0.1", smtp_port)
+        try:
+            for line in ("EHLO client.test", "MAIL FROM:<a@example.org>",
+                         "RCPT TO:<b@example.net>", "DATA"):
+                c.cmd(line)
+            c.send(message_bytes(message(subject="through the proxy")) + b".\r\n")
+            replies.append(c.read_reply())
+        finally:
+            c.close()
+
+    with running_sink() as sink:
+        sink.data_delay = 2.0  # the proxy's message holds its slot this long
+        config = write_config(
+            tmp_path, f"127.0.0.1:{sink.port}", smtp_port, metrics_port,
+            extra='max_concurrent_messages = 1\nscan_timeout = "30s"',
+            sections=f'[milter]\nlisten = "inet:127.0.0.1:{milter_port}"\n')
+        proc = _serve(config, tmp_path)
+        try:
+            wait_port("127.0.0.1", smtp_port, proc=proc)
+            wait_port("127.0.0.1", milter_port, proc=proc)
+            c = _session(("127.0.0.1", milter_port))
+            proxied = threading.Thread(target=through_the_proxy)
+            proxied.start()
+            assert wait_for(lambda: sink.in_data == 1, 30), _log(tmp_path)
+            answers = c.send_message(clean_message())
+            # The next hop had answered the proxy's message (so its slot was free again)
+            # before the milter's message was handled.
+            assert len(sink.messages) == 1, "the milter did not wait for the one slot"
+            assert answers[-1] == (ACCEPT, b"")
+            c.close()
+            proxied.join(30)
+            assert [r[:3] for r in replies] == ["250"]
+            assert "[smtp] scan_timeout is deprecated, read as [scan] timeout" in _log(tmp_path)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
 
 
 def test_nothing_to_serve(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ from mailfilter.actions.relay import RelayPool
 from mailfilter.errors import TemporaryFailure
 from mailfilter.fingerprint import FingerprintParams, fingerprint_image
 from mailfilter.frontend.smtp import SmtpProxy
+from mailfilter.handling import MessageHandler
 from mailfilter.matching.cache import MemoryVerdictCache
 from mailfilter.matching.index import HashIndex, IndexEntry
 from mailfilter.metrics import Metrics
@@ -68,7 +69,7 @@ def make_settings(tmp_path: Path, next_hop: str, **sections: dict[str, Any]) -> 
     data: dict[str, Any] = {
         "smtp": {"listen": f"127.0.0.1:{free_port()}", "next_hop": next_hop,
                  "hostname": "mailfilter.test", "next_hop_timeout": 5.0,
-                 "command_timeout": 30.0, "scan_timeout": 20.0},
+                 "command_timeout": 30.0},
         "store": {"path": str(tmp_path / "store")},
         "quarantine": {"path": str(tmp_path / "quarantine")},
         "workers": {"processes": 2},
@@ -153,8 +154,9 @@ def start_proxy(settings: Settings, pool: WorkerPool, index: IndexBox) -> Runnin
         relay = RelayPool(settings.smtp, "mailfilter.test")
         cache = MemoryVerdictCache(settings.store.cache_ttl)
         scanner = Scanner(settings, pool, index, cache=cache)
-        proxy = SmtpProxy(settings, scanner, relay, QuarantineStore(settings.quarantine),
-                          metrics)
+        handler = MessageHandler(settings, scanner, QuarantineStore(settings.quarantine),
+                                 metrics)
+        proxy = SmtpProxy(settings, handler, relay)
         await proxy.start()
         return {"proxy": proxy, "relay": relay}
 

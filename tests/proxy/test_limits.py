@@ -134,7 +134,8 @@ def test_reload_while_busy_keeps_the_message_limit(proxy_factory: Factory,
     first = threading.Thread(target=_send_one, args=(p, 0, replies))
     first.start()
     assert _eventually(lambda: recording_sink.in_data == 1)
-    p.call(lambda: p.proxy.reconfigure(p.settings, p.proxy.scanner))
+    p.call(lambda: (p.proxy.handler.reconfigure(p.settings, p.proxy.scanner),
+                    p.proxy.reconfigure(p.settings)))  # (as the service's reload does)
     second = threading.Thread(target=_send_one, args=(p, 1, replies))
     second.start()
     for t in (first, second):

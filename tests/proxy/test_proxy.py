@@ -243,10 +243,11 @@ def test_scan_deadline_tempfails_or_fails_open(proxy_factory: Factory,
                                                smtp_sink: Any) -> None:
     many = message_bytes(message(attachments=[
         (f"p{i}.jpg", "image/jpeg", jpeg(100 + i, 1600, 1200)) for i in range(12)]))
-    p = proxy_factory(smtp_sink.address, smtp={"scan_timeout": 0.05})
+    p = proxy_factory(smtp_sink.address, scan={"timeout": 0.05})
     code, text = send(p, many)
     assert (code, text[:5]) == (451, b"4.3.0")
     assert smtp_sink.messages == []
+    # (the deadline's deprecated old place, [smtp] scan_timeout, is still read)
     p2 = proxy_factory(smtp_sink.address, smtp={"scan_timeout": 0.05},
                        policy={"on_error": "accept"})
     code, _ = send(p2, many)

@@ -1,0 +1,176 @@
+"""The CyberTipline documents: what a mail incident's report and file details say, in the
+order of NCMEC's schema sequences, and validation against an operator's XSD."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from cybertip.material import INCIDENT, SEQUENCES, material, order_problems, settings
+from mailfilter.cybertip.document import (
+    FileDetails,
+    InvalidDocument,
+    file_details_xml,
+    report_xml,
+    validate,
+)
+from mailfilter.cybertip.email_report import build_report
+from mailfilter.settings import Settings
+
+
+def test_the_report_of_a_mail_incident() -> None:
+    report, _, _ = material(settings())
+    root = ET.fromstring(report_xml(report))
+    assert root.tag == "report" and not root.attrib  # no namespace: NCMEC's XSD has none
+    assert order_problems(root) == []
+    assert [c.tag for c in root] == ["incidentSummary", "internetDetails", "reporter",
+                                     "personOrUserReported", "intendedRecipient",
+                                     "intendedRecipient", "additionalInfo"]
+    assert root.findtext("incidentSummary/incidentType") == (
+        "Child Pornography (possession, manufacture, and distribution)")
+    assert root.findtext("incidentSummary/incidentDateTime") == "2026-12-01T09:30:05Z"
+    incident = root.find("internetDetails/emailIncident")
+    assert incident is not None
+    assert [e.text for e in incident.findall("emailAddress")] == [
+        "sender@example.net", "alice@example.org", "bob@example.org"]
+    person = root.find("reporter/reportingPerson")
+    assert person is not None
+    assert [person.findtext(t) for t in ("firstName", "lastName", "email")] == [
+        "Casey", "Compliance", "abuse@example.org"]
+    assert root.findtext("reporter/companyTemplate") == "Example Mail hosts mailboxes."
+    assert root.findtext("reporter/termsOfService") == "https://example.org/terms"
+    reported = root.find("personOrUserReported")
+    assert reported is not None
+    assert reported.findtext("personOrUserReportedPerson/email") == "sender@example.net"
+    assert [reported.findtext(f"ipCaptureEvent/{t}") for t in ("ipAddress", "eventName",
+                                                               "dateTime")] == [
+        "192.0.2.44", "Upload", "2026-12-01T09:30:05Z"]
+    assert [r.findtext("intendedRecipientPerson/email")
+            for r in root.findall("intendedRecipient")] == ["alice@example.org",
+                                                             "bob@example.org"]
+
+
+def test_the_file_details() -> None:
+    _, files, blobs = material(settings())
+    details = dataclasses.replace(files[0].details, report_id=4711, file_id="f00d")
+    root = ET.fromstring(file_details_xml(details))
+    assert order_problems(root) == []
+    assert [c.tag for c in root] == [
+        "reportId", "fileId", "originalFileName", "fileViewedByEsp", "exifViewedByEsp",
+        "publiclyAvailable", "fileRelevance", "originalFileHash", "originalFileHash",
+        "originalFileHash", "ipCaptureEvent", "additionalInfo"]
+    assert root.findtext("reportId") == "4711" and root.findtext("fileId") == "f00d"
+    assert root.findtext("originalFileName") == "picture 0.png"
+    assert root.findtext("fileViewedByEsp") == "false"
+    hashes = {h.get("hashType"): h.text for h in root.findall("originalFileHash")}
+    assert hashes == {"MD5": hashlib.md5(blobs[0]).hexdigest(),
+                      "SHA1": hashlib.sha1(blobs[0]).hexdigest(),
+                      "SHA256": hashlib.sha256(blobs[0]).hexdigest()}
+    assert root.findtext("ipCaptureEvent/ipAddress") == "192.0.2.44"
+
+
+def test_file_viewed_by_esp_follows_the_setting() -> None:
+    _, files, _ = material(settings(file_viewed_by_esp=True))
+    assert ET.fromstring(file_details_xml(files[0].details)).findtext("fileViewedByEsp") == (
+        "true")
+
+
+def test_every_optional_part_in_schema_order() -> None:
+    """The writer's order for every element it can write, not only those a mail incident
+    uses: all optional fields set."""
+    from datetime import UTC, datetime
+
+    from mailfilter.cybertip.document import (
+        Email,
+        EmailIncident,
+        FileHash,
+        IncidentSummary,
+        IntendedRecipient,
+        IpCaptureEvent,
+        Person,
+        Report,
+        Reporter,
+        UserReported,
+    )
+
+    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    event = IpCaptureEvent("2001:db8::1", "Login", when, True, 587)
+    person = Person("A", "B", ("+1 555 0100",), (Email("a@example.org", "Work", True),))
+    report = Report(
+        IncidentSummary("Child Sex Trafficking", when, "mail", "approximately"),
+        Reporter(person, person, "template", "terms", "https://example.org/legal"),
+        (EmailIncident((Email("x@example.org"),), "content", "info"),) * 2,
+        UserReported(person, "id-1", "mail", ("Display",), (event, event), "info"),
+        (IntendedRecipient(person, "id-2", "mail", ("D",), (event,), ("i1", "i2")),),
+        "more")
+    assert order_problems(ET.fromstring(report_xml(report))) == []
+    details = FileDetails(1, "f", "original.png", "name.png", when, "/x", False, False, True,
+                          "Supplemental Reported", (FileHash("ab"), FileHash("cd", "SHA1")),
+                          event, (("k", "v"), ("k2", "v2")), ("a", "b"))
+    root = ET.fromstring(file_details_xml(details))
+    assert order_problems(root) == []
+    assert root.findtext("fileName") == "name.png"
+    assert root.find("originalFileName") is not None
+
+
+def test_text_xml_cannot_hold_is_escaped_visibly() -> None:
+    incident = dataclasses.replace(INCIDENT, subject="bad\x00\x1bsubject")
+    report = build_report(incident, (), settings())
+    text = report_xml(report).decode()
+    ET.fromstring(text)  # still well-formed
+    assert "bad\\x00\\x1bsubject" in text
+
+
+def test_no_reporter_email_is_refused() -> None:
+    with pytest.raises(ValueError, match="reporter_email"):
+        build_report(INCIDENT, (), Settings())
+
+
+# A small XSD of our own for the fileDetails sequence's head (NCMEC's comes only with an
+# account): enough to show that `validate` takes an XSD and refuses what breaks it.
+SMALL_XSD = """<?xml version="1.0" encoding="UTF-8"?>
+<xs:schema xmlns:xs="http://www.w3.org/2001/XMLSchema" elementFormDefault="qualified">
+  <xs:element name="fileDetails">
+    <xs:complexType>
+      <xs:sequence>
+        <xs:element name="reportId" type="xs:long"/>
+        <xs:element name="fileId" type="xs:token"/>
+        <xs:element name="originalFileName" minOccurs="0" type="xs:string"/>
+        <xs:element name="fileViewedByEsp" minOccurs="0" type="xs:boolean"/>
+        <xs:element name="exifViewedByEsp" minOccurs="0" type="xs:boolean"/>
+        <xs:element name="publiclyAvailable" minOccurs="0" type="xs:boolean"/>
+      </xs:sequence>
+    </xs:complexType>
+  </xs:element>
+</xs:schema>
+"""
+
+
+def test_validation_against_an_xsd(tmp_path: Path) -> None:
+    pytest.importorskip("xmlschema")  # the cybertip extra (in the test extra too)
+    xsd = tmp_path / "cybertip.xsd"
+    xsd.write_text(SMALL_XSD)
+    validate(file_details_xml(FileDetails(12, "abc", "a.png")), xsd)
+    swapped = (b'<?xml version="1.0" encoding="UTF-8"?>\n'
+               b"<fileDetails><fileId>abc</fileId><reportId>12</reportId></fileDetails>")
+    with pytest.raises(InvalidDocument, match=r"reportId|fileId"):
+        validate(swapped, xsd)
+    with pytest.raises(InvalidDocument, match=r"long|reportId"):
+        validate(b"<fileDetails><reportId>x</reportId><fileId>a</fileId></fileDetails>", xsd)
+    with pytest.raises(InvalidDocument, match="cannot read"):
+        validate(swapped, tmp_path / "absent.xsd")
+    broken = tmp_path / "broken.xsd"
+    broken.write_text("<xs:schema")
+    with pytest.raises(InvalidDocument, match="not a usable XML schema"):
+        validate(swapped, broken)
+
+
+def test_sequences_cover_what_the_writer_writes() -> None:
+    """The check itself: a child out of order is found."""
+    root = ET.fromstring("<fileDetails><fileId>a</fileId><reportId>1</reportId></fileDetails>")
+    assert order_problems(root) == ["/fileDetails: reportId out of order"]
+    assert "report" in SEQUENCES
