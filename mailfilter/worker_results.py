@@ -19,7 +19,8 @@ do not speak plain pickle:
   extension registry, no out-of-band buffers. A call may only call what `find_class`
   returned. The C unpickler is not used because its instructions cannot be restricted and
   its memo grows to whatever index a pickle names (a few bytes can make it allocate
-  gigabytes); the pure-Python one costs ~5 µs more per reply, ~0.5 µs per object.
+  gigabytes); the pure-Python one costs ~6 µs more for the smallest reply and ~25 µs
+  more for an image's fingerprint, 2-3x pickle.loads (bench/worker_overhead.py).
 
 Anything else is `pickle.UnpicklingError` (`ResultRefused`), which the pool treats as a
 worker that is not running our code: its task fails (`worker-result-refused`) and the
@@ -227,9 +228,8 @@ _OPCODES: Final = (
 MAX_INSTRUCTIONS: Final = 4_000_000
 
 
-# pickle's pure-Python unpickler and two of its helpers: private, but unchanged since
-# Python 3.8 (tests/test_worker_results.py reads every kind of reply through them).
-_Unframer: Any = pickle._Unframer  # type: ignore[attr-defined]
+# How pickle's pure-Python unpickler ends a load: private, but unchanged since Python 3.0
+# (tests/test_worker_results.py reads every kind of reply through this unpickler).
 _Stop: Any = pickle._Stop  # type: ignore[attr-defined]
 
 
@@ -244,11 +244,12 @@ class _ResultUnpickler(pickle._Unpickler):
         self._found: set[int] = set()  # ids of what find_class returned (the only callables)
 
     def load(self) -> Any:
-        # pickle._Unpickler.load, but with a bounded loop (MAX_INSTRUCTIONS)
-        self._unframer = _Unframer(self._data.read, self._data.readline)
-        self.read = self._unframer.read
-        self.readinto = self._unframer.readinto
-        self.readline = self._unframer.readline
+        # pickle._Unpickler.load, but with a bounded loop (MAX_INSTRUCTIONS), and reading
+        # straight from the reply: it is all in memory, so frames (a hint for reading from a
+        # stream in pieces) change nothing, and BytesIO.read is C where pickle's
+        # _Unframer.read is Python (a third less time per reply)
+        self.read = self._data.read
+        self.readline = self._data.readline
         self.metastack: list[list[Any]] = []
         self.stack: list[Any] = []
         self.append = self.stack.append
@@ -313,6 +314,9 @@ class _ResultUnpickler(pickle._Unpickler):
     def load_additems(self) -> None:
         items = self.pop_mark()
         _exactly(self.stack[-1], set).update(items)
+
+    def load_frame(self) -> None:
+        self.read(8)  # (its size: see load)
 
     def load_bytearray8(self) -> None:
         # (pickle's allocates the length the reply names before reading it)
