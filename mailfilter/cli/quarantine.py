@@ -51,6 +51,7 @@ from mailfilter.cli.command_line import (
     EXIT_ERROR,
     EXIT_OK,
     config_option,
+    counted,
     fail,
     handles_errors,
     json_option,
@@ -296,8 +297,8 @@ def list_command(config_path: Path | None, as_json: bool, since: str | None,
             click.echo(line)
     held_count = sum(1 for s in rows if s.legal_hold)
     pending = sum(1 for s in rows if s.report_pending)
-    click.echo(f"{len(rows)} entries ({held_count} on legal hold, {pending} with reports "
-               "pending)")
+    click.echo(f"{counted(len(rows), 'entry', 'entries')} ({held_count} on legal hold, "
+               f"{pending} with reports pending)")
 
 
 # --- show -----------------------------------------------------------------------------------
@@ -390,6 +391,11 @@ def release_command(config_path: Path | None, by: str | None, yes: bool, force: 
     if done.delivery.delivered:
         click.echo(f"released {done.entry.id} to {', '.join(done.delivery.accepted)} "
                    f"({done.reply})")
+        record = done.entry.record
+        if record.front_end == "milter" and record.queue_id:
+            # The MTA's copy is still on hold (SMFIR_QUARANTINE): docs/milter.md
+            click.echo(f"Postfix still holds its own copy: delete it with `postsuper -d "
+                       f"{printable(record.queue_id)} hold` (never release it too)", err=True)
     for addr, why in done.refused.items():
         click.echo(f"not released to {addr}: {why}", err=True)
     if not done.delivery.delivered and done.delivery.reply is not None:
@@ -481,7 +487,8 @@ def purge_command(config_path: Path | None, as_json: bool, by: str | None,
     verb = "would purge" if dry_run else "purged"
     for entry in done.purged:
         click.echo(f"{verb} {entry.id} (received {entry.record.received_at})")
-    click.echo(f"{verb} {len(done.purged)} entries received before {done.cutoff} "
+    click.echo(f"{verb} {counted(len(done.purged), 'entry', 'entries')} received before "
+               f"{done.cutoff} "
                f"(retention {done.retention_days} days); kept {len(done.kept_on_hold)} on "
                f"legal hold, {len(done.kept_report_pending)} with reports pending; "
                f"{'would remove' if dry_run else 'removed'} {len(done.leftovers)} leftover "
