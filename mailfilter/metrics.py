@@ -88,6 +88,7 @@ class _StateCollector(Collector):
             events.add_metric(["timeout"], stats.timeouts)
             events.add_metric(["restart"], stats.restarts)
             events.add_metric(["memory_limit"], stats.memory_limits)
+            events.add_metric(["result_refused"], stats.refused)
             yield events
             confined = GaugeMetricFamily(
                 "mailfilter_worker_sandbox",
