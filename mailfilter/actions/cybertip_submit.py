@@ -108,7 +108,9 @@ def matched_files(record: QuarantineRecord, raw: bytes, settings: Settings
     whose bytes the extract stage does not hand on, other extract limits than when it
     was scanned)."""
     allowed = set(eligible_lists(record, settings))
-    found = extract(raw, settings.extract)
+    # Files that are not images travel as hashes only; their bytes are asked for by SHA-256.
+    found = extract(raw, settings.extract,
+                    keep=frozenset(a.sha256 for a in record.attachments if a.sha256))
     out: list[tuple[MatchedFile, bytes]] = []
     for attachment in record.attachments:
         lines = [f"list {m.list_name} by {m.algorithm}, distance {m.distance:g}"
@@ -118,6 +120,8 @@ def matched_files(record: QuarantineRecord, raw: bytes, settings: Settings
             continue
         data = _bytes_of(found.attachments, attachment.mime_path, attachment.sha256,
                          attachment.md5)
+        if data is None and attachment.sha256:
+            data = dict(found.kept_files).get(attachment.sha256)
         if data is None:
             raise Refused(f"{record.id}: the bytes of {attachment.mime_path} cannot be found "
                           "again in the quarantined message (its hashes are in the record); "

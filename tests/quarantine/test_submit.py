@@ -10,10 +10,12 @@ import hashlib
 import io
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,12 +24,21 @@ import pytest
 from cybertip.ncmec_server import NcmecServer, running_ncmec_server
 from factories import jpeg, message, message_bytes
 from PIL import Image
-from proxy.proxy_harness import KNOWN, RecordingSink, RunningProxy
+from proxy.proxy_harness import (
+    KNOWN,
+    IndexBox,
+    RecordingSink,
+    RunningProxy,
+    make_settings,
+    start_proxy,
+)
 
 from mailfilter.actions.preservation import report_id_of
 from mailfilter.actions.quarantine import QuarantineStore
 from mailfilter.actions.quarantine_service import QuarantineService
+from mailfilter.matching.index import HashIndex, IndexEntry
 from mailfilter.settings import QuarantineSettings, load_settings
+from mailfilter.workers import WorkerPool
 from quarantine.quarantine_harness import REPO, ReportingProxy, mf
 from quarantine.test_commands import config_for, quarantine_via_proxy
 
@@ -146,6 +157,31 @@ def test_submit_files_one_report_and_records_the_ids(
     # What was reported is preserved: its message cannot be deleted.
     out = mf("quarantine", "delete", entry_id, "--yes", "--config", str(config))
     assert out.returncode == 2 and "preserved until" in out.stderr
+
+
+
+def test_a_file_matched_by_its_md5_is_uploaded_from_inside_its_zip(
+        tmp_path: Path, recording_sink: RecordingSink, ncmec: NcmecServer,
+        worker_pool: WorkerPool) -> None:
+    """A listed file that is not a picture travels as hashes only in a scan; submit asks
+    the extract stage for its bytes again by SHA-256 (here a zip member)."""
+    blob = random.Random(5).randbytes(20_000)
+    zipped = io.BytesIO()
+    with zipfile.ZipFile(zipped, "w") as z:
+        z.writestr("notes.bin", blob)
+    md5 = hashlib.md5(blob).hexdigest()
+    index = IndexBox(HashIndex.build([IndexEntry("stand-ins", "md5", md5, ("test",))]))
+    p = start_proxy(make_settings(tmp_path, recording_sink.address), worker_pool, index)
+    try:
+        entry_id = quarantine_via_proxy(p, message_bytes(message(
+            subject="files", attachments=[("notes.zip", "application/zip",
+                                           zipped.getvalue())])))
+    finally:
+        p.stop()
+    out = submit(cybertip_config(tmp_path, recording_sink, ncmec), entry_id, "--yes")
+    assert out.returncode == 0, out.stderr
+    (report,) = ncmec.reports.values()
+    assert [f.md5 for f in report.files] == [md5] and report.finished
 
 
 def test_matches_on_no_allowed_list_are_refused(
