@@ -118,6 +118,10 @@ NOT_RUN: dict[str, str] = {
         "needs a next hop (an SMTP server) and a terminal to confirm; release through "
         "Postfix is run by tests/milter/test_milter_as_documented.py and "
         "tests/quarantine/test_commands.py",
+    f"quarantine submit {ENTRY_IDS[0]}":
+        "files a report with NCMEC's CyberTipline (credentials, network) after a terminal "
+        "confirmation; run against a stand-in NCMEC service by "
+        "tests/quarantine/test_submit.py",
 }
 
 
