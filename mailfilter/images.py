@@ -603,8 +603,11 @@ class _Frames:
     def nbytes(self) -> int:
         return sum(f.nbytes for f in self.stored) + sum(f.nbytes for f in self.managed)
 
-    def keep(self, im: Image.Image, luma: Luma) -> None:
-        w, h = im.size
+    def keep(self, im: Image.Image, luma: Luma,
+             stored_size: tuple[int, int] | None = None) -> None:
+        """`stored_size`: the frame's full size as stored, when `im` was decoded reduced
+        (a JPEG draft: `im.size` is then the reduced size)."""
+        w, h = stored_size or im.size
         size = (h, w) if self.orientation >= 5 else (w, h)
         self.stored.append(luma)
         self.sizes.append(size)
@@ -727,7 +730,7 @@ def _decode(data: bytes, fmt: str, limits: ImageSettings, start: float, target: 
         _check_heif_extents(data, limits)
     with Image.open(io.BytesIO(data), formats=[plugin]) as im:
         _check_pixels(im.size, limits)
-        width, height = im.size
+        width, height = stored_size = im.size
         if fmt == "JPEG":
             _check_jpeg_memory(im)
 
@@ -743,7 +746,7 @@ def _decode(data: bytes, fmt: str, limits: ImageSettings, start: float, target: 
             profile = None
         frames = _Frames(target, orientation, profile,
                          _profile_digest(profile) if profile else "", [], [], [], [])
-        frames.keep(im, _orient(_frame_luma(im, target), orientation))
+        frames.keep(im, _orient(_frame_luma(im, target), orientation), stored_size)
 
         # JPEG: only the primary picture is shown; MPO extras (stereo pair, depth or gain map)
         # are not frames.
