@@ -43,10 +43,10 @@ import pdqhash
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from robustness import EDITS as ROBUSTNESS_EDITS  # noqa: E402
+from robustness import EDITS as ROBUSTNESS_EDITS
 
-from mailfilter.fingerprint import FingerprintParams, fingerprint_image  # noqa: E402
-from mailfilter.settings import ImageSettings, MatchSettings  # noqa: E402
+from mailfilter.fingerprint import FingerprintParams, fingerprint_image
+from mailfilter.settings import ImageSettings, MatchSettings
 
 BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_PHOTOS = BENCH_DIR / "photos" / "images"
@@ -177,7 +177,7 @@ def plot(summary: list[dict[str, Any]], path: Path) -> None:
     for off, key, ci, label in ((-0.18, "reference", "ref_ci", "reference PDQ (dihedral)"),
                                 (0.18, "mailfilter", "ours_ci", "mailfilter")):
         vals = np.array([s[key] for s in summary])
-        err = np.array([[v - s[ci][0], s[ci][1] - v] for v, s in zip(vals, summary)]).T
+        err = np.array([[v - s[ci][0], s[ci][1] - v] for v, s in zip(vals, summary, strict=True)]).T
         ax.barh(y + off, vals, height=0.36, xerr=err, capsize=2, label=label)
     ax.set_yticks(y, names)
     ax.invert_yaxis()

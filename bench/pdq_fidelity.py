@@ -14,8 +14,8 @@ between, one stage at a time is done the reference's way, to see where the bits 
   reduction after it) / the box reduction alone on the full decode.
 - ``ref luma``: the full decode with the luma computed in float64 from the uint8 RGB, as
   the C++ does, and our PDQ: our PDQ code vs the reference's on the same pixels.
-- ``trimmed``: the fingerprint stage (``fingerprint_image``): the best of the untrimmed and (when borders are found)
-  trimmed hash of ``fingerprint_image``, what the match stage compares.
+- ``trimmed``: the fingerprint stage (``fingerprint_image``): the best of the untrimmed and
+  (when borders are found) trimmed hash of the first frame, what the match stage compares.
 
 Distances are reported (median, p95, max, count over 10 bits) over the photos whose
 reference quality is >= 80, plus all photos. Photos: ``bench/photos/images``
@@ -109,7 +109,8 @@ def measure(path: str) -> dict[str, Any]:
     return out
 
 
-STAGES = ("ours", "reduced as own image", "full decode", "draft only", "reduce only", "ref luma", "trimmed")
+STAGES = ("ours", "reduced as own image", "full decode", "draft only", "reduce only",
+          "ref luma", "trimmed")
 
 
 def summarise(rows: list[dict[str, Any]], min_quality: int) -> dict[str, dict[str, float]]:

@@ -10,12 +10,15 @@
   (`Image.draft`, DCT-domain) that keeps both sides >= WORKING_SHORT_SIDE; then anything whose
   short side is still >= 2 * WORKING_SHORT_SIDE is box-reduced (`Image.reduce`, integer factors),
   so frames have a short side of 512..1023 px (12 MP JPEG: 1/4 scale, 1008 x 756).
-  Why 512: PDQ's Jarosz filter box-averages to 64 x 64 anyway, but its sampling grid is tied to
-  the pixel grid, and on coarser grids the hashes drift from the full-size reference. Measured
-  against expected.csv and 80 extra crops/rescales of the vector photos (full-size pdqhash as
-  reference), max / mean bits for quality >= 80: short side >= 256: 12 / 2.7-3.4;
-  >= 384: 12-16 / 1.5-2.4; >= 512: 4-6 / 0.1-1.0. The price is ~4 ms more libjpeg time for a
-  12 MP JPEG (1/4 instead of 1/8 scale; entropy decoding dominates either way).
+  Why 512: PDQ's Jarosz filter box-averages to 64 x 64 anyway, but its windows and sampling
+  points are tied to the pixel grid. A reduced frame is therefore hashed as standing for the
+  full-size image (`frame_sizes` holds that size; `pdq_from_luma(frame, full_size)` folds the
+  full image's filter onto the reduced grid). Measured with bench/pdq_fidelity.py on 657
+  real photos of quality >= 80 (bench/photos): distance to the reference (pdqhash on the
+  full decode) median 0, p95 0, max 2; hashing the reduced frame as an image of its own gave
+  p95 6, max 14 (draft alone 14, box reduction alone 18). With the fold, a working short side
+  of 256 or 384 also stays within 4 bits on the large photos (512: 2); 512 is kept for the
+  other consumers of the frames (border trimming, gridhist preview, scene comparison).
 - Luminance Y = 0.299 R + 0.587 G + 0.114 B (PDQ's); alpha is composited over white, using
   premultiplied reduction so transparent pixels' hidden colours do not bleed in.
 - EXIF orientation (JPEG, PNG, WebP, TIFF, ...) is applied to the small arrays, cheaply (the
