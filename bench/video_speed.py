@@ -1,26 +1,42 @@
 """How fast is a video fingerprinted? vPDQ + exact hashes against a one-thread full decode.
 
-Generated material only: 60 s 1280x720 30 fps H.264 clips made by ffmpeg's testsrc2 (x264
-defaults: keyframe every 250 frames, 3 B-frames; ~23 MB, busier than most camera footage;
-and the same with a keyframe every second, as phone cameras write), and 10-minute clips made
-of them repeated (stream copy). Measured in the same run:
+Generated material only: 60 s 1280x720 30 fps H.264 clips made by ffmpeg's testsrc2 (busier
+than most camera footage, ~23 MB each) in several GOP shapes, since what must be decoded
+depends on them (`mailfilter.video`: non-reference frames are skipped, and the frames of a
+group after its last sample):
+
+- ``keyint250``: x264 defaults (a keyframe every 250 frames, 3 B-frames, B-pyramid
+  ``normal``: the middle B-frame of three is a reference);
+- ``keyint600``: a keyframe every 600 frames (20 s), otherwise defaults;
+- ``bframes7``: 7 B-frames with B-pyramid (a deeper pyramid: more of the B-frames are
+  references, so fewer can be skipped);
+- ``keyint30``: a keyframe a second (as phone cameras write);
+
+and a 10-minute clip of ``keyint250`` repeated ten times (stream copy). Measured in the same
+run, in rounds (each round runs every case once, one after the other, so load from other
+work on the machine falls on both sides of a ratio alike; medians over the rounds):
 
 - yardstick: ``ffmpeg -threads 1 -i clip -f null -``, FFmpeg decoding every frame on one
-  thread (the issue's reference point);
+  thread (the issue's reference point), wall and CPU seconds;
 - ours: `mailfilter.video.fingerprint_video` (decode with PyAV, 1 frame/s sampled, vPDQ,
-  per-frame PDQ with border trimming, MD5/SHA-1/SHA-256), each run in a fresh process under
-  the worker's address-space limit (``workers.memory_limit``, 1 GiB), peak RSS reported;
-- ours in N parts (``--parts``, 2 by default: the machine's cores): parts 0..N-1 of the
-  timeline (``fingerprint_video(data, params, part, parts)``) in N fresh processes started
-  at once, each under the same limit; the time is the slowest part's (as the 1-part rows:
-  from the bytes in memory to the fingerprint; ``wall`` adds the processes' start and the
-  import of PyAV), the samples are all the parts' joined (checked against the 1-part run's
-  when that is complete), peak RSS the largest part's.
+  per-frame PDQ with border trimming, MD5/SHA-1/SHA-256), in a fresh process under the
+  worker's address-space limit (``workers.memory_limit``, 1 GiB), wall and CPU seconds
+  (all threads) from the bytes in memory to the fingerprint, peak RSS;
+- ours in N parts (``--parts``, 2 by default: the machine's cores, and what the scanner
+  does with these clips: `scanner.VIDEO_PART_BYTES`): parts 0..N-1 of the timeline
+  (``fingerprint_video(data, params, part, parts)``) in N fresh processes started at once,
+  each under the same limit; the time is the slowest part's, CPU the parts' sum, the samples
+  all the parts' joined (checked against the 1-part run's), peak RSS the largest part's.
 
-Targets: the 60 s clip in at most 0.5x the yardstick's time; the 10-minute clip in at most
-30 s wall (on 2 cores), complete (no ``incomplete``) and within 1 GiB.
+``ratio``: ours / yardstick wall time of the same round (median over rounds); ``cpu ratio``:
+the same for CPU seconds, which load from other work moves far less (one core's worth of
+work: the wall ratio on idle cores is about cpu ratio / parallelism).
 
-    python bench/video_speed.py [--json] [--workdir DIR] [--repeat N] [--parts N]
+Targets: each 60 s clip in at most 0.5x the yardstick's time; the 10-minute clip in at most
+30 s wall (on 2 cores), complete (no ``incomplete``) and within 1 GiB per part.
+
+    python bench/video_speed.py [--json] [--workdir DIR] [--rounds N] [--parts N]
+                                [--shapes keyint250,...] [--no-long] [--long-yardstick]
 
 Needs the system ffmpeg (apt package ffmpeg) for the clips and the yardstick.
 """
@@ -32,6 +48,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -43,41 +60,54 @@ sys.path.insert(0, str(REPO))
 
 MEMORY_LIMIT = 1024**3
 
+#: GOP shape -> (what it is, x264 options beyond the defaults)
+SHAPES: dict[str, tuple[str, list[str]]] = {
+    "keyint250": ("x264 defaults: keyframe every 250, 3 B-frames, B-pyramid", []),
+    "keyint600": ("keyframe every 600 (20 s)", ["-g", "600"]),
+    "bframes7": ("7 B-frames, B-pyramid (more reference B-frames)",
+                 ["-x264-params", "bframes=7:b-pyramid=normal"]),
+    "keyint30": ("a keyframe a second (as phones write)", ["-g", "30", "-keyint_min", "30"]),
+}
+LONG_SOURCE = "keyint250"
+
 
 def _ffmpeg(*args: str) -> None:
     subprocess.run(["ffmpeg", "-v", "error", "-y", *args], check=True)
 
 
-def make_clips(workdir: Path) -> tuple[Path, Path, Path, Path]:
-    """The 60 s clips (x264 defaults; a keyframe a second) and the 10-minute clip, made
-    once and kept in `workdir`."""
+def make_clips(workdir: Path, shapes: list[str]) -> tuple[dict[str, Path], Path]:
+    """The 60 s clip of each GOP shape and the 10-minute clip, made once and kept in
+    `workdir`."""
     workdir.mkdir(parents=True, exist_ok=True)
-    short = workdir / "testsrc2-720p30-60s.mp4"
-    phone = workdir / "testsrc2-720p30-60s-keyint30.mp4"
-    long = workdir / "testsrc2-720p30-600s.mp4"
-    for clip, extra in ((short, []), (phone, ["-g", "30", "-keyint_min", "30"])):
+    clips: dict[str, Path] = {}
+    for shape in {*shapes, LONG_SOURCE}:
+        clip = workdir / f"testsrc2-720p30-60s-{shape}.mp4"
+        clips[shape] = clip
         if clip.exists():
             continue
         partial = clip.with_suffix(".part.mp4")
         _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30", "-t", "60",
-                "-c:v", "libx264", *extra, "-pix_fmt", "yuv420p", str(partial))
+                "-c:v", "libx264", *SHAPES[shape][1], "-pix_fmt", "yuv420p", str(partial))
         partial.rename(clip)
-    long_phone = workdir / "testsrc2-720p30-600s-keyint30.mp4"
-    for clip, source in ((long, short), (long_phone, phone)):
-        if clip.exists():
-            continue
+    long = workdir / f"testsrc2-720p30-600s-{LONG_SOURCE}.mp4"
+    if not long.exists():
         listing = workdir / "ten.txt"
-        listing.write_text(f"file '{source.name}'\n" * 10)
-        partial = clip.with_suffix(".part.mp4")
+        listing.write_text(f"file '{clips[LONG_SOURCE].name}'\n" * 10)
+        partial = long.with_suffix(".part.mp4")
         _ffmpeg("-f", "concat", "-safe", "0", "-i", str(listing), "-c", "copy", str(partial))
-        partial.rename(clip)
-    return short, phone, long, long_phone
+        partial.rename(long)
+    return clips, long
 
 
-def yardstick(clip: Path) -> float:
-    started = time.perf_counter()
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def yardstick(clip: Path) -> dict[str, float]:
+    cpu, started = _children_cpu(), time.perf_counter()
     _ffmpeg("-threads", "1", "-i", str(clip), "-f", "null", "-")
-    return time.perf_counter() - started
+    return {"seconds": time.perf_counter() - started, "cpu_s": _children_cpu() - cpu}
 
 
 def child(clip: str, part: int = 0, parts: int = 1) -> None:
@@ -93,13 +123,19 @@ def child(clip: str, part: int = 0, parts: int = 1) -> None:
     video = settings.video.model_copy(update={"max_bytes": 2 * 1000**3})
     params = VideoParams.from_settings(settings.model_copy(update={"video": video}))
     data = Path(clip).read_bytes()
-    started = time.perf_counter()
+
+    def cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)  # every thread of the process
+        return usage.ru_utime + usage.ru_stime
+
+    cpu_before, started = cpu(), time.perf_counter()
     result = fingerprint_video(data, params, part=part, parts=parts)
     seconds = time.perf_counter() - started
     print(json.dumps({
         "samples": [[f.timestamp, f.frames[0].pdq] for f in result.frames],
         "features": result.vpdq_compact,
         "seconds": seconds,
+        "cpu_s": cpu() - cpu_before,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "frames": len(result.frames),
         "vpdq": len(result.vpdq),
@@ -136,6 +172,8 @@ def ours_in_parts(clip: Path, parts: int) -> dict[str, Any]:
     return {
         "seconds": max(part["seconds"] for part in found), "wall_s": wall,
         "part_seconds": [part["seconds"] for part in found],
+        "cpu_s": sum(part["cpu_s"] for part in found),
+        "part_cpu_s": [part["cpu_s"] for part in found],
         "peak_rss_mb": max(part["peak_rss_mb"] for part in found),
         "samples": [s for part in found for s in part["samples"]],
         "frames": sum(part["frames"] for part in found), "vpdq": len(prune(features)),
@@ -150,14 +188,69 @@ def _complete(run: dict[str, Any]) -> bool:
     return run["skipped"] is None and run["incomplete"] is None
 
 
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else 0.0
+
+
+def _summary(case: str, clip: Path, runs: list[dict[str, Any]],
+             bases: list[dict[str, float]], ten_minutes: bool,
+             one_part: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """One row: medians over the rounds (ratios taken within each round first)."""
+    last = runs[-1]
+    row: dict[str, Any] = {
+        "case": case, "bytes": clip.stat().st_size, "rounds": len(runs),
+        "seconds": _median([r["seconds"] for r in runs]),
+        "cpu_s": _median([r["cpu_s"] for r in runs]),
+        "wall_s": _median([r["wall_s"] for r in runs]) if "wall_s" in last else None,
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+        "frames": last["frames"], "vpdq": last["vpdq"], "decoded": last["decoded"],
+        "skipped": last["skipped"],
+        "incomplete": next((r["incomplete"] for r in runs if r["incomplete"]), None),
+        "yardstick_s": _median([b["seconds"] for b in bases]) if bases else None,
+        "yardstick_cpu_s": _median([b["cpu_s"] for b in bases]) if bases else None,
+        "ratio": _median([r["seconds"] / b["seconds"] for r, b in zip(runs, bases, strict=True)])
+        if bases else None,
+        "ratios": [round(r["seconds"] / b["seconds"], 3)
+                   for r, b in zip(runs, bases, strict=True)] if bases else [],
+        "cpu_ratio": _median([r["cpu_s"] / b["cpu_s"] for r, b in zip(runs, bases, strict=True)])
+        if bases else None,
+    }
+    if "part_cpu_s" in last:
+        row["part_cpu_s"] = [round(_median([r["part_cpu_s"][i] for r in runs]), 2)
+                             for i in range(len(last["part_cpu_s"]))]
+    if one_part is not None:
+        complete = [r for r in one_part if _complete(r)]
+        row["same_samples_as_one_part"] = (
+            all(r["samples"] == complete[0]["samples"] for r in runs) if complete else None)
+    if ten_minutes:
+        row["target"] = "<= 30 s, <= 1 GiB, complete"
+        row["ok"] = bool(row["seconds"] <= 30 and row["incomplete"] is None
+                         and row["skipped"] is None and row["peak_rss_mb"] <= 1024)
+    else:
+        row["target"] = "ratio <= 0.5"
+        row["ok"] = bool(row["ratio"] is not None and row["ratio"] <= 0.5
+                         and row["incomplete"] is None and row["skipped"] is None)
+    if row.get("same_samples_as_one_part") is False:
+        row["ok"] = False
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/mailfilter-bench-video"),
                         help="where the generated clips are kept between runs")
-    parser.add_argument("--repeat", type=int, default=2, help="runs of each; the best counts")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of every 60 s case (medians over them)")
     parser.add_argument("--parts", type=int, default=2,
                         help="parts of the timeline run at once (rows 'in N parts')")
+    parser.add_argument("--shapes", default=",".join(SHAPES),
+                        help=f"GOP shapes of the 60 s clips (of {', '.join(SHAPES)})")
+    parser.add_argument("--no-long", action="store_true", help="leave out the 10-minute clip")
+    parser.add_argument("--long-rounds", type=int, default=1,
+                        help="rounds of the 10-minute clip")
+    parser.add_argument("--long-yardstick", action="store_true",
+                        help="also decode the 10-minute clip with the yardstick (minutes)")
     parser.add_argument("--part", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--of", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -167,62 +260,62 @@ def main() -> None:
         return
     if shutil.which("ffmpeg") is None:
         sys.exit("bench: the system ffmpeg is needed (apt-get install ffmpeg)")
-    short, phone, long, long_phone = make_clips(args.workdir)
-
-    rows: list[dict[str, Any]] = []
+    shapes = [shape for shape in args.shapes.split(",") if shape]
+    unknown = set(shapes) - set(SHAPES)
+    if unknown:
+        sys.exit(f"bench: unknown shapes {sorted(unknown)} (known: {', '.join(SHAPES)})")
+    clips, long = make_clips(args.workdir, shapes)
     in_parts = f"in {args.parts} parts at once"
-    clips = (("60 s 720p30 H.264, x264 defaults (keyframe every 250)", short, False),
-             ("60 s 720p30 H.264, a keyframe a second (as phones write)", phone, False),
-             ("10 min 720p30 H.264, x264 defaults", long, True),
-             ("10 min 720p30 H.264, a keyframe a second", long_phone, True))
-    for name, clip, ten_minutes in clips:
-        # The 10-minute yardstick takes a minute or so: measured once.
-        base = min(yardstick(clip) for _ in range(1 if ten_minutes else args.repeat))
-        target = "<= 30 s, <= 1 GiB, complete" if ten_minutes else "ratio <= 0.5"
 
-        def ok(run: dict[str, Any], ten_minutes: bool = ten_minutes,
-               base: float = base) -> bool:
-            if ten_minutes:
-                return bool(run["seconds"] <= 30 and _complete(run)
-                            and run["peak_rss_mb"] <= 1024)
-            return bool(run["seconds"] / base <= 0.5 and _complete(run))
-
-        one = min((ours(clip) for _ in range(args.repeat)), key=lambda r: r["seconds"])
-        rows.append({"case": name, "bytes": clip.stat().st_size, "yardstick_s": base, **one,
-                     "wall_s": None, "ratio": one["seconds"] / base, "target": target,
-                     "ok": ok(one)})
+    bases: dict[str, list[dict[str, float]]] = {shape: [] for shape in shapes}
+    ones: dict[str, list[dict[str, Any]]] = {shape: [] for shape in shapes}
+    splits: dict[str, list[dict[str, Any]]] = {shape: [] for shape in shapes}
+    for _ in range(args.rounds):
+        for shape in shapes:
+            bases[shape].append(yardstick(clips[shape]))
+            ones[shape].append(ours(clips[shape]))
+            if args.parts > 1:
+                splits[shape].append(ours_in_parts(clips[shape], args.parts))
+    rows: list[dict[str, Any]] = []
+    for shape in shapes:
+        name = f"60 s 720p30 H.264, {shape}: {SHAPES[shape][0]}"
+        rows.append(_summary(name, clips[shape], ones[shape], bases[shape], False, None))
         if args.parts > 1:
-            split = min((ours_in_parts(clip, args.parts) for _ in range(args.repeat)),
-                        key=lambda r: r["seconds"])
-            same = (split["samples"] == one["samples"]) if _complete(one) else None
-            rows.append({"case": f"{name}, {in_parts}", "bytes": clip.stat().st_size,
-                         "yardstick_s": base, **split, "ratio": split["seconds"] / base,
-                         "same_samples_as_one_part": same, "target": target,
-                         "ok": ok(split) and same is not False})
-    for row in rows:
-        row.pop("samples", None)
-        row.pop("features", None)
+            rows.append(_summary(f"{name}, {in_parts}", clips[shape], splits[shape],
+                                 bases[shape], False, ones[shape]))
+    if not args.no_long:
+        long_bases = [yardstick(long)] if args.long_yardstick else []
+        runs = [ours_in_parts(long, args.parts) if args.parts > 1 else ours(long)
+                for _ in range(args.long_rounds)]
+        name = f"10 min 720p30 H.264, {LONG_SOURCE}" + (f", {in_parts}" if args.parts > 1
+                                                         else "")
+        rows.append(_summary(name, long, runs, long_bases * len(runs), True, None))
     context: dict[str, Any] = {"cpus": os.cpu_count(), "load_average": os.getloadavg()}
     if args.json:
         print(json.dumps({"rows": rows, "context": context}, indent=2))
         return
-    print("| case | one-thread full decode | ours (vPDQ + exact) | wall with process start "
-          "| ratio | frames sampled | vpdq features | frames decoded | peak RSS | incomplete "
-          "| target | ok |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| case | one-thread full decode (wall / CPU) | ours (wall / CPU) | ratio "
+          "(per round) | cpu ratio | frames sampled / decoded | vpdq features | peak RSS "
+          "| incomplete | target | ok |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
-        yard = f"{row['yardstick_s']:.2f} s" if row["yardstick_s"] else "-"
-        ratio = f"{row['ratio']:.2f}x" if row["ratio"] else "-"
-        wall = f"{row['wall_s']:.2f} s" if row.get("wall_s") else "-"
-        print(f"| {row['case']} | {yard} | {row['seconds']:.2f} s | {wall} | {ratio} "
-              f"| {row['frames']} "
-              f"| {row['vpdq']} | {row['decoded']} | {row['peak_rss_mb']:.0f} MB "
+        yard = (f"{row['yardstick_s']:.2f} s / {row['yardstick_cpu_s']:.2f} s"
+                if row["yardstick_s"] else "-")
+        ratio = (f"{row['ratio']:.2f}x ({', '.join(f'{r:.2f}' for r in row['ratios'])})"
+                 if row["ratio"] else "-")
+        cpu_ratio = f"{row['cpu_ratio']:.2f}x" if row["cpu_ratio"] else "-"
+        parts_cpu = (f" (parts {', '.join(f'{c:.1f}' for c in row['part_cpu_s'])})"
+                     if "part_cpu_s" in row else "")
+        print(f"| {row['case']} | {yard} | {row['seconds']:.2f} s / {row['cpu_s']:.2f} s"
+              f"{parts_cpu} | {ratio} | {cpu_ratio} | {row['frames']} / {row['decoded']} "
+              f"| {row['vpdq']} | {row['peak_rss_mb']:.0f} MB "
               f"| {row['skipped'] or row['incomplete'] or '-'} | {row['target']} "
               f"| {'yes' if row['ok'] else 'NO'} |")
     print(f"\n{context['cpus']} CPUs, load average {context['load_average'][0]:.2f} "
-          f"(other work on the machine slows both sides alike). Rows {in_parts}: the time "
-          "is the slowest part's; their samples equal the 1-part run's where that is "
-          "complete (else NO).")
+          "(other work on the machine slows both sides of a ratio alike, but a process "
+          f"with threads or parts takes a larger share of a loaded machine). Rows {in_parts}: "
+          "the time is the slowest part's, CPU the parts' sum; their samples equal the "
+          "1-part run's (else NO).")
 
 
 if __name__ == "__main__":

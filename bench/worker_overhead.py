@@ -12,6 +12,11 @@ add well under 1 ms per task.
 Our pool runs twice with the forkserver, without and with the workers' sandbox
 ([workers] sandbox, sandbox.py), and the sandboxed figures are given as ratios to the
 unsandboxed ones. `--sandbox-only` leaves out spawn and ProcessPoolExecutor.
+
+First, what reading one reply costs the service (worker_results.py, which does not trust
+the worker) next to a plain `pickle.loads`, in this process: a no-op's reply, an image's
+fingerprint (two framings, 8 dihedral hashes each), and the extraction of a message with
+200 images (bytes left out, as extract_and_fingerprint returns it).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import argparse
 import asyncio
 import multiprocessing
 import os
+import pickle
 import platform
 import statistics
 import struct
@@ -30,8 +36,15 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from contextlib import contextmanager, suppress
 from typing import Any
 
-from mailfilter import sandbox
+from mailfilter import sandbox, worker_results
 from mailfilter.errors import WorkerFailure
+from mailfilter.model import (
+    Attachment,
+    ExactHashes,
+    Extraction,
+    FrameFingerprint,
+    ImageFingerprint,
+)
 from mailfilter.sandbox import Mode
 from mailfilter.workers import StartMethod, WorkerPool
 
@@ -167,6 +180,36 @@ def confine_cost(n: int = 30) -> float:
     return statistics.median(times)
 
 
+def reply_decoding(n: int = 2000) -> None:
+    """Reading one reply: worker_results.loads against pickle.loads (median of n each, in
+    turns so both see the same machine)."""
+    frame = FrameFingerprint(0, False, "a" * 64, 100, ("b" * 64,) * 8, "c" * 64, None,
+                             ("d" * 64,) * 8)
+    fingerprint = ImageFingerprint(ExactHashes("0" * 32, "1" * 40, "2" * 64), 640, 480, "JPEG",
+                                   (frame, frame), 1)
+    extraction = Extraction(tuple(
+        Attachment(f"2/photos.zip/{i}.jpg", f"{i}.jpg", "image/jpeg", b"", ("application/zip",))
+        for i in range(200)))
+    print("\nreading one reply: worker_results.loads / pickle.loads (median)")
+    for name, value in (("no-op", None), ("image fingerprint", fingerprint),
+                        ("extraction, 200 images", extraction)):
+        ours = worker_results.dumps((1, value))
+        plain = pickle.dumps((1, value), pickle.HIGHEST_PROTOCOL)
+        reps = max(20, n // 10) if value is extraction else n
+        a: list[float] = []
+        b: list[float] = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            worker_results.loads(ours)
+            a.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            pickle.loads(plain)
+            b.append(time.perf_counter() - t)
+        restricted, trusting = statistics.median(a), statistics.median(b)
+        print(f"  {name:<34}{restricted / trusting:6.1f}x   ({trusting * 1e6:8.1f} -> "
+              f"{restricted * 1e6:8.1f} µs, {len(ours)} bytes)")
+
+
 def bench_executor(processes: int, tasks: int, start_method: str) -> None:
     print(f"\nProcessPoolExecutor ({start_method}, {processes} workers)")
     ctx = multiprocessing.get_context(start_method)
@@ -199,6 +242,7 @@ def main() -> None:
           f"{args.tasks} tasks per measurement")
     with WorkerPool(1, memory_limit=0, sandbox="off"):  # the forkserver starts here, not
         pass  # inside the first measurement
+    reply_decoding()
     print(f"\nconfine() itself, in a fresh process: {confine_cost() * 1e6:.0f} µs (median)")
     off = bench_ours(args.processes, args.tasks, "forkserver", "off")
     on = bench_ours(args.processes, args.tasks, "forkserver", "auto")

@@ -16,10 +16,10 @@ import asyncio
 import contextlib
 import logging
 import signal
-import time
 from pathlib import Path
 from typing import Final
 
+from mailfilter.actions.next_hop_check import warn_if_unreachable
 from mailfilter.actions.quarantine import QuarantineStore
 from mailfilter.actions.relay import RelayPool, local_hostname
 from mailfilter.actions.report import ReportSender
@@ -110,6 +110,7 @@ class App:
                       "answered 451", extra={"fields": {"path": str(quarantine.root),
                                                         "error": str(exc)}})
         self.relay = RelayPool(s.smtp, local_hostname(s.smtp.hostname))
+        await warn_if_unreachable(s)
         # Reports of quarantined messages go out from the durable outbox in the
         # background; the handler wakes the sender after each quarantine write.
         self.reports = ReportSender(s, self.relay, self.metrics)
@@ -152,9 +153,11 @@ class App:
             index_entries=entries,
             index_version=lambda: self.live.version if self.live is not None else 0,
             index_stale=lambda: self.live is not None and self.live.stale,
-            # Milter only: no next hop carries mail, so it is not a readiness condition.
-            next_hop_last_ok=lambda: relay().stats.last_ok if relays else time.monotonic(),
+            next_hop_last_ok=lambda: relay().stats.last_ok,
             next_hop_probe=lambda: relay().probe(),
+            # Milter only: it carries report mail and releases, a warning (next_hop_check)
+            next_hop_carries_mail=relays,
+            next_hop=lambda: relay().settings.next_hop,
             connections=lambda: connections("smtp"),
             idle_next_hop=lambda: relay().idle,
             milter_connections=(lambda: connections("milter")) if "milter" in names
@@ -214,6 +217,8 @@ class App:
                 # The next hop of relayed mail and of report mail alike: applied here, not
                 # by a front end, so a milter-only instance follows a changed next_hop too.
                 self.relay.configure(new.smtp)
+                if new.smtp.next_hop != old.smtp.next_hop:
+                    await warn_if_unreachable(new)
             if self.handler is not None:
                 self.handler.reconfigure(new, self._scanner())
             for front_end in self.front_ends:

@@ -50,9 +50,10 @@ class TemporaryFailure(MailfilterError):
 
 
 class WorkerFailure(MailfilterError):
-    """A task in the worker pool did not return: the worker died (crash, memory limit) or
-    the task ran past its deadline. `reason` is `worker-crashed`, `memory-limit` or
-    `deadline`. For an image this makes the image unscannable; it never stops the server."""
+    """A task in the worker pool did not return: the worker died (crash, memory limit), the
+    task ran past its deadline, or the service refused the worker's reply. `reason` is
+    `worker-crashed`, `memory-limit`, `deadline` or `worker-result-refused`. For an image
+    this makes the image unscannable; it never stops the server."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)

@@ -23,7 +23,7 @@ from mailfilter.actions.records import QuarantineRecord
 from mailfilter.actions.report import report_steps
 from mailfilter.errors import TemporaryFailure
 from mailfilter.model import AttachmentKind, Envelope, Reply, ScanResult
-from mailfilter.policy import Action, decide, decide_error
+from mailfilter.policy import Action, ActionKind, decide, decide_error
 from mailfilter.scanner import Scanner, ScanTrace
 from mailfilter.settings import Settings
 
@@ -42,6 +42,12 @@ log = logging.getLogger("mailfilter.message")
 
 QUARANTINE_FULL: Final = Reply(451, "4.3.1", "Insufficient system storage, try again later")
 QUARANTINE_UNAVAILABLE: Final = Reply(451, "4.3.0", "Quarantine unavailable, try again later")
+# A milter passes nothing on: the MTA keeps the message, mailfilter accepts it.
+_MILTER_WORDS: Final = {ActionKind.RELAY: "accept", ActionKind.TAG: "accept-with-tag"}
+
+
+def _logged_action(front_end: str, kind: ActionKind) -> str:
+    return _MILTER_WORDS.get(kind, kind.value) if front_end == "milter" else kind.value
 
 
 @dataclass
@@ -183,8 +189,9 @@ class MessageHandler:
             "client_name": envelope.client_name,
             "helo": envelope.helo,
             "size": size,
-            "verdict": result.verdict.value if result is not None else None,
-            "action": outcome.action.kind.value,
+            # (no result: never scanned, e.g. too big or a failed scan; `reason` says why)
+            "verdict": result.verdict.value if result is not None else "unscanned",
+            "action": _logged_action(front_end, outcome.action.kind),
             "reason": outcome.action.reason,
             "reply": str(outcome.reply),
             "images": sum(1 for a in result.attachments if a.kind is AttachmentKind.IMAGE)

@@ -4,7 +4,9 @@
 `GET /healthz`  200 while the process runs;
 `GET /readyz`   200 when the hash index is loaded, the worker pool has live workers and the
                 next hop answered recently (or answers a TCP connect now); else 503 with the
-                reasons, one per line.
+                reasons, one per line. When the next hop carries only report mail and
+                releases (milter only), its absence is a `warning:` line under a 200
+                (actions/next_hop_check.py says why).
 
 The HTTP server is a small asyncio one on the service's event loop: three fixed paths, GET
 only, one request per connection.
@@ -55,6 +57,9 @@ class HealthSource:
     connections: Callable[[], int]
     idle_next_hop: Callable[[], int]
     milter_connections: Callable[[], int] | None = None  # None: no milter listener
+    # False (milter only): the next hop carries only report mail and releases
+    next_hop_carries_mail: bool = True
+    next_hop: Callable[[], str] = str
 
 
 class _StateCollector(Collector):
@@ -83,6 +88,7 @@ class _StateCollector(Collector):
             events.add_metric(["timeout"], stats.timeouts)
             events.add_metric(["restart"], stats.restarts)
             events.add_metric(["memory_limit"], stats.memory_limits)
+            events.add_metric(["result_refused"], stats.refused)
             yield events
             confined = GaugeMetricFamily(
                 "mailfilter_worker_sandbox",
@@ -171,10 +177,16 @@ class Metrics:
 
     async def readiness(self) -> list[str]:
         """Reasons for not being ready; empty: ready."""
+        return (await self.health())[0]
+
+    async def health(self) -> tuple[list[str], list[str]]:
+        """Reasons for not being ready (empty: ready), and warnings that do not make it
+        not ready."""
         s = self.source
         if s is None:
-            return ["starting"]
-        problems = []
+            return ["starting"], []
+        problems: list[str] = []
+        warnings: list[str] = []
         if not s.index_loaded():
             problems.append("hash lists not loaded")
         try:
@@ -185,8 +197,12 @@ class Metrics:
         last = s.next_hop_last_ok()
         recent = bool(last) and time.monotonic() - last < NEXT_HOP_RECENT
         if not recent and not await s.next_hop_probe():
-            problems.append("next hop not reachable")
-        return problems
+            if s.next_hop_carries_mail:
+                problems.append("next hop not reachable")
+            else:
+                warnings.append(f"warning: next hop {s.next_hop()} not reachable: report "
+                                "mail and releases wait")
+        return problems, warnings
 
 
 class MetricsServer:
@@ -230,12 +246,13 @@ class MetricsServer:
             elif path == "/healthz":
                 status, ctype, body = "200 OK", "text/plain", b"ok\n"
             elif path == "/readyz":
-                problems = await self.metrics.readiness()
+                problems, warnings = await self.metrics.health()
                 ctype = "text/plain"
                 if problems:
-                    status, body = "503 Service Unavailable", ("\n".join(problems) + "\n").encode()
+                    status = "503 Service Unavailable"
+                    body = ("\n".join(problems + warnings) + "\n").encode()
                 else:
-                    status, body = "200 OK", b"ready\n"
+                    status, body = "200 OK", ("\n".join(["ready", *warnings]) + "\n").encode()
             else:
                 status, ctype, body = "404 Not Found", "text/plain", b"not found\n"
             head = (f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"

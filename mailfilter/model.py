@@ -118,6 +118,9 @@ class Extraction:
     # Where readers disagree about the structure ("code at path"); every reading was scanned.
     ambiguities: tuple[str, ...] = ()
     files: tuple[FileEntry, ...] = ()
+    # The bytes of the files asked for by SHA-256 (`extract(..., keep=...)`: a CyberTipline
+    # upload of a matched file); empty in a scan, where only hashes travel.
+    kept_files: tuple[tuple[str, bytes], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,8 @@ __all__ = ["Action", "ActionKind", "decide", "decide_error", "failure_of", "head
 
 TRANSIENT_REASONS: Final = frozenset({
     "deadline", "worker-crashed", "extract-deadline", "extract-worker-crashed",
+    # a worker's reply refused as not from our code (workers.py): a crash, to the sender
+    "worker-result-refused", "extract-worker-result-refused",
 })
 """Skip/unscannable reasons that are failures of the filter, not properties of the message."""
 
@@ -75,6 +77,7 @@ _FAILURE_TEXT: Final = {
     "scan-timeout": "Scan timed out, try again later",
     "index-not-loaded": "Hash lists not loaded yet, try again later",
     "worker-crashed": "Scanner failed, try again later",
+    "worker-result-refused": "Scanner failed, try again later",
     "deadline": "Scan timed out, try again later",
 }
 

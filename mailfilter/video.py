@@ -59,6 +59,38 @@ decoded at all. The sampled frame for grid time t is the first decoded frame at 
 reported with its own timestamp (a skipped B-frame moves a sample a frame or two later);
 gating never changes which frame that is (checked on Meta's vectors and generated clips).
 
+Measured and not done (60 s 720p30 x264-default clip of bench/video_speed.py, CPU seconds,
+which load from other work moves far less than wall time; a one-thread full decode by the
+``ffmpeg`` CLI was 7.0-7.6 s of CPU on a loaded machine):
+
+- ``skip_loop_filter``: ``ffmpeg -threads 1 -skip_frame noref`` 4.46 s, with
+  ``-skip_loop_filter all`` 3.83 s (-14%). But with NONREF every frame that is decoded is a
+  reference: the sampled frames are predicted from the very frames it would apply to, so
+  their pixels would drift from the reference's; and PyAV sets it only when the decoder
+  opens, not per packet. ``skip_idct`` is read by FFmpeg's MPEG-1/2/4 part 2 macroblock
+  code only (not H.264/HEVC), and there only for what NONREF already skips.
+- ``skip_frame = NONKEY`` and decoding from the keyframe before each grid time (seek)
+  instead of on: with a keyframe every 250 or 600 frames a grid time deep in a group needs
+  every reference before it in that group, so a decode per sample repeats the group's
+  start for each; NONKEY would sample other frames than the grid's. With a keyframe a
+  second, GOP gating already decodes little more than the keyframes (bench: 0.2x).
+- Decoder threads: two frame threads cost no more CPU than one (10-minute clip in 2 parts:
+  48.5 s against 50.0 s of CPU for both parts; the CLI: 4.8-5.4 s against 4.6-4.9 s), and a
+  part that ends first leaves a core to the other, so parts decode with two threads too.
+  Three or four (so the decoder runs further ahead while Python hashes a sample): no
+  steady gain (60 s clip, 7 rounds on a shared machine: three threads faster in 3, slower
+  in 4; medians 5.0 s and 5.9 s with a spread of 3.6-7.9 s), for more memory per part.
+- Hashing the sampled frames on a thread beside the decoder: PyAV holds the GIL while it
+  decodes (two threads decoding at once used no more CPU per second than one), so Python
+  work cannot overlap the decode; the exact hashes can (hashlib lets go of the GIL over a
+  large buffer) and run beside it.
+
+Where the CPU goes then (the same clip, one thread): decoding the reference frames 3.9 s
+(964 of 1,800 frames), RGB conversion 0.35 s (5.8 ms a frame: swscale with
+``ACCURATE_RND``), PDQ with luma, preview and border trimming 0.6 s (10 ms a frame), the exact
+hashes 0.07 s. The reference frames alone are 0.52-0.6 of a full decode's CPU, so 0.5x of a
+one-thread full decode needs a second core: frame threads, and the scanner's parts.
+
 Frame conversion: vPDQ's reference converts each frame to RGB24 with swscale
 (``SWS_AREA``) at full size, with swscale's default (BT.601) coefficients whatever the
 stream says. The same conversion needs ``ACCURATE_RND`` here: the reference's build rounds as
@@ -94,8 +126,9 @@ from __future__ import annotations
 import io
 import itertools
 import math
+import threading
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,8 +180,9 @@ TRUNCATED = "truncated"
 #: Decoding stops at this share of `video.deadline` after the task began, so the frames so
 #: far are hashed and returned before the worker pool's own deadline ends the task.
 DEADLINE_SHARE = 0.85
-#: Decoder threads per video (frame or slice threads, as the codec allows). Two: the worker
-#: pool runs a worker per core, and two threads already hide most of a lone video's decode.
+#: Decoder threads per video or part (frame or slice threads, as the codec allows). Two: the
+#: worker pool runs a worker per core, two threads already hide most of a lone video's
+#: decode, and they cost no more CPU than one (module docstring), so parts keep them too.
 DECODE_THREADS = 2
 #: FFmpeg's probing reads at most this much of the file / this much stream time before the
 #: streams are known (its defaults are 5 MB and 5 s too; set so a change there cannot
@@ -779,7 +813,46 @@ def fingerprint_video(data: bytes, params: VideoParams, part: int = 0,
     if parts < 1 or not 0 <= part < parts:
         raise ValueError(f"part {part} of {parts}")
     started = time.monotonic()
-    exact = exact_hashes(data) if part == 0 else NOT_COMPUTED
+    # The exact hashes run on a thread of their own beside the decoder: hashlib lets go of
+    # the GIL over a large buffer, PyAV's decode does not (two threads decoding got no more
+    # CPU than one), so only such C work overlaps the decode. They are small (0.07 s of CPU
+    # of some 5 s for a 60 s 720p clip) but all on part 0: 0.72 s for the 227 MB 10-minute
+    # bench clip, which part 0 no longer spends before its first packet.
+    hashing = _ExactInBackground(data) if part == 0 else None
+    try:
+        return _fingerprint(data, params, part, parts, started,
+                            lambda: hashing.result() if hashing else NOT_COMPUTED)
+    finally:
+        if hashing is not None:
+            hashing.join()
+
+
+class _ExactInBackground(threading.Thread):
+    """`exact_hashes` of the bytes, computed on a thread started at once."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(name="exact-hashes", daemon=True)
+        self._data = data
+        self._found: ExactHashes | None = None
+        self._error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self._found = exact_hashes(self._data)
+        except BaseException as exc:  # (MemoryError under the worker's limit): re-raised
+            self._error = exc
+
+    def result(self) -> ExactHashes:
+        self.join()
+        if self._error is not None:
+            raise self._error
+        assert self._found is not None
+        return self._found
+
+
+def _fingerprint(data: bytes, params: VideoParams, part: int, parts: int, started: float,
+                 exact_of: Callable[[], ExactHashes]) -> VideoFingerprint:
     outcome = SamplingOutcome()
     sampled: list[SampledFrame] = []
     features: list[VpdqFeature] = []
@@ -795,7 +868,7 @@ def fingerprint_video(data: bytes, params: VideoParams, part: int = 0,
             outcome.incomplete, outcome.detail = exc.reason, exc.detail
         else:
             return VideoFingerprint(
-                exact=exact, container=info.container if info else "",
+                exact=exact_of(), container=info.container if info else "",
                 codec=info.codec if info else "", width=info.width if info else 0,
                 height=info.height if info else 0, duration=info.duration if info else 0.0,
                 decoded=outcome.decoded, skipped=exc.reason, detail=exc.detail,
@@ -803,7 +876,7 @@ def fingerprint_video(data: bytes, params: VideoParams, part: int = 0,
     info = outcome.stream
     assert info is not None  # set before the first frame
     return VideoFingerprint(
-        exact=exact, container=info.container, codec=info.codec, width=info.width,
+        exact=exact_of(), container=info.container, codec=info.codec, width=info.width,
         height=info.height, duration=round(info.duration or outcome.last_timestamp, 3),
         frames=tuple(sampled), vpdq=prune(features) if parts == 1 else tuple(features),
         decoded=outcome.decoded, incomplete=outcome.incomplete, detail=outcome.detail,

@@ -23,15 +23,21 @@ attributes, the worker's traceback as `__cause__`); `RemoteError` when that exce
 be pickled; `WorkerFailure("deadline")` when it ran past its deadline; `WorkerFailure(
 "memory-limit")` when it raised MemoryError under the address-space limit (that worker is
 replaced); `WorkerFailure("worker-crashed")` when the worker died under it (segfault,
-`os._exit`, killed from outside). A task is never run twice: it is only re-queued when its
+`os._exit`, killed from outside); `WorkerFailure("worker-result-refused")` when its reply was
+not what an honest worker sends (below; that worker is killed and replaced). A task is
+never run twice: it is only re-queued when its
 message provably never reached a worker (the write to its socket failed).
 
 Workers are confined (sandbox.py: Landlock and seccomp, where the kernel has them) once they
 have imported their decoders: they read only the Python installation and system libraries,
 write only the pool's scratch directory, cannot reach the quarantine, the store or the
-network. They still run as the service's user, and results come back as pickles: the pool
-contains crashes, runaway memory and time, and keeps a compromised decoder from the data,
-not from the service process itself.
+network. They still run as the service's user. Their replies are not trusted: a worker
+writes them with `worker_results.dumps` and the dispatcher reads them with
+`worker_results.loads`, which builds only plain data and the tasks' result types and calls
+nothing else (a pickle from a compromised decoder could otherwise run its code here). The
+dispatcher reads a reply as it comes, never waiting for the rest, and refuses one larger
+than `max_result_bytes` before reading it, one that does not unpickle so, and one nobody
+asked for; the log line says why, never what the reply held.
 """
 
 from __future__ import annotations
@@ -68,8 +74,9 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from mailfilter import sandbox
+from mailfilter import sandbox, worker_results
 from mailfilter.errors import WorkerFailure
+from mailfilter.worker_results import ResultRefused
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -136,6 +143,8 @@ _START_RETRY = 1.0
 _START_TIMEOUT = 60.0
 # close(): how long exiting workers get before they are killed.
 _EXIT_GRACE = 2.0
+# The largest reply read from a worker when it has no memory limit (with one, the limit).
+_DEFAULT_RESULT_MAX = 1 << 30
 
 # worker -> parent message tags
 _READY, _OK, _ERROR, _MEMORY = 0, 1, 2, 3
@@ -171,6 +180,7 @@ class PoolStats:
     memory_limits: int = 0  # tasks that hit the worker memory limit
     last_start_seconds: float = 0.0  # how long the latest worker took to become ready
     sandbox: tuple[str, ...] = ()  # what the latest ready worker is confined in (sandbox.py)
+    refused: int = 0  # replies refused (worker_results.py): those workers were killed
 
 
 # --- the worker side ---------------------------------------------------------------------
@@ -259,8 +269,7 @@ def _worker_main(
     # Tasks are read into one reused buffer: no fresh (page-faulting) allocation per task.
     buffer = bytearray(_RECV_BUFFER)
     try:
-        ready = (_READY, (os.getpid(), confined))
-        _send_frame(sock, pickle.dumps(ready, pickle.HIGHEST_PROTOCOL))
+        _send_frame(sock, worker_results.dumps((_READY, (os.getpid(), confined))))
         while True:
             got = sock.recv_into(buffer)  # the header, and all of a small task
             if not got:
@@ -308,8 +317,8 @@ def _run_one(buffer: bytearray, size: int, nbuffers: int) -> tuple[bytes, bool]:
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
         del args
-        try:
-            return pickle.dumps((_OK, result), pickle.HIGHEST_PROTOCOL), False
+        try:  # only as what the service accepts (worker_results.py)
+            return worker_results.dumps((_OK, result)), False
         except (MemoryError, RecursionError):
             raise
         except Exception as exc:
@@ -329,15 +338,15 @@ def _memory_reply() -> bytes:
         tb = traceback.format_exc()
     except MemoryError:
         tb = ""
-    return pickle.dumps((_MEMORY, tb), pickle.HIGHEST_PROTOCOL)
+    return worker_results.dumps((_MEMORY, tb))
 
 
 def _error_reply(exc: BaseException) -> bytes:
     tb = "".join(traceback.format_exception(exc))
     blob: bytes | None = None
     if isinstance(exc, Exception):  # never re-raise SystemExit & co. in the caller
-        try:
-            blob = pickle.dumps(exc, pickle.HIGHEST_PROTOCOL)
+        try:  # (an exception of a class the service does not accept comes back by name)
+            blob = worker_results.dumps(exc)
         except Exception as pickling_error:
             tb += f"\n(the exception could not be pickled: {pickling_error!r})\n"
     try:
@@ -345,13 +354,14 @@ def _error_reply(exc: BaseException) -> bytes:
     except Exception:
         text = "<str() failed>"
     name = f"{type(exc).__module__}.{type(exc).__qualname__}"
-    return pickle.dumps((_ERROR, (blob, name, text, tb)), pickle.HIGHEST_PROTOCOL)
+    return worker_results.dumps((_ERROR, (blob, name, text, tb)))
 
 
 # --- framing ---------------------------------------------------------------------------
 # parent -> worker: 12-byte header (size of the rest, number of out-of-band buffers), then the
 #   buffers' lengths (8 bytes each), the pickle of (fn, args, deadline), the buffers' bytes.
-# worker -> parent: 8-byte size, then the pickle of (tag, body).
+# worker -> parent: 8-byte size, then the pickle of (tag, body): worker_results.dumps, read
+#   by worker_results.loads (an exception in an _ERROR body is such a pickle of its own).
 
 _TASK_HEADER = struct.Struct("!QI")
 _REPLY_HEADER = struct.Struct("!Q")
@@ -381,26 +391,43 @@ def _recv_some(sock: socket.socket, view: memoryview) -> int:
     return n
 
 
-def _recv_reply(sock: socket.socket) -> memoryview:
-    """One reply's pickle. A worker has at most one message underway, so reading ahead is
-    safe: one system call for a small reply."""
-    data = sock.recv(_REPLY_READ)
-    if not data:
-        raise EOFError("worker closed its socket")
-    while len(data) < _REPLY_HEADER.size:
-        more = sock.recv(_REPLY_READ)
-        if not more:
-            raise EOFError("connection closed in the middle of a message")
-        data += more
-    end = _REPLY_HEADER.size + _REPLY_HEADER.unpack_from(data)[0]
-    if len(data) < end:
-        rest = bytearray(end - len(data))
-        with memoryview(rest) as view:
-            got = 0
-            while got < len(rest):
-                got += _recv_some(sock, view[got:])
-        data += rest
-    return memoryview(data)[_REPLY_HEADER.size:end]
+def _read_reply(worker: _Worker, limit: int) -> bytes | None:
+    """Reads what the worker's socket holds now, without waiting (the dispatcher thread must
+    never wait on a worker: one that sends half a reply and stops would stop the pool). The
+    reply's pickle once it is complete, else None. EOFError when the worker closed its
+    socket, BlockingIOError when nothing was there; ResultRefused for a size over `limit`
+    (before reading it) or bytes past the end of the reply (an honest worker sends one reply
+    and waits for its next task)."""
+    if worker.inbox is None:
+        data = worker.sock.recv(_REPLY_READ, socket.MSG_DONTWAIT)  # all of a small reply
+        if not data:
+            raise EOFError("worker closed its socket")
+        if worker.head:
+            data, worker.head = worker.head + data, b""
+        if len(data) < _REPLY_HEADER.size:
+            worker.head = data
+            return None
+        (size,) = _REPLY_HEADER.unpack_from(data)
+        if size > limit:
+            raise ResultRefused(f"a reply of {size} bytes, over the {limit}-byte limit")
+        end = _REPLY_HEADER.size + size
+        if len(data) > end:
+            raise ResultRefused("bytes after the end of its reply")
+        if len(data) == end:
+            return data[_REPLY_HEADER.size:]
+        worker.inbox = bytearray(size)
+        worker.inbox[:len(data) - _REPLY_HEADER.size] = data[_REPLY_HEADER.size:]
+        worker.inbox_got = len(data) - _REPLY_HEADER.size
+        return None
+    with memoryview(worker.inbox) as view:
+        got = worker.sock.recv_into(view[worker.inbox_got:], 0, socket.MSG_DONTWAIT)
+    if not got:
+        raise EOFError("connection closed in the middle of a reply")
+    worker.inbox_got += got
+    if worker.inbox_got < len(worker.inbox):
+        return None
+    body, worker.inbox = bytes(worker.inbox), None
+    return body
 
 
 def _task_parts(
@@ -441,9 +468,9 @@ _STARTING, _IDLE, _BUSY, _EXITING = "starting", "idle", "busy", "exiting"
 
 class _Worker:
     __slots__ = (
-        "deadline_at", "exit_reason", "exited", "process", "sending", "sentinel",
-        "sentinel_registered", "sock", "sock_registered", "spawned_at", "state", "task",
-        "tasks_done",
+        "deadline_at", "exit_reason", "exited", "head", "inbox", "inbox_got", "process",
+        "sending", "sentinel", "sentinel_registered", "sock", "sock_registered", "spawned_at",
+        "state", "task", "tasks_done",
     )
 
     def __init__(self, process: BaseProcess, sock: socket.socket) -> None:
@@ -462,6 +489,11 @@ class _Worker:
         self.exit_reason: str | None = None
         self.sock_registered = False
         self.sentinel_registered = False
+        # a reply being read (_read_reply): the first bytes while fewer than its header, then
+        # the pickle's buffer and how much of it has come
+        self.head = b""
+        self.inbox: bytearray | None = None
+        self.inbox_got = 0
 
 
 def default_processes() -> int:
@@ -544,17 +576,40 @@ def _describe_exit(exitcode: int | None) -> str:
     return f"exited with status {exitcode}"
 
 
+def _decode_reply(data: bytes) -> tuple[int, Any]:
+    """A worker's reply read without trusting it (worker_results.py): (tag, what it says),
+    the exception of an _ERROR reply rebuilt. ResultRefused for anything an honest worker
+    does not send."""
+    reply = worker_results.loads(data)
+    if type(reply) is not tuple or len(reply) != 2 or type(reply[0]) is not int:
+        raise ResultRefused("not a reply")
+    tag, body = reply
+    if tag == _OK:
+        return tag, body
+    if tag == _ERROR and _is_error_body(body):
+        return tag, _rebuild_exception(body)
+    if tag == _MEMORY and type(body) is str:
+        return tag, body
+    if (tag == _READY and type(body) is tuple and len(body) == 2 and type(body[1]) is tuple
+            and all(type(p) is str for p in body[1])):
+        return tag, body
+    raise ResultRefused("not a reply")
+
+
+def _is_error_body(body: object) -> bool:
+    return (type(body) is tuple and len(body) == 4 and (body[0] is None or type(body[0]) is bytes)
+            and all(type(part) is str for part in body[1:]))
+
+
 def _rebuild_exception(body: tuple[bytes | None, str, str, str]) -> BaseException:
     blob, name, text, tb = body
     exc: BaseException | None = None
     if blob is not None:
-        try:
-            loaded = pickle.loads(blob)
-        except Exception as exc_loading:
-            tb += f"\n(the exception could not be unpickled here: {exc_loading!r})\n"
-        else:
-            if isinstance(loaded, BaseException):
-                exc = loaded
+        # ResultRefused propagates: the worker pickled the exception itself (dumps), so an
+        # honest one never sends what loads refuses.
+        exc = worker_results.loads(blob)
+        if not isinstance(exc, Exception):
+            raise ResultRefused("an error reply without an exception")
     if exc is None:
         exc = RemoteError(f"{name}: {text}" if text else name)
     exc.__cause__ = _RemoteTraceback(tb)
@@ -581,7 +636,9 @@ class WorkerPool:
     (module-level) runs once in each worker before its first task. `sandbox` (sandbox.py):
     "auto" confines the workers as far as the kernel can, "require" raises
     SandboxUnavailable here when it cannot confine their files and network; `protect` are
-    paths the workers must never reach (the quarantine, the store).
+    paths the workers must never reach (the quarantine, the store). A reply larger than
+    `max_result_bytes` is refused unread (0: the memory limit, which no reply a worker
+    holds can exceed; 1 GiB without one).
 
     Thread-safe. Workers start in the background; `submit` never waits for them.
     """
@@ -596,13 +653,16 @@ class WorkerPool:
         start_method: StartMethod | None = None,
         sandbox: sandbox.Mode = "auto",
         protect: Iterable[str | os.PathLike[str]] = (),
+        max_result_bytes: int = 0,
     ) -> None:
         if processes < 0:
             raise ValueError("processes must be 0 (one per CPU) or more")
-        if memory_limit < 0 or max_tasks_per_worker < 0:
-            raise ValueError("memory_limit and max_tasks_per_worker must be 0 or more")
+        if memory_limit < 0 or max_tasks_per_worker < 0 or max_result_bytes < 0:
+            raise ValueError("memory_limit, max_tasks_per_worker and max_result_bytes must be "
+                             "0 or more")
         self._processes = processes or default_processes()
         self._memory_limit = memory_limit
+        self._max_result = max_result_bytes or memory_limit or _DEFAULT_RESULT_MAX
         self._max_tasks = max_tasks_per_worker
         self._initializer = initializer
         self._ctx = _context(start_method)
@@ -625,6 +685,7 @@ class WorkerPool:
         self._timeouts = 0
         self._restarts = 0
         self._memory_limits = 0
+        self._refused = 0
         self._last_start = 0.0
         self._start_failures = 0  # consecutive workers that died before becoming ready
         self._start_retry_at = 0.0
@@ -749,6 +810,7 @@ class WorkerPool:
                 memory_limits=self._memory_limits,
                 last_start_seconds=self._last_start,
                 sandbox=self._confined,
+                refused=self._refused,
             )
 
     def wait_ready(self, timeout: float | None = None) -> bool:
@@ -982,50 +1044,66 @@ class WorkerPool:
 
     def _on_message(self, worker: _Worker) -> None:
         try:
-            data = _recv_reply(worker.sock)
+            data = _read_reply(worker, self._max_result)
+            if data is None:
+                return  # more to come
+            tag, body = _decode_reply(data)
+        except BlockingIOError:
+            return
         except (EOFError, OSError):
             # The worker is gone; its sentinel says how, and that is where it is handled.
             self._unregister_sock(worker)
             return
-        try:
-            tag, body = pickle.loads(data)
-        except Exception as exc:
-            tag, body = _ERROR, (None, "result", f"could not be unpickled here: {exc!r}", "")
+        except ResultRefused as exc:
+            self._refuse(worker, str(exc))
+            return
         del data
         task: _Task | None = None
         recycle = False
         with self._lock:
-            if tag == _READY:
-                self._confined = body[1]
-                if worker.state == _STARTING and not worker.exited:
-                    worker.state = _IDLE
-                    self._idle.append(worker)
-                    self._start_failures = 0
-                    self._start_retry_at = 0.0
-                    self._last_start = time.monotonic() - worker.spawned_at
-                    self._changed.notify_all()
-                return
-            if worker.task is None or worker.state != _BUSY:
+            if worker.state == _EXITING:
                 return  # it ran past its deadline or the pool is closing: already answered
-            task, worker.task = worker.task, None
-            if worker.sending is task:
-                worker.sending = None  # the worker read it all, so the write is over
-            if tag == _MEMORY:
-                self._memory_limits += 1
-                worker.state = _EXITING
-                worker.exit_reason = "memory-limit"  # it exits by itself
-            else:
-                self._completed += 1
-                worker.tasks_done += 1
-                if self._max_tasks and worker.tasks_done >= self._max_tasks:
-                    worker.state = _EXITING
-                    worker.exit_reason = "recycled"
-                    recycle = True
-                elif worker.exited:  # read while reaping it: it is dead already
-                    worker.state = _EXITING
+            if tag == _READY:
+                if worker.state != _STARTING:
+                    unasked = "a second ready message"
                 else:
-                    worker.state = _IDLE
-                    self._idle.append(worker)
+                    self._confined = body[1]
+                    if not worker.exited:
+                        worker.state = _IDLE
+                        self._idle.append(worker)
+                        self._start_failures = 0
+                        self._start_retry_at = 0.0
+                        self._last_start = time.monotonic() - worker.spawned_at
+                        self._changed.notify_all()
+                    return
+            elif worker.state != _BUSY:
+                unasked = f"a reply while {worker.state}"
+            else:
+                unasked = ""
+                assert worker.task is not None  # (busy means it has one)
+                task, worker.task = worker.task, None
+                if worker.sending is task:
+                    worker.sending = None  # the worker read it all, so the write is over
+                if tag == _MEMORY:
+                    self._memory_limits += 1
+                    worker.state = _EXITING
+                    worker.exit_reason = "memory-limit"  # it exits by itself
+                else:
+                    self._completed += 1
+                    worker.tasks_done += 1
+                    if self._max_tasks and worker.tasks_done >= self._max_tasks:
+                        worker.state = _EXITING
+                        worker.exit_reason = "recycled"
+                        recycle = True
+                    elif worker.exited:  # read while reaping it: it is dead already
+                        worker.state = _EXITING
+                    else:
+                        worker.state = _IDLE
+                        self._idle.append(worker)
+        if unasked:
+            self._refuse(worker, unasked)
+            return
+        assert task is not None
         if recycle:
             self._close_sock(worker)
         if tag == _OK:
@@ -1036,7 +1114,35 @@ class WorkerPool:
                 f"the task ran out of memory under the {self._memory_limit}-byte limit",
             ), failed=True)
         else:
-            _resolve(task.future, _rebuild_exception(body), failed=True)
+            _resolve(task.future, body, failed=True)
+
+    def _refuse(self, worker: _Worker, why: str) -> None:
+        """The worker sent what an honest one does not (a reply worker_results refuses, one
+        too large, one nobody asked for): it is taken to run someone else's code now. Its
+        task fails `worker-result-refused`, nothing more is read from it, it is killed and
+        (by _keep_workers, once reaped) replaced. `why` never quotes the reply."""
+        failed: list[tuple[_Task, str]] = []
+        task: _Task | None = None
+        with self._lock:
+            if worker.state != _EXITING:
+                if worker.state == _STARTING:
+                    failed = self._note_start_failure(f"a new worker's reply refused: {why}")
+                elif worker.state == _BUSY:
+                    task, worker.task = worker.task, None
+                if worker in self._idle:
+                    self._idle.remove(worker)
+                worker.state = _EXITING
+                worker.exit_reason = "result-refused"
+            self._refused += 1
+        worker.inbox = None
+        self._unregister_sock(worker)
+        self._kill(worker)
+        log.warning("worker %s: reply refused (%s); the worker is killed and replaced%s",
+                    worker.process.pid, why, " (its task fails)" if task else "")
+        self._fail(failed)
+        if task is not None:
+            self._fail([(task, f"worker {worker.process.pid}: {why}")],
+                       "worker-result-refused")
 
     def _on_exit(self, worker: _Worker) -> None:
         with self._lock:

@@ -98,3 +98,27 @@ def test_quarantine_commands_on_an_empty_quarantine(tmp_path: Path) -> None:
     out = run("quarantine", "show", "--config", str(config), "../../etc/passwd")
     assert out.returncode == 2 and "not a quarantine id" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_one_entry_is_one_entry(tmp_path: Path) -> None:
+    """`quarantine list` and `purge` count in English (issue 18: "1 entries")."""
+    import time
+
+    from mailfilter.actions.quarantine import QuarantineStore, build_record, new_id
+    from mailfilter.model import Envelope
+    from mailfilter.settings import QuarantineSettings
+
+    store = QuarantineStore(QuarantineSettings(path=tmp_path / "quarantine"))
+    received = time.time() - 400 * 86400
+    entry_id = new_id(received)
+    store.write(entry_id, b"old\r\n", build_record(
+        entry_id=entry_id, received=received, envelope=Envelope("a@example.org", ("b@x.net",)),
+        result=None, action="quarantine", reason="unscannable", policy={}, size=5),
+        received, ())
+    config = tmp_path / "mailfilter.toml"
+    config.write_text(f'[quarantine]\npath = "{tmp_path / "quarantine"}"\n'
+                      f'[store]\npath = "{tmp_path / "store"}"\n')
+    out = run("quarantine", "list", "--config", str(config))
+    assert out.stdout.splitlines()[-1] == "1 entry (0 on legal hold, 0 with reports pending)"
+    out = run("quarantine", "purge", "--dry-run", "--config", str(config))
+    assert "would purge 1 entry received before" in out.stdout, out.stdout + out.stderr

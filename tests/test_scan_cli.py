@@ -14,6 +14,17 @@ from pathlib import Path
 import pytest
 from factories import jpeg, message, message_bytes, png
 
+from mailfilter.actions.report.text import distance_text
+from mailfilter.cli.scan import ScanSummary, scan_text
+from mailfilter.model import (
+    AttachmentResult,
+    ExactHashes,
+    ImageFingerprint,
+    Match,
+    ScanResult,
+    Verdict,
+)
+
 KNOWN = jpeg(42)
 
 
@@ -73,7 +84,7 @@ def test_scan_clean_exits_0_and_prints_a_summary(tmp_path: Path, mbox_path: Path
     hashes.write_text("0" * 31 + "1\n")
     out = run("scan", "--hashes", str(hashes), "--hashes-format", "md5", str(mbox_path))
     assert out.returncode == 0, out.stderr
-    assert "4 messages, 3 images, 1 other files, 0 matched" in out.stdout
+    assert "4 messages, 3 images, 1 other file, 0 matched" in out.stdout
 
 
 def test_scan_exact_hash_list_matches(tmp_path: Path) -> None:
@@ -123,3 +134,35 @@ def test_scan_against_the_redis_store(tmp_path: Path, mbox_path: Path, redis_url
     lists = {m["list"] for line in out.stdout.splitlines()
              for a in json.loads(line)["attachments"] for m in a["matches"]}
     assert lists == {"stand-ins"}
+
+
+# --- wording (issue 18: "1 entries", "0 messages/s", 8.60233 here and 8.6 in `show`) ------
+
+
+def _one_match(distance: float) -> ScanResult:
+    fp = ImageFingerprint(exact=ExactHashes("0" * 32, "0" * 40, "0" * 64))
+    hit = AttachmentResult(mime_path="2", filename="x.jpg", content_type="image/jpeg",
+                           fingerprint=fp, matches=(Match("known", "gridhist", distance),))
+    return ScanResult(source="m.eml", message_id=None, verdict=Verdict.MATCH,
+                      attachments=(hit,))
+
+
+def test_a_distance_reads_as_in_quarantine_show() -> None:
+    for distance in (8.60233, 0.0, 12.0):
+        text = scan_text(_one_match(distance))
+        assert f"at distance {distance_text(distance)}\n" in text + "\n", text
+    assert "at distance 8.6\n" in scan_text(_one_match(8.60233)) + "\n"
+    assert "at distance 0\n" in scan_text(_one_match(0.0)) + "\n"
+    assert "m.eml: match (1 image, 0 other files)" in scan_text(_one_match(1.0))
+
+
+def test_summary_counts_and_rate_read_as_english() -> None:
+    summary = ScanSummary(messages=1, images=1, files=1, matches=1)
+    summary.started -= 2.6  # one message in 2.6 s
+    line = summary.line()
+    assert line.startswith("1 message, 1 image, 1 other file, 1 matched, 0 unscannable, "
+                           "0 errors, 2.6 s (0.38 messages/s)"), line
+    summary = ScanSummary(messages=300, images=2)
+    summary.started -= 2.0
+    assert "300 messages, 2 images, 0 other files" in summary.line()
+    assert "(150 messages/s)" in summary.line()

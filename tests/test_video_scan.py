@@ -130,6 +130,29 @@ def test_a_video_split_over_the_workers_gives_the_same_fingerprint(
     assert split.exact == whole.exact and split.incomplete is None
 
 
+@pytest.mark.parametrize("parts", [1, 2])
+def test_a_video_past_its_budget_is_unscannable_never_clean(
+        pool: WorkerPool, monkeypatch: pytest.MonkeyPatch, parts: int) -> None:
+    """A video sampled only in part ([video] max_frames here: the deadline, pixels and
+    frame-rate limits end the same way) is reported as not scanned with the reason, whole
+    or split over the workers, never clean."""
+    import mailfilter.scanner as scanner_module
+
+    video = encode(scene_frames(8, FPS, W, H, seed=61), "h264.mp4", FPS)
+    if parts > 1:
+        monkeypatch.setattr(scanner_module, "VIDEO_PART_BYTES", len(video) // 2 + 1)
+    settings = SETTINGS.model_copy(
+        update={"video": SETTINGS.video.model_copy(update={"max_frames": 2})})
+    scanner = Scanner(settings, pool, lambda: photo_list())
+    raw = message_bytes(message(attachments=[("v.mp4", "video/mp4", video)]))
+    result = asyncio.run(scanner.scan(raw, "test"))
+    assert result.verdict is Verdict.UNSCANNABLE
+    [video_result] = result.attachments
+    assert video_result.fingerprint.incomplete == "frames-past-limit"
+    assert 0 < len(video_result.fingerprint.frame_times) < 8
+    assert [u.reason for u in result.unscannable] == ["frames-past-limit"]
+
+
 def test_merging_parts() -> None:
     from mailfilter.fingerprint import merge_video_parts
     from mailfilter.model import ExactHashes, FrameFingerprint, ImageFingerprint

@@ -225,3 +225,62 @@ def extract_message(raw: bytes) -> object:
     from mailfilter.settings import ExtractSettings
 
     return extract(raw, ExtractSettings())
+
+
+# --- a worker that no longer runs our code (tests/test_worker_results.py) ----------------
+# A decoder exploited by an attachment can write anything to the worker's socket: these
+# tasks do, as such a worker would, bypassing the honest reply.
+
+
+class RunsCodeWhenUnpickled:
+    """What a compromised worker would send: unpickling it calls `fn(*args)` (in these
+    tests: creating a marker file, nothing harmful)."""
+
+    def __init__(self, fn: object, *args: object) -> None:
+        self.fn, self.args = fn, args
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        return self.fn, self.args
+
+
+def _reply_socket() -> object:
+    """The worker's socket to the service, found the way injected code would find it."""
+    frame = sys._getframe()
+    while frame is not None and frame.f_code.co_name != "_worker_main":
+        frame = frame.f_back  # type: ignore[assignment]
+    assert frame is not None, "not running in a pool worker"
+    return frame.f_locals["sock"]
+
+
+def write_raw(data: bytes, then_sleep: float = 10.0) -> None:
+    """Writes `data` to the service as it is (no framing of ours), then waits to be killed."""
+    _reply_socket().sendall(data)  # type: ignore[attr-defined]
+    time.sleep(then_sleep)
+
+
+def write_reply(payload: bytes, then_sleep: float = 10.0) -> None:
+    """Writes `payload` framed as a reply (8-byte size, then the bytes)."""
+    import struct
+
+    write_raw(struct.pack("!Q", len(payload)) + payload, then_sleep)
+
+
+def return_runs_code(marker: str) -> object:
+    """An honest worker asked to return such an object: refused on this side already."""
+    return RunsCodeWhenUnpickled(open, marker, "w")
+
+
+def raise_with_runs_code(marker: str) -> None:
+    exc = ValueError("carries an object that runs code")
+    exc.payload = RunsCodeWhenUnpickled(open, marker, "w")  # type: ignore[attr-defined]
+    raise exc
+
+
+def return_bytes(size: int) -> bytes:
+    return b"x" * size
+
+
+def raise_with_note() -> None:
+    exc = KeyError("k")
+    exc.add_note("a note")
+    raise exc

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mailfilter.actions.deliver import Delivery, deliver, release_params, released_message
+from mailfilter.actions.preservation import preserved_until, report_id_of, submission_time
 from mailfilter.actions.quarantine import QuarantineStore, StoredEntry, is_entry_id
 from mailfilter.actions.quarantine_index import IndexUnavailable, QuarantineIndex, open_index
 from mailfilter.actions.records import (
@@ -35,8 +36,8 @@ from mailfilter.actions.report.document import report_document, report_json
 from mailfilter.actions.report.text import printable
 from mailfilter.settings import Settings
 
-__all__ = ["JobState", "NotHere", "PurgeResult", "QuarantineService", "Refused",
-           "ReleaseResult"]
+__all__ = ["JobState", "KeptReported", "NotHere", "PurgeResult", "QuarantineService",
+           "Refused", "ReleaseResult"]
 
 LEFTOVER_AGE = 3600.0  # unfinished writes older than this are removed by purge
 
@@ -96,6 +97,7 @@ class PurgeResult:
     kept_on_hold: tuple[str, ...]
     kept_report_pending: tuple[str, ...]
     leftovers: tuple[Path, ...]
+    kept_reported: tuple[KeptReported, ...] = ()
 
     def to_json(self) -> JsonObject:
         """`quarantine purge --json` (and the audit line's details)."""
@@ -103,7 +105,23 @@ class PurgeResult:
                 "cutoff": self.cutoff, "purged": [e.id for e in self.purged],
                 "kept_on_hold": list(self.kept_on_hold),
                 "kept_report_pending": list(self.kept_report_pending),
+                "kept_reported": [k.to_json() for k in self.kept_reported],
                 "leftovers": [str(p) for p in self.leftovers]}
+
+
+@dataclass(frozen=True, slots=True)
+class KeptReported:
+    """An entry past its retention kept because it was reported to the CyberTipline:
+    preserved until the later of receipt + retention_days and submission + 365 days."""
+
+    id: str
+    report_id: int | None  # None: the outcome of /submit is unknown
+    submitted: str
+    until: str
+
+    def to_json(self) -> JsonObject:
+        return {"id": self.id, "report_id": self.report_id, "submitted": self.submitted,
+                "until": self.until}
 
 
 class QuarantineService:
@@ -274,12 +292,17 @@ class QuarantineService:
 
     def delete(self, entry: StoredEntry, actor: str, confirm: Callable[[str], None]) -> bool:
         """Delete the message (the record stays until purged); False if it already was.
-        Refused for an entry on legal hold."""
+        Refused for an entry on legal hold or preserved for its CyberTipline report."""
         store = self.store
         if entry.record.legal_hold:
             store.audit(actor, "delete", entry.id, "refused: legal hold")
             raise Refused(f"{entry.id} is on legal hold: it cannot be deleted (unhold it first "
                           "if the hold has ended)")
+        until = preserved_until(entry.record, store.retention_days)
+        if until is not None and until > time.time():
+            store.audit(actor, "delete", entry.id, "refused: reported to the CyberTipline")
+            raise Refused(f"{entry.id} was reported to the CyberTipline: it is preserved until "
+                          f"{iso_time(until)} and cannot be deleted before")
         if not entry.has_message:
             store.audit(actor, "delete", entry.id, "ok: already deleted")
             return False
@@ -306,37 +329,47 @@ class QuarantineService:
         return True
 
     def purge(self, actor: str, dry_run: bool, step: Callable[[], None] = _nothing,
-              finished: Callable[[], None] = _nothing) -> PurgeResult:
+              finished: Callable[[], None] = _nothing, now: float | None = None
+              ) -> PurgeResult:
         """Remove entries received more than retention_days ago, except those on legal
-        hold and those whose report still waits in the outbox, and files of writes that
-        never finished (LEFTOVER_AGE old)."""
+        hold, those whose report still waits in the outbox and those reported to the
+        CyberTipline less than 365 days ago (preservation.py), and files of writes that
+        never finished (LEFTOVER_AGE old). `now`: the time to purge as of (tests)."""
         store = self.store
-        now = time.time()
+        now = time.time() if now is None else now
         cutoff = now - store.retention_days * 86400
         pending = store.pending_entry_ids()
         expired: list[StoredEntry] = []
         held: list[str] = []
         waiting: list[str] = []
+        reported: list[KeptReported] = []
         for entry in store.entries():
             step()
             received = entry.record.received_ts
             if float(received if received else now) >= cutoff:
                 continue
+            until = preserved_until(entry.record, store.retention_days)
             if entry.record.legal_hold:
                 held.append(entry.id)
             elif entry.id in pending:
                 waiting.append(entry.id)
+            elif until is not None and until > now:
+                submitted = submission_time(entry.record)
+                assert submitted is not None
+                reported.append(KeptReported(entry.id, report_id_of(entry.record),
+                                             iso_time(submitted), iso_time(until)))
             else:
                 expired.append(entry)
         finished()
-        leftovers = store.leftovers(now - LEFTOVER_AGE)
+        # File ages are on the real clock, whatever `now` the entries are judged by.
+        leftovers = store.leftovers(time.time() - LEFTOVER_AGE)
         if not dry_run:
             for entry in expired:
                 store.remove(entry)
             for path in leftovers:
                 path.unlink(missing_ok=True)
         result = PurgeResult(dry_run, store.retention_days, iso_time(cutoff), tuple(expired),
-                             tuple(held), tuple(waiting), tuple(leftovers))
+                             tuple(held), tuple(waiting), tuple(leftovers), tuple(reported))
         if expired and not dry_run:
             index = self._index()
             if index is not None:

@@ -389,6 +389,10 @@ class QuarantineRecord(JsonRecord):
     status: str = "quarantined"
     history: tuple[HistoryEvent, ...] = ()
     front_end: str | None = None
+    # The CyberTipline report's step journal (`cybertip.journal.Journal.to_dict()`), from
+    # the first `quarantine submit` on: NCMEC's report id and file ids, each step as it
+    # went, so that a resumed submission never files a second report.
+    cybertip: Mapping[str, Any] | None = None
     kept: Kept = field(default=NEW, compare=False, repr=False)
 
     _FIELDS = (
@@ -403,10 +407,18 @@ class QuarantineRecord(JsonRecord):
         ("action", "action", _opt_str), ("reason", "reason", _opt_str),
         ("policy", "policy", _object), ("legal_hold", "legal_hold", _bool),
         ("status", "status", _str), ("history", "history", _history),
-        ("front_end", "front_end", _opt_str),
+        ("front_end", "front_end", _opt_str), ("cybertip", "cybertip", _object),
     )
     _ALWAYS = ("legal_hold", "host", "status", "history")
-    _OMIT_NONE = frozenset({"front_end"})
+    _OMIT_NONE = frozenset({"front_end", "cybertip"})
+
+    def to_json(self) -> JsonObject:
+        out = JsonRecord.to_json(self)
+        # A record read from disk gains the journal when it is first submitted (the keys
+        # it was read with do not have it yet); records never submitted stay as they were.
+        if self.cybertip is not None and "cybertip" not in out:
+            out["cybertip"] = _plain(self.cybertip)
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Self:

@@ -34,6 +34,17 @@ config_option = click.option(
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON.")
 
 
+def counted(n: int, noun: str, plural: str = "") -> str:
+    """`1 message`, `2 messages`; `plural` when it is not noun + s (entry, entries)."""
+    return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
+
+
+def rate_text(per_second: float) -> str:
+    """A rate for people: whole numbers from 10 up, two significant digits below (a short
+    run is 0.38/s, not 0/s)."""
+    return f"{per_second:.0f}" if per_second >= 10 else f"{per_second:.2g}"
+
+
 def fail(message: str) -> NoReturn:
     """Each line of `message` on stderr as `mailfilter: LINE`, then exit 2."""
     for line in message.splitlines() or [""]:

@@ -40,6 +40,7 @@ from typing import Any, Final
 
 import click
 
+from mailfilter.actions.report.text import distance_text
 from mailfilter.cli.command_line import fail, json_option
 
 __all__ = ["demo", "run_demo", "stand_in_image"]
@@ -472,7 +473,7 @@ def demo_text(result: DemoResult) -> str:
                   f"  quarantine id: {match['quarantine_id'] or '-'}"]
         for m in match["matches"]:
             lines.append(f"    match: list {m['list']!r} {m['algorithm']} distance "
-                         f"{m['distance']:.0f} labels {','.join(m['labels'] or [])}")
+                         f"{distance_text(m['distance'])} labels {','.join(m['labels'] or [])}")
         record = match.get("record")
         if record:
             sender = (record.get("envelope") or {}).get("mail_from")

@@ -7,6 +7,7 @@
     hold     put an entry on legal hold (purge and delete leave it alone); unhold
     purge    remove entries older than quarantine.retention_days, except held ones
     report   the entry's report as JSON or as a CyberTipline-shaped XML draft
+    submit   file the entry's CyberTipline report with NCMEC (resumable, idempotent)
     export   write the raw message to a file (0600)
     reindex  rebuild this instance's part of the shared quarantine index
 
@@ -33,11 +34,18 @@ import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Literal, NoReturn
 
 import click
 
+from mailfilter.actions.cybertip_submit import (
+    already,
+    check_reportable,
+    cybertip_line,
+    submit_entry,
+)
 from mailfilter.actions.deliver import valid_actor
+from mailfilter.actions.preservation import report_id_of
 from mailfilter.actions.quarantine import STATUSES, StoredEntry
 from mailfilter.actions.quarantine_service import (
     JobState,
@@ -51,6 +59,7 @@ from mailfilter.cli.command_line import (
     EXIT_ERROR,
     EXIT_OK,
     config_option,
+    counted,
     fail,
     handles_errors,
     json_option,
@@ -296,8 +305,8 @@ def list_command(config_path: Path | None, as_json: bool, since: str | None,
             click.echo(line)
     held_count = sum(1 for s in rows if s.legal_hold)
     pending = sum(1 for s in rows if s.report_pending)
-    click.echo(f"{len(rows)} entries ({held_count} on legal hold, {pending} with reports "
-               "pending)")
+    click.echo(f"{counted(len(rows), 'entry', 'entries')} ({held_count} on legal hold, "
+               f"{pending} with reports pending)")
 
 
 # --- show -----------------------------------------------------------------------------------
@@ -327,6 +336,9 @@ def show_text(entry: StoredEntry, jobs: Sequence[JobState]) -> list[str]:
         f"  verdict     {r.verdict}: {r.action} ({r.reason}; policy "
         + ", ".join(f"{k} = {v}" for k, v in r.policy.items()) + ")",
     ]
+    tip = cybertip_line(r)
+    if tip is not None:
+        lines.append(f"  cybertip    {p(tip)}")
     for job in jobs:
         state = f"pending: {', '.join(job.waiting)}"
         if job.attempts:
@@ -358,6 +370,7 @@ def show_command(config_path: Path | None, as_json: bool, by: str | None,
     if as_json:
         click.echo(json.dumps({**entry.record.to_json(), "message_held": entry.has_message,
                                "report_pending": bool(jobs),
+                               "cybertip_report_id": report_id_of(entry.record),
                                "outbox": [j.to_json() for j in jobs]},
                               ensure_ascii=False))
     else:
@@ -390,6 +403,11 @@ def release_command(config_path: Path | None, by: str | None, yes: bool, force: 
     if done.delivery.delivered:
         click.echo(f"released {done.entry.id} to {', '.join(done.delivery.accepted)} "
                    f"({done.reply})")
+        record = done.entry.record
+        if record.front_end == "milter" and record.queue_id:
+            # The MTA's copy is still on hold (SMFIR_QUARANTINE): docs/milter.md
+            click.echo(f"Postfix still holds its own copy: delete it with `postsuper -d "
+                       f"{printable(record.queue_id)} hold` (never release it too)", err=True)
     for addr, why in done.refused.items():
         click.echo(f"not released to {addr}: {why}", err=True)
     if not done.delivery.delivered and done.delivery.reply is not None:
@@ -469,8 +487,9 @@ def unhold_command(config_path: Path | None, by: str | None, reason: str | None,
 def purge_command(config_path: Path | None, as_json: bool, by: str | None,
                   dry_run: bool) -> None:
     """Remove entries received more than quarantine.retention_days ago, except those on
-    legal hold and those whose report is still waiting in the outbox; also remove files
-    of writes that never finished (an hour old or more)."""
+    legal hold, those whose report is still waiting in the outbox and those reported to
+    the CyberTipline (kept until submission + 365 days); also remove files of writes that
+    never finished (an hour old or more)."""
     service = _open(config_path)
     actor = _actor(by)
     progress = _Progress("reading entries")
@@ -481,11 +500,77 @@ def purge_command(config_path: Path | None, as_json: bool, by: str | None,
     verb = "would purge" if dry_run else "purged"
     for entry in done.purged:
         click.echo(f"{verb} {entry.id} (received {entry.record.received_at})")
-    click.echo(f"{verb} {len(done.purged)} entries received before {done.cutoff} "
+    for kept in done.kept_reported:
+        report = (f"CyberTipline report {kept.report_id}" if kept.report_id is not None
+                  else "a CyberTipline report whose outcome is unknown")
+        click.echo(f"kept {kept.id}: {report} submitted {kept.submitted}, preserved until "
+                   f"{kept.until}")
+    click.echo(f"{verb} {counted(len(done.purged), 'entry', 'entries')} received before "
+               f"{done.cutoff} "
                f"(retention {done.retention_days} days); kept {len(done.kept_on_hold)} on "
-               f"legal hold, {len(done.kept_report_pending)} with reports pending; "
+               f"legal hold, {len(done.kept_report_pending)} with reports pending, "
+               f"{len(done.kept_reported)} reported to the CyberTipline; "
                f"{'would remove' if dry_run else 'removed'} {len(done.leftovers)} leftover "
                "files")
+
+
+# --- submit -----------------------------------------------------------------------------------
+
+
+def _decision(text: str | None) -> Literal["no-report", "abandon"] | int | None:
+    if text is None or text in ("no-report", "abandon"):
+        return text  # type: ignore[return-value]
+    if text.isdigit():
+        return int(text)
+    raise click.BadParameter("expected no-report, abandon or NCMEC's report id",
+                             param_hint="--decide")
+
+
+@quarantine.command("submit")
+@config_option
+@json_option
+@by_option
+@yes_option
+@click.option("--decide", "decision", default=None, metavar="no-report|abandon|REPORT_ID",
+              help="When the outcome of /submit is unknown (ask NCMEC): no report arrived "
+              "(submit again), NCMEC holds REPORT_ID (go on with it), or abandon.")
+@click.argument("entry_id", metavar="ID")
+@handles_errors
+def submit_command(config_path: Path | None, as_json: bool, by: str | None, yes: bool,
+                   decision: str | None, entry_id: str) -> None:
+    """File the entry's CyberTipline report with NCMEC ([cybertip] settings): submit the
+    report (sender, recipients, the client's IP and time), upload each matched file,
+    describe it (hashes, not viewed), finish. Each step is recorded in the entry, so
+    running it again after a failure resumes the same report, and running it for a
+    finished entry says so (exit 0). Exit 2 when it is refused (no match on a list in
+    [cybertip] lists, no --yes off a terminal), fails (run it again) or the outcome of
+    /submit is unknown (decide with --decide)."""
+    from mailfilter.cybertip.check import client_of
+    from mailfilter.cybertip.credentials import CredentialsError
+
+    service = _open(config_path)
+    actor = _actor(by)
+    decided = _decision(decision)
+    entry = _locate(service, entry_id)
+    done = already(entry)
+    if done is None:
+        url = service.settings.cybertip.url
+        with _outcomes():
+            check_reportable(entry, service.settings)
+            _confirm(f"file a CyberTipline report of {entry.id} with {url}", yes)
+            try:
+                client = client_of(service.settings)
+            except CredentialsError as exc:
+                raise Refused(f"[cybertip]: {exc}") from exc
+            done = submit_entry(service, entry, actor, client, decision=decided)
+    if as_json:
+        click.echo(json.dumps(done.to_json(), ensure_ascii=False))
+    elif done.ok:
+        click.echo(f"{entry.id}: {done.message}" if done.result == "finished"
+                   else done.message)
+    else:
+        click.echo(f"mailfilter: {entry.id}: {done.message}", err=True)
+    sys.exit(EXIT_OK if done.ok else EXIT_ERROR)
 
 
 # --- report, export ---------------------------------------------------------------------------

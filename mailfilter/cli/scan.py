@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from mailfilter.actions.report.text import distance_text
+from mailfilter.cli.command_line import counted, rate_text
 from mailfilter.cli.mailbox import count_messages, iter_messages
 from mailfilter.matching.backends import open_store
 from mailfilter.matching.formats import parse_file
@@ -49,10 +51,10 @@ class ScanSummary:
 
     def line(self) -> str:
         rate = self.messages / self.seconds if self.seconds > 0 else 0.0
-        return (f"{self.messages} messages, {self.images} images, {self.files} other files, "
-                f"{self.matches} matched, "
-                f"{self.unscannable} unscannable, {len(self.errors)} errors, "
-                f"{self.seconds:.1f} s ({rate:.0f} messages/s)")
+        return (f"{counted(self.messages, 'message')}, {counted(self.images, 'image')}, "
+                f"{counted(self.files, 'other file')}, {self.matches} matched, "
+                f"{self.unscannable} unscannable, {counted(len(self.errors), 'error')}, "
+                f"{self.seconds:.1f} s ({rate_text(rate)} messages/s)")
 
     def as_dict(self) -> dict[str, Any]:
         return {"messages": self.messages, "images": self.images, "files": self.files,
@@ -81,11 +83,12 @@ def scan_text(result: ScanResult) -> str:
     """One line per message, then one indented line per match or reason."""
     images = sum(1 for a in result.attachments if a.kind is AttachmentKind.IMAGE)
     files = len(result.attachments) - images
-    lines = [f"{result.source}: {result.verdict.value} ({images} images, {files} other files)"]
+    lines = [f"{result.source}: {result.verdict.value} ({counted(images, 'image')}, "
+             f"{counted(files, 'other file')})"]
     for a in result.attachments:
         for m in a.matches:
             lines.append(f"  {a.mime_path} {a.filename or '-'}: {m.algorithm} match in list "
-                         f"{m.list_name!r} at distance {m.distance:g}"
+                         f"{m.list_name!r} at distance {distance_text(m.distance)}"
                          + (f" labels {','.join(m.labels)}" if m.labels else ""))
         if a.fingerprint.skipped and a.fingerprint.skipped not in LOOKED_AT:  # (a defect)
             lines.append(f"  {a.mime_path} {a.filename or '-'}: not examined: "
@@ -113,7 +116,7 @@ class Progress:
         done = f"{summary.messages}/{self.total}" if self.total else str(summary.messages)
         rate = summary.messages / summary.seconds if summary.seconds > 0 else 0.0
         self.stream.write(f"\r\x1b[Kscanning: {done} messages, {summary.images} images, "
-                          f"{summary.matches} matched, {rate:.0f}/s")
+                          f"{summary.matches} matched, {rate_text(rate)}/s")
         self.stream.flush()
 
     def close(self) -> None:

@@ -69,12 +69,14 @@ __all__ = ["TEXT_ONLY_MAX_BYTES", "extract", "extract_text_only"]
 TEXT_ONLY_MAX_BYTES = 32 * 1024
 
 
-def extract(raw: bytes, limits: ExtractSettings) -> Extraction:
-    """Every candidate image payload of a message, what could not be examined, and why."""
+def extract(raw: bytes, limits: ExtractSettings, keep: frozenset[str] = frozenset()
+            ) -> Extraction:
+    """Every candidate image payload of a message, what could not be examined, and why.
+    `keep`: SHA-256s of files (not images) whose bytes to hand back too (`kept_files`)."""
     from mailfilter.extract.walk import run
 
     try:
-        return run(bytes(raw), limits)
+        return run(bytes(raw), limits, keep=keep)
     except Exception as exc:  # last resort: the walk contains its own errors
         return Extraction(
             attachments=(),

@@ -142,6 +142,8 @@ class Context:
         self.attachments: list[Attachment] = []
         self.files: list[FileEntry] = []
         self._files_seen: set[str] = set()
+        self.keep: frozenset[str] = frozenset()  # SHA-256s of files whose bytes to keep
+        self.kept: dict[str, bytes] = {}
         self.unscannable: list[Unscannable] = []
         self.defects: list[str] = []
         self.ambiguities: list[str] = []
@@ -229,6 +231,8 @@ class Context:
         if exact.sha256 in self._files_seen:
             return
         self._files_seen.add(exact.sha256)
+        if exact.sha256 in self.keep:
+            self.kept[exact.sha256] = bytes(node.data)
         self.files.append(FileEntry(node.path, node.filename, node.content_type,
                                     len(node.data), exact, node.containers))
 

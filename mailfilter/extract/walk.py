@@ -139,10 +139,13 @@ def open_node(ctx: Context, node: Node) -> Iterator[Node]:
     return payload(ctx, node)
 
 
-def run(raw: bytes, limits: ExtractSettings, text_only: bool = False) -> Extraction:
-    """The walk. `text_only`: raise NeedsWorker at the first thing that is not text."""
+def run(raw: bytes, limits: ExtractSettings, text_only: bool = False,
+        keep: frozenset[str] = frozenset()) -> Extraction:
+    """The walk. `text_only`: raise NeedsWorker at the first thing that is not text.
+    `keep`: SHA-256s of files whose bytes to return (`Extraction.kept_files`)."""
     ctx = Context(limits)
     ctx.text_only = text_only
+    ctx.keep = keep
     ctx.raw = raw
     root = EntityNode("", (), raw, 0, len(raw), root=True)
     # The raw sweep runs after the MIME walk (a stack: last in, first run), over what the
@@ -181,4 +184,5 @@ def run(raw: bytes, limits: ExtractSettings, text_only: bool = False) -> Extract
         parts=ctx.parts,
         ambiguities=tuple(ctx.ambiguities),
         files=tuple(ctx.files),
+        kept_files=tuple(ctx.kept.items()),
     )

@@ -59,7 +59,8 @@ FORMAT: Final = 5
 READABLE_FORMATS: Final = frozenset({4, FORMAT})
 """Formats `decode` takes: an entry of 4 (no gridhist dihedral hashes, which a cached
 result never needs: its matches are cached with it) stays a hit across the upgrade."""
-TRANSIENT_REASONS: Final = frozenset({"deadline", "worker-crashed", "memory-limit"})
+TRANSIENT_REASONS: Final = frozenset({"deadline", "worker-crashed", "memory-limit",
+                                      "worker-result-refused"})
 """Skip reasons that say nothing about the image itself: never cached."""
 
 REDIS_TIMEOUT: Final = 0.5

@@ -142,3 +142,42 @@ def test_systemd_analyze_security_exposure(tmp_path: Path) -> None:
         pytest.skip("this systemd-analyze has no offline security check")
     assert m is not None, run.stdout + run.stderr
     assert float(m.group(1)) <= MAX_EXPOSURE, run.stdout
+
+
+MILTER_DROPIN = UNIT.with_name("mailfilter.service.d") / "milter-socket.conf"
+
+
+def test_milter_socket_dropin_opens_the_documented_socket_directory() -> None:
+    """ProtectSystem=strict leaves only the state directory writable: the milter socket
+    the docs recommend (under Postfix's chroot) needs the drop-in's ReadWritePaths."""
+    rw = parse_unit(MILTER_DROPIN.read_text())["Service"]["ReadWritePaths"]
+    for doc in (REPO / "docs" / "milter.md", REPO / "deploy" / "postfix" / "milter.cf"):
+        sockets = set(re.findall(r"unix:(/var/spool/postfix/\S+?\.sock)", doc.read_text()))
+        assert sockets, doc
+        assert {str(Path(s).parent) for s in sockets} == set(rw), (doc, sockets, rw)
+    assert "milter-socket.conf" in (REPO / "docs" / "milter.md").read_text()
+
+
+def _verify_with_dropin(tmp_path: Path, dropin_text: str) -> subprocess.CompletedProcess[str]:
+    """systemd-analyze verify of the unit with the drop-in beside it, found the way
+    systemd finds drop-ins (`NAME.service.d/` in the unit search path)."""
+    tool = _systemd_tool()
+    unit = _testable_copy(tmp_path)
+    dropins = tmp_path / "mailfilter.service.d"
+    dropins.mkdir()
+    (dropins / MILTER_DROPIN.name).write_text(dropin_text)
+    return subprocess.run([tool, "verify", unit.name], capture_output=True, text=True,
+                          timeout=60, cwd=tmp_path,
+                          env={"PATH": "/usr/bin:/bin", "SYSTEMD_UNIT_PATH": f"{tmp_path}:"})
+
+
+def test_milter_socket_dropin_verifies(tmp_path: Path) -> None:
+    run = _verify_with_dropin(tmp_path, MILTER_DROPIN.read_text())
+    assert run.returncode == 0 and not (run.stderr + run.stdout).strip(), \
+        run.stderr + run.stdout
+
+
+def test_verify_reads_the_dropin(tmp_path: Path) -> None:
+    """The check above would pass with the drop-in ignored: a mistake in it is seen."""
+    run = _verify_with_dropin(tmp_path, MILTER_DROPIN.read_text() + "ReadWritePaths=relative\n")
+    assert "milter-socket.conf" in run.stderr and "not absolute" in run.stderr, run.stderr

@@ -611,6 +611,22 @@ def test_one_log_line_per_message(milter_factory: Factory,
     assert json.dumps(fields)  # (a plain, serialisable line)
 
 
+def test_log_line_words_of_the_milter(milter_factory: Factory,
+                                      caplog: pytest.LogCaptureFixture) -> None:
+    """The milter accepts mail, it relays nothing: `action=accept` (issue 18); a message
+    over the size limit was never scanned: `verdict=unscanned`, not null."""
+    m = milter_factory(smtp={"max_message_size": 100_000})
+    c = client(m)
+    caplog.set_level(logging.INFO, logger="mailfilter.message")
+    c.send_message(clean_message("plain"), queue_id="QA")
+    c.send_message(_big_message(), queue_id="QB")
+    c.close()
+    fields = [r.fields for r in caplog.records  # type: ignore[attr-defined]
+              if r.name == "mailfilter.message"]
+    assert [(f["queue_id"], f["verdict"], f["action"], f["reason"]) for f in fields] == [
+        ("QA", "clean", "accept", "clean"), ("QB", "unscanned", "reject", "too-big")]
+
+
 def test_default_action_for_errors_of_ours(milter_factory: Factory) -> None:
     """What the MTA is told when the milter itself fails on a message
     (`milter.default_action`); nothing in a working setup raises there, so the session's

@@ -75,8 +75,13 @@ def test_milter_only_on_a_unix_socket(tmp_path: Path) -> None:
         text = http_get(metrics_port, "/metrics")[1]
         assert "mailfilter_milter_connections 1.0" in text
         assert 'mailfilter_messages_total{action="quarantine",verdict="match"} 1.0' in text
-        # no SMTP proxy, so no next hop to wait for (127.0.0.1:9 answers nothing)
-        assert http_get(metrics_port, "/readyz") == (200, "ready\n")
+        # No SMTP proxy: the next hop (127.0.0.1:9 answers nothing) carries only report
+        # mail and releases, so it is ready, with a warning line saying what waits.
+        assert http_get(metrics_port, "/readyz") == (
+            200, "ready\nwarning: next hop 127.0.0.1:9 not reachable: report mail and "
+            "releases wait\n")
+        # ... and the start-up log said so, with what that costs in this placement
+        assert "next hop not reachable: report mail waits in the outbox" in _log(tmp_path)
         c.close()
 
         # SIGHUP: the new policy applies to the next message

@@ -127,9 +127,11 @@ PLACEMENT_SMTPD = {
     "milter": "",
 }
 
-MASTER_CF = """\
+PUBLIC_MASTER_CF = """\
 127.0.0.1:{smtpd} inet n - n - - smtpd
 {public_options}\
+"""
+REINJECT_MASTER_CF = """\
 127.0.0.1:{reinject} inet n - n - 10 smtpd
   -o content_filter=
   -o receive_override_options=no_unknown_recipient_checks,no_header_body_checks,no_milters
@@ -139,6 +141,8 @@ MASTER_CF = """\
   -o smtpd_relay_restrictions=permit_mynetworks,reject
   -o smtpd_recipient_restrictions=permit_mynetworks,reject
   -o smtpd_authorized_xforward_hosts=127.0.0.0/8
+"""
+SERVICES_MASTER_CF = """\
 scan      unix  -       -       n       -       10      smtp
   -o smtp_send_xforward_command=yes
   -o disable_mime_output_conversion=yes
@@ -162,14 +166,21 @@ scache    unix  -       -       n       -       1       scache
 showq     unix  n       -       n       -       -       showq
 postlog   unix-dgram n  -       n       -       1       postlogd
 """
+# The whole of it, as one template ({smtpd}, {public_options}, {reinject}).
+MASTER_CF = PUBLIC_MASTER_CF + REINJECT_MASTER_CF + SERVICES_MASTER_CF
 
 
 @contextlib.contextmanager
 def postfix_instance(placement: Placement, extra_master: str = "",
-                     relayhost_port: int | None = None) -> Iterator[Instance]:
+                     relayhost_port: int | None = None, *, main_cf: str | None = None,
+                     reinject_master: str | None = None, public_master: str | None = None
+                     ) -> Iterator[Instance]:
     """Start a private Postfix with mailfilter in `placement`; stop and remove it after.
     `extra_master`: more master.cf lines (e.g. a second public smtpd); `relayhost_port`:
-    relay to this port instead of the recording sink (a faster sink for benchmarks)."""
+    relay to this port instead of the recording sink (a faster sink for benchmarks).
+    `main_cf` / `reinject_master` / `public_master`: the placement's main.cf lines / the
+    reinjection smtpd / the public service(s) instead of the harness's own (documented
+    snippets, with `{filter}`, `{reinject}` and `{smtpd}` where their ports go)."""
     # Postfix's daemons run as user postfix: every directory above queue and data must be
     # traversable by it (pytest's own temp directory is 0700).
     tmp = Path(tempfile.mkdtemp(prefix="mailfilter-postfix-"))
@@ -183,10 +194,16 @@ def postfix_instance(placement: Placement, extra_master: str = "",
                         placement)
         (config_dir / "main.cf").write_text(
             MAIN_CF.format(queue=queue, data=data, sink=relayhost_port or sink.port, tmp=tmp)
-            + PLACEMENT_MAIN_CF[placement].format(filter=inst.filter_port))
-        (config_dir / "master.cf").write_text(MASTER_CF.format(
-            smtpd=inst.smtpd_port, reinject=inst.reinject_port,
-            public_options=PLACEMENT_SMTPD[placement].format(filter=inst.filter_port))
+            + (PLACEMENT_MAIN_CF[placement] if main_cf is None else main_cf).format(
+                filter=inst.filter_port))
+        reinject = REINJECT_MASTER_CF if reinject_master is None else reinject_master
+        public = PUBLIC_MASTER_CF.format(
+            smtpd=inst.smtpd_port,
+            public_options=PLACEMENT_SMTPD[placement].format(filter=inst.filter_port)) \
+            if public_master is None else public_master.format(smtpd=inst.smtpd_port,
+                                                               filter=inst.filter_port)
+        (config_dir / "master.cf").write_text(
+            public + reinject.format(reinject=inst.reinject_port) + SERVICES_MASTER_CF
             + extra_master)
         try:
             with started(inst):

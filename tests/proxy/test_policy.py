@@ -42,7 +42,7 @@ def test_unscannable(choice: str, kind: K) -> None:
     assert action.kind is kind and action.reason == "unscannable"
 
 
-@pytest.mark.parametrize("reason", ["worker-crashed", "deadline"])
+@pytest.mark.parametrize("reason", ["worker-crashed", "deadline", "worker-result-refused"])
 def test_worker_failures_are_errors_not_unscannable(reason: str) -> None:
     r = result(V.UNSCANNABLE, skipped=reason)
     tempfail = decide(r, PolicySettings(on_unscannable="accept"))

@@ -75,3 +75,58 @@ def test_filter_down_tempfails_the_client(instance: Instance) -> None:
     assert not [q for q in instance.queue() if q.get("sender") == "alice@example.org"]
     assert not arrived(instance.sink, b"bq-down")
     assert "connect to proxy filter" in instance.maillog()
+
+
+# --- behind postscreen: deploy/postfix/before-queue-postscreen.master.cf as written -------
+
+POSTSCREEN_SNIPPET = (Path(__file__).resolve().parents[2] / "deploy" / "postfix"
+                      / "before-queue-postscreen.master.cf")
+
+
+def _postscreen_services() -> tuple[str, str]:
+    """The snippet's public services and its reinjection smtpd, ports as placeholders and
+    chroot off (the private instance has no chroot tree)."""
+    lines = [line for line in POSTSCREEN_SNIPPET.read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    services: list[str] = []
+    for line in lines:
+        if not line[0].isspace():
+            fields = line.split()
+            if fields[0] == "smtp" and fields[1] == "inet":
+                fields[0] = "127.0.0.1:{smtpd}"
+            elif fields[0] == "127.0.0.1:10026":
+                fields[0] = "127.0.0.1:{reinject}"
+            fields[4] = "n"  # chroot
+            line = " ".join(fields)
+        services.append(line.replace("127.0.0.1:10025", "127.0.0.1:{filter}"))
+    text = "\n".join(services) + "\n"
+    split = text.index("127.0.0.1:{reinject}")
+    return text[:split], text[split:]
+
+
+@pytest.fixture(scope="module")
+def behind_postscreen() -> Iterator[Instance]:
+    public, reinject = _postscreen_services()
+    assert "postscreen" in public and "smtpd_proxy_filter=127.0.0.1:{filter}" in public
+    with postfix_instance("before-queue", public_master=public,
+                          reinject_master=reinject) as inst:
+        yield inst
+
+
+def test_behind_postscreen_the_filter_on_smtpd_pass_answers_the_client(
+        behind_postscreen: Instance, tmp_path: Path) -> None:
+    inst = behind_postscreen
+    image = tmp_path / "holiday.jpg"
+    image.write_bytes(KNOWN)
+    proc = start_proxy(inst, tmp_path, sections='[policy]\non_match = "reject"\n')
+    try:
+        clean = inst.swaks("--to", "bob@example.net", "--header", "Subject: ps-clean")
+        match = inst.swaks("--to", "bob@example.net", "--header", "Subject: ps-match",
+                           "--attach-type", "image/jpeg", "--attach", f"@{image}")
+    finally:
+        stop_proxy(proc)
+    assert clean.returncode == 0, clean.stdout + inst.maillog()
+    assert wait_until(lambda: arrived(inst.sink, b"ps-clean")), inst.maillog()
+    assert b"X-Mailfilter: clean\r\n" in arrived(inst.sink, b"ps-clean")[0]
+    assert match.returncode != 0 and "550 5.7.1" in match.stdout, match.stdout
+    assert "postfix/postscreen" in inst.maillog(), inst.maillog()

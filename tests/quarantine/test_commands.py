@@ -254,7 +254,8 @@ def test_hold_delete_and_purge_with_retention(proxy_factory: Factory,
     out = mf("quarantine", "purge", "--dry-run", "--config", str(config))
     assert out.returncode == 0, out.stderr
     assert f"would purge {expired}" in out.stdout
-    assert "kept 1 on legal hold, 1 with reports pending; would remove 1 leftover" in out.stdout
+    assert ("kept 1 on legal hold, 1 with reports pending, 0 reported to the CyberTipline; "
+            "would remove 1 leftover") in out.stdout
     assert store.find(expired) is not None and stale.exists()
 
     out = mf("quarantine", "purge", "--json", "--config", str(config))

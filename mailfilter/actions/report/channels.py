@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import logging
 import time
 import urllib.error
 import urllib.request
@@ -62,6 +63,7 @@ from mailfilter.settings import Settings, url_without_credentials
 __all__ = [
     "CHANNELS",
     "STEPS",
+    "CybertipChannel",
     "DeliveryFailed",
     "DirectoryChannel",
     "IndexStep",
@@ -74,6 +76,8 @@ __all__ = [
     "verify_webhook",
     "webhook_headers",
 ]
+
+log = logging.getLogger("mailfilter.report")
 
 SIGNATURE_HEADER: Final = "X-Mailfilter-Signature"
 TIMESTAMP_HEADER: Final = "X-Mailfilter-Timestamp"
@@ -221,7 +225,52 @@ class WebhookChannel(_Step):
                                     r.webhook_timeout)
 
 
-CHANNELS: Final[tuple[type[_Step], ...]] = (MailChannel, DirectoryChannel, WebhookChannel)
+class CybertipChannel(_Step):
+    """With `[cybertip] auto_submit`: the entry's CyberTipline report filed with NCMEC,
+    as `mailfilter quarantine submit` files it (cybertip_submit.py), through the same step
+    journal in the record, so the command and this step resume each other's report and
+    never file a second one. Not done (retried with backoff) while a step fails or the
+    settings are wrong; done when the report is finished, when the entry's matches are on
+    no list in `[cybertip] lists`, and when the outcome of /submit is unknown (the
+    operator decides: `quarantine submit ID --decide …`; the record's history says so)."""
+
+    name: ClassVar[str] = "cybertip"
+    error_kind: ClassVar[str | None] = "cybertip"
+
+    @classmethod
+    def wanted(cls, settings: Settings) -> bool:
+        return settings.cybertip.auto_submit
+
+    @classmethod
+    def reported_as(cls, settings: Settings) -> JsonObject:
+        return {"cybertip": settings.cybertip.url}
+
+    async def run(self, ctx: StepContext) -> None:
+        await asyncio.to_thread(self._submit, ctx)
+
+    def _submit(self, ctx: StepContext) -> None:
+        # (imported here: the service imports this package)
+        from mailfilter.actions.cybertip_submit import eligible_lists, submit_entry
+        from mailfilter.actions.quarantine_service import QuarantineService, Refused
+        from mailfilter.cybertip.check import client_of
+        from mailfilter.cybertip.credentials import CredentialsError
+
+        entry = ctx.store.find(ctx.job.entry_id)
+        if entry is None or not eligible_lists(entry.record, ctx.settings):
+            return  # purged meanwhile, or nothing this instance may report
+        service = QuarantineService(ctx.settings, log.warning)
+        try:
+            done = submit_entry(service, entry, SERVICE_ACTOR, client_of(ctx.settings))
+        except (Refused, CredentialsError) as exc:
+            raise DeliveryFailed(f"cybertip: {exc}") from exc
+        if done.result == "failed":
+            raise DeliveryFailed(f"cybertip: {done.message}")
+        if done.result == "unknown":
+            log.warning("quarantine %s: %s", entry.id, done.message)
+
+
+CHANNELS: Final[tuple[type[_Step], ...]] = (MailChannel, DirectoryChannel, WebhookChannel,
+                                            CybertipChannel)
 
 
 # --- the bookkeeping steps ----------------------------------------------------------------------

@@ -1,0 +1,346 @@
+"""`mailfilter quarantine submit` against the stand-in NCMEC service
+(tests/cybertip/ncmec_server.py), on entries the real proxy quarantined: one report with
+the email incident, one upload per matched file with the attachment's MD5, file details,
+finish, the ids in the entry; resuming after a 5xx, a timeout, a dropped answer or a kill
+without a second report; and preservation against purge with a moved clock."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cybertip.ncmec_server import NcmecServer, running_ncmec_server
+from factories import jpeg, message, message_bytes
+from PIL import Image
+from proxy.proxy_harness import (
+    KNOWN,
+    IndexBox,
+    RecordingSink,
+    RunningProxy,
+    make_settings,
+    start_proxy,
+)
+
+from mailfilter.actions.preservation import report_id_of
+from mailfilter.actions.quarantine import QuarantineStore
+from mailfilter.actions.quarantine_service import QuarantineService
+from mailfilter.matching.index import HashIndex, IndexEntry
+from mailfilter.settings import QuarantineSettings, load_settings
+from mailfilter.workers import WorkerPool
+from quarantine.quarantine_harness import REPO, ReportingProxy, mf
+from quarantine.test_commands import config_for, quarantine_via_proxy
+
+Factory = Callable[..., RunningProxy]
+DAY = 86400.0
+
+
+@pytest.fixture
+def ncmec() -> Iterator[NcmecServer]:
+    with running_ncmec_server() as server:
+        yield server
+
+
+def known_as_png() -> bytes:
+    """The known picture again, as a PNG: other bytes, the same perceptual hash."""
+    out = io.BytesIO()
+    Image.open(io.BytesIO(KNOWN)).save(out, "PNG")
+    return out.getvalue()
+
+
+def cybertip_config(tmp_path: Path, sink: RecordingSink, server: NcmecServer,
+                    extra: str = "") -> Path:
+    secret = tmp_path / "cybertip.password"
+    secret.write_text(server.password + "\n")
+    secret.chmod(0o600)
+    return config_for(tmp_path, sink.address, f"""
+[report]
+reporter_name = "Casey Compliance"
+reporter_email = "abuse@example.org"
+[cybertip]
+url = "{server.url}"
+username = "{server.username}"
+password_file = "{secret}"
+timeout = "1s"
+{extra}
+""")
+
+
+def quarantined(p: RunningProxy) -> str:
+    raw = message_bytes(message(subject="holiday", attachments=[
+        ("beach.jpg", "image/jpeg", KNOWN), ("clean.jpg", "image/jpeg", jpeg(7)),
+        ("beach.png", "image/png", known_as_png())]))
+    return quarantine_via_proxy(p, raw, rcpts=("RCPT TO:<bob@example.net>",
+                                               "RCPT TO:<carol@example.net>"))
+
+
+def store_of(tmp_path: Path) -> QuarantineStore:
+    return QuarantineStore(QuarantineSettings(path=tmp_path / "quarantine"))
+
+
+def submit(config: Path, entry_id: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return mf("quarantine", "submit", entry_id, "--config", str(config), *args)
+
+
+def test_submit_files_one_report_and_records_the_ids(
+        proxy_factory: Factory, recording_sink: RecordingSink, ncmec: NcmecServer,
+        tmp_path: Path) -> None:
+    p = proxy_factory(recording_sink.address)
+    entry_id = quarantined(p)
+    config = cybertip_config(tmp_path, recording_sink, ncmec)
+
+    refused = submit(config, entry_id)  # not a terminal, no --yes
+    assert refused.returncode == 2 and "--yes" in refused.stderr
+    assert not ncmec.received
+
+    out = submit(config, entry_id, "--yes")
+    assert out.returncode == 0, out.stderr
+    (report,) = ncmec.reports.values()
+    assert f"CyberTipline report {report.report_id} filed and finished" in out.stdout
+    assert report.finished and len(ncmec.posts("submit")) == 1
+
+    doc = report.document
+    emails = [e.text for e in doc.iter("email")]
+    assert {"alice@example.org", "bob@example.net", "carol@example.net"} <= set(emails)
+    assert doc.find("internetDetails/emailIncident") is not None
+    reported = doc.find("personOrUserReported")
+    assert reported is not None
+    assert reported.findtext("personOrUserReportedPerson/email") == "alice@example.org"
+    assert reported.findtext("ipCaptureEvent/ipAddress") == "192.0.2.7"
+    assert [r.findtext(".//email") for r in doc.findall("intendedRecipient")] == [
+        "bob@example.net", "carol@example.net"]
+    entry = store_of(tmp_path).find(entry_id)
+    assert entry is not None
+    received = entry.record.received_at
+    assert doc.findtext("incidentSummary/incidentDateTime", "").startswith(received[:16])
+
+    # One upload per matched file, the attachment's bytes (the clean one is not sent).
+    assert sorted(f.md5 for f in report.files) == sorted(
+        hashlib.md5(d).hexdigest() for d in (KNOWN, known_as_png()))
+    assert sorted(f.filename for f in report.files) == ["beach.jpg", "beach.png"]
+    for f in report.files:
+        assert f.details is not None
+        assert f.details.findtext("fileViewedByEsp") == "false"
+        assert f.details.findtext("originalFileHash[@hashType='MD5']") == f.md5
+        assert f.details.findtext("ipCaptureEvent/ipAddress") == "192.0.2.7"
+
+    # The ids are in the entry; show and show --json carry the report id.
+    assert report_id_of(entry.record) == report.report_id
+    assert entry.record.last_event("cybertip-finished") is not None
+    shown = json.loads(mf("quarantine", "show", entry_id, "--json", "--config",
+                          str(config)).stdout)
+    assert shown["cybertip_report_id"] == report.report_id
+    text = mf("quarantine", "show", entry_id, "--config", str(config)).stdout
+    assert f"cybertip    report {report.report_id} finished" in text
+
+    # Idempotent: a second submit says so, sends nothing.
+    posts = len(ncmec.received)
+    again = submit(config, entry_id, "--yes", "--json")
+    assert again.returncode == 0, again.stderr
+    answer = json.loads(again.stdout)
+    assert answer["result"] == "already-finished"
+    assert answer["report_id"] == report.report_id
+    assert sorted(answer["file_ids"]) == sorted(f.file_id for f in report.files)
+    assert len(ncmec.received) == posts
+
+    # What was reported is preserved: its message cannot be deleted.
+    out = mf("quarantine", "delete", entry_id, "--yes", "--config", str(config))
+    assert out.returncode == 2 and "preserved until" in out.stderr
+
+
+
+def test_a_file_matched_by_its_md5_is_uploaded_from_inside_its_zip(
+        tmp_path: Path, recording_sink: RecordingSink, ncmec: NcmecServer,
+        worker_pool: WorkerPool) -> None:
+    """A listed file that is not a picture travels as hashes only in a scan; submit asks
+    the extract stage for its bytes again by SHA-256 (here a zip member)."""
+    blob = random.Random(5).randbytes(20_000)
+    zipped = io.BytesIO()
+    with zipfile.ZipFile(zipped, "w") as z:
+        z.writestr("notes.bin", blob)
+    md5 = hashlib.md5(blob).hexdigest()
+    index = IndexBox(HashIndex.build([IndexEntry("stand-ins", "md5", md5, ("test",))]))
+    p = start_proxy(make_settings(tmp_path, recording_sink.address), worker_pool, index)
+    try:
+        entry_id = quarantine_via_proxy(p, message_bytes(message(
+            subject="files", attachments=[("notes.zip", "application/zip",
+                                           zipped.getvalue())])))
+    finally:
+        p.stop()
+    out = submit(cybertip_config(tmp_path, recording_sink, ncmec), entry_id, "--yes")
+    assert out.returncode == 0, out.stderr
+    (report,) = ncmec.reports.values()
+    assert [f.md5 for f in report.files] == [md5] and report.finished
+
+
+def test_matches_on_no_allowed_list_are_refused(
+        proxy_factory: Factory, recording_sink: RecordingSink, ncmec: NcmecServer,
+        tmp_path: Path) -> None:
+    p = proxy_factory(recording_sink.address)
+    entry_id = quarantined(p)
+    config = cybertip_config(tmp_path, recording_sink, ncmec, 'lists = ["other-list"]')
+    out = submit(config, entry_id, "--yes")
+    assert out.returncode == 2
+    assert "stand-ins" in out.stderr and "other-list" in out.stderr
+    assert not ncmec.received
+
+
+FAULTS = [(step, fault) for step in ("submit", "upload", "fileinfo", "finish")
+          for fault in ("500", "500-after", "slow", "drop")]
+
+
+@pytest.mark.parametrize(("step", "fault"), FAULTS)
+def test_a_failure_at_each_step_resumes_without_a_second_report(
+        proxy_factory: Factory, recording_sink: RecordingSink, ncmec: NcmecServer,
+        tmp_path: Path, step: str, fault: str) -> None:
+    p = proxy_factory(recording_sink.address)
+    entry_id = quarantined(p)
+    config = cybertip_config(tmp_path, recording_sink, ncmec)
+    ncmec.fail(step, fault)
+    first = submit(config, entry_id, "--yes")
+    assert first.returncode == 2, first.stdout
+    if step == "submit" and fault != "500":  # carried out, the answer lost
+        assert "unknown" in first.stderr and "--decide" in first.stderr
+        refused = submit(config, entry_id, "--yes")
+        assert refused.returncode == 2 and "--decide" in refused.stderr
+        assert len(ncmec.posts("submit")) == 1
+        (report_id,) = ncmec.reports
+        first = submit(config, entry_id, "--yes", "--decide", str(report_id))
+    else:
+        assert "run the same command again" in first.stderr
+        first = submit(config, entry_id, "--yes")
+    assert first.returncode == 0, first.stderr
+    (report,) = ncmec.reports.values()  # one report, whatever was sent again
+    assert report.finished and not report.retracted
+    assert len(ncmec.posts("submit")) == (2 if (step, fault) == ("submit", "500") else 1)
+    entry = store_of(tmp_path).find(entry_id)
+    assert entry is not None and report_id_of(entry.record) == report.report_id
+    described = [f for f in report.files if f.details is not None]
+    assert sorted(f.md5 for f in described) == sorted(
+        hashlib.md5(d).hexdigest() for d in (KNOWN, known_as_png()))
+
+
+@pytest.mark.parametrize("step", ["submit", "upload", "finish"])
+def test_killed_in_flight_resumes_without_a_second_report(
+        proxy_factory: Factory, recording_sink: RecordingSink, ncmec: NcmecServer,
+        tmp_path: Path, step: str) -> None:
+    p = proxy_factory(recording_sink.address)
+    entry_id = quarantined(p)
+    config = cybertip_config(tmp_path, recording_sink, ncmec)
+    config.write_text(config.read_text().replace('timeout = "1s"', 'timeout = "30s"'))
+    ncmec.slow_seconds = 20
+    ncmec.fail(step, "slow")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mailfilter", "quarantine", "submit", entry_id, "--yes",
+         "--config", str(config)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env={**os.environ, "USER": "tester"})
+    try:
+        deadline = time.monotonic() + 30
+        while not (ncmec.posts(step) and ncmec.reports) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.communicate(timeout=10)
+    assert process.returncode == -signal.SIGKILL
+    again = submit(config, entry_id, "--yes")
+    if step == "submit":
+        assert again.returncode == 2 and "--decide" in again.stderr
+        (report_id,) = ncmec.reports
+        again = submit(config, entry_id, "--yes", "--decide", str(report_id))
+    assert again.returncode == 0, again.stderr
+    assert len(ncmec.posts("submit")) == 1 and len(ncmec.reports) == 1
+    assert next(iter(ncmec.reports.values())).finished
+
+
+def test_a_reported_entry_is_preserved_a_year_after_submission(
+        proxy_factory: Factory, recording_sink: RecordingSink, ncmec: NcmecServer,
+        tmp_path: Path) -> None:
+    p = proxy_factory(recording_sink.address)
+    reported = quarantined(p)
+    unreported = quarantined(p)
+    config = cybertip_config(tmp_path, recording_sink, ncmec, "")
+    short = config.read_text() + "\n"
+    config.write_text(short.replace("[quarantine]\n", "[quarantine]\nretention_days = 30\n"))
+    assert submit(config, reported, "--yes").returncode == 0
+    (report_id,) = ncmec.reports
+    service = QuarantineService(load_settings(config).settings, lambda _: None)
+
+    def purge(days: float) -> dict[str, object]:
+        result = service.purge("tester", False, now=time.time() + days * DAY)
+        return result.to_json()
+
+    kept = purge(10)  # within retention: nothing to say
+    assert kept["purged"] == [] and kept["kept_reported"] == []
+    kept = purge(300)  # past retention (30 days), within a year of submission
+    assert kept["purged"] == [unreported]
+    (why,) = kept["kept_reported"]  # type: ignore[misc]
+    assert why["id"] == reported and why["report_id"] == report_id
+    assert why["until"] > why["submitted"]
+    assert store_of(tmp_path).find(reported) is not None
+    assert purge(366)["purged"] == [reported]
+    assert store_of(tmp_path).find(reported) is None
+
+
+def test_purge_says_what_it_kept_for_the_cybertipline(
+        proxy_factory: Factory, recording_sink: RecordingSink, ncmec: NcmecServer,
+        tmp_path: Path) -> None:
+    """The command's text and --json: an entry past retention kept for its report (the
+    record's receipt moved back 400 days, as if received then)."""
+    p = proxy_factory(recording_sink.address)
+    entry_id = quarantined(p)
+    config = cybertip_config(tmp_path, recording_sink, ncmec)
+    assert submit(config, entry_id, "--yes").returncode == 0
+    (report_id,) = ncmec.reports
+    store = store_of(tmp_path)
+    store.update(entry_id, lambda rec: type(rec).from_json(
+        {**rec.to_json(), "received_ts": float(rec.received_ts or 0) - 400 * DAY}))
+    out = mf("quarantine", "purge", "--dry-run", "--config", str(config))
+    assert out.returncode == 0, out.stderr
+    assert f"kept {entry_id}: CyberTipline report {report_id} submitted" in out.stdout
+    assert "1 reported to the CyberTipline" in out.stdout
+    summary = json.loads(mf("quarantine", "purge", "--json", "--config", str(config)).stdout)
+    assert summary["purged"] == []
+    assert [k["id"] for k in summary["kept_reported"]] == [entry_id]
+    assert store.find(entry_id) is not None
+
+
+def test_auto_submit_from_the_outbox_resumes_and_shares_the_journal(
+        reporting_proxy: Any, recording_sink: RecordingSink, ncmec: NcmecServer,
+        tmp_path: Path) -> None:
+    """`[cybertip] auto_submit`: the outbox's cybertip step files the report; a 500 on
+    upload is retried with backoff, on the same report; `quarantine submit` afterwards
+    finds it finished."""
+    secret = tmp_path / "cybertip.password"
+    secret.write_text(ncmec.password + "\n")
+    secret.chmod(0o600)
+    ncmec.fail("upload", "500")
+    rp: ReportingProxy = reporting_proxy(
+        recording_sink.address,
+        report={"reporter_name": "Casey Compliance", "reporter_email": "abuse@example.org",
+                "dir": str(tmp_path / "reports"), "retry_min": "0.3s", "retry_max": "0.5s"},
+        cybertip={"url": ncmec.url, "username": ncmec.username,
+                  "password_file": str(secret), "timeout": "2s", "auto_submit": True})
+    entry_id = quarantined(rp.proxy)
+    (entry,) = rp.wait_reported(1, timeout=30)
+    (report,) = ncmec.reports.values()
+    assert report.finished and len(ncmec.posts("submit")) == 1
+    assert len(ncmec.posts("upload")) == 3  # the refused one again, then the other file
+    assert report_id_of(entry.record) == report.report_id
+    events = [h.event for h in entry.record.history]
+    assert events == ["quarantined", "cybertip-failed", "cybertip-finished", "reported"]
+    assert entry.record.history[3].detail["cybertip"] == ncmec.url
+    config = cybertip_config(tmp_path, recording_sink, ncmec)
+    again = submit(config, entry_id, "--yes")
+    assert again.returncode == 0 and "already reported" in again.stdout
+    assert len(ncmec.posts("submit")) == 1
