@@ -161,7 +161,7 @@ def table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         lo_our, hi_our = wilson(k_our, n)
         out.append({"edit": name, "n": n, "reference": k_ref / n, "ref_ci": [lo_ref, hi_ref],
                     "mailfilter": k_our / n, "ours_ci": [lo_our, hi_our],
-                    "below": k_our / n < lo_ref})
+                    "below": k_our / n < lo_ref - 1e-9})
     return out
 
 
@@ -177,7 +177,8 @@ def plot(summary: list[dict[str, Any]], path: Path) -> None:
     for off, key, ci, label in ((-0.18, "reference", "ref_ci", "reference PDQ (dihedral)"),
                                 (0.18, "mailfilter", "ours_ci", "mailfilter")):
         vals = np.array([s[key] for s in summary])
-        err = np.array([[v - s[ci][0], s[ci][1] - v] for v, s in zip(vals, summary, strict=True)]).T
+        err = np.array([[max(0.0, v - s[ci][0]), max(0.0, s[ci][1] - v)]
+                        for v, s in zip(vals, summary, strict=True)]).T
         ax.barh(y + off, vals, height=0.36, xerr=err, capsize=2, label=label)
     ax.set_yticks(y, names)
     ax.invert_yaxis()
@@ -199,7 +200,11 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=BENCH_DIR / "out")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--no-plot", action="store_true")
+    ap.add_argument("--from-json", type=Path, help="table and figure of an earlier --json")
     args = ap.parse_args()
+    if args.from_json:
+        rows = json.loads(args.from_json.read_text())["rows"]
+        return report(rows, len(rows), args)
     files = sorted(str(p) for p in args.photos.glob("*.jpg"))
     if not files:
         print(f"no photos in {args.photos}: run bench/photos/gather_photos.py", file=sys.stderr)
@@ -210,14 +215,18 @@ def main() -> int:
     jobs = [(i, f, args.max_side) for i, f in enumerate(files)]
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         rows = [r for r in pool.map(run_photo, jobs, chunksize=2) if r is not None]
+    return report(rows, len(files), args)
+
+
+def report(rows: list[dict[str, Any]], photos: int, args: argparse.Namespace) -> int:
     summary = table(rows)
-    print(f"{len(rows)} originals on the list (of {len(files)}), distance <= {MAX_DISTANCE}\n")
+    print(f"{len(rows)} originals on the list (of {photos}), distance <= {MAX_DISTANCE}\n")
     print("| edit | reference (dihedral) | mailfilter | below? |\n|---|---|---|---|")
     for s in summary:
         print(f"| {s['edit']} | {s['reference']:.2f} ({s['ref_ci'][0]:.2f}-{s['ref_ci'][1]:.2f})"
               f" | {s['mailfilter']:.2f} ({s['ours_ci'][0]:.2f}-{s['ours_ci'][1]:.2f}) | "
               f"{'BELOW' if s['below'] else ''} |")
-    if args.json:
+    if args.json and not args.from_json:
         args.json.write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
     if not args.no_plot:
         plot(summary, args.out / "pdq_edits.png")
