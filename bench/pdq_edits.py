@@ -118,8 +118,8 @@ def _original(path: str, max_side: int) -> bytes:
     return buf.getvalue()
 
 
-def run_photo(job: tuple[int, str, int]) -> dict[str, Any] | None:
-    index, path, max_side = job
+def run_photo(job: tuple[int, str, int, bool]) -> dict[str, Any] | None:
+    index, path, max_side, issue_edits = job
     data = _original(path, max_side)
     bits, quality = pdqhash.compute(_reference_decode(data))
     if quality < MIN_QUALITY:
@@ -129,7 +129,7 @@ def run_photo(job: tuple[int, str, int]) -> dict[str, Any] | None:
         im.load()
         original = im.convert("RGB")
     out: dict[str, Any] = {"path": Path(path).name, "ref": {}, "ours": {}}
-    for name, edit in EDITS.items():
+    for name, edit in (ISSUE_EDITS if issue_edits else EDITS).items():
         query = edit(original, index)
         hashes, qualities = pdqhash.compute_dihedral(_reference_decode(query))
         ref_best = min(int(np.count_nonzero(_ref_vector(h) != listed)) for h in hashes) \
@@ -200,19 +200,25 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=BENCH_DIR / "out")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--no-plot", action="store_true")
+    ap.add_argument("--glob", default="*.jpg", help="which photos of --photos")
+    ap.add_argument("--issue-edits", action="store_true", help="only the six edits of issue 17")
     ap.add_argument("--from-json", type=Path, help="table and figure of an earlier --json")
     args = ap.parse_args()
     if args.from_json:
         rows = json.loads(args.from_json.read_text())["rows"]
         return report(rows, len(rows), args)
-    files = sorted(str(p) for p in args.photos.glob("*.jpg"))
+    if args.issue_edits:
+        for name in list(EDITS):
+            if name not in ISSUE_EDITS:
+                del EDITS[name]
+    files = sorted(str(p) for p in args.photos.glob(args.glob))
     if not files:
         print(f"no photos in {args.photos}: run bench/photos/gather_photos.py", file=sys.stderr)
         return 2
     if args.limit and len(files) > args.limit:
         step = len(files) / args.limit
         files = [files[int(i * step)] for i in range(args.limit)]
-    jobs = [(i, f, args.max_side) for i, f in enumerate(files)]
+    jobs = [(i, f, args.max_side, args.issue_edits) for i, f in enumerate(files)]
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         rows = [r for r in pool.map(run_photo, jobs, chunksize=2) if r is not None]
     return report(rows, len(files), args)
