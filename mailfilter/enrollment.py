@@ -21,6 +21,7 @@ from mailfilter.fingerprint import (
     FingerprintParams,
     fingerprint_decoded,
     fingerprint_file,
+    full_size_of,
     media_kind,
 )
 from mailfilter.hashing.exact import exact_hashes
@@ -129,12 +130,15 @@ def _image_entries(result: Enrollment, decoded: DecodedImage, fp: ImageFingerpri
     if min(decoded.width, decoded.height) < settings.images.min_dimension:
         return
     for index, luma in enumerate(decoded.frames):
+        full = (decoded.frame_sizes[index] if index < len(decoded.frame_sizes)
+                else (decoded.width, decoded.height))
         for fraction in CROP_FRACTIONS:
             crop = centre_crop(luma, fraction)
             if min(crop.shape) < 8:
                 continue
             variant = f"crop {fraction:.0%}"
-            pdq = pdq_from_luma(crop)
+            pdq = pdq_from_luma(crop, full_size_of((crop.shape[1], crop.shape[0]),
+                                                   (luma.shape[1], luma.shape[0]), full))
             if pdq.quality >= settings.match.pdq_min_quality:
                 result.entries.append(Enrolled("pdq", pdq.hash, variant, index))
             grid = gridhist_from_luma(crop)

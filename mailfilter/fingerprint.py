@@ -191,9 +191,20 @@ def _from_video(v: VideoFingerprint) -> ImageFingerprint:
     )
 
 
+def full_size_of(part: tuple[int, int], frame: tuple[int, int],
+                 full: tuple[int, int]) -> tuple[int, int]:
+    """The full-size (width, height) a part of a reduced frame stands for: `part` and
+    `frame` are (width, height) in the frame's pixels, `full` is the frame's full size."""
+    return (max(part[0], round(part[0] * full[0] / frame[0])),
+            max(part[1], round(part[1] * full[1] / frame[1])))
+
+
 def _frame(index: int, luma: np.ndarray, preview: np.ndarray, trimmed: bool,
-           params: FingerprintParams, too_small: bool) -> FrameFingerprint:
-    pdq = pdq_from_luma(luma)
+           params: FingerprintParams, too_small: bool,
+           full_size: tuple[int, int] | None = None) -> FrameFingerprint:
+    # With the full size, PDQ is computed as on the full-size image (the reference's way):
+    # see mailfilter.hashing.pdq.pdq_from_luma.
+    pdq = pdq_from_luma(luma, full_size)
     reason: str | None = None
     if too_small:
         reason = "too-small"
@@ -247,8 +258,11 @@ def fingerprint_decoded(decoded: DecodedImage, exact: ExactHashes, params: Finge
         # make a full-size later page "too small".
         too_small = (min(decoded.frame_sizes[index]) < min_dimension
                      if index < len(decoded.frame_sizes) else small)
+        full = (decoded.frame_sizes[index] if index < len(decoded.frame_sizes)
+                else (decoded.width, decoded.height))
+        shape = (luma.shape[1], luma.shape[0])
         preview, factor = _preview(luma)
-        frames.append(_frame(index, luma, preview, False, params, too_small))
+        frames.append(_frame(index, luma, preview, False, params, too_small, full))
         if params.images.trim_borders and not too_small:
             # Most images have no border: the cheap look at the preview says so. When it
             # finds one, the cut is made at full size: PDQ moves by many bits when a few
@@ -259,7 +273,9 @@ def fingerprint_decoded(decoded: DecodedImage, exact: ExactHashes, params: Finge
             if box is not None:
                 top, left, bottom, right = box
                 trimmed = luma[top:bottom, left:right]
-                frames.append(_frame(index, trimmed, _preview(trimmed)[0], True, params, False))
+                part = full_size_of((right - left, bottom - top), shape, full)
+                frames.append(_frame(index, trimmed, _preview(trimmed)[0], True, params, False,
+                                     part))
     return ImageFingerprint(
         exact=exact,
         width=decoded.width,

@@ -10,12 +10,15 @@
   (`Image.draft`, DCT-domain) that keeps both sides >= WORKING_SHORT_SIDE; then anything whose
   short side is still >= 2 * WORKING_SHORT_SIDE is box-reduced (`Image.reduce`, integer factors),
   so frames have a short side of 512..1023 px (12 MP JPEG: 1/4 scale, 1008 x 756).
-  Why 512: PDQ's Jarosz filter box-averages to 64 x 64 anyway, but its sampling grid is tied to
-  the pixel grid, and on coarser grids the hashes drift from the full-size reference. Measured
-  against expected.csv and 80 extra crops/rescales of the vector photos (full-size pdqhash as
-  reference), max / mean bits for quality >= 80: short side >= 256: 12 / 2.7-3.4;
-  >= 384: 12-16 / 1.5-2.4; >= 512: 4-6 / 0.1-1.0. The price is ~4 ms more libjpeg time for a
-  12 MP JPEG (1/4 instead of 1/8 scale; entropy decoding dominates either way).
+  Why 512: PDQ's Jarosz filter box-averages to 64 x 64 anyway, but its windows and sampling
+  points are tied to the pixel grid. A reduced frame is therefore hashed as standing for the
+  full-size image (`frame_sizes` holds that size; `pdq_from_luma(frame, full_size)` folds the
+  full image's filter onto the reduced grid). Measured with bench/pdq_fidelity.py on 657
+  real photos of quality >= 80 (bench/photos): distance to the reference (pdqhash on the
+  full decode) median 0, p95 0, max 2; hashing the reduced frame as an image of its own gave
+  p95 6, max 14 (draft alone 14, box reduction alone 18). With the fold, a working short side
+  of 256 or 384 also stays within 4 bits on the large photos (512: 2); 512 is kept for the
+  other consumers of the frames (border trimming, gridhist preview, scene comparison).
 - Luminance Y = 0.299 R + 0.587 G + 0.114 B (PDQ's); alpha is composited over white, using
   premultiplied reduction so transparent pixels' hidden colours do not bleed in.
 - EXIF orientation (JPEG, PNG, WebP, TIFF, ...) is applied to the small arrays, cheaply (the
@@ -603,8 +606,11 @@ class _Frames:
     def nbytes(self) -> int:
         return sum(f.nbytes for f in self.stored) + sum(f.nbytes for f in self.managed)
 
-    def keep(self, im: Image.Image, luma: Luma) -> None:
-        w, h = im.size
+    def keep(self, im: Image.Image, luma: Luma,
+             stored_size: tuple[int, int] | None = None) -> None:
+        """`stored_size`: the frame's full size as stored, when `im` was decoded reduced
+        (a JPEG draft: `im.size` is then the reduced size)."""
+        w, h = stored_size or im.size
         size = (h, w) if self.orientation >= 5 else (w, h)
         self.stored.append(luma)
         self.sizes.append(size)
@@ -727,7 +733,7 @@ def _decode(data: bytes, fmt: str, limits: ImageSettings, start: float, target: 
         _check_heif_extents(data, limits)
     with Image.open(io.BytesIO(data), formats=[plugin]) as im:
         _check_pixels(im.size, limits)
-        width, height = im.size
+        width, height = stored_size = im.size
         if fmt == "JPEG":
             _check_jpeg_memory(im)
 
@@ -743,7 +749,7 @@ def _decode(data: bytes, fmt: str, limits: ImageSettings, start: float, target: 
             profile = None
         frames = _Frames(target, orientation, profile,
                          _profile_digest(profile) if profile else "", [], [], [], [])
-        frames.keep(im, _orient(_frame_luma(im, target), orientation))
+        frames.keep(im, _orient(_frame_luma(im, target), orientation), stored_size)
 
         # JPEG: only the primary picture is shown; MPO extras (stereo pair, depth or gain map)
         # are not frames.
