@@ -93,6 +93,7 @@ def start_check(*args: str | Path) -> subprocess.Popen[str]:
                             stderr=subprocess.PIPE, text=True, env=env)
 
 
+@pytest.mark.slow  # a killed process and its rerun, per step
 @pytest.mark.parametrize("step", ["submit", "upload", "finish"])
 def test_killed_in_flight(ncmec: NcmecServer, tmp_path: Path, step: str) -> None:
     """SIGKILL while a request is in flight (NCMEC carries it out, the answer comes

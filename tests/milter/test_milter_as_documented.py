@@ -43,7 +43,8 @@ from proxy.proxy_harness import (
     write_config,
 )
 
-pytestmark = pytest.mark.postfix
+# A private Postfix with the milter as docs/milter.md sets it up: about a minute in all.
+pytestmark = [pytest.mark.postfix, pytest.mark.slow]
 require_postfix()
 
 REPO = Path(__file__).resolve().parents[2]

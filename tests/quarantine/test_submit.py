@@ -200,6 +200,7 @@ FAULTS = [(step, fault) for step in ("submit", "upload", "fileinfo", "finish")
           for fault in ("500", "500-after", "slow", "drop")]
 
 
+@pytest.mark.slow  # 16 runs of the command against the stand-in: about a minute
 @pytest.mark.parametrize(("step", "fault"), FAULTS)
 def test_a_failure_at_each_step_resumes_without_a_second_report(
         proxy_factory: Factory, recording_sink: RecordingSink, ncmec: NcmecServer,
@@ -231,6 +232,7 @@ def test_a_failure_at_each_step_resumes_without_a_second_report(
         hashlib.md5(d).hexdigest() for d in (KNOWN, known_as_png()))
 
 
+@pytest.mark.slow  # a killed command and its rerun, per step: 15-20 s
 @pytest.mark.parametrize("step", ["submit", "upload", "finish"])
 def test_killed_in_flight_resumes_without_a_second_report(
         proxy_factory: Factory, recording_sink: RecordingSink, ncmec: NcmecServer,
