@@ -111,6 +111,7 @@ def healthcheck(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.postfix
+@pytest.mark.slow  # Postfix and two serve instances: about 11 s
 def test_compose_layout_spreads_mail_over_both_filters_and_fails_over(
         tmp_path: Path, redis_url: str, redis_prefix: str) -> None:
     _, alias, _ = layout.content_filter()

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from deploy.serving import clean_environ
 
 
@@ -42,6 +44,7 @@ def test_demo_json_relays_the_clean_message_and_quarantines_the_match(tmp_path: 
     assert (work / "serve.log").stat().st_size > 0
 
 
+@pytest.mark.slow  # the whole demo (the JSON run stays in the quick suite): about 8 s
 def test_demo_text_and_temporary_directory() -> None:
     run = demo()
     assert run.returncode == 0, run.stdout + run.stderr

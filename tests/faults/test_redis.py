@@ -118,6 +118,7 @@ def test_redis_down_at_start(tmp_path: Path, sink: RecordingSink) -> None:
             assert s.terminate() == 0
 
 
+@pytest.mark.slow  # Redis stopped and started under traffic: about 7 s
 def test_redis_down_mid_run_and_back(tmp_path: Path, sink: RecordingSink) -> None:
     with redis_servers() as servers:
         r = RedisServer(tmp_path / "redis").start()
@@ -158,6 +159,7 @@ def test_redis_down_mid_run_and_back(tmp_path: Path, sink: RecordingSink) -> Non
             assert s.terminate() == 0
 
 
+@pytest.mark.slow  # two Redis servers and a failover: about 10 s
 def test_redis_failover_to_a_promoted_replica(tmp_path: Path, sink: RecordingSink) -> None:
     with redis_servers() as servers:
         primary = RedisServer(tmp_path / "primary").start()

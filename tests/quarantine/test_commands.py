@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from proxy.proxy_harness import KNOWN, RawClient, RecordingSink, RunningProxy, free_port
 
 from mailfilter.actions.quarantine import QuarantineStore, build_record, new_id
@@ -218,6 +219,7 @@ def _old_entry(store: QuarantineStore, days_ago: float, *, legacy: bool = False,
     return entry_id
 
 
+@pytest.mark.slow  # a dozen quarantine commands as processes: about 16 s
 def test_hold_delete_and_purge_with_retention(proxy_factory: Factory,
                                               recording_sink: RecordingSink,
                                               tmp_path: Path) -> None:
@@ -365,6 +367,7 @@ def test_report_command_writes_json_and_cybertip_xml_and_sends_nothing(
         "json", "cybertip-xml", "cybertip-xml"]
 
 
+@pytest.mark.slow  # many command processes: about 8 s
 def test_unknown_and_malformed_ids(tmp_path: Path) -> None:
     config = config_for(tmp_path, "127.0.0.1:25")
     for command in ("show", "release", "delete", "hold", "unhold", "report"):

@@ -71,6 +71,7 @@ def deliver(port: int, raw: bytes) -> str:
         c.close()
 
 
+@pytest.mark.slow  # serve killed and restarted, per point: about 6 s
 @pytest.mark.parametrize("point", ["quarantine-write", "quarantine-message"])
 def test_crash_between_quarantine_write_and_reply(point: str, tmp_path: Path,
                                                  smtp_sink: Any) -> None:

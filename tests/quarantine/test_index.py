@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 from proxy.proxy_harness import free_port
 
@@ -48,6 +49,7 @@ def test_hash_tag_is_the_hash_stores() -> None:
         assert key.startswith(KeyLayout(prefix).tag + ":")
 
 
+@pytest.mark.slow  # two serve instances and commands: about 14 s
 def test_every_instance_sees_every_entry_and_is_told_where_it_lives(
         reporting_proxy: Any, smtp_sink: Any, tmp_path: Path, redis_url: str,
         redis_prefix: str) -> None:
