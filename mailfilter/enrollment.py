@@ -130,8 +130,7 @@ def _image_entries(result: Enrollment, decoded: DecodedImage, fp: ImageFingerpri
     if min(decoded.width, decoded.height) < settings.images.min_dimension:
         return
     for index, luma in enumerate(decoded.frames):
-        full = (decoded.frame_sizes[index] if index < len(decoded.frame_sizes)
-                else (decoded.width, decoded.height))
+        full = decoded.full_size(index)
         for fraction in CROP_FRACTIONS:
             crop = centre_crop(luma, fraction)
             if min(crop.shape) < 8:

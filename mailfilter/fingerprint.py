@@ -243,7 +243,6 @@ def fingerprint_decoded(decoded: DecodedImage, exact: ExactHashes, params: Finge
     for the time budget); `fingerprint_image` after its decode, and enrollment, which also
     crops the same frames."""
     min_dimension = params.images.min_dimension
-    small = min(decoded.width, decoded.height) < min_dimension
     frames: list[FrameFingerprint] = []
     incomplete, detail = decoded.incomplete, decoded.detail
     budget = params.images.deadline * FINGERPRINT_BUDGET_SHARE
@@ -256,10 +255,8 @@ def fingerprint_decoded(decoded: DecodedImage, exact: ExactHashes, params: Finge
             break
         # Pages of a TIFF or HEIF have sizes of their own: a thumbnail first page must not
         # make a full-size later page "too small".
-        too_small = (min(decoded.frame_sizes[index]) < min_dimension
-                     if index < len(decoded.frame_sizes) else small)
-        full = (decoded.frame_sizes[index] if index < len(decoded.frame_sizes)
-                else (decoded.width, decoded.height))
+        full = decoded.full_size(index)
+        too_small = min(full) < min_dimension
         shape = (luma.shape[1], luma.shape[0])
         preview, factor = _preview(luma)
         frames.append(_frame(index, luma, preview, False, params, too_small, full))

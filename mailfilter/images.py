@@ -123,6 +123,12 @@ class DecodedImage:
     incomplete: str | None = None
     detail: str = ""
 
+    def full_size(self, index: int) -> tuple[int, int]:
+        """The full size (width, height) frame `index` stands for."""
+        if index < len(self.frame_sizes):
+            return self.frame_sizes[index]
+        return self.width, self.height
+
 
 # --- sniffing ----------------------------------------------------------------------------
 
