@@ -14,7 +14,6 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image
 
 from mailfilter.borders import content_box
 from mailfilter.errors import SkipImage
@@ -24,6 +23,7 @@ from mailfilter.hashing.pdq import pdq_from_luma
 from mailfilter.images import FRAMES_PAST_LIMIT, DecodedImage, decode
 from mailfilter.magic import NO_VIDEO_STREAM, NOT_A_VIDEO, image_format, video_container
 from mailfilter.model import AttachmentKind, ExactHashes, FrameFingerprint, ImageFingerprint
+from mailfilter.pixels import reduce_float
 from mailfilter.settings import ImageSettings, Settings, VideoSettings
 
 if TYPE_CHECKING:  # PyAV is imported only in the workers that decode videos
@@ -47,8 +47,7 @@ def _preview(luma: np.ndarray) -> tuple[np.ndarray, int]:
     factor = min(luma.shape) // PREVIEW_SHORT_SIDE
     if factor < 2:
         return luma, 1
-    small = Image.fromarray(np.ascontiguousarray(luma, dtype=np.float32), "F").reduce(factor)
-    return np.asarray(small, dtype=np.float32), factor
+    return reduce_float(luma, factor), factor
 
 
 @dataclass(frozen=True, slots=True)

@@ -81,6 +81,7 @@ from PIL import Image, ImageCms, ImageFile, features
 
 from mailfilter.errors import SkipImage
 from mailfilter.magic import image_format
+from mailfilter.pixels import float_array, float_image
 from mailfilter.settings import ImageSettings
 
 __all__ = ["FRAMES_PAST_LIMIT", "TRUNCATED", "WORKING_SHORT_SIDE", "DecodedImage", "decode",
@@ -203,8 +204,7 @@ def _reduce(im: Image.Image, target: int) -> Image.Image:
 
 
 def _as_float(im: Image.Image) -> Luma:
-    arr: Luma = np.asarray(im, dtype=np.float32)
-    return arr
+    return float_array(im)  # without np.asarray's copies: see mailfilter.pixels
 
 
 def _luma_rgb(im: Image.Image) -> Luma:
@@ -441,10 +441,8 @@ class _Scene:
 
 def _scene(luma: Luma) -> _Scene:
     size = (_SCENE_GRID, _SCENE_GRID)
-    mean = np.asarray(Image.fromarray(luma, "F").resize(size, Image.Resampling.BOX),
-                      np.float32)
-    square = np.asarray(Image.fromarray(luma * luma, "F").resize(size, Image.Resampling.BOX),
-                        np.float32)
+    mean = float_array(float_image(luma).resize(size, Image.Resampling.BOX))
+    square = float_array(float_image(luma * luma).resize(size, Image.Resampling.BOX))
     std = np.sqrt(np.maximum(square - mean * mean, 0.0))
     return _Scene((luma.shape[0], luma.shape[1]), mean, std, float(mean.std()))
 

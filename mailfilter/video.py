@@ -137,7 +137,6 @@ import av.error
 import numpy as np
 import numpy.typing as npt
 from av.video.reformatter import Interpolation
-from PIL import Image
 
 from mailfilter.borders import content_box
 from mailfilter.errors import SkipImage
@@ -147,6 +146,7 @@ from mailfilter.hashing.pdq import PdqResult, pdq_from_luma
 from mailfilter.hashing.vpdq import VpdqFeature, feature_from_pdq, luma_from_rgb, prune
 from mailfilter.magic import NO_VIDEO_STREAM, NOT_A_VIDEO, video_container
 from mailfilter.model import ExactHashes, FrameFingerprint
+from mailfilter.pixels import reduce_float
 from mailfilter.settings import Settings, VideoSettings
 
 __all__ = [
@@ -729,8 +729,7 @@ def _preview(luma: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     factor = min(luma.shape) // PREVIEW_SHORT_SIDE
     if factor < 2:
         return luma
-    small = Image.fromarray(np.ascontiguousarray(luma), "F").reduce(factor)
-    return np.asarray(small, dtype=np.float32)
+    return reduce_float(luma, factor)
 
 
 def _frame_fingerprint(index: int, pdq: PdqResult, preview: npt.NDArray[np.float32],
