@@ -72,11 +72,13 @@ def _border_depth(lines: FloatArray) -> int:
     if n < CORE_LINES:
         return 0
     colour = float(np.median(lines[:CORE_LINES]))
+    # Most images have no border: their outermost lines alone say so, before the statistics
+    # of every line are computed (each line's mean is the same either way).
+    if float(np.abs(lines[:CORE_LINES] - colour).mean(axis=1).min()) > CORE_MAD:
+        return 0
     dev = np.abs(lines - colour)
     mad = dev.mean(axis=1)
     peak = dev.max(axis=1)
-    if float(mad[:CORE_LINES].min()) > CORE_MAD:
-        return 0
     drift = np.abs(lines.mean(axis=1) - colour)
     flat = (mad <= STRICT_MAD) & (peak <= STRICT_PEAK) & (drift <= DRIFT)
     depth = n if bool(flat.all()) else int(np.argmin(flat))
