@@ -36,6 +36,11 @@ log = logging.getLogger("mailfilter.matching.live")
 WAIT_STEP: Final = 1.0
 """Longest single blocking wait in a worker thread, so stopping never waits longer."""
 
+RETRY_AFTER: Final = 1.0
+"""After a failed check or subscription, try again this soon (or after `interval` when
+that is shorter), not after a whole `interval`: a Redis failover (Sentinel, Cluster) is
+over in a few seconds, and a list changed right after it must be live within seconds."""
+
 
 def _describe(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
@@ -59,14 +64,15 @@ async def watch_version(
     last: int | None = None
     held = known if known is not None else (lambda: last)
     interval = max(0.05, interval)
-    notify_broken = False
+    retry = min(interval, RETRY_AFTER)
+    notify_broken_until = 0.0
     while True:
         try:
             version = await asyncio.to_thread(store.version)
         except Exception as exc:  # the store's errors are TemporaryFailure; anything else too
             if on_error is not None:
                 on_error(exc)
-            await asyncio.sleep(interval)
+            await asyncio.sleep(retry)
             continue
         if on_ok is not None:
             on_ok(version)
@@ -76,18 +82,18 @@ async def watch_version(
             continue  # check again at once: the consumer may not have caught up
         deadline = time.monotonic() + interval
         while (left := deadline - time.monotonic()) > 0:
-            if notify_broken:
-                await asyncio.sleep(min(left, WAIT_STEP))
+            if time.monotonic() < notify_broken_until:
+                await asyncio.sleep(min(left, notify_broken_until - time.monotonic()))
                 continue
             try:
                 if await asyncio.to_thread(store.wait_for_change, min(left, WAIT_STEP)):
                     break
             except Exception as exc:
-                # No notifications (pub/sub down or refused): poll until the next check.
+                # No notifications (pub/sub down, refused, or its server failed over):
+                # subscribe again soon; a new subscription says "maybe changed", so the
+                # version is read again then, from the promoted server.
                 log.debug("change notifications unavailable: %s", _describe(exc))
-                notify_broken = True
-        else:
-            notify_broken = False  # try notifications again after each full interval
+                notify_broken_until = time.monotonic() + retry
 
 
 class LiveIndex:
@@ -103,6 +109,7 @@ class LiveIndex:
         self.stale = False
         self.loaded_at: float | None = None
         self.load_seconds: float | None = None
+        self._load_retry = 0.0  # seconds until a failed load is tried again (doubling)
 
     # -- what the scanner and metrics read --
     def current(self) -> HashIndex:
@@ -194,12 +201,30 @@ class LiveIndex:
                 ))
                 await asyncio.sleep(self._interval)
                 continue
+            if self._index is not None and 0 < version < self._index.version:
+                # A failover to a replica that missed the last commits: that version
+                # number would be given again to a different change, and verdicts cached
+                # under it would be taken for the new lists. Move the store past it; the
+                # next check loads what the store holds, under the new number.
+                log.warning("the store's version went back (a failover lost the last "
+                            "changes); raising it", extra={"fields": {
+                                "version": version, "loaded": self._index.version}})
+                try:
+                    await asyncio.to_thread(self._store.raise_version, self._index.version)
+                except Exception as exc:
+                    self._failed(exc)
+                    await asyncio.sleep(min(self._interval, RETRY_AFTER))
+                continue
             try:
                 index, seconds = await asyncio.to_thread(self._load)
             except Exception as exc:
                 self._failed(exc)
-                await asyncio.sleep(self._interval)
+                # Soon, not after a whole interval: the first load after a failover may
+                # fail while the cluster settles, and the lists must not stay stale long.
+                self._load_retry = min(self._interval, max(RETRY_AFTER, 2 * self._load_retry))
+                await asyncio.sleep(self._load_retry)
                 continue
+            self._load_retry = 0.0
             self._index = index  # the swap: one reference assignment
             self.loaded_at = time.time()
             self.load_seconds = seconds
