@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Self
 
 import redis
 from redis.crc import key_slot
@@ -50,6 +51,11 @@ def poll(predicate: Callable[[], object], timeout: float, what: str,
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} (waited {timeout:.0f} s)")
         time.sleep(step)
+
+
+def command(client: redis.Redis, *args: object) -> Any:
+    """One raw command (ROLE, CLUSTER ..., WAIT): redis-py types none of these."""
+    return client.execute_command(*args)  # type: ignore[no-untyped-call]
 
 
 def server_binary() -> str:
@@ -120,7 +126,7 @@ class _Layout:
         for process in self.processes:
             process.kill()
 
-    def __enter__(self) -> _Layout:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -169,7 +175,8 @@ class SentinelLayout(_Layout):
 
     def _sentinels_agree(self) -> bool:
         for sentinel in self.sentinels:
-            state = sentinel.client().sentinel_master(self.service)
+            state: dict[str, Any] = command(sentinel.client(), "SENTINEL MASTER",
+                                            self.service)
             if int(state["num-slaves"]) < 1 or int(state["num-other-sentinels"]) < 2:
                 return False
         return True
@@ -180,10 +187,13 @@ class SentinelLayout(_Layout):
         for sentinel in self.sentinels:
             if sentinel.alive:
                 with contextlib.suppress(redis.RedisError):
-                    host, port = sentinel.client().sentinel_get_master_addr_by_name(
-                        self.service)
-                    answers.append(int(port))
+                    answers.append(self._master_port_by(sentinel))
         return max(set(answers), key=answers.count)
+
+    def _master_port_by(self, sentinel: RedisProcess) -> int:
+        _host, port = command(sentinel.client(), "SENTINEL GET-MASTER-ADDR-BY-NAME",
+                              self.service)
+        return int(port)
 
     def process_on(self, port: int) -> RedisProcess:
         return next(p for p in (self.master, self.replica) if p.port == port)
@@ -198,10 +208,10 @@ class SentinelLayout(_Layout):
     def wait_promoted(self, survivor: RedisProcess, timeout: float = 30.0) -> None:
         """Until every sentinel names `survivor` as master and it says it is one."""
         def promoted() -> bool:
-            if survivor.client().execute_command("ROLE")[0] != b"master":
+            if command(survivor.client(), "ROLE")[0] != b"master":
                 return False
-            return all(int(s.client().sentinel_get_master_addr_by_name(self.service)[1])
-                       == survivor.port for s in self.sentinels if s.alive)
+            return all(self._master_port_by(s) == survivor.port
+                       for s in self.sentinels if s.alive)
         poll(promoted, timeout, f"the sentinels did not promote the server on {survivor.port}")
 
 
@@ -250,15 +260,15 @@ class ClusterLayout(_Layout):
         """Every live node says the cluster is ok and knows the same masters, and each
         master with a live replica has it in sync."""
         for node in self._alive():
-            info = node.client().execute_command("CLUSTER", "INFO").decode()
+            info = command(node.client(), "CLUSTER", "INFO").decode()
             if "cluster_state:ok" not in info:
                 return False
         masters = [n for n in self._alive()
-                   if n.client().execute_command("ROLE")[0] == b"master"]
+                   if command(n.client(), "ROLE")[0] == b"master"]
         if len(masters) != self.masters:
             return False
         for node in self._alive():
-            role = node.client().execute_command("ROLE")
+            role = command(node.client(), "ROLE")
             if role[0] == b"slave" and role[3] != b"connected":
                 return False
         return True
@@ -267,16 +277,16 @@ class ClusterLayout(_Layout):
         """The live master that serves `key`'s slot."""
         slot = key_slot(key.encode())
         for node in self._alive():
-            for start, end, master, *_ in node.client().execute_command("CLUSTER", "SLOTS"):
+            for start, end, master, *_ in command(node.client(), "CLUSTER", "SLOTS"):
                 if start <= slot <= end:
                     port = int(master[1])
                     return next(n for n in self.processes if n.port == port)
         raise LookupError(f"no node serves slot {slot}")
 
     def replica_of(self, master: RedisProcess) -> RedisProcess:
-        node_id = master.client().execute_command("CLUSTER", "MYID").decode()
+        node_id = command(master.client(), "CLUSTER", "MYID").decode()
         for node in self._alive():
-            role = node.client().execute_command("ROLE")
+            role = command(node.client(), "ROLE")
             if role[0] == b"slave" and int(role[2]) == master.port:
                 return node
         raise LookupError(f"master {master.port} ({node_id}) has no live replica")
@@ -291,22 +301,22 @@ class ClusterLayout(_Layout):
     def wait_failed_over(self, key: str, replica: RedisProcess, timeout: float = 30.0) -> None:
         """Until `replica` is master of `key`'s slot and the cluster is ok again."""
         def taken_over() -> bool:
-            if replica.client().execute_command("ROLE")[0] != b"master":
+            if command(replica.client(), "ROLE")[0] != b"master":
                 return False
             if self.owner(key).port != replica.port:
                 return False
-            return all("cluster_state:ok" in n.client().execute_command(
+            return all("cluster_state:ok" in command(n.client(),
                 "CLUSTER", "INFO").decode() for n in self._alive())
         poll(taken_over, timeout, f"the replica on {replica.port} did not take over")
 
     def keyslots(self, keys: Sequence[bytes]) -> set[int]:
         """CLUSTER KEYSLOT of each key, as the server computes it."""
         client = self._alive()[0].client()
-        return {int(client.execute_command("CLUSTER", "KEYSLOT", k)) for k in keys}
+        return {int(command(client, "CLUSTER", "KEYSLOT", k)) for k in keys}
 
     def all_keys(self, pattern: str = "*") -> Iterator[bytes]:
         """Every key on every live master."""
         for node in self._alive():
             client = node.client()
-            if client.execute_command("ROLE")[0] == b"master":
+            if command(client, "ROLE")[0] == b"master":
                 yield from client.scan_iter(match=pattern, count=1000)

@@ -16,7 +16,7 @@ import pytest
 from factories import jpeg, message, message_bytes
 from redis.crc import key_slot
 
-from ha.servers import ClusterLayout, SentinelLayout
+from ha.servers import ClusterLayout, SentinelLayout, command
 from mailfilter.actions.quarantine_index import open_index
 from mailfilter.actions.records import EntrySummary
 from mailfilter.matching.cache import RedisVerdictCache
@@ -113,7 +113,12 @@ def test_store_cache_and_quarantine_index_on_the_cluster_stay_in_one_slot(
         values = ["".join(f"{b:02x}" for b in rng.integers(0, 256, 32)) for _ in range(300)]
 
         woken = threading.Event()
-        waiter = threading.Thread(target=lambda: reader.wait_for_change(10) and woken.set())
+
+        def wait() -> None:
+            if reader.wait_for_change(10):
+                woken.set()
+
+        waiter = threading.Thread(target=wait)
         waiter.start()
         first = writer.import_list("l", "test", _batches(values[:200]), replace=True)
         waiter.join(15)
@@ -166,7 +171,7 @@ def test_store_cache_and_quarantine_index_on_the_cluster_stay_in_one_slot(
 def test_sentinel_client_talks_to_the_master(sentinel: SentinelLayout, prefix: str) -> None:
     client = redis_client(store_settings(sentinel, prefix), socket_timeout=5)
     try:
-        assert client.execute_command("ROLE")[0] == b"master"
+        assert command(client, "ROLE")[0] == b"master"
         assert client.connection_pool.connection_kwargs.get("port") is None  # asked, not set
         assert sentinel.master_port() == sentinel.master.port
     finally:
