@@ -12,8 +12,9 @@ Three layouts, one client API (docs/scale-out.md):
   for the current master whenever a connection is made, so after a promotion the next
   connection goes to the new master (a connection still open to a demoted master fails,
   and is made again); `redis_url` gives the database, user and password;
-- Redis Cluster (`redis_cluster`): `redis_url` names any node, the slot map is read from
-  it and followed through failovers. Every key of a deployment carries one hash tag, so
+- Redis Cluster (`redis_cluster`): `redis_url` names any node (`redis_cluster_nodes` more
+  of them, for when that one is down), the slot map is read from it and followed through
+  failovers. Every key of a deployment carries one hash tag, so
   all of them, and every multi-key command and script, live in one slot, on one node:
   a cluster gives the deployment a replica that takes over, not more capacity.
 
@@ -42,7 +43,7 @@ import re
 from typing import Any, cast
 
 import redis
-from redis.cluster import RedisCluster
+from redis.cluster import ClusterNode, RedisCluster
 from redis.connection import parse_url
 from redis.sentinel import Sentinel, SentinelManagedSSLConnection
 
@@ -83,7 +84,10 @@ def redis_client(settings: StoreSettings, **options: Any) -> redis.Redis:
         # RedisCluster is not a redis.Redis subclass but answers the same commands for
         # what mailfilter sends (single-slot keys, pipelines, MULTI, scripts, pub/sub);
         # tests/ha runs the store, cache and quarantine index on a real cluster.
-        return cast(redis.Redis, RedisCluster.from_url(settings.redis_url, **options))
+        # The URL's node is tried last: redis-py appends it to `startup_nodes`.
+        nodes = [ClusterNode(*split_host_port(a)) for a in settings.redis_cluster_nodes]
+        cluster = RedisCluster.from_url(settings.redis_url, startup_nodes=nodes, **options)
+        return cast(redis.Redis, cluster)
     return redis.Redis.from_url(settings.redis_url, **options)
 
 

@@ -276,12 +276,23 @@ class StoreSettings(_Section):
     redis_sentinels: Annotated[tuple[str, ...], AfterValidator(_check_host_ports)] = ()
     redis_sentinel_service: str = Field(default="", validate_default=True)
     redis_sentinel_password: str = ""
-    # Redis Cluster: redis_url names any node; the others are discovered.
+    # Redis Cluster: redis_url names any node; the others are discovered. More nodes to
+    # start from when that one is down (a command run, an instance started, meanwhile).
     redis_cluster: bool = Field(default=False, validate_default=True)
+    redis_cluster_nodes: Annotated[tuple[str, ...], AfterValidator(_check_host_ports)] = Field(
+        default=(), validate_default=True)
     key_prefix: str = "mailfilter"
     path: Path = Field(default_factory=default_state_dir)
     reload_interval: Duration = 5.0
     cache_ttl: Duration = 86400.0
+
+    @field_validator("redis_cluster_nodes", mode="after")
+    @classmethod
+    def _nodes_of_a_cluster(cls, value: tuple[str, ...], info: ValidationInfo
+                            ) -> tuple[str, ...]:
+        if value and info.data.get("redis_cluster") is False:
+            raise ValueError("expected [] unless redis_cluster = true")
+        return value
 
     # Field validators (not a model validator) so that each error names its key.
     @field_validator("redis_sentinel_service", mode="after")
@@ -631,7 +642,7 @@ def redis_layout(settings: StoreSettings) -> str:
                 f"{','.join(settings.redis_sentinels)} "
                 f"({parts.scheme}://{user}MASTER{parts.path})")
     if settings.redis_cluster:
-        return f"cluster via {url}"
+        return f"cluster via {','.join([url, *settings.redis_cluster_nodes])}"
     return url
 
 

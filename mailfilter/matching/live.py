@@ -3,7 +3,9 @@
 `watch_version` is the async helper: it yields the store's version whenever it differs
 from what the caller holds, woken by the store's change notification (Redis pub/sub; the
 local store polls its database) and in any case polling every `interval` seconds, so a
-lost notification or a store without pub/sub only delays a reload.
+lost notification only delays a reload. While notifications fail (the subscription's
+server died, or pub/sub is refused) it polls every second instead, and subscribes again
+each time: after a Redis failover, a change is live within seconds.
 
 `LiveIndex` holds the current `HashIndex` for the scanner: a background task follows
 `watch_version`, builds a new index in a worker thread (off the event loop) and swaps the
@@ -65,7 +67,6 @@ async def watch_version(
     held = known if known is not None else (lambda: last)
     interval = max(0.05, interval)
     retry = min(interval, RETRY_AFTER)
-    notify_broken_until = 0.0
     while True:
         try:
             version = await asyncio.to_thread(store.version)
@@ -82,18 +83,18 @@ async def watch_version(
             continue  # check again at once: the consumer may not have caught up
         deadline = time.monotonic() + interval
         while (left := deadline - time.monotonic()) > 0:
-            if time.monotonic() < notify_broken_until:
-                await asyncio.sleep(min(left, notify_broken_until - time.monotonic()))
-                continue
             try:
                 if await asyncio.to_thread(store.wait_for_change, min(left, WAIT_STEP)):
                     break
             except Exception as exc:
                 # No notifications (pub/sub down, refused, or its server failed over):
-                # subscribe again soon; a new subscription says "maybe changed", so the
-                # version is read again then, from the promoted server.
+                # poll the version every `retry` seconds meanwhile, and subscribe again
+                # each time (a new subscription says "maybe changed"). Reading the version
+                # is also what lets a cluster client learn the new slot map: the
+                # subscription alone would keep going to the dead master.
                 log.debug("change notifications unavailable: %s", _describe(exc))
-                notify_broken_until = time.monotonic() + retry
+                await asyncio.sleep(min(left, retry))
+                break
 
 
 class LiveIndex:

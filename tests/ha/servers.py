@@ -233,6 +233,11 @@ class ClusterLayout(_Layout):
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.processes[0].port}/0"
 
+    @property
+    def other_nodes(self) -> list[str]:
+        """host:port of every node but the URL's (`[store] redis_cluster_nodes`)."""
+        return [f"127.0.0.1:{n.port}" for n in self.processes[1:]]
+
     def start(self) -> ClusterLayout:
         try:
             for node in self.processes:
