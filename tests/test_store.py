@@ -705,3 +705,34 @@ def test_videos_round_trip(store: BaseHashStore) -> None:
     rule = MatchSettings()
     [match] = index.search("vpdq", features, rule.pdq_max_distance, rule)
     assert (match.list_name, match.distance) == ("videos", 0.0)
+
+
+async def test_a_version_that_went_back_is_raised_past_the_one_loaded(
+        redis_url: str, redis_prefix: str) -> None:
+    """A failover to a replica that missed the last commit: the store's version is lower
+    than the one an instance loaded. The instance moves it past its own, so the next
+    change cannot get a number already used for other lists (verdicts are cached under
+    it), and loads what the store now holds."""
+    settings = StoreSettings(redis_url=redis_url, key_prefix=redis_prefix, reload_interval=60.0)
+    keys = KeyLayout(redis_prefix)
+    client = redis.Redis.from_url(redis_url)
+    with open_store(settings) as writer:
+        writer.import_list("a", "s", batches([pdq_like() for _ in range(5)]), replace=True)
+        lost = writer.import_list("b", "s", batches([pdq_like() for _ in range(7)]),
+                                  replace=True)
+        live = LiveIndex(open_store(settings), reload_interval=60.0)
+        await live.start(wait=10)
+        try:
+            assert live.version == lost.version == 2 and len(live.current()) == 12
+            # what the promoted replica holds: the commit of "b" never reached it
+            client.hdel(keys.lists, "b")
+            client.set(keys.version, 1)
+            client.publish(keys.channel, 1)
+            await wait_until(lambda: live.version > lost.version, timeout=10)
+            assert writer.version() == live.version == lost.version + 1
+            assert len(live.current()) == 5  # the store's lists, under a new number
+            following = writer.import_list("c", "s", batches([pdq_like()]), replace=True)
+            assert following.version == lost.version + 2
+        finally:
+            await live.stop()
+            client.close()
