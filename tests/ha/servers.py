@@ -226,7 +226,12 @@ class ClusterLayout(_Layout):
                 # a replica takes over however long it was cut off from its master
                 "--cluster-replica-validity-factor", "0",
                 "--save", "", "--appendonly", "no", *extra_args]
-        self.processes = [RedisProcess(root / f"node-{i}", args) for i in range(2 * masters)]
+        # The cluster bus listens on a port of its own, by default the client port +
+        # 10000: that can fall in the ephemeral range (tests/ports.py), so it is chosen
+        # from the free ports too.
+        self.processes = [RedisProcess(root / f"node-{i}",
+                                       [*args, "--cluster-port", str(free_port())])
+                          for i in range(2 * masters)]
         self.masters = masters
 
     @property
