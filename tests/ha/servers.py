@@ -30,7 +30,7 @@ if str(TESTS_DIR) not in sys.path:
 
 from ports import free_port  # noqa: E402
 
-__all__ = ["ClusterLayout", "RedisProcess", "SentinelLayout", "poll"]
+__all__ = ["ClusterLayout", "RedisProcess", "SentinelLayout", "Tls", "poll"]
 
 SERVICE = "mailfilter-ha"
 DOWN_AFTER_MS = 1000
@@ -74,6 +74,9 @@ class RedisProcess:
     port: int = field(default_factory=free_port)
     config: Path | None = None  # a config file given first (sentinels need one they rewrite)
     sentinel: bool = False
+    tls: bool = False  # `args` carry the TLS options; `port` is then the TLS port
+    # how the layout's own checks connect (a TLS CA, a password)
+    client_options: dict[str, Any] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
 
     def command(self) -> list[str]:
@@ -82,7 +85,9 @@ class RedisProcess:
             head.append(str(self.config))
         if self.sentinel:
             head.append("--sentinel")
-        return [*head, "--port", str(self.port), "--bind", "127.0.0.1",
+        ports = ["--port", "0", "--tls-port", str(self.port)] if self.tls \
+            else ["--port", str(self.port)]
+        return [*head, *ports, "--bind", "127.0.0.1",
                 "--dir", str(self.directory), "--protected-mode", "no", *self.args]
 
     def start(self) -> RedisProcess:
@@ -103,9 +108,9 @@ class RedisProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def client(self, **options: object) -> redis.Redis:
+    def client(self) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5,
-                           socket_connect_timeout=2, **options)  # type: ignore[arg-type]
+                           socket_connect_timeout=2, **self.client_options)
 
     def log_tail(self) -> str:
         path = self.directory / "redis.log"
@@ -133,16 +138,48 @@ class _Layout:
         self.stop()
 
 
-class SentinelLayout(_Layout):
-    """A master, one replica, three sentinels (quorum 2) monitoring them as `SERVICE`."""
+@dataclass(frozen=True)
+class Tls:
+    """A server certificate (for 127.0.0.1) and the CA it chains to."""
 
-    def __init__(self, root: Path, service: str = SERVICE) -> None:
+    ca: Path
+    cert: Path
+    key: Path
+
+    def server_args(self) -> list[str]:
+        return ["--tls-cert-file", str(self.cert), "--tls-key-file", str(self.key),
+                "--tls-ca-cert-file", str(self.ca), "--tls-auth-clients", "no",
+                "--tls-replication", "yes"]
+
+    def client_options(self) -> dict[str, Any]:
+        return {"ssl": True, "ssl_ca_certs": str(self.ca), "ssl_cert_reqs": "required",
+                "ssl_check_hostname": True}
+
+
+class SentinelLayout(_Layout):
+    """A master, one replica, three sentinels (quorum 2) monitoring them as `SERVICE`;
+    with `tls` every one of them speaks only TLS (replication and sentinels' links too),
+    with `sentinel_password` the sentinels want it (and give it to each other)."""
+
+    def __init__(self, root: Path, service: str = SERVICE, tls: Tls | None = None,
+                 sentinel_password: str = "") -> None:
         self.root = root
         self.service = service
-        self.master = RedisProcess(root / "master", ["--save", "", "--appendonly", "no"])
-        self.replica = RedisProcess(root / "replica", ["--save", "", "--appendonly", "no"])
-        self.sentinels = [RedisProcess(root / f"sentinel-{i}", sentinel=True)
-                          for i in range(3)]
+        self.sentinel_password = sentinel_password
+        data = ["--save", "", "--appendonly", "no", *(tls.server_args() if tls else [])]
+        options = tls.client_options() if tls else {}
+        self.master = RedisProcess(root / "master", data, tls=tls is not None,
+                                   client_options=options)
+        self.replica = RedisProcess(root / "replica", data, tls=tls is not None,
+                                    client_options=options)
+        password = {"password": sentinel_password} if sentinel_password else {}
+        self.sentinels = [
+            RedisProcess(root / f"sentinel-{i}", [*(tls.server_args() if tls else []),
+                                                   *(["--requirepass", sentinel_password]
+                                                     if sentinel_password else [])],
+                         sentinel=True, tls=tls is not None,
+                         client_options={**options, **password})
+            for i in range(3)]
         self.processes = [self.master, self.replica, *self.sentinels]
 
     @property
@@ -164,7 +201,9 @@ class SentinelLayout(_Layout):
                     f"sentinel monitor {self.service} 127.0.0.1 {self.master.port} 2\n"
                     f"sentinel down-after-milliseconds {self.service} {DOWN_AFTER_MS}\n"
                     f"sentinel failover-timeout {self.service} {FAILOVER_TIMEOUT_MS}\n"
-                    f"sentinel parallel-syncs {self.service} 1\n")
+                    f"sentinel parallel-syncs {self.service} 1\n"
+                    + (f"sentinel sentinel-pass {self.sentinel_password}\n"
+                       if self.sentinel_password else ""))
                 sentinel.start().wait_up()
             poll(self._sentinels_agree, 30,
                  "the sentinels did not find the replica and each other")
