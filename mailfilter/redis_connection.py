@@ -85,7 +85,8 @@ def redis_client(settings: StoreSettings, **options: Any) -> redis.Redis:
         # what mailfilter sends (single-slot keys, pipelines, MULTI, scripts, pub/sub);
         # tests/ha runs the store, cache and quarantine index on a real cluster.
         # The URL's node is tried last: redis-py appends it to `startup_nodes`.
-        nodes = [ClusterNode(*split_host_port(a)) for a in settings.redis_cluster_nodes]
+        nodes = [ClusterNode(*split_host_port(a))  # type: ignore[no-untyped-call]
+                 for a in settings.redis_cluster_nodes]
         cluster = RedisCluster.from_url(settings.redis_url, startup_nodes=nodes, **options)
         return cast(redis.Redis, cluster)
     return redis.Redis.from_url(settings.redis_url, **options)

@@ -34,6 +34,10 @@ from mailfilter.model import ExactHashes, ImageFingerprint
 from mailfilter.redis_connection import KeyLayout, redis_client
 from mailfilter.settings import StoreSettings
 
+# A Sentinel layout and a Cluster to start (about 13 s), then 8 tests of 0.1-3 s: about
+# 30 s for the module.
+pytestmark = pytest.mark.slow
+
 IMAGE = jpeg(2121)  # a generated stand-in picture, listed by the tests
 
 
