@@ -20,8 +20,8 @@ from factories import jpeg, message, message_bytes
 from proxy.proxy_harness import spawn_serve
 from redis.crc import key_slot
 
+from ha.instances import instance_env
 from ha.servers import ClusterLayout, RedisProcess, SentinelLayout, command
-from ha.test_failover import instance_env
 from mailfilter.actions.quarantine_index import open_index
 from mailfilter.actions.records import EntrySummary
 from mailfilter.errors import TemporaryFailure
