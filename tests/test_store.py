@@ -11,6 +11,7 @@ import asyncio
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -736,3 +737,23 @@ async def test_a_version_that_went_back_is_raised_past_the_one_loaded(
         finally:
             await live.stop()
             client.close()
+
+
+async def test_a_local_store_whose_version_went_back_is_loaded_as_it_is(
+        tmp_path: Path) -> None:
+    """The local store cannot lose a commit, but its file can be put back from a copy:
+    its lists are loaded under the number it has (no raising, and no spinning on it)."""
+    settings = StoreSettings(path=tmp_path / "store", reload_interval=0.2)
+    with open_store(settings) as writer:
+        writer.import_list("a", "s", batches([pdq_like() for _ in range(3)]), replace=True)
+        writer.import_list("b", "s", batches([pdq_like() for _ in range(4)]), replace=True)
+    live = LiveIndex(open_store(settings), reload_interval=0.2)
+    await live.start(wait=10)
+    try:
+        assert live.version == 2 and len(live.current()) == 7
+        with sqlite3.connect(tmp_path / "store" / DB_NAME) as db:
+            db.execute("UPDATE state SET value = '1' WHERE key = 'version'")
+        await wait_until(lambda: live.version == 1, timeout=10)
+        assert len(live.current()) == 7  # what the file holds, under its number
+    finally:
+        await live.stop()

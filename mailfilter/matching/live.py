@@ -211,11 +211,16 @@ class LiveIndex:
                             "changes); raising it", extra={"fields": {
                                 "version": version, "loaded": self._index.version}})
                 try:
-                    await asyncio.to_thread(self._store.raise_version, self._index.version)
+                    raised = await asyncio.to_thread(self._store.raise_version,
+                                                     self._index.version)
                 except Exception as exc:
                     self._failed(exc)
                     await asyncio.sleep(min(self._interval, RETRY_AFTER))
-                continue
+                    continue
+                if raised > self._index.version:
+                    continue  # the next check sees the raised version and loads
+                # A store that keeps its number (the local one, a database file put back):
+                # load what it holds, under the number it has.
             try:
                 index, seconds = await asyncio.to_thread(self._load)
             except Exception as exc:
