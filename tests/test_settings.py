@@ -259,6 +259,8 @@ def test_commands_warn_about_deprecated_keys(tmp_path: Path) -> None:
         ('redis_url = "unix:///run/redis.sock"\nredis_cluster = true\n',
          "expected false unless redis_url is a redis://"),
         ('redis_url = "redis://node:7000/3"\nredis_cluster = true\n', "names database 0"),
+        ('redis_url = "redis://node:7000/0"\nredis_cluster_nodes = ["n2:7000"]\n',
+         "[store] redis_cluster_nodes = [\"n2:7000\"]: expected [] unless redis_cluster = true"),
     ],
 )
 def test_redis_layout_combinations_refused(tmp_path: Path, store: str, expected: str) -> None:
