@@ -11,7 +11,13 @@ switches the pointer, makes the new keys persistent, gives the old generation's 
 short grace TTL (readers still busy with it finish; later readers see the new one), INCRs
 the version and PUBLISHes it. Readers take the version and pointers in one MULTI, then
 read chunks; a chunk gone missing (a reader slower than the grace period) makes them start
-again.
+again. Every key is under the deployment's hash tag, so the script and the MULTI stay in
+one slot on Redis Cluster.
+
+With Sentinel or Cluster, whose replicas may be promoted, a commit then WAITs for a replica
+to have it. Should a failover still lose a commit some instance had loaded, that instance
+finds the version lower than its own and raises it past (`raise_version`): a version
+number never names two different sets of lists, which the verdict cache relies on.
 
 Cold load: ten million PDQ hashes are 320 MB in 40 chunks of 8 MB, read with pipelined
 GETs straight into one numpy array. Committed list keys have no TTL, so a
