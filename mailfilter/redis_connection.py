@@ -23,8 +23,9 @@ when it already contains a ``{…}`` tag). Every key carries the same tag, so mu
 commands (the store's commit) run on Redis Cluster too (one slot).
 
 =================================  ======  ===============================================
-``T:version``                      string  the version: INCR by every change, and never
-                                           below the server's clock in ms (store_redis.py)
+``T:version``                      string  the version: INCR by every change; raised past
+                                           a version an instance had loaded when a failover
+                                           lost commits (store_redis.py)
 ``T:lists``                        hash    list name -> its current generation id
 ``T:generation``                   string  counter giving each written list a fresh id
 ``T:list:G:meta``                  string  JSON: name, source, times, label table, counts
