@@ -13,8 +13,17 @@ Everything goes under a unique key prefix (``mfbench:…``), deleted at the end,
 shared Redis is left as it was; `--backend local` measures the SQLite store in a
 temporary directory instead.
 
+`--cluster` measures the same on the single Redis and then on a Redis Cluster of three
+masters and three replicas that it starts for the run (real `redis-server` processes on
+free ports, in a temporary directory, stopped at the end: `tests/ha/servers.py`, the
+starter the HA tests use), and prints the two side by side. All of a deployment's keys
+are in one slot, so the cluster writes to one master (which also feeds its replica and
+waits for it to acknowledge the commit): this shows what the cluster costs, not a
+speed-up.
+
     python bench/import_speed.py [--redis-url redis://127.0.0.1:6379/0] [--lines 1000000]
-                                 [--entries 10000000] [--backend redis|local] [--json]
+                                 [--entries 10000000] [--backend redis|local] [--cluster]
+                                 [--json]
 """
 
 from __future__ import annotations
@@ -88,6 +97,8 @@ def write_config(path: Path, settings: StoreSettings) -> None:
     lines = ["[store]"]
     if settings.redis_url:
         lines += [f'redis_url = "{settings.redis_url}"', f'key_prefix = "{settings.key_prefix}"']
+    if settings.redis_cluster:
+        lines.append("redis_cluster = true")
     lines.append(f'path = "{settings.path}"')
     path.write_text("\n".join(lines) + "\n")
 
@@ -106,15 +117,21 @@ def generated_batches(entries: int, seed: int = 2) -> Iterator[ParsedBatch]:
         yield ParsedBatch(labels=table, columns={"pdq": col}, lines=n)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace, cluster_url: str = "") -> dict[str, Any]:
+    """One backend: the local store, the Redis at `args.redis_url`, or (`cluster_url`) a
+    Redis Cluster reached through that node."""
     workdir = Path(tempfile.mkdtemp(prefix="mfbench-"))
     prefix = f"mfbench:{uuid.uuid4().hex[:12]}"
-    if args.backend == "redis":
+    if cluster_url:
+        settings = StoreSettings(redis_url=cluster_url, redis_cluster=True, key_prefix=prefix,
+                                 path=workdir / "unused")
+    elif args.backend == "redis":
         settings = StoreSettings(redis_url=args.redis_url, key_prefix=prefix,
                                  path=workdir / "unused")
     else:
         settings = StoreSettings(path=workdir / "store")
-    results: dict[str, Any] = {"backend": args.backend, "lines": args.lines,
+    backend = "redis cluster (3 masters + 3 replicas)" if cluster_url else args.backend
+    results: dict[str, Any] = {"backend": backend, "lines": args.lines,
                                "entries": args.entries, "cpus": os.cpu_count()}
     try:
         listing = workdir / "list.pdq"
@@ -154,7 +171,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["load_build_seconds"] = round(load["build"], 2)
         results["load_seconds"] = round(load["total"], 2)
     finally:
-        if args.backend == "redis":
+        if settings.redis_url:
             with RedisHashStore(settings) as store:
                 results["keys_deleted"] = store.purge()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -187,6 +204,33 @@ def markdown(r: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def side_by_side(single: dict[str, Any], cluster: dict[str, Any]) -> str:
+    rows = [("`hashes import` of a pdq file (new process)", "import_seconds", single["lines"]),
+            ("import rate, lines/s", "import_lines_per_second", single["lines"]),
+            ("filling the store (import path, generated)", "fill_seconds", single["entries"]),
+            ("cold `load_index()`: read lists", "load_read_seconds", single["entries"]),
+            ("cold `load_index()`: build index", "load_build_seconds", single["entries"]),
+            ("cold `load_index()` total", "load_seconds", single["entries"])]
+    out = [f"{single['cpus']} CPUs, the cluster's six servers on this machine too.", "",
+           f"| step | size | {single['backend']} | {cluster['backend']} | cluster/single |",
+           "|---|---|---:|---:|---:|"]
+    for label, key, size in rows:
+        a, b = single[key], cluster[key]
+        out.append(f"| {label} | {size:,} | {a:,} | {b:,} | {b / a:.2f}x |")
+    return "\n".join(out)
+
+
+def run_with_cluster(args: argparse.Namespace) -> dict[str, Any]:
+    sys.path.insert(0, str(REPO / "tests"))
+    from ha.servers import ClusterLayout  # the starter the HA tests use
+
+    single = run(args)
+    with tempfile.TemporaryDirectory(prefix="mfbench-cluster-") as root, \
+            ClusterLayout(Path(root)).start() as layout:
+        cluster = run(args, cluster_url=layout.url)
+    return {"single": single, "cluster": cluster}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL",
@@ -194,8 +238,14 @@ def main() -> None:
     parser.add_argument("--backend", choices=("redis", "local"), default="redis")
     parser.add_argument("--lines", type=int, default=1_000_000)
     parser.add_argument("--entries", type=int, default=10_000_000)
+    parser.add_argument("--cluster", action="store_true",
+                        help="also on a Redis Cluster started for the run, side by side")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args()
+    if args.cluster:
+        both = run_with_cluster(args)
+        print(json.dumps(both) if args.json else side_by_side(both["single"], both["cluster"]))
+        return
     results = run(args)
     print(json.dumps(results) if args.json else markdown(results))
 

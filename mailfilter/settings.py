@@ -257,14 +257,80 @@ class ScanSettings(_Section):
     timeout: Duration = 60.0
 
 
+def _check_host_ports(value: tuple[str, ...]) -> tuple[str, ...]:
+    for item in value:
+        try:
+            split_host_port(item)
+        except ValueError as exc:
+            raise ValueError(f"{item!r}: {exc}") from None
+    return value
+
+
 class StoreSettings(_Section):
     redis_url: Annotated[str, AfterValidator(_check_redis_url)] = ""
     # PEM CA file a rediss:// server's certificate must chain to; empty: the system's CAs
     redis_ca_file: str = ""
+    # Redis Sentinel (redis_connection.py): the sentinels asked for the master of
+    # `redis_sentinel_service`; redis_url then gives the master's database, user and
+    # password only (its host is ignored).
+    redis_sentinels: Annotated[tuple[str, ...], AfterValidator(_check_host_ports)] = ()
+    redis_sentinel_service: str = Field(default="", validate_default=True)
+    redis_sentinel_password: str = ""
+    # Redis Cluster: redis_url names any node; the others are discovered. More nodes to
+    # start from when that one is down (a command run, an instance started, meanwhile).
+    redis_cluster: bool = Field(default=False, validate_default=True)
+    redis_cluster_nodes: Annotated[tuple[str, ...], AfterValidator(_check_host_ports)] = Field(
+        default=(), validate_default=True)
     key_prefix: str = "mailfilter"
     path: Path = Field(default_factory=default_state_dir)
     reload_interval: Duration = 5.0
     cache_ttl: Duration = 86400.0
+
+    @field_validator("redis_cluster_nodes", mode="after")
+    @classmethod
+    def _nodes_of_a_cluster(cls, value: tuple[str, ...], info: ValidationInfo
+                            ) -> tuple[str, ...]:
+        if value and info.data.get("redis_cluster") is False:
+            raise ValueError("expected [] unless redis_cluster = true")
+        return value
+
+    # Field validators (not a model validator) so that each error names its key.
+    @field_validator("redis_sentinel_service", mode="after")
+    @classmethod
+    def _service_with_sentinels(cls, value: str, info: ValidationInfo) -> str:
+        if "redis_sentinels" not in info.data:
+            return value  # the sentinels themselves were refused: one error is enough
+        sentinels = info.data["redis_sentinels"]
+        if sentinels and not value:
+            raise ValueError("expected the name of the master the sentinels monitor "
+                             "(sentinel.conf: sentinel monitor NAME ...) when "
+                             "redis_sentinels is set")
+        if value and not sentinels:
+            raise ValueError("set redis_sentinels too (host:port of each sentinel), or "
+                             "leave this empty")
+        url = info.data.get("redis_url")
+        if sentinels and url is not None and not re.match(r"^rediss?://", url):
+            raise ValueError("set redis_url to a redis:// or rediss:// URL too: with "
+                             "sentinels it gives the master's database, user and password "
+                             "(redis://USER:PASSWORD@sentinel/0; its host is ignored)")
+        return value
+
+    @field_validator("redis_cluster", mode="after")
+    @classmethod
+    def _cluster_alone(cls, value: bool, info: ValidationInfo) -> bool:
+        if not value:
+            return value
+        if info.data.get("redis_sentinels"):
+            raise ValueError("expected false when redis_sentinels is set: a deployment "
+                             "uses either Sentinel or Cluster")
+        url = info.data.get("redis_url")
+        if url is not None and not re.match(r"^rediss?://", url):
+            raise ValueError("expected false unless redis_url is a redis:// or rediss:// "
+                             "URL naming a cluster node")
+        if url and urlsplit(url).path.strip("/") not in ("", "0"):
+            raise ValueError("expected false unless redis_url names database 0 (a cluster "
+                             "has no other)")
+        return value
 
 
 def _known_signals(names: tuple[str, ...]) -> tuple[str, ...]:
@@ -540,7 +606,8 @@ def _describe_expectation(err: Mapping[str, Any]) -> str:
 
 
 # Values never shown (check-config, error lines): they end up in logs and tickets.
-SECRET_KEYS = frozenset({("report", "webhook_secret")})
+SECRET_KEYS = frozenset({("report", "webhook_secret"),
+                         ("store", "redis_sentinel_password")})
 
 
 def redact_url(url: str) -> str:
@@ -561,6 +628,22 @@ def redact_url(url: str) -> str:
     if port is not None:
         host = f"{host}:{port}"
     return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, query, ""))
+
+
+def redis_layout(settings: StoreSettings) -> str:
+    """Where the Redis store is, without passwords: for logs, `check-config`, `stats`."""
+    url = redact_url(settings.redis_url)
+    if settings.redis_sentinels:
+        # The URL's host is not used: show only what is (scheme, user, database).
+        parts = urlsplit(url)
+        user = f"{parts.username}:***@" if parts.password is not None else (
+            f"{parts.username}@" if parts.username else "")
+        return (f"sentinel service {settings.redis_sentinel_service!r} via "
+                f"{','.join(settings.redis_sentinels)} "
+                f"({parts.scheme}://{user}MASTER{parts.path})")
+    if settings.redis_cluster:
+        return f"cluster via {','.join([url, *settings.redis_cluster_nodes])}"
+    return url
 
 
 def url_without_credentials(url: str) -> str:

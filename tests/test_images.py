@@ -243,26 +243,17 @@ def test_extreme_aspect_ratio_is_capped() -> None:
     assert w <= MAX_WORKING_LONG_SIDE
 
 
-def test_reduced_decoding_is_faster_than_full_decoding() -> None:
-    """The 12 MP JPEG is decoded by libjpeg at reduced scale (Image.draft), not in full."""
+def test_a_large_jpeg_is_decoded_at_reduced_scale() -> None:
+    """The 12 MP JPEG is decoded by libjpeg at reduced scale (Image.draft), not in full: the
+    frame handed on is a fraction of the image's pixels, and the full size is kept for PDQ.
+    (How much time that saves is measured by bench/fingerprint_speed.py, not here.)"""
     data = encode(picture(7, 4032, 3024), "JPEG", quality=90)
-
-    def full() -> None:
-        with Image.open(io.BytesIO(data)) as im:
-            im.convert("RGB")
-
-    def ours() -> None:
-        decode(data, LIMITS)
-
-    def best(fn: Any) -> float:
-        times = []
-        for _ in range(3):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        return min(times)
-
-    assert best(ours) < 0.6 * best(full)
+    decoded = decode(data, LIMITS)
+    height, width = decoded.frames[0].shape
+    assert (decoded.width, decoded.height) == (4032, 3024)
+    assert decoded.full_size(0) == (4032, 3024)
+    assert width * 2 <= 4032 and height * 2 <= 3024
+    assert width >= 64 and height >= 64
 
 
 # --- modes -------------------------------------------------------------------------------

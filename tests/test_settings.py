@@ -239,3 +239,47 @@ def test_commands_warn_about_deprecated_keys(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr
     assert "[smtp] scan_timeout is deprecated, read as [scan] timeout" in run.stderr
     assert "[scan]\ntimeout = 5.0\n" in run.stdout
+
+
+@pytest.mark.parametrize(
+    ("store", "expected"),
+    [
+        ('redis_url = "redis://x/0"\nredis_sentinels = ["s1:26379"]\n',
+         "[store] redis_sentinel_service = \"\": expected the name of the master"),
+        ('redis_url = "redis://x/0"\nredis_sentinel_service = "m"\n',
+         "[store] redis_sentinel_service = \"m\": set redis_sentinels too"),
+        ('redis_sentinels = ["s1:26379"]\nredis_sentinel_service = "m"\n',
+         "set redis_url to a redis:// or rediss:// URL too"),
+        ('redis_url = "redis://x/0"\nredis_sentinels = ["s1"]\nredis_sentinel_service = "m"\n',
+         "[store] redis_sentinels = [\"s1\"]: 's1': expected host:port"),
+        ('redis_url = "redis://x/0"\nredis_sentinels = ["s1:26379"]\n'
+         'redis_sentinel_service = "m"\nredis_cluster = true\n',
+         "[store] redis_cluster = true: expected false when redis_sentinels is set"),
+        ('redis_cluster = true\n', "expected false unless redis_url is a redis://"),
+        ('redis_url = "unix:///run/redis.sock"\nredis_cluster = true\n',
+         "expected false unless redis_url is a redis://"),
+        ('redis_url = "redis://node:7000/3"\nredis_cluster = true\n', "names database 0"),
+        ('redis_url = "redis://node:7000/0"\nredis_cluster_nodes = ["n2:7000"]\n',
+         "[store] redis_cluster_nodes = [\"n2:7000\"]: expected [] unless redis_cluster = true"),
+    ],
+)
+def test_redis_layout_combinations_refused(tmp_path: Path, store: str, expected: str) -> None:
+    assert expected in _error(tmp_path, "[store]\n" + store)
+
+
+def test_redis_layouts_shown_without_passwords(tmp_path: Path) -> None:
+    from mailfilter.settings import redis_layout
+
+    sentinel = load_settings(_write(tmp_path, (
+        '[store]\nredis_url = "rediss://app:s3cret@ignored:6380/2"\n'
+        'redis_sentinels = ["10.0.0.1:26379", "[::1]:26380"]\n'
+        'redis_sentinel_service = "mf"\nredis_sentinel_password = "t0ps3cret"\n')), {})
+    store = sentinel.settings.store
+    assert redis_layout(store) == ("sentinel service 'mf' via 10.0.0.1:26379,[::1]:26380 "
+                                   "(rediss://app:***@MASTER/2)")
+    shown = effective_toml(sentinel.settings)
+    assert 'redis_sentinel_password = "***"' in shown
+    assert "s3cret" not in shown and "t0ps3cret" not in shown
+    cluster = load_settings(None, {"MAILFILTER_STORE__REDIS_URL": "redis://u:pw@n1:7000",
+                                   "MAILFILTER_STORE__REDIS_CLUSTER": "true"}).settings.store
+    assert cluster.redis_cluster and redis_layout(cluster) == "cluster via redis://u:***@n1:7000"

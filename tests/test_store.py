@@ -11,6 +11,7 @@ import asyncio
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -705,3 +706,54 @@ def test_videos_round_trip(store: BaseHashStore) -> None:
     rule = MatchSettings()
     [match] = index.search("vpdq", features, rule.pdq_max_distance, rule)
     assert (match.list_name, match.distance) == ("videos", 0.0)
+
+
+async def test_a_version_that_went_back_is_raised_past_the_one_loaded(
+        redis_url: str, redis_prefix: str) -> None:
+    """A failover to a replica that missed the last commit: the store's version is lower
+    than the one an instance loaded. The instance moves it past its own, so the next
+    change cannot get a number already used for other lists (verdicts are cached under
+    it), and loads what the store now holds."""
+    settings = StoreSettings(redis_url=redis_url, key_prefix=redis_prefix, reload_interval=60.0)
+    keys = KeyLayout(redis_prefix)
+    client = redis.Redis.from_url(redis_url)
+    with open_store(settings) as writer:
+        writer.import_list("a", "s", batches([pdq_like() for _ in range(5)]), replace=True)
+        lost = writer.import_list("b", "s", batches([pdq_like() for _ in range(7)]),
+                                  replace=True)
+        live = LiveIndex(open_store(settings), reload_interval=60.0)
+        await live.start(wait=10)
+        try:
+            assert live.version == lost.version == 2 and len(live.current()) == 12
+            # what the promoted replica holds: the commit of "b" never reached it
+            client.hdel(keys.lists, "b")
+            client.set(keys.version, 1)
+            client.publish(keys.channel, 1)
+            await wait_until(lambda: live.version > lost.version, timeout=10)
+            assert writer.version() == live.version == lost.version + 1
+            assert len(live.current()) == 5  # the store's lists, under a new number
+            following = writer.import_list("c", "s", batches([pdq_like()]), replace=True)
+            assert following.version == lost.version + 2
+        finally:
+            await live.stop()
+            client.close()
+
+
+async def test_a_local_store_whose_version_went_back_is_loaded_as_it_is(
+        tmp_path: Path) -> None:
+    """The local store cannot lose a commit, but its file can be put back from a copy:
+    its lists are loaded under the number it has (no raising, and no spinning on it)."""
+    settings = StoreSettings(path=tmp_path / "store", reload_interval=0.2)
+    with open_store(settings) as writer:
+        writer.import_list("a", "s", batches([pdq_like() for _ in range(3)]), replace=True)
+        writer.import_list("b", "s", batches([pdq_like() for _ in range(4)]), replace=True)
+    live = LiveIndex(open_store(settings), reload_interval=0.2)
+    await live.start(wait=10)
+    try:
+        assert live.version == 2 and len(live.current()) == 7
+        with sqlite3.connect(tmp_path / "store" / DB_NAME) as db:
+            db.execute("UPDATE state SET value = '1' WHERE key = 'version'")
+        await wait_until(lambda: live.version == 1, timeout=10)
+        assert len(live.current()) == 7  # what the file holds, under its number
+    finally:
+        await live.stop()

@@ -96,13 +96,15 @@ def cli(ctx: click.Context, log_format: str | None, log_level: str | None) -> No
 def check_config(config_path: Path | None) -> None:
     """Validate a settings file and print the effective settings; every problem on a line
     of its own (exit 2) otherwise, also those `serve` would refuse."""
-    from mailfilter.settings import effective_toml, service_problems
+    from mailfilter.settings import effective_toml, redis_layout, service_problems
 
     loaded = load_for_command(config_path)
     problems = service_problems(loaded.settings, loaded.source)
     if problems:
         raise ConfigError(*problems)
     click.echo(f"# {loaded.source}: valid")
+    if loaded.settings.store.redis_url:
+        click.echo(f"# store: redis {redis_layout(loaded.settings.store)}")
     click.echo(effective_toml(loaded.settings), nl=False)
 
 

@@ -40,7 +40,7 @@ from redis.retry import Retry
 
 from mailfilter.model import ExactHashes, FrameFingerprint, ImageFingerprint, Match
 from mailfilter.redis_connection import KeyLayout, redis_client
-from mailfilter.settings import Settings, StoreSettings, redact_url
+from mailfilter.settings import Settings, StoreSettings, redis_layout
 
 __all__ = [
     "CachedVerdict",
@@ -233,7 +233,7 @@ class RedisVerdictCache:
         self.ttl = settings.cache_ttl
         self.namespace = namespace or "-"
         self.keys = KeyLayout(settings.key_prefix)
-        self.location = redact_url(settings.redis_url)
+        self.location = redis_layout(settings)
         self.backoff = backoff
         self.client: redis.Redis = client or redis_client(
             settings,

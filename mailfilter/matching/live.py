@@ -3,7 +3,9 @@
 `watch_version` is the async helper: it yields the store's version whenever it differs
 from what the caller holds, woken by the store's change notification (Redis pub/sub; the
 local store polls its database) and in any case polling every `interval` seconds, so a
-lost notification or a store without pub/sub only delays a reload.
+lost notification only delays a reload. While notifications fail (the subscription's
+server died, or pub/sub is refused) it polls every second instead, and subscribes again
+each time: after a Redis failover, a change is live within seconds.
 
 `LiveIndex` holds the current `HashIndex` for the scanner: a background task follows
 `watch_version`, builds a new index in a worker thread (off the event loop) and swaps the
@@ -36,6 +38,11 @@ log = logging.getLogger("mailfilter.matching.live")
 WAIT_STEP: Final = 1.0
 """Longest single blocking wait in a worker thread, so stopping never waits longer."""
 
+RETRY_AFTER: Final = 1.0
+"""After a failed check or subscription, try again this soon (or after `interval` when
+that is shorter), not after a whole `interval`: a Redis failover (Sentinel, Cluster) is
+over in a few seconds, and a list changed right after it must be live within seconds."""
+
 
 def _describe(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
@@ -59,14 +66,14 @@ async def watch_version(
     last: int | None = None
     held = known if known is not None else (lambda: last)
     interval = max(0.05, interval)
-    notify_broken = False
+    retry = min(interval, RETRY_AFTER)
     while True:
         try:
             version = await asyncio.to_thread(store.version)
         except Exception as exc:  # the store's errors are TemporaryFailure; anything else too
             if on_error is not None:
                 on_error(exc)
-            await asyncio.sleep(interval)
+            await asyncio.sleep(retry)
             continue
         if on_ok is not None:
             on_ok(version)
@@ -76,18 +83,18 @@ async def watch_version(
             continue  # check again at once: the consumer may not have caught up
         deadline = time.monotonic() + interval
         while (left := deadline - time.monotonic()) > 0:
-            if notify_broken:
-                await asyncio.sleep(min(left, WAIT_STEP))
-                continue
             try:
                 if await asyncio.to_thread(store.wait_for_change, min(left, WAIT_STEP)):
                     break
             except Exception as exc:
-                # No notifications (pub/sub down or refused): poll until the next check.
+                # No notifications (pub/sub down, refused, or its server failed over):
+                # poll the version every `retry` seconds meanwhile, and subscribe again
+                # each time (a new subscription says "maybe changed"). Reading the version
+                # is also what lets a cluster client learn the new slot map: the
+                # subscription alone would keep going to the dead master.
                 log.debug("change notifications unavailable: %s", _describe(exc))
-                notify_broken = True
-        else:
-            notify_broken = False  # try notifications again after each full interval
+                await asyncio.sleep(min(left, retry))
+                break
 
 
 class LiveIndex:
@@ -103,6 +110,7 @@ class LiveIndex:
         self.stale = False
         self.loaded_at: float | None = None
         self.load_seconds: float | None = None
+        self._load_retry = 0.0  # seconds until a failed load is tried again (doubling)
 
     # -- what the scanner and metrics read --
     def current(self) -> HashIndex:
@@ -194,12 +202,35 @@ class LiveIndex:
                 ))
                 await asyncio.sleep(self._interval)
                 continue
+            if self._index is not None and 0 < version < self._index.version:
+                # A failover to a replica that missed the last commits: that version
+                # number would be given again to a different change, and verdicts cached
+                # under it would be taken for the new lists. Move the store past it; the
+                # next check loads what the store holds, under the new number.
+                log.warning("the store's version went back (a failover lost the last "
+                            "changes); raising it", extra={"fields": {
+                                "version": version, "loaded": self._index.version}})
+                try:
+                    raised = await asyncio.to_thread(self._store.raise_version,
+                                                     self._index.version)
+                except Exception as exc:
+                    self._failed(exc)
+                    await asyncio.sleep(min(self._interval, RETRY_AFTER))
+                    continue
+                if raised > self._index.version:
+                    continue  # the next check sees the raised version and loads
+                # A store that keeps its number (the local one, a database file put back):
+                # load what it holds, under the number it has.
             try:
                 index, seconds = await asyncio.to_thread(self._load)
             except Exception as exc:
                 self._failed(exc)
-                await asyncio.sleep(self._interval)
+                # Soon, not after a whole interval: the first load after a failover may
+                # fail while the cluster settles, and the lists must not stay stale long.
+                self._load_retry = min(self._interval, max(RETRY_AFTER, 2 * self._load_retry))
+                await asyncio.sleep(self._load_retry)
                 continue
+            self._load_retry = 0.0
             self._index = index  # the swap: one reference assignment
             self.loaded_at = time.time()
             self.load_seconds = seconds

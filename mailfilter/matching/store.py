@@ -322,6 +322,13 @@ class HashStore(Protocol):
         Advisory: callers compare `version()` anyway."""
         ...
 
+    def raise_version(self, seen: int) -> int:
+        """The store's version went below `seen`, a version read from it before (a Redis
+        failover to a replica that had not received the last commits): make it higher
+        than `seen`, and announce it, so that no version number ever stands for two
+        different contents (the verdict cache is keyed by it). Returns the version."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -788,6 +795,11 @@ class BaseHashStore(abc.ABC):
 
     @abc.abstractmethod
     def close(self) -> None: ...
+
+    def raise_version(self, seen: int) -> int:
+        """See `HashStore.raise_version`; a store that never loses a commit (the local
+        one) has nothing to repair."""
+        return self.version()
 
     # -- the interface --
     def import_list(self, name: str, source: str, batches: Iterable[ParsedBatch], *,

@@ -11,7 +11,13 @@ switches the pointer, makes the new keys persistent, gives the old generation's 
 short grace TTL (readers still busy with it finish; later readers see the new one), INCRs
 the version and PUBLISHes it. Readers take the version and pointers in one MULTI, then
 read chunks; a chunk gone missing (a reader slower than the grace period) makes them start
-again.
+again. Every key is under the deployment's hash tag, so the script and the MULTI stay in
+one slot on Redis Cluster.
+
+With Sentinel or Cluster, whose replicas may be promoted, a commit then WAITs for a replica
+to have it. Should a failover still lose a commit some instance had loaded, that instance
+finds the version lower than its own and raises it past (`raise_version`): a version
+number never names two different sets of lists, which the verdict cache relies on.
 
 Cold load: ten million PDQ hashes are 320 MB in 40 chunks of 8 MB, read with pipelined
 GETs straight into one numpy array. Committed list keys have no TTL, so a
@@ -24,6 +30,7 @@ comes back empty is noticed by `LiveIndex` (version 0) and refused.
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 import re
 import threading
@@ -46,10 +53,12 @@ from mailfilter.matching.store import (
     encode_chunks,
     meta_for,
 )
-from mailfilter.redis_connection import KeyLayout, redis_client
-from mailfilter.settings import StoreSettings, redact_url
+from mailfilter.redis_connection import KeyLayout, is_cluster, redis_client
+from mailfilter.settings import StoreSettings, redis_layout
 
 __all__ = ["RedisHashStore"]
+
+log = logging.getLogger("mailfilter.matching.store_redis")
 
 GRACE_SECONDS: Final = 120.0
 """How long a replaced list's keys live on for readers that started before the switch."""
@@ -85,6 +94,20 @@ local version = redis.call('INCR', KEYS[2])
 redis.call('PUBLISH', ARGV[6], version)
 return {version, current}
 """
+
+# After a failover lost commits (see `raise_version`). KEYS: 1 version.
+# ARGV: 1 the highest version seen, 2 the change channel.
+_RAISE_LUA: Final = """
+local version = tonumber(redis.call('GET', KEYS[1]) or '0')
+local seen = tonumber(ARGV[1])
+if version > seen then return version end
+version = redis.call('INCRBY', KEYS[1], seen + 1 - version)
+redis.call('PUBLISH', ARGV[2], version)
+return version
+"""
+
+REPLICA_WAIT_MS: Final = 2000
+"""With Sentinel or Cluster: how long a commit waits for a replica to have it (WAIT)."""
 
 
 def _list_keys(keys: KeyLayout, meta: ListMeta) -> list[str]:
@@ -144,7 +167,7 @@ class RedisHashStore(BaseHashStore):
                  building_ttl: float = BUILDING_TTL_SECONDS,
                  client: redis.Redis | None = None) -> None:
         self.settings = settings
-        self.location = redact_url(settings.redis_url)
+        self.location = redis_layout(settings)
         self.keys = KeyLayout(settings.key_prefix)
         self.grace_ms = max(1, int(grace * 1000))
         self.building_ttl_ms = max(1000, int(building_ttl * 1000))
@@ -158,6 +181,10 @@ class RedisHashStore(BaseHashStore):
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
         )
         self._commit = self.client.register_script(_COMMIT_LUA)
+        self._raise = self.client.register_script(_RAISE_LUA)
+        # Sentinel and Cluster deployments have replicas that may be promoted: a commit is
+        # reported once one of them has it (`_replicated`).
+        self._has_replicas = bool(settings.redis_sentinels) or settings.redis_cluster
         self._pubsub: PubSub | None = None
         self._pubsub_lock = threading.Lock()
 
@@ -237,6 +264,7 @@ class RedisHashStore(BaseHashStore):
                 code = int(result[0])
                 if code > 0:
                     new_keys = []  # committed: they belong to the store now
+                    self._replicated()
                     return code, meta
                 if code == -2:
                     raise TemporaryFailure(
@@ -255,6 +283,36 @@ class RedisHashStore(BaseHashStore):
             if new_keys:
                 with contextlib.suppress(redis.RedisError):
                     self._discard(new_keys)
+
+    def _replicated(self) -> None:
+        """Wait until a replica has the commit (WAIT): asynchronous replication loses the
+        last writes when the master dies first, and a list change reported as done should
+        survive the failover that follows. Sentinel and Cluster promote the replica that
+        received the most, so one acknowledgement is enough. No acknowledgement within
+        REPLICA_WAIT_MS (every replica down) is logged, not failed: the commit is in,
+        and `raise_version` keeps versions unique should it be lost."""
+        if not self._has_replicas:
+            return
+        try:
+            if is_cluster(self.client):
+                # WAIT has no key: send it to the node that owns the deployment's slot.
+                node = self.client.get_node_from_key(self.keys.version)  # type: ignore[attr-defined]
+                acknowledged = self.client.execute_command(  # type: ignore[no-untyped-call]
+                    "WAIT", 1, REPLICA_WAIT_MS, target_nodes=node)
+            else:
+                acknowledged = self.client.execute_command(  # type: ignore[no-untyped-call]
+                    "WAIT", 1, REPLICA_WAIT_MS)
+        except redis.RedisError as exc:
+            acknowledged = f"error: {exc}"
+        if acknowledged != 1 and not (isinstance(acknowledged, int) and acknowledged > 1):
+            log.warning("a list change is committed but no replica acknowledged it yet",
+                        extra={"fields": {"redis": self.location,
+                                          "replicas": str(acknowledged)}})
+
+    def raise_version(self, seen: int) -> int:
+        with self._errors():
+            return int(self._raise(keys=[self.keys.version],
+                                   args=[seen, self.keys.channel]))
 
     def purge(self) -> int:
         """Delete every key of this deployment (lists, counters, cache entries): for tests
@@ -277,6 +335,15 @@ class RedisHashStore(BaseHashStore):
         with self._pubsub_lock, self._errors():
             try:
                 if self._pubsub is None:
+                    # Plain SUBSCRIBE on every layout. On a Cluster, RedisCluster.pubsub()
+                    # subscribes at the node owning the channel's slot (the deployment's)
+                    # and a PUBLISH reaches subscribers on every node over the cluster
+                    # bus. Sharded pub/sub (SPUBLISH/SSUBSCRIBE, Redis 7) would keep the
+                    # message on the slot's shard, but the commit script would need a
+                    # second variant for it, and it saves nothing worth having here: one
+                    # small message per list change. After a failover the subscription's
+                    # connection fails; the next call subscribes again, at the server that
+                    # now holds the slot (Cluster) or is the master (Sentinel).
                     pubsub = self.client.pubsub(  # type: ignore[no-untyped-call,unused-ignore]  # typed from redis 8
                         ignore_subscribe_messages=True
                     )

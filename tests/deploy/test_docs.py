@@ -102,7 +102,14 @@ RUN: dict[str, Expect] = {
         Expect(),
 }
 
+_MOVED_TO_A_CLUSTER = ("moving lists to a Redis Cluster needs one: run with these arguments "
+                       "against a single Redis and a real cluster by tests/ha/test_layouts.py::"
+                       "test_moving_lists_from_a_single_redis_to_a_cluster")
+
 NOT_RUN: dict[str, str] = {
+    "hashes export --config old.toml --list ncmec > ncmec.jsonl": _MOVED_TO_A_CLUSTER,
+    "hashes import --config cluster.toml --list ncmec ncmec.jsonl": _MOVED_TO_A_CLUSTER,
+    "quarantine reindex --config cluster.toml": _MOVED_TO_A_CLUSTER,
     "serve --config config/mailfilter.example.toml":
         "a service on fixed ports (10025, 9125) that runs until stopped; serve is run by "
         "tests/proxy/test_serve.py, and this example config is checked by "

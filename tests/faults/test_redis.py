@@ -6,10 +6,10 @@
 - down in the middle of traffic: the index keeps serving the last copy (a known image is
   still quarantined), the verdict cache is bypassed (images are scanned, not failed), and
   when Redis is back a new import is loaded;
-- failing over: the primary dies, its replica is promoted, and the stable address clients
-  use (a TCP forwarder standing for a virtual IP or HAProxy) moves to it. mailfilter has no
-  Sentinel or Cluster client, so that is the failover it supports: the same address, a new
-  primary with the same data.
+- failing over behind a stable address: the primary dies, its replica is promoted, and the
+  address clients use (a TCP forwarder standing for a virtual IP or HAProxy) moves to it:
+  the same address, a new primary with the same data. (Failovers that mailfilter follows
+  itself, through Redis Sentinel or Redis Cluster, are tested in tests/ha.)
 
 Each ends with the accounting of every message sent.
 """
