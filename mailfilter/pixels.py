@@ -33,6 +33,18 @@ __all__ = ["float_array", "float_image", "reduce_float"]
 Float32Array = npt.NDArray[np.float32]
 
 
+class _ArrowSchema(ctypes.Structure):
+    """struct ArrowSchema of the Arrow C data interface (only its leading fields are read)."""
+
+    _fields_ = (
+        ("format", ctypes.c_char_p),
+        ("name", ctypes.c_char_p),
+        ("metadata", ctypes.c_char_p),
+        ("flags", ctypes.c_int64),
+        ("n_children", ctypes.c_int64),
+    )
+
+
 class _ArrowArray(ctypes.Structure):
     """struct ArrowArray of the Arrow C data interface (a stable ABI)."""
 
@@ -54,8 +66,8 @@ _capsule_pointer = ctypes.pythonapi.PyCapsule_GetPointer
 _capsule_pointer.restype = ctypes.c_void_p
 _capsule_pointer.argtypes = (ctypes.py_object, ctypes.c_char_p)
 
-# numpy type strings of the single-band modes whose Arrow export is one plain buffer
-_TYPESTR = {"F": "<f4", "L": "|u1"}
+# Arrow format and numpy type string of the single-band modes whose export is one plain buffer
+_FORMATS = {"F": (b"f", "<f4"), "L": (b"C", "|u1")}
 
 
 class _ExportedPixels:
@@ -71,16 +83,19 @@ class _ExportedPixels:
 def _exported_view(im: Image.Image) -> npt.NDArray[Any] | None:
     """A read-only view of the pixels of a loaded "F" or "L" image, or None if Pillow will not
     export them as one buffer of width * height values."""
-    typestr = _TYPESTR.get(im.mode)
-    if typestr is None or not np.little_endian:
+    expected = _FORMATS.get(im.mode)
+    if expected is None or not np.little_endian:
         return None
+    arrow_format, typestr = expected
     try:
-        _schema, capsule = im.__arrow_c_array__()
+        schema_capsule, capsule = im.__arrow_c_array__()
+        schema = _ArrowSchema.from_address(_capsule_pointer(schema_capsule, b"arrow_schema"))
         array = _ArrowArray.from_address(_capsule_pointer(capsule, b"arrow_array"))
     except (AttributeError, ValueError, TypeError, OSError):
         return None  # no Arrow support, or pixels in more than one block
     w, h = im.size
-    if (array.length != w * h or array.offset != 0 or array.n_buffers != 2
+    if (schema.format != arrow_format or schema.n_children != 0
+            or array.length != w * h or array.offset != 0 or array.n_buffers != 2
             or array.n_children != 0 or not array.buffers[1]):
         return None
     address = array.buffers[1]
