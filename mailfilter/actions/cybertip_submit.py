@@ -3,7 +3,10 @@
 The report is made from the entry's record (sender, recipients, the SMTP client's IP, the
 time of receipt) and the matched files' bytes, recovered from the quarantined message by
 the extract stage: the attachment at each matched MIME path whose hashes are the record's
-(never the whole message). The step journal (`cybertip.journal`) lives in the record's
+(never the whole message). That extraction parses the quarantined message again, hostile
+input like any other, so it runs in a worker process of its own (`workers.WorkerPool`,
+sandboxed and memory-limited as the scanner's), never in the operator's command or the
+service that calls this. The step journal (`cybertip.journal`) lives in the record's
 `cybertip` field and is written with the store's durable update around every request,
 so a crash, a timeout or a 5xx resumes the same report and never files a second one.
 
@@ -52,8 +55,12 @@ from mailfilter.cybertip.journal import (
     run_steps,
 )
 from mailfilter.cybertip.protocol import CybertipError
+from mailfilter.errors import WorkerFailure
 from mailfilter.extract import extract
+from mailfilter.model import Extraction
+from mailfilter.sandbox import SandboxUnavailable
 from mailfilter.settings import Settings
+from mailfilter.workers import WorkerPool
 
 __all__ = [
     "Busy",
@@ -62,6 +69,7 @@ __all__ = [
     "check_reportable",
     "cybertip_line",
     "eligible_lists",
+    "extract_in_worker",
     "incident_of",
     "matched_files",
     "submit_entry",
@@ -109,8 +117,8 @@ def matched_files(record: QuarantineRecord, raw: bytes, settings: Settings
     was scanned)."""
     allowed = set(eligible_lists(record, settings))
     # Files that are not images travel as hashes only; their bytes are asked for by SHA-256.
-    found = extract(raw, settings.extract,
-                    keep=frozenset(a.sha256 for a in record.attachments if a.sha256))
+    found = extract_in_worker(raw, settings, record.id,
+                              frozenset(a.sha256 for a in record.attachments if a.sha256))
     out: list[tuple[MatchedFile, bytes]] = []
     for attachment in record.attachments:
         lines = [f"list {m.list_name} by {m.algorithm}, distance {m.distance:g}"
@@ -134,6 +142,23 @@ def matched_files(record: QuarantineRecord, raw: bytes, settings: Settings
             sha1=hashlib.sha1(data).hexdigest(), sha256=hashlib.sha256(data).hexdigest(),
             matches=tuple(lines)), data))
     return out
+
+
+def extract_in_worker(raw: bytes, settings: Settings, entry_id: str,
+                      keep: frozenset[str]) -> Extraction:
+    """`extract(raw, settings.extract, keep)` in a worker process started for it (one
+    submission is rare: no pool is kept waiting), under `[workers]` memory limit and
+    sandbox, with the quarantine and the store out of its reach, and `[scan] timeout` as
+    its deadline. A worker that dies or runs out of time is Refused with the reason."""
+    protect = (settings.quarantine.path, settings.store.path)
+    try:
+        with WorkerPool(1, settings.workers.memory_limit, sandbox=settings.workers.sandbox,
+                        protect=protect) as pool:
+            return pool.submit(extract, raw, settings.extract, keep,
+                               deadline=settings.scan.timeout).result()
+    except (WorkerFailure, SandboxUnavailable) as exc:
+        raise Refused(f"{entry_id}: the quarantined message could not be read again "
+                      f"({exc}); file the report by hand from `quarantine export`") from exc
 
 
 def _bytes_of(payloads: tuple[object, ...], mime_path: str, sha256: str | None,

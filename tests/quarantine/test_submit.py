@@ -196,6 +196,28 @@ def test_matches_on_no_allowed_list_are_refused(
     assert not ncmec.received
 
 
+def test_the_message_is_read_again_in_a_worker_under_its_deadline(
+        proxy_factory: Factory, recording_sink: RecordingSink, ncmec: NcmecServer,
+        tmp_path: Path) -> None:
+    """submit parses the quarantined (hostile) message again to find the matched files:
+    in a worker of its own, as the scanner does, never in the operator's process. Shown by
+    the worker's deadline: `[scan] timeout` at a millisecond ends the task there (in the
+    command's own process no deadline would apply and the report would be filed)."""
+    p = proxy_factory(recording_sink.address)
+    entry_id = quarantined(p)
+    config = cybertip_config(tmp_path, recording_sink, ncmec)
+    config.write_text(config.read_text() + "\n[scan]\ntimeout = 0.001\n")
+    out = submit(config, entry_id, "--yes")
+    assert out.returncode == 2, out.stdout
+    assert "could not be read again (deadline" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not ncmec.received
+    config.write_text(config.read_text().replace("timeout = 0.001", "timeout = 30"))
+    out = submit(config, entry_id, "--yes")
+    assert out.returncode == 0, out.stderr
+    assert len(ncmec.reports) == 1
+
+
 FAULTS = [(step, fault) for step in ("submit", "upload", "fileinfo", "finish")
           for fault in ("500", "500-after", "slow", "drop")]
 
