@@ -271,15 +271,20 @@ def submit_entry(service: QuarantineService, entry: StoredEntry, actor: str,
     reported (no match on an eligible list, the message deleted, a file not found again,
     the reporter not set, a document invalid against `[cybertip] xsd`); Busy while
     another process submits."""
-    with _submitting(service.store.root):
-        # Read again under the lock: the journal is the one the last submitter left.
-        fresh = service.store.find(entry.id)
-        if fresh is None:
-            raise Refused(f"{entry.id} disappeared (purged meanwhile?)")
-        ended = already(fresh)
-        if ended is not None:
-            return ended
-        return _submit_locked(service, fresh, actor, client, decision, clock)
+    try:
+        with _submitting(service.store.root):
+            # Read again under the lock: the journal is the one the last submitter left.
+            fresh = service.store.find(entry.id)
+            if fresh is None:
+                raise Refused(f"{entry.id} disappeared (purged meanwhile?)")
+            ended = already(fresh)
+            if ended is not None:
+                return ended
+            return _submit_locked(service, fresh, actor, client, decision, clock)
+    except Refused as exc:
+        # Who tried to report what, and why it was not done, as for every other command.
+        service.store.audit(actor, "submit", entry.id, f"refused: {exc}")
+        raise
 
 
 def _submit_locked(service: QuarantineService, entry: StoredEntry, actor: str,
@@ -316,8 +321,7 @@ def _submit_locked(service: QuarantineService, entry: StoredEntry, actor: str,
     try:
         journal, action = run_steps(journal, report, files, client, save, xsd=xsd,
                                     clock=clock)
-    except InvalidDocument as exc:
-        store.audit(actor, "submit", entry.id, f"refused: {exc}")
+    except InvalidDocument as exc:  # (audited by submit_entry, as every refusal)
         raise Refused(f"{entry.id}: the report does not validate: {exc}") from exc
     except CybertipError as exc:
         now_record = service.locate(entry.id).record

@@ -556,7 +556,11 @@ def submit_command(config_path: Path | None, as_json: bool, by: str | None, yes:
     if done is None:
         url = service.settings.cybertip.url
         with _outcomes():
-            check_reportable(entry, service.settings)
+            try:
+                check_reportable(entry, service.settings)
+            except Refused as exc:
+                service.store.audit(actor, "submit", entry.id, f"refused: {exc}")
+                raise
             _confirm(f"file a CyberTipline report of {entry.id} with {url}", yes)
             try:
                 client = client_of(service.settings)

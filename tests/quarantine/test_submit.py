@@ -40,7 +40,7 @@ from mailfilter.matching.index import HashIndex, IndexEntry
 from mailfilter.settings import QuarantineSettings, load_settings
 from mailfilter.workers import WorkerPool
 from quarantine.quarantine_harness import REPO, ReportingProxy, mf
-from quarantine.test_commands import config_for, quarantine_via_proxy
+from quarantine.test_commands import audit, config_for, quarantine_via_proxy
 
 Factory = Callable[..., RunningProxy]
 DAY = 86400.0
@@ -194,6 +194,10 @@ def test_matches_on_no_allowed_list_are_refused(
     assert out.returncode == 2
     assert "stand-ins" in out.stderr and "other-list" in out.stderr
     assert not ncmec.received
+    # The attempt is in the audit log with why it was refused, as for every command.
+    (line,) = [a for a in audit(tmp_path) if a["action"] == "submit"]
+    assert line["id"] == entry_id and line["result"].startswith("refused: ")
+    assert "other-list" in line["result"]
 
 
 def test_the_message_is_read_again_in_a_worker_under_its_deadline(
@@ -212,6 +216,8 @@ def test_the_message_is_read_again_in_a_worker_under_its_deadline(
     assert "could not be read again (deadline" in out.stderr
     assert "Traceback" not in out.stderr
     assert not ncmec.received
+    assert [a["result"].split(":")[0] for a in audit(tmp_path)
+            if a["action"] == "submit"] == ["refused"]
     config.write_text(config.read_text().replace("timeout = 0.001", "timeout = 30"))
     out = submit(config, entry_id, "--yes")
     assert out.returncode == 0, out.stderr
