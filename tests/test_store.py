@@ -251,8 +251,13 @@ def test_replace_is_atomic_for_concurrent_readers(settings: StoreSettings,
     for t in threads:
         t.start()
     try:
-        for i in range(8):
+        # At least 8 replacements, and on until the readers have loaded a few times while
+        # they go on (a loaded machine can run all 8 before a reader's first load ends).
+        give_up = time.monotonic() + 60
+        i = 0
+        while i < 8 or (loads < 4 and time.monotonic() < give_up):
             writer.import_list("l", "s", batches(large if i % 2 == 0 else small), replace=True)
+            i += 1
     finally:
         stop.set()
         for t in threads:
