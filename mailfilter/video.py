@@ -77,13 +77,15 @@ which load from other work moves far less than wall time; a one-thread full deco
 - Decoder threads: two frame threads cost no more CPU than one (10-minute clip in 2 parts:
   48.5 s against 50.0 s of CPU for both parts; the CLI: 4.8-5.4 s against 4.6-4.9 s), and a
   part that ends first leaves a core to the other, so parts decode with two threads too.
-  Three or four (so the decoder runs further ahead while Python hashes a sample): no
-  steady gain (60 s clip, 7 rounds on a shared machine: three threads faster in 3, slower
-  in 4; medians 5.0 s and 5.9 s with a spread of 3.6-7.9 s), for more memory per part.
+  Four for a video in one part (so the decoder runs further ahead while Python hashes a
+  sample): on a shared machine no steady gain showed (7 rounds, spread 3.6-7.9 s), on a
+  quiet one 4-7% less wall time for the same CPU (`DECODE_THREADS`); four in each of two
+  parts was slower (`PART_DECODE_THREADS`).
 - Hashing the sampled frames on a thread beside the decoder: PyAV holds the GIL while it
   decodes (two threads decoding at once used no more CPU per second than one), so Python
-  work cannot overlap the decode; the exact hashes can (hashlib lets go of the GIL over a
-  large buffer) and run beside it.
+  work cannot overlap the decode (tried again with a one-thread executor for the samples:
+  1.46-1.60 s against 1.48-1.65 s, no gain); the exact hashes can (hashlib lets go of the
+  GIL over a large buffer) and run beside it.
 
 Where the CPU goes then (the same clip, one thread): decoding the reference frames 3.9 s
 (964 of 1,800 frames), RGB conversion 0.35 s (5.8 ms a frame: swscale with
@@ -180,10 +182,17 @@ TRUNCATED = "truncated"
 #: Decoding stops at this share of `video.deadline` after the task began, so the frames so
 #: far are hashed and returned before the worker pool's own deadline ends the task.
 DEADLINE_SHARE = 0.85
-#: Decoder threads per video or part (frame or slice threads, as the codec allows). Two: the
-#: worker pool runs a worker per core, two threads already hide most of a lone video's
-#: decode, and they cost no more CPU than one (module docstring), so parts keep them too.
-DECODE_THREADS = 2
+#: Decoder threads of a video decoded in one part (frame or slice threads, as the codec
+#: allows). Four, not two: while Python converts and hashes a sample, four frame threads
+#: still have frames in flight (quiet 2-core machine, bench/video_speed.py, 3 rounds each:
+#: one part 0.49-0.52x a one-thread decode against 0.51-0.55x with two, the same CPU,
+#: +8 MB peak at 720p).
+DECODE_THREADS = 4
+#: Decoder threads of each part when a video is decoded in several parts at once (a worker
+#: per core). Two: with four each, the parts' eight threads on two cores made the parts
+#: 3-7% slower (0.40-0.46x against 0.37-0.45x with two); two cost no more CPU than one
+#: (module docstring) and let a part that ends first leave its core to the other.
+PART_DECODE_THREADS = 2
 #: FFmpeg's probing reads at most this much of the file / this much stream time before the
 #: streams are known (its defaults are 5 MB and 5 s too; set so a change there cannot
 #: widen them).
@@ -399,7 +408,7 @@ def _prepare(box: av.container.InputContainer, container: str, run: _Run
                                          f"{limits.max_pixels}")
     # FFmpeg's own cap: a bitstream claiming more than its container never gets its buffers.
     ctx.options = {"max_pixels": str(limits.max_pixels)}
-    ctx.thread_count = DECODE_THREADS
+    ctx.thread_count = DECODE_THREADS if run.parts == 1 else PART_DECODE_THREADS
     ctx.thread_type = "AUTO"
     ctx.skip_frame = "NONREF"
     return stream, info
