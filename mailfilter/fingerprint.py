@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mailfilter.borders import content_box
+from mailfilter.borders import content_box_with_preview
 from mailfilter.errors import SkipImage
 from mailfilter.hashing.exact import exact_hashes
 from mailfilter.hashing.gridhist import gridhist_dihedral, gridhist_from_luma
@@ -23,31 +23,17 @@ from mailfilter.hashing.pdq import pdq_from_luma
 from mailfilter.images import FRAMES_PAST_LIMIT, DecodedImage, decode
 from mailfilter.magic import NO_VIDEO_STREAM, NOT_A_VIDEO, image_format, video_container
 from mailfilter.model import AttachmentKind, ExactHashes, FrameFingerprint, ImageFingerprint
-from mailfilter.pixels import reduce_float
+from mailfilter.pixels import preview
 from mailfilter.settings import ImageSettings, Settings, VideoSettings
 
 if TYPE_CHECKING:  # PyAV is imported only in the workers that decode videos
     from mailfilter.video import VideoFingerprint
-
-PREVIEW_SHORT_SIDE = 160
-"""gridhist area-averages to 32 x 32 and border detection looks at row and column
-statistics: neither needs the >= 512 px that PDQ's agreement with the reference does, so
-they run on a copy box-reduced to about this short side (5-10x cheaper on a 1 MP frame)."""
-
 
 #: Frames are fingerprinted until this share of `images.deadline` has passed since the task
 #: began (the frame walk in `decode` stops at half of it); the frames left are reported
 #: (`frames-past-limit`), so a long animation never runs into the deadline, which would
 #: lose the fingerprints of every frame.
 FINGERPRINT_BUDGET_SHARE = 0.85
-
-
-def _preview(luma: np.ndarray) -> tuple[np.ndarray, int]:
-    """A box-reduced copy of the frame and the reduction factor (1: the frame itself)."""
-    factor = min(luma.shape) // PREVIEW_SHORT_SIDE
-    if factor < 2:
-        return luma, 1
-    return reduce_float(luma, factor), factor
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,20 +243,15 @@ def fingerprint_decoded(decoded: DecodedImage, exact: ExactHashes, params: Finge
         full = decoded.full_size(index)
         too_small = min(full) < min_dimension
         shape = (luma.shape[1], luma.shape[0])
-        preview, factor = _preview(luma)
-        frames.append(_frame(index, luma, preview, False, params, too_small, full))
+        reduced, _ = preview(luma)
+        frames.append(_frame(index, luma, reduced, False, params, too_small, full))
         if params.images.trim_borders and not too_small:
-            # Most images have no border: the cheap look at the preview says so. When it
-            # finds one, the cut is made at full size: PDQ moves by many bits when a few
-            # more pixels of content are cut away than the border.
-            box = content_box(preview) if factor > 1 else content_box(luma)
-            if box is not None and factor > 1:
-                box = content_box(luma)
+            box = content_box_with_preview(luma, reduced)
             if box is not None:
                 top, left, bottom, right = box
                 trimmed = luma[top:bottom, left:right]
                 part = full_size_of((right - left, bottom - top), shape, full)
-                frames.append(_frame(index, trimmed, _preview(trimmed)[0], True, params, False,
+                frames.append(_frame(index, trimmed, preview(trimmed)[0], True, params, False,
                                      part))
     return ImageFingerprint(
         exact=exact,

@@ -140,7 +140,7 @@ import numpy as np
 import numpy.typing as npt
 from av.video.reformatter import Interpolation
 
-from mailfilter.borders import content_box
+from mailfilter.borders import content_box_with_preview
 from mailfilter.errors import SkipImage
 from mailfilter.hashing.exact import exact_hashes
 from mailfilter.hashing.gridhist import gridhist_dihedral, gridhist_from_luma
@@ -148,7 +148,7 @@ from mailfilter.hashing.pdq import PdqResult, pdq_from_luma
 from mailfilter.hashing.vpdq import VpdqFeature, feature_from_pdq, luma_from_rgb, prune
 from mailfilter.magic import NO_VIDEO_STREAM, NOT_A_VIDEO, video_container
 from mailfilter.model import ExactHashes, FrameFingerprint
-from mailfilter.pixels import reduce_float
+from mailfilter.pixels import preview
 from mailfilter.settings import Settings, VideoSettings
 
 __all__ = [
@@ -213,9 +213,6 @@ MAX_HELD_PACKETS = 20_000
 #: gave (an MP4 index is searched by decode time, and a keyframe's display time may be a few
 #: frames later); then the part decodes from the start of the stream instead.
 MAX_SEEKS = 4
-#: Frames are box-reduced to about this short side for gridhist and border detection (as
-#: mailfilter.fingerprint does for images); PDQ is always computed at full size.
-PREVIEW_SHORT_SIDE = 160
 
 # Container -> the one FFmpeg demuxer it is opened with (never FFmpeg's own probing, which
 # would hand odd bytes to any of ~300 demuxers).
@@ -734,13 +731,6 @@ class VideoFingerprint:
         return [str(feature) for feature in self.vpdq]
 
 
-def _preview(luma: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    factor = min(luma.shape) // PREVIEW_SHORT_SIDE
-    if factor < 2:
-        return luma
-    return reduce_float(luma, factor)
-
-
 def _frame_fingerprint(index: int, pdq: PdqResult, preview: npt.NDArray[np.float32],
                        trimmed: bool, too_small: bool, params: VideoParams) -> FrameFingerprint:
     reason: str | None = None
@@ -762,19 +752,18 @@ def _sampled_frame(index: int, sample: VideoSample, params: VideoParams
     luma = luma_from_rgb(sample.rgb)
     pdq = pdq_from_luma(luma)
     too_small = min(luma.shape) < params.min_dimension
-    preview = _preview(luma) if params.gridhist or params.trim_borders else luma
-    frames = [_frame_fingerprint(index, pdq, preview, False, too_small, params)]
+    # (PDQ is always computed at full size; the preview serves gridhist and borders.)
+    reduced = preview(luma)[0] if params.gridhist or params.trim_borders else luma
+    frames = [_frame_fingerprint(index, pdq, reduced, False, too_small, params)]
     if params.trim_borders and not too_small:
         # Letterboxed and pillarboxed video is common; a still shown in it is listed
-        # without the bars. The cheap look at the preview first; the cut at full size.
-        box = content_box(preview) if preview is not luma else content_box(luma)
-        if box is not None and preview is not luma:
-            box = content_box(luma)
+        # without the bars.
+        box = content_box_with_preview(luma, reduced)
         if box is not None:
             top, left, bottom, right = box
             trimmed = luma[top:bottom, left:right]
             small = min(trimmed.shape) < params.min_dimension
-            frames.append(_frame_fingerprint(index, pdq_from_luma(trimmed), _preview(trimmed),
+            frames.append(_frame_fingerprint(index, pdq_from_luma(trimmed), preview(trimmed)[0],
                                              True, small, params))
     return SampledFrame(sample.timestamp, tuple(frames)), pdq
 
