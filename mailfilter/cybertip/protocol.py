@@ -277,8 +277,13 @@ def failure_for_status(step: Step, http_status: int, body: bytes) -> CybertipErr
         return AuthFailed(step, detail, http_status=http_status)
     if http_status in (429, 503):  # not taken in: overloaded or in maintenance
         return NotDone(step, detail, http_status=http_status)
-    if 400 <= http_status < 500:
-        return Rejected(step, detail, http_status=http_status)
+    if 300 <= http_status < 500:
+        # Not carried out, but not NCMEC's refusal either: a redirect (never followed),
+        # or a proxy's or web server's 4xx (408, 404, 413, ...) without a reportResponse.
+        # Only NCMEC's own answer is `Rejected`, which the journal may answer with a
+        # retraction: a gateway's timeout must not withdraw a report that was filed.
+        hint = "; check [cybertip] url" if http_status < 400 else ""
+        return NotDone(step, detail + hint, http_status=http_status)
     # 2xx with a body that is not an answer, 500, a gateway's 502/504: the application may
     # have done it before it or the gateway gave up.
     return OutcomeUnknown(step, detail, http_status=http_status)

@@ -86,7 +86,13 @@ def test_success_answers() -> None:
     ("upload", 200, answer(5001), Rejected, True),
     ("submit", 503, b"<html>maintenance</html>", NotDone, True),
     ("submit", 429, b"", NotDone, True),
-    ("submit", 400, b"bad", Rejected, True),
+    # not NCMEC's answer (a proxy's or web server's, a redirect): not done, never a
+    # refusal (a rejected upload or finish would retract a filed report)
+    ("submit", 400, b"bad", NotDone, True),
+    ("upload", 408, b"<html>Request Timeout</html>", NotDone, True),
+    ("finish", 404, b"", NotDone, True),
+    ("upload", 413, b"", NotDone, True),
+    ("submit", 302, b"", NotDone, True),
     # maybe done: an error page instead of an answer, a gateway giving up
     ("submit", 500, b"<html>Internal Server Error</html>", OutcomeUnknown, False),
     ("submit", 502, b"", OutcomeUnknown, False),
