@@ -243,13 +243,20 @@ class Scanner:
         return await self._fingerprint(attachment), None
 
     async def _in_one_task(self, raw: bytes) -> WorkerScan | None:
-        """`extract_and_fingerprint` in a worker; None when the task failed as a whole."""
+        """`extract_and_fingerprint` in a worker; None when the task failed as a whole (the
+        caller then runs extract and each fingerprint as tasks of their own)."""
         try:
             return await self._pool.run(
                 extract_and_fingerprint, raw, self._settings.extract, self._params,
                 deadline=self._settings.scan.timeout,
             )
-        except WorkerFailure:
+        except WorkerFailure as exc:
+            if exc.reason == "worker-result-refused":
+                # The worker was not running our code when it answered (worker_results.py):
+                # no second try on the same message, whose other tasks might come back
+                # clean; unscannable, as a refused extract task is.
+                failed = Unscannable("", f"extract-{exc.reason}", exc.detail)
+                return Extraction(attachments=(), unscannable=(failed,)), (), (), 0.0
             return None
 
     async def scan(self, raw: bytes, source: str = "",

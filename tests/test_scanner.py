@@ -158,6 +158,21 @@ def test_one_task_per_message_gives_each_image_its_own_deadline() -> None:
     assert result.verdict is Verdict.UNSCANNABLE
 
 
+def test_a_refused_reply_gets_no_second_try() -> None:
+    """A worker whose answer to the message's one task was refused (it was not running our
+    code: worker_results.py) leaves the message unscannable. The same message is not run
+    again as separate extract and fingerprint tasks, whose answers could say clean."""
+    import worker_tasks
+
+    raw = message_bytes(message(attachments=[("other.jpg", "image/jpeg", jpeg(5))]))
+    with WorkerPool(processes=1, memory_limit=1024**3,
+                    initializer=worker_tasks.compromise_one_task_scans) as pool:
+        result = asyncio.run(Scanner(SETTINGS, pool, known_index).scan(raw, "test"))
+        assert pool.stats().refused == 1
+    assert result.verdict is Verdict.UNSCANNABLE
+    assert reasons(result) == {"extract-worker-result-refused"}
+
+
 class _TwoTaskScanner(Scanner):
     """As if the one task of every message had failed: the per-image way."""
 

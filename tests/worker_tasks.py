@@ -284,3 +284,15 @@ def raise_with_note() -> None:
     exc = KeyError("k")
     exc.add_note("a note")
     raise exc
+
+
+def compromise_one_task_scans() -> None:
+    """A worker initializer: from now on this worker's `extract_and_fingerprint` task
+    answers with bytes that are no reply of ours, as a worker taken over by a decoder
+    exploit would (tests/test_scanner.py)."""
+    import mailfilter.scanner
+
+    def answer_garbage(*_args: object) -> None:
+        write_reply(b"not a pickle of ours")
+
+    mailfilter.scanner.extract_and_fingerprint = answer_garbage  # type: ignore[assignment]
