@@ -129,8 +129,15 @@ def merge_video_parts(parts: Sequence[ImageFingerprint], exact: ExactHashes) -> 
         if incomplete is None and (fp.incomplete or fp.skipped):
             incomplete = (fp.incomplete or fp.skipped or "", fp.detail)
     first = parts[0]
-    if first.skipped and not times:  # (later parts skip only what part 0 skips first)
-        return replace(first, exact=exact)
+    if first.skipped and not times:
+        # Later parts skip only what part 0 skips first (the same bytes, read the same
+        # way); one that failed otherwise (a crashed worker, its deadline) is kept, so the
+        # video is not taken for a file without anything left unexamined.
+        failed = next(((fp.incomplete or fp.skipped or "", fp.detail) for fp in parts[1:]
+                       if (fp.incomplete or fp.skipped) not in (None, first.skipped)), None)
+        if failed is None:
+            return replace(first, exact=exact)
+        return replace(first, exact=exact, incomplete=failed[0], detail=failed[1])
     described = next((fp for fp in parts if fp.image_format), first)
     return ImageFingerprint(
         exact=exact, width=described.width, height=described.height,

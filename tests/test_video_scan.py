@@ -176,3 +176,25 @@ def test_merging_parts() -> None:
     failed = ImageFingerprint(exact=ExactHashes("", "", ""), skipped="worker-crashed")
     merged = merge_video_parts([part([0.0], [h1]), failed], exact)
     assert merged.incomplete == "worker-crashed" and merged.frame_times == (0.0,)
+
+
+def test_a_part_that_failed_is_kept_when_part_0_found_no_video() -> None:
+    """Part 0 says "not a video" (the video is then taken for a file) while another part's
+    worker crashed on the same bytes: the crash is kept, so the attachment counts as left
+    unexamined (the message unscannable), not as a file looked at in full."""
+    from mailfilter.fingerprint import kind_found, merge_video_parts
+    from mailfilter.model import AttachmentKind, ExactHashes, ImageFingerprint
+    from mailfilter.scanner import _unexamined
+
+    exact = ExactHashes("a" * 32, "b" * 40, "c" * 64)
+    none = ExactHashes("", "", "")
+    not_a_video = ImageFingerprint(exact=exact, skipped="not-a-video")
+    same = ImageFingerprint(exact=none, skipped="not-a-video")
+    crashed = ImageFingerprint(exact=none, skipped="worker-crashed", detail="signal 11")
+    merged = merge_video_parts([not_a_video, same], exact)
+    assert merged.skipped == "not-a-video" and merged.incomplete is None
+    assert not _unexamined(merged)
+    merged = merge_video_parts([not_a_video, crashed], exact)
+    assert kind_found(AttachmentKind.VIDEO, merged) is AttachmentKind.FILE
+    assert (merged.incomplete, merged.detail) == ("worker-crashed", "signal 11")
+    assert _unexamined(merged)
