@@ -60,7 +60,7 @@ from mailfilter.extract import extract
 from mailfilter.model import Extraction
 from mailfilter.sandbox import SandboxUnavailable
 from mailfilter.settings import Settings
-from mailfilter.workers import WorkerPool
+from mailfilter.workers import RemoteError, WorkerPool
 
 __all__ = [
     "Busy",
@@ -116,6 +116,14 @@ def matched_files(record: QuarantineRecord, raw: bytes, settings: Settings
     whose bytes the extract stage does not hand on, other extract limits than when it
     was scanned)."""
     allowed = set(eligible_lists(record, settings))
+    # A match on an allowed list at a path with no attachment in the record (a record read
+    # in part) would leave its file out of the report without a word: refused instead.
+    described = {a.mime_path for a in record.attachments}
+    missing = sorted({m.mime_path for m in record.matches
+                      if m.list_name in allowed and m.mime_path not in described})
+    if missing:
+        raise Refused(f"{record.id}: the record matches at {', '.join(missing)} but describes "
+                      "no attachment there; file the report by hand from `quarantine export`")
     # Files that are not images travel as hashes only; their bytes are asked for by SHA-256.
     found = extract_in_worker(raw, settings, record.id,
                               frozenset(a.sha256 for a in record.attachments if a.sha256))
@@ -141,6 +149,8 @@ def matched_files(record: QuarantineRecord, raw: bytes, settings: Settings
             size=len(data), md5=hashlib.md5(data).hexdigest(),
             sha1=hashlib.sha1(data).hexdigest(), sha256=hashlib.sha256(data).hexdigest(),
             matches=tuple(lines)), data))
+    if not out:
+        raise Refused(f"{record.id}: no matched file to report")
     return out
 
 
@@ -150,13 +160,16 @@ def extract_in_worker(raw: bytes, settings: Settings, entry_id: str,
     submission is rare: no pool is kept waiting), under `[workers]` memory limit and
     sandbox, with the quarantine and the store out of its reach, and `[scan] timeout` as
     its deadline. A worker that dies or runs out of time is Refused with the reason."""
-    protect = (settings.quarantine.path, settings.store.path)
+    # (the NCMEC password too: this worker parses hostile mail)
+    protect: list[str | Path] = [settings.quarantine.path, settings.store.path]
+    if settings.cybertip.password_file:
+        protect.append(settings.cybertip.password_file)
     try:
         with WorkerPool(1, settings.workers.memory_limit, sandbox=settings.workers.sandbox,
                         protect=protect) as pool:
             return pool.submit(extract, raw, settings.extract, keep,
                                deadline=settings.scan.timeout).result()
-    except (WorkerFailure, SandboxUnavailable) as exc:
+    except (WorkerFailure, SandboxUnavailable, RemoteError) as exc:
         raise Refused(f"{entry_id}: the quarantined message could not be read again "
                       f"({exc}); file the report by hand from `quarantine export`") from exc
 
@@ -323,6 +336,12 @@ def _submit_locked(service: QuarantineService, entry: StoredEntry, actor: str,
                                     clock=clock)
     except InvalidDocument as exc:  # (audited by submit_entry, as every refusal)
         raise Refused(f"{entry.id}: the report does not validate: {exc}") from exc
+    except ValueError as exc:
+        # The files found now are not the ones the open report planned (`[cybertip] lists`
+        # changed meanwhile, a file's bytes differ): a refusal to look at, not a traceback
+        # and not a retry that would fail the same way.
+        raise Refused(f"{entry.id}: {exc}; the open report cannot go on with these files"
+                      ) from exc
     except CybertipError as exc:
         now_record = service.locate(entry.id).record
         journal = journal_of(now_record) or journal

@@ -174,3 +174,20 @@ def test_sequences_cover_what_the_writer_writes() -> None:
     root = ET.fromstring("<fileDetails><fileId>a</fileId><reportId>1</reportId></fileDetails>")
     assert order_problems(root) == ["/fileDetails: reportId out of order"]
     assert "report" in SEQUENCES
+
+
+def test_a_match_without_its_attachment_in_the_record_is_refused() -> None:
+    """A record read in part (its match kept, the attachment it names lost) must not give a
+    report with that file left out: refused, before the message is parsed again."""
+    from mailfilter.actions.cybertip_submit import matched_files
+    from mailfilter.actions.quarantine_service import Refused
+    from mailfilter.actions.records import QuarantineRecord
+    from mailfilter.settings import Settings
+
+    record = QuarantineRecord.from_json({
+        "id": "2Q47XF2X1NL0K8Y2F",
+        "matches": [{"mime_path": "2", "list": "stand-ins", "algorithm": "pdq",
+                     "distance": 0, "value": "0" * 64}],
+        "attachments": []})
+    with pytest.raises(Refused, match="matches at 2 but describes no attachment"):
+        matched_files(record, b"", Settings())
