@@ -149,17 +149,6 @@ def merge_video_parts(parts: Sequence[ImageFingerprint], exact: ExactHashes) -> 
     )
 
 
-def fingerprint_video(data: bytes, params: FingerprintParams, part: int = 0,
-                      parts: int = 1) -> ImageFingerprint:
-    """A video's fingerprint as the match stage reads it: `frames` hold every sampled
-    frame's fingerprints (whole, and trimmed of letterbox/pillarbox borders), so they are
-    looked up in the image lists as an animation's frames are; `vpdq` its features for the
-    video lists; `frame_times` the time of each sample (FrameFingerprint.frame indexes it).
-    A video the decoder finds none in (not a video after all, audio only) gives its exact
-    hashes with that reason."""
-    return _from_video(_video_record(data, params, part, parts))
-
-
 def _video_record(data: bytes, params: FingerprintParams, part: int = 0,
                   parts: int = 1) -> VideoFingerprint:
     from mailfilter import video  # PyAV: imported only in the workers that decode videos
@@ -167,8 +156,7 @@ def _video_record(data: bytes, params: FingerprintParams, part: int = 0,
     video_params = video.VideoParams(
         video=params.video, pdq_min_quality=params.pdq_min_quality,
         min_dimension=params.images.min_dimension, trim_borders=params.images.trim_borders)
-    return (video.fingerprint_video(data, video_params) if parts == 1 else
-            video.fingerprint_video(data, video_params, part=part, parts=parts))
+    return video.fingerprint_video(data, video_params, part=part, parts=parts)
 
 
 def _from_video(v: VideoFingerprint) -> ImageFingerprint:

@@ -175,10 +175,6 @@ class Metrics:
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
-    async def readiness(self) -> list[str]:
-        """Reasons for not being ready; empty: ready."""
-        return (await self.health())[0]
-
     async def health(self) -> tuple[list[str], list[str]]:
         """Reasons for not being ready (empty: ready), and warnings that do not make it
         not ready."""

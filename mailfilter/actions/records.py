@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final, Self, TypeVar
 
@@ -592,6 +592,3 @@ class ReportDocument(JsonRecord):
                               for a in self.attachments]
         return out
 
-
-def summaries_sorted(summaries: Iterable[EntrySummary]) -> list[EntrySummary]:
-    return sorted(summaries, key=lambda s: s.sort_key)

@@ -72,7 +72,6 @@ EventState = Literal["started", "done", "failed", "no-report", "report-exists", 
 # how a step failed: not carried out (retry), refused (the report cannot be finished),
 # credentials refused (fix them, retry), outcome unknown (maybe carried out)
 Failure = Literal["not-done", "rejected", "auth", "unknown"]
-FAILURES: Final = ("not-done", "rejected", "auth", "unknown")
 
 
 @dataclass(frozen=True, slots=True)

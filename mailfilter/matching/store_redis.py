@@ -304,7 +304,7 @@ class RedisHashStore(BaseHashStore):
                     "WAIT", 1, REPLICA_WAIT_MS)
         except redis.RedisError as exc:
             acknowledged = f"error: {exc}"
-        if acknowledged != 1 and not (isinstance(acknowledged, int) and acknowledged > 1):
+        if not (isinstance(acknowledged, int) and acknowledged >= 1):
             log.warning("a list change is committed but no replica acknowledged it yet",
                         extra={"fields": {"redis": self.location,
                                           "replicas": str(acknowledged)}})
