@@ -392,12 +392,13 @@ class QuarantineService:
         if fmt == "json":
             return report_json(report_document(entry.record, now))
         try:
-            data = cybertip_xml(entry.record, self.settings.report, now)
+            data = cybertip_xml(entry.record, self.settings, now)
         except ValueError as exc:
             self.store.audit(actor, "report", entry.id, f"refused: {exc}", format=fmt)
             raise Refused(f"{entry.id}: {exc}") from exc
         missing = [k for k in ("reporter_name", "reporter_email")
-                   if not getattr(self.settings.report, k)]
+                   if not getattr(self.settings.report, k)
+                   and not (k == "reporter_email" and self.settings.cybertip.reporter_email)]
         if missing:
             self.warn(f"[report] {' and '.join(missing)} not set: the reporter is left empty")
         return data

@@ -40,6 +40,7 @@ __all__ = [
     "report_xml",
     "validate",
     "xml_datetime",
+    "xml_text",
 ]
 
 IncidentType = Literal[
@@ -180,7 +181,7 @@ class FileDetails:
 _NOT_XML: Final = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
-def _text(value: str) -> str:
+def xml_text(value: str) -> str:
     """Text XML 1.0 can hold: characters it cannot (controls from a subject or a file
     name) become visible escapes instead of making the document unreadable."""
     return _NOT_XML.sub(lambda m: repr(m.group())[1:-1], value)
@@ -208,8 +209,9 @@ def _add(parent: ET.Element, tag: str, value: str | int | bool | datetime | None
         text = xml_datetime(value)
     else:
         text = str(value)
-    element = ET.SubElement(parent, tag, {k: _text(v) for k, v in attrs.items() if v is not None})
-    element.text = _text(text)
+    element = ET.SubElement(parent, tag,
+                            {k: xml_text(v) for k, v in attrs.items() if v is not None})
+    element.text = xml_text(text)
 
 
 def _email(parent: ET.Element, tag: str, email: Email) -> None:

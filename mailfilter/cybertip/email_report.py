@@ -29,7 +29,8 @@ from mailfilter.cybertip.document import (
 )
 from mailfilter.settings import Settings
 
-__all__ = ["MailIncident", "MatchedFile", "build_file_details", "build_report", "reporter"]
+__all__ = ["MailIncident", "MatchedFile", "build_file_details", "build_report", "reporter",
+           "split_name"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +59,7 @@ class MatchedFile:
     matches: tuple[str, ...] = ()  # how it matched, one line each ("list X by pdq, distance 4")
 
 
-def _split_name(name: str) -> tuple[str | None, str | None]:
+def split_name(name: str) -> tuple[str | None, str | None]:
     first, _, last = name.strip().rpartition(" ")
     if not last:
         return None, None
@@ -72,7 +73,7 @@ def reporter(settings: Settings) -> Reporter:
     if not address:
         raise ValueError("no reporter email: set [report] reporter_email (or [cybertip] "
                          "reporter_email)")
-    first, last = _split_name(settings.report.reporter_name)
+    first, last = split_name(settings.report.reporter_name)
     return Reporter(Person(first, last, emails=(Email(address),)),
                     company_template=settings.cybertip.company_template or None,
                     terms_of_service=settings.cybertip.terms_of_service or None)

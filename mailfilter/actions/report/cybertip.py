@@ -1,46 +1,34 @@
 """A draft shaped like an NCMEC CyberTipline report of one entry, for a compliance officer
 to review and submit; it is only ever written to a file or stdout (`quarantine report
---format cybertip-xml`). Submitting through NCMEC's reporting API is issue 19: it would be
-one more report channel (channels.py) using the shapes made here."""
+--format cybertip-xml`). Filing it through NCMEC's reporting API is `quarantine submit`
+(actions/cybertip_submit.py, cybertip/); the draft takes that report's incident type,
+reporter and text escaping from there, so what is reviewed is what would be filed."""
 
 from __future__ import annotations
 
-import re
 import xml.etree.ElementTree as ET
 from typing import Final
 
 from mailfilter import __version__
 from mailfilter.actions.records import QuarantineRecord, iso_time
 from mailfilter.actions.report.text import distance_text
-from mailfilter.settings import ReportSettings
+from mailfilter.cybertip.document import xml_text
+from mailfilter.cybertip.email_report import split_name
+from mailfilter.settings import CybertipSettings, Settings
 
 __all__ = ["INCIDENT_TYPE", "cybertip_xml"]
 
-INCIDENT_TYPE: Final = "Child Pornography (possession, manufacture, and distribution)"
+INCIDENT_TYPE: Final = CybertipSettings().incident_type  # (the default of [cybertip])
 XSI: Final = "http://www.w3.org/2001/XMLSchema-instance"
 XSD_LOCATION: Final = "https://report.cybertip.org/ispws/xsd"
 
 ET.register_namespace("xsi", XSI)
 
-_NOT_XML: Final = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
-
-
-def _xml_text(value: str) -> str:
-    """Text XML 1.0 can hold: the characters it cannot (controls from a subject or a file
-    name) as visible escapes."""
-    return _NOT_XML.sub(lambda m: repr(m.group())[1:-1], value)
-
-
 def _el(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
-    element = ET.SubElement(parent, tag, {k: _xml_text(v) for k, v in attrs.items()})
+    element = ET.SubElement(parent, tag, {k: xml_text(v) for k, v in attrs.items()})
     if text is not None:
-        element.text = _xml_text(text)
+        element.text = xml_text(text)
     return element
-
-
-def _split_name(name: str) -> tuple[str, str]:
-    first, _, last = name.strip().rpartition(" ")
-    return (first, last) if first else (last, "")
 
 
 def _ip_capture(parent: ET.Element, addr: str | None, when: str) -> None:
@@ -52,7 +40,7 @@ def _ip_capture(parent: ET.Element, addr: str | None, when: str) -> None:
     _el(event, "dateTime", when)
 
 
-def cybertip_xml(record: QuarantineRecord, settings: ReportSettings, generated: float
+def cybertip_xml(record: QuarantineRecord, settings: Settings, generated: float
                  ) -> bytes:
     """A draft for a CyberTipline report of one entry, shaped after NCMEC's reporting API:
     the `<report>` document (incident summary, email incident, reporter, reported person
@@ -78,7 +66,7 @@ def cybertip_xml(record: QuarantineRecord, settings: ReportSettings, generated: 
 
     report = _el(root, "report", **{f"{{{XSI}}}noNamespaceSchemaLocation": XSD_LOCATION})
     summary = _el(report, "incidentSummary")
-    _el(summary, "incidentType", INCIDENT_TYPE)
+    _el(summary, "incidentType", settings.cybertip.incident_type)
     _el(summary, "incidentDateTime", when)
 
     internet = _el(report, "internetDetails")
@@ -93,10 +81,10 @@ def cybertip_xml(record: QuarantineRecord, settings: ReportSettings, generated: 
 
     reporter = _el(report, "reporter")
     person = _el(reporter, "reportingPerson")
-    first, last = _split_name(settings.reporter_name)
+    first, last = split_name(settings.report.reporter_name)
     _el(person, "firstName", first)
     _el(person, "lastName", last)
-    _el(person, "email", settings.reporter_email)
+    _el(person, "email", settings.cybertip.reporter_email or settings.report.reporter_email)
 
     reported = _el(report, "personOrUserReported")
     if sender:
