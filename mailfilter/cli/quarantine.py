@@ -545,8 +545,7 @@ def submit_command(config_path: Path | None, as_json: bool, by: str | None, yes:
     finished entry says so (exit 0). Exit 2 when it is refused (no match on a list in
     [cybertip] lists, no --yes off a terminal), fails (run it again) or the outcome of
     /submit is unknown (decide with --decide)."""
-    from mailfilter.cybertip.check import client_of
-    from mailfilter.cybertip.credentials import CredentialsError
+    from mailfilter.cybertip.credentials import CredentialsError, client_of
 
     service = _open(config_path)
     actor = _actor(by)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Final, Literal
 
 from mailfilter.cybertip.client import CybertipClient
-from mailfilter.cybertip.credentials import CredentialsError, read_password
+from mailfilter.cybertip.credentials import CredentialsError, client_of
 from mailfilter.cybertip.document import InvalidDocument
 from mailfilter.cybertip.email_report import (
     MailIncident,
@@ -75,14 +75,6 @@ def _test_material(settings: Settings) -> tuple[MailIncident, MatchedFile, bytes
                        hashlib.sha256(data).hexdigest(),
                        ("a generated test picture, not a real match",))
     return incident, file, data
-
-
-def client_of(settings: Settings) -> CybertipClient:
-    c = settings.cybertip
-    if not c.username or not c.password_file:
-        raise CredentialsError("[cybertip] username and password_file are needed")
-    return CybertipClient(c.url, c.username, read_password(Path(c.password_file)),
-                          timeout=c.timeout)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,10 @@ import os
 import stat
 from pathlib import Path
 
-__all__ = ["CredentialsError", "read_password"]
+from mailfilter.cybertip.client import CybertipClient
+from mailfilter.settings import Settings
+
+__all__ = ["CredentialsError", "client_of", "read_password"]
 
 
 class CredentialsError(Exception):
@@ -45,3 +48,12 @@ def read_password(path: Path) -> str:
     if not password:
         raise CredentialsError(f"{path}: the password file is empty")
     return password
+
+
+def client_of(settings: Settings) -> CybertipClient:
+    """The client for `[cybertip]`, with the password read from its file now."""
+    c = settings.cybertip
+    if not c.username or not c.password_file:
+        raise CredentialsError("[cybertip] username and password_file are needed")
+    return CybertipClient(c.url, c.username, read_password(Path(c.password_file)),
+                          timeout=c.timeout)

@@ -252,8 +252,7 @@ class CybertipChannel(_Step):
         # (imported here: the service imports this package)
         from mailfilter.actions.cybertip_submit import eligible_lists, submit_entry
         from mailfilter.actions.quarantine_service import QuarantineService, Refused
-        from mailfilter.cybertip.check import client_of
-        from mailfilter.cybertip.credentials import CredentialsError
+        from mailfilter.cybertip.credentials import CredentialsError, client_of
 
         entry = ctx.store.find(ctx.job.entry_id)
         if entry is None or not eligible_lists(entry.record, ctx.settings):
