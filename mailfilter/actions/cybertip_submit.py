@@ -99,10 +99,17 @@ def check_reportable(entry: StoredEntry, settings: Settings) -> None:
 
 
 def incident_of(record: QuarantineRecord) -> MailIncident:
-    received = float(record.received_ts or 0)
+    """The incident of an entry. Refused when its record has no time of receipt (the
+    incident time NCMEC is told must be the real one, never a placeholder)."""
+    try:
+        received = (datetime.fromtimestamp(record.received_ts, UTC)
+                    if record.received_ts is not None
+                    else datetime.fromisoformat(str(record.received)))
+    except (ValueError, OverflowError, OSError) as exc:
+        raise Refused(f"{record.id}: the record has no time of receipt") from exc
     return MailIncident(
         sender=record.envelope.mail_from or "", recipients=record.envelope.rcpt_tos,
-        received=datetime.fromtimestamp(received, UTC),
+        received=received,
         host=record.host or socket.getfqdn(), client_ip=record.client.addr,
         client_name=record.client.name, helo=record.client.helo,
         message_id=record.message_id, subject=record.subject, quarantine_id=record.id)

@@ -191,3 +191,15 @@ def test_a_match_without_its_attachment_in_the_record_is_refused() -> None:
         "attachments": []})
     with pytest.raises(Refused, match="matches at 2 but describes no attachment"):
         matched_files(record, b"", Settings())
+
+
+def test_an_incident_without_a_time_of_receipt_is_refused() -> None:
+    """NCMEC is told the incident's real time, never 1970 for a record that lost it."""
+    from mailfilter.actions.cybertip_submit import incident_of
+    from mailfilter.actions.quarantine_service import Refused
+    from mailfilter.actions.records import QuarantineRecord
+
+    timed = QuarantineRecord.from_json({"id": "A", "received": "2025-03-14T15:09:26Z"})
+    assert incident_of(timed).received.year == 2025
+    with pytest.raises(Refused, match="no time of receipt"):
+        incident_of(QuarantineRecord.from_json({"id": "B"}))

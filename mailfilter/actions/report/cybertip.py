@@ -54,7 +54,7 @@ def cybertip_xml(record: QuarantineRecord, settings: Settings, generated: float
     client = record.client
     sender = record.envelope.mail_from or ""
     recipients = list(record.envelope.rcpt_tos)
-    when = iso_time(float(record.received_ts or 0))
+    when = record.received_at
     root = ET.Element("cybertiplineDraft", {
         "generator": f"mailfilter {__version__}", "generated": iso_time(generated),
         "quarantineId": record.id, "host": record.host or "",
