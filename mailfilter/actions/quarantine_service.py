@@ -294,6 +294,31 @@ class QuarantineService:
         """Delete the message (the record stays until purged); False if it already was.
         Refused for an entry on legal hold or preserved for its CyberTipline report."""
         store = self.store
+        self._check_deletable(entry, actor)
+        if not entry.has_message:
+            store.audit(actor, "delete", entry.id, "ok: already deleted")
+            return False
+        confirm(f"delete the message of {entry.id}")
+        # Judged again on the record as it is now: while the operator answered, the
+        # service may have filed the entry's CyberTipline report (auto-submit), or someone
+        # put it on hold.
+        fresh = store.find(entry.id)
+        if fresh is None or not fresh.has_message:
+            store.audit(actor, "delete", entry.id, "ok: already deleted")
+            return False
+        entry = fresh
+        self._check_deletable(entry, actor)
+        store.delete_message(entry)
+        event = HistoryEvent.now("deleted", time.time(), actor)
+        entry = self.change(entry, lambda rec: rec.with_event(event, status="deleted"))
+        store.audit(actor, "delete", entry.id, "ok")
+        self.sync_index(entry)
+        return True
+
+    def _check_deletable(self, entry: StoredEntry, actor: str) -> None:
+        """Refused (and audited) when the entry is on legal hold or preserved for its
+        CyberTipline report."""
+        store = self.store
         if entry.record.legal_hold:
             store.audit(actor, "delete", entry.id, "refused: legal hold")
             raise Refused(f"{entry.id} is on legal hold: it cannot be deleted (unhold it first "
@@ -303,16 +328,6 @@ class QuarantineService:
             store.audit(actor, "delete", entry.id, "refused: reported to the CyberTipline")
             raise Refused(f"{entry.id} was reported to the CyberTipline: it is preserved until "
                           f"{iso_time(until)} and cannot be deleted before")
-        if not entry.has_message:
-            store.audit(actor, "delete", entry.id, "ok: already deleted")
-            return False
-        confirm(f"delete the message of {entry.id}")
-        store.delete_message(entry)
-        event = HistoryEvent.now("deleted", time.time(), actor)
-        entry = self.change(entry, lambda rec: rec.with_event(event, status="deleted"))
-        store.audit(actor, "delete", entry.id, "ok")
-        self.sync_index(entry)
-        return True
 
     def set_hold(self, entry: StoredEntry, actor: str, hold: bool, reason: str | None
                  ) -> bool:

@@ -219,6 +219,29 @@ def _old_entry(store: QuarantineStore, days_ago: float, *, legacy: bool = False,
     return entry_id
 
 
+def test_delete_judges_the_entry_again_after_the_question(tmp_path: Path) -> None:
+    """While the operator answers "delete?", the entry may be put on hold (or its report
+    filed by the service): the delete is judged again on the record as it is then."""
+    from mailfilter.actions.quarantine_service import QuarantineService, Refused
+    from mailfilter.settings import Settings
+
+    settings = Settings(quarantine=QuarantineSettings(path=tmp_path / "quarantine"))
+    service = QuarantineService(settings, lambda _: None)
+    entry_id = _old_entry(service.store, 1)
+    entry = service.store.find(entry_id)
+    assert entry is not None
+
+    def meanwhile_held(question: str) -> None:
+        service.set_hold(entry, "colleague", True, "case 7")
+
+    with pytest.raises(Refused, match="legal hold"):
+        service.delete(entry, "tester", meanwhile_held)
+    kept = service.store.find(entry_id)
+    assert kept is not None and kept.has_message
+    assert [a["result"] for a in audit(tmp_path) if a["action"] == "delete"] == [
+        "refused: legal hold"]
+
+
 @pytest.mark.slow  # a dozen quarantine commands as processes: about 16 s
 def test_hold_delete_and_purge_with_retention(proxy_factory: Factory,
                                               recording_sink: RecordingSink,
