@@ -203,7 +203,6 @@ class ProxySession(SessionAdapter):
             peer = transport.get_extra_info("peername")
             if isinstance(peer, tuple) and peer:
                 self.peer_addr, self.peer_port = str(peer[0]), int(peer[1])
-            self.proxy.sessions.add(self)
 
     def connection_lost(self, error: Exception | None) -> None:
         self._abort_txn()
@@ -213,6 +212,11 @@ class ProxySession(SessionAdapter):
     async def refused_before_greeting(self) -> bool:
         refusal = self.proxy.refusal(self.peer_addr)
         if refusal is None:
+            # Counted from here, not from connection_made: a burst of connections otherwise
+            # counts the ones not yet judged and the refused ones still closing, and refuses
+            # below max_connections (seen: 36 of 40 served). No await between the check
+            # and the add, so the count is exact.
+            self.proxy.sessions.add(self)
             return False
         with contextlib.suppress(Exception):
             await self.push(_format(refusal))
@@ -588,7 +592,7 @@ class SmtpProxy:
                         extra={"fields": {"client": peer}})
             self.count_error("client-not-allowed")
             return Reply(554, "5.7.1", "Client not allowed")
-        if len(self.sessions) > self.settings.smtp.max_connections:
+        if len(self.sessions) >= self.settings.smtp.max_connections:
             self.count_error("too-many-connections")
             return Reply(421, "4.7.0", "Too many connections, try again later")
         return None
