@@ -361,7 +361,7 @@ def _submit_locked(service: QuarantineService, entry: StoredEntry, actor: str,
             result = "unknown"
         store.audit(actor, "submit", entry.id, f"{result}: {exc}")
         failed = HistoryEvent.now(f"cybertip-{result}", clock(), actor, error=str(exc)[:300])
-        service.change(entry, lambda rec: rec.with_event(failed))
+        service.change(entry, lambda rec: rec.with_repeated_event(failed))
         return Submission(entry.id, result, progress(journal).report_id, (), message,
                           tuple(e.to_dict() for e in journal.events))
     done = _ending(entry.id, action, journal)

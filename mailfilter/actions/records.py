@@ -449,8 +449,30 @@ class QuarantineRecord(JsonRecord):
         """This record with one more line of history (and the fields in `changes`)."""
         return dataclasses.replace(self, history=(*self.history, event), **changes)
 
+    def with_repeated_event(self, event: HistoryEvent) -> Self:
+        """This record with `event`, folded into the last line of history when that line
+        is the same event by the same actor with the same details: that line then says how
+        often (`repeated`) and since when (`since`), with the latest time. An outbox retry
+        that fails the same way every `retry_max` for weeks (credentials refused, NCMEC
+        down) would otherwise add a line an hour to the record; the audit log keeps every
+        attempt."""
+        last = self.history[-1] if self.history else None
+        if (last is None or last.event != event.event or last.by != event.by
+                or _without_repeats(last.detail) != _without_repeats(event.detail)):
+            return self.with_event(event)
+        repeated = last.detail.get("repeated", 1)
+        detail = {**event.detail,
+                  "repeated": (repeated if isinstance(repeated, int) else 1) + 1,
+                  "since": last.detail.get("since", last.time)}
+        folded = HistoryEvent(event.event, event.time, event.by, detail)
+        return dataclasses.replace(self, history=(*self.history[:-1], folded))
+
     def last_event(self, name: str) -> HistoryEvent | None:
         return next((h for h in reversed(self.history) if h.event == name), None)
+
+
+def _without_repeats(detail: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in detail.items() if k not in ("repeated", "since")}
 
 
 # --- what `quarantine list` shows and the shared index holds ---------------------------------

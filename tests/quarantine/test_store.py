@@ -210,6 +210,29 @@ def test_a_record_in_the_old_shape_is_read_and_written_back_unchanged(
         QuarantineRecord.from_json({"received": "no id"})
 
 
+def test_the_same_failure_again_is_one_line_of_history() -> None:
+    """An outbox retry failing the same way every hour folds into the last line (how
+    often, since when); another error, actor or event starts a new one."""
+    record = _record(new_id(1000.0), 1000.0)
+    failed = [HistoryEvent.now("cybertip-failed", t, "mailfilter", error="/upload: HTTP 500")
+              for t in (1000.0, 4600.0, 8200.0)]
+    for event in failed:
+        record = record.with_repeated_event(event)
+    *before, last = record.history
+    assert [h.event for h in before] == ["quarantined"]
+    assert last.time == failed[2].time
+    assert last.detail == {"error": "/upload: HTTP 500", "repeated": 3,
+                           "since": failed[0].time}
+    for other in (HistoryEvent.now("cybertip-failed", 9000.0, "mailfilter", error="HTTP 503"),
+                  HistoryEvent.now("cybertip-failed", 9100.0, "root", error="HTTP 503"),
+                  HistoryEvent.now("cybertip-unknown", 9200.0, "root", error="HTTP 503")):
+        record = record.with_repeated_event(other)
+        assert record.history[-1] == other
+    assert len(record.history) == 5
+    # Written and read back as it was.
+    assert QuarantineRecord.from_json(record.to_json()).history == record.history
+
+
 def test_audit_log_is_append_only_json_lines(tmp_path: Path) -> None:
     store = _store(tmp_path)
     store.audit("jane", "hold", "X1", "ok", reason="case 1")

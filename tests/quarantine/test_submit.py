@@ -349,12 +349,13 @@ def test_auto_submit_from_the_outbox_resumes_and_shares_the_journal(
         reporting_proxy: Any, recording_sink: RecordingSink, ncmec: NcmecServer,
         tmp_path: Path) -> None:
     """`[cybertip] auto_submit`: the outbox's cybertip step files the report; a 500 on
-    upload is retried with backoff, on the same report; `quarantine submit` afterwards
-    finds it finished."""
+    upload, three times, is retried with backoff, on the same report, and is one line of
+    the history; `quarantine submit` afterwards finds it finished."""
     secret = tmp_path / "cybertip.password"
     secret.write_text(ncmec.password + "\n")
     secret.chmod(0o600)
-    ncmec.fail("upload", "500")
+    for _ in range(3):
+        ncmec.fail("upload", "500")
     rp: ReportingProxy = reporting_proxy(
         recording_sink.address,
         report={"reporter_name": "Casey Compliance", "reporter_email": "abuse@example.org",
@@ -365,10 +366,15 @@ def test_auto_submit_from_the_outbox_resumes_and_shares_the_journal(
     (entry,) = rp.wait_reported(1, timeout=30)
     (report,) = ncmec.reports.values()
     assert report.finished and len(ncmec.posts("submit")) == 1
-    assert len(ncmec.posts("upload")) == 3  # the refused one again, then the other file
+    assert len(ncmec.posts("upload")) == 5  # the refused one 3 times, then again, the other
     assert report_id_of(entry.record) == report.report_id
     events = [h.event for h in entry.record.history]
     assert events == ["quarantined", "cybertip-failed", "cybertip-finished", "reported"]
+    assert entry.record.history[1].detail["repeated"] == 3
+    # The audit log keeps every attempt.
+    lines = rp.store.audit_path.read_text().splitlines()
+    submits = [json.loads(line) for line in lines if '"action": "submit"' in line]
+    assert [a["result"].split(":")[0] for a in submits] == ["failed"] * 3 + ["finished"]
     assert entry.record.history[3].detail["cybertip"] == ncmec.url
     config = cybertip_config(tmp_path, recording_sink, ncmec)
     again = submit(config, entry_id, "--yes")
