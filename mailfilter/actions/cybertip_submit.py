@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
-import os
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -29,7 +27,7 @@ from pathlib import Path
 from typing import Final, Literal
 
 from mailfilter.actions.preservation import journal_of, submission_time
-from mailfilter.actions.quarantine import StoredEntry
+from mailfilter.actions.quarantine import QuarantineStore, StoredEntry
 from mailfilter.actions.quarantine_service import QuarantineService, Refused
 from mailfilter.actions.records import HistoryEvent, JsonObject, QuarantineRecord, iso_time
 from mailfilter.cybertip.client import CybertipClient
@@ -75,7 +73,6 @@ __all__ = [
     "submit_entry",
 ]
 
-SUBMIT_LOCK: Final = ".cybertip.lock"
 Decision = Literal["no-report", "abandon"] | int  # an int: NCMEC holds that report
 
 
@@ -268,19 +265,17 @@ class Busy(Refused):
 
 
 @contextlib.contextmanager
-def _submitting(root: Path) -> Iterator[None]:
+def _submitting(store: QuarantineStore) -> Iterator[None]:
     # One submission at a time per quarantine: `quarantine submit` and the outbox's
-    # auto-submission reading the same journal at once could both send /submit.
-    fd = os.open(root / SUBMIT_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
+    # auto-submission reading the same journal at once could both send /submit. (Delete
+    # and purge wait for it: quarantine.py.)
+    with contextlib.ExitStack() as held:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held.enter_context(store.cybertip_lock(wait=False))
         except BlockingIOError:
             raise Busy("another CyberTipline submission is in progress on this instance; "
                        "try again in a moment") from None
         yield
-    finally:
-        os.close(fd)
 
 
 def submit_entry(service: QuarantineService, entry: StoredEntry, actor: str,
@@ -292,7 +287,7 @@ def submit_entry(service: QuarantineService, entry: StoredEntry, actor: str,
     the reporter not set, a document invalid against `[cybertip] xsd`); Busy while
     another process submits."""
     try:
-        with _submitting(service.store.root):
+        with _submitting(service.store):
             # Read again under the lock: the journal is the one the last submitter left.
             fresh = service.store.find(entry.id)
             if fresh is None:

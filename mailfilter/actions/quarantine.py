@@ -88,6 +88,7 @@ OUTBOX_DIR: Final = "outbox"
 SENDER_LOCK: Final = ".sender.lock"
 AUDIT_LOG: Final = "audit.jsonl"
 LOCK_FILE: Final = ".lock"
+CYBERTIP_LOCK: Final = ".cybertip.lock"
 _ALPHABET: Final = "0123456789BCDFGHJKLMNPQRSTVWXYZ"  # no vowels: ids never spell words
 _ID_RE: Final = re.compile(rf"^[{_ALPHABET}]{{8,32}}$")
 _DAY_RE: Final = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -429,6 +430,21 @@ class QuarantineStore:
         fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # (closing releases the lock)
+
+    @contextlib.contextmanager
+    def cybertip_lock(self, *, wait: bool) -> Iterator[None]:
+        """The quarantine's CyberTipline lock, held by a submission for its whole run
+        (`quarantine submit` and auto-submit: one /submit per journal) and by delete and
+        purge while they judge and remove, so that no entry is removed under a report being
+        filed (its journal would have no record to go to, its evidence no file).
+        BlockingIOError when `wait` is false and another process holds it."""
+        self._ensure_dir(self.root)
+        fd = os.open(self.root / CYBERTIP_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
             yield
         finally:
             os.close(fd)  # (closing releases the lock)

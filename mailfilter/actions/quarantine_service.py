@@ -14,6 +14,7 @@ to stop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -299,21 +300,35 @@ class QuarantineService:
             store.audit(actor, "delete", entry.id, "ok: already deleted")
             return False
         confirm(f"delete the message of {entry.id}")
-        # Judged again on the record as it is now: while the operator answered, the
-        # service may have filed the entry's CyberTipline report (auto-submit), or someone
-        # put it on hold.
-        fresh = store.find(entry.id)
-        if fresh is None or not fresh.has_message:
-            store.audit(actor, "delete", entry.id, "ok: already deleted")
-            return False
-        entry = fresh
-        self._check_deletable(entry, actor)
-        store.delete_message(entry)
+        # Judged again on the record as it is now, under the CyberTipline lock: while the
+        # operator answered, the service may have filed the entry's report (auto-submit),
+        # or someone put it on hold; and a submission in progress, which has read the
+        # message and is about to record its report, ends first.
+        with self._cybertip_locked():
+            fresh = store.find(entry.id)
+            if fresh is None or not fresh.has_message:
+                store.audit(actor, "delete", entry.id, "ok: already deleted")
+                return False
+            entry = fresh
+            self._check_deletable(entry, actor)
+            store.delete_message(entry)
         event = HistoryEvent.now("deleted", time.time(), actor)
         entry = self.change(entry, lambda rec: rec.with_event(event, status="deleted"))
         store.audit(actor, "delete", entry.id, "ok")
         self.sync_index(entry)
         return True
+
+    @contextlib.contextmanager
+    def _cybertip_locked(self) -> Iterator[None]:
+        """The store's CyberTipline lock, waited for (with a word to the operator) while a
+        submission holds it."""
+        with contextlib.ExitStack() as held:
+            try:
+                held.enter_context(self.store.cybertip_lock(wait=False))
+            except BlockingIOError:
+                self.warn("waiting for the CyberTipline submission in progress to end")
+                held.enter_context(self.store.cybertip_lock(wait=True))
+            yield
 
     def _check_deletable(self, entry: StoredEntry, actor: str) -> None:
         """Refused (and audited) when the entry is on legal hold or preserved for its
@@ -353,16 +368,15 @@ class QuarantineService:
         store = self.store
         now = time.time() if now is None else now
         cutoff = now - store.retention_days * 86400
-        pending = store.pending_entry_ids()
         expired: list[StoredEntry] = []
         held: list[str] = []
         waiting: list[str] = []
         reported: list[KeptReported] = []
-        for entry in store.entries():
-            step()
+
+        def judge(entry: StoredEntry, pending: set[str]) -> None:
             received = entry.record.received_ts
             if float(received if received else now) >= cutoff:
-                continue
+                return
             until = preserved_until(entry.record, store.retention_days)
             if entry.record.legal_hold:
                 held.append(entry.id)
@@ -375,12 +389,27 @@ class QuarantineService:
                                              iso_time(submitted), iso_time(until)))
             else:
                 expired.append(entry)
+
+        pending = store.pending_entry_ids()
+        for entry in store.entries():
+            step()
+            judge(entry, pending)
         finished()
         # File ages are on the real clock, whatever `now` the entries are judged by.
         leftovers = store.leftovers(time.time() - LEFTOVER_AGE)
         if not dry_run:
-            for entry in expired:
-                store.remove(entry)
+            with self._cybertip_locked():
+                # Judged again under the lock, on the records as they are now: a report
+                # filed (or being filed) since the scan, a hold or a report job keeps the
+                # entry.
+                candidates, expired = expired, []
+                pending = store.pending_entry_ids()
+                for entry in candidates:
+                    fresh = store.find(entry.id)
+                    if fresh is not None:
+                        judge(fresh, pending)
+                for entry in expired:
+                    store.remove(entry)
             for path in leftovers:
                 path.unlink(missing_ok=True)
         result = PurgeResult(dry_run, store.retention_days, iso_time(cutoff), tuple(expired),

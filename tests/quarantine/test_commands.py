@@ -242,6 +242,61 @@ def test_delete_judges_the_entry_again_after_the_question(tmp_path: Path) -> Non
         "refused: legal hold"]
 
 
+@pytest.mark.parametrize("command", ["purge", "delete"])
+def test_purge_and_delete_wait_for_a_submission_in_progress(tmp_path: Path,
+                                                            command: str) -> None:
+    """A CyberTipline submission holds the quarantine's lock for its whole run: purge and
+    delete wait for it (saying so) and judge the entry again on the record it leaves, so
+    an entry is never removed under the report being filed for it."""
+    import dataclasses
+    import threading
+
+    from mailfilter.actions.quarantine_service import QuarantineService, Refused
+    from mailfilter.cybertip.journal import Event, Journal, PlannedFile
+    from mailfilter.settings import Settings
+
+    waiting = threading.Event()
+    settings = Settings(quarantine=QuarantineSettings(path=tmp_path / "quarantine",
+                                                      retention_days=30))
+    service = QuarantineService(settings, lambda _: waiting.set())
+    entry_id = _old_entry(service.store, 400)  # past its retention
+    entry = service.store.find(entry_id)
+    assert entry is not None
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            if command == "purge":
+                outcome.append(service.purge("tester", dry_run=False))
+            else:
+                outcome.append(service.delete(entry, "tester", lambda _: None))
+        except Refused as exc:
+            outcome.append(exc)
+
+    with service.store.cybertip_lock(wait=True):  # a submission in progress
+        other = threading.Thread(target=run)
+        other.start()
+        assert waiting.wait(30), f"{command} did not wait for the submission"
+        assert outcome == [] and service.store.find(entry_id) is not None
+        now = time.time()
+        filed = Journal((PlannedFile("a.jpg", "0" * 32, 3),)).record(
+            Event("submit", "started", now)).record(
+            Event("submit", "done", now, report_id=1000001))
+        service.store.update(entry_id, lambda rec: dataclasses.replace(
+            rec, cybertip=filed.to_dict()))
+    other.join(30)
+    kept = service.store.find(entry_id)
+    assert kept is not None and kept.has_message
+    (result,) = outcome
+    if command == "purge":
+        assert not isinstance(result, Exception)
+        summary = result.to_json()  # type: ignore[attr-defined]
+        assert summary["purged"] == []
+        assert [k["id"] for k in summary["kept_reported"]] == [entry_id]
+    else:
+        assert isinstance(result, Refused) and "reported to the CyberTipline" in str(result)
+
+
 @pytest.mark.slow  # a dozen quarantine commands as processes: about 16 s
 def test_hold_delete_and_purge_with_retention(proxy_factory: Factory,
                                               recording_sink: RecordingSink,
