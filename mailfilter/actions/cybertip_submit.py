@@ -18,11 +18,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final, Literal
 
@@ -30,6 +28,8 @@ from mailfilter.actions.preservation import journal_of, submission_time
 from mailfilter.actions.quarantine import QuarantineStore, StoredEntry
 from mailfilter.actions.quarantine_service import QuarantineService, Refused
 from mailfilter.actions.records import HistoryEvent, JsonObject, QuarantineRecord, iso_time
+from mailfilter.actions.relay import local_hostname
+from mailfilter.actions.report.cybertip import file_name_of, mail_incident, match_lines
 from mailfilter.cybertip.client import CybertipClient
 from mailfilter.cybertip.document import InvalidDocument
 from mailfilter.cybertip.email_report import (
@@ -95,21 +95,13 @@ def check_reportable(entry: StoredEntry, settings: Settings) -> None:
         raise Refused(f"{entry.id}: the message was deleted; its files cannot be reported")
 
 
-def incident_of(record: QuarantineRecord) -> MailIncident:
+def incident_of(record: QuarantineRecord, settings: Settings) -> MailIncident:
     """The incident of an entry. Refused when its record has no time of receipt (the
     incident time NCMEC is told must be the real one, never a placeholder)."""
     try:
-        received = (datetime.fromtimestamp(record.received_ts, UTC)
-                    if record.received_ts is not None
-                    else datetime.fromisoformat(str(record.received)))
-    except (ValueError, OverflowError, OSError) as exc:
-        raise Refused(f"{record.id}: the record has no time of receipt") from exc
-    return MailIncident(
-        sender=record.envelope.mail_from or "", recipients=record.envelope.rcpt_tos,
-        received=received,
-        host=record.host or socket.getfqdn(), client_ip=record.client.addr,
-        client_name=record.client.name, helo=record.client.helo,
-        message_id=record.message_id, subject=record.subject, quarantine_id=record.id)
+        return mail_incident(record, local_hostname(settings.smtp.hostname))
+    except ValueError as exc:
+        raise Refused(f"{record.id}: {exc}") from exc
 
 
 def matched_files(record: QuarantineRecord, raw: bytes, settings: Settings
@@ -133,9 +125,7 @@ def matched_files(record: QuarantineRecord, raw: bytes, settings: Settings
                               frozenset(a.sha256 for a in record.attachments if a.sha256))
     out: list[tuple[MatchedFile, bytes]] = []
     for attachment in record.attachments:
-        lines = [f"list {m.list_name} by {m.algorithm}, distance {m.distance:g}"
-                 for m in record.matches
-                 if m.mime_path == attachment.mime_path and m.list_name in allowed]
+        lines = match_lines(record, attachment.mime_path, allowed)
         if not lines:
             continue
         data = _bytes_of(found.attachments, attachment.mime_path, attachment.sha256,
@@ -146,13 +136,12 @@ def matched_files(record: QuarantineRecord, raw: bytes, settings: Settings
             raise Refused(f"{record.id}: the bytes of {attachment.mime_path} cannot be found "
                           "again in the quarantined message (its hashes are in the record); "
                           "file the report by hand from `quarantine export`")
-        name = attachment.filename or f"part-{attachment.mime_path.replace('/', '_')}"
         out.append((MatchedFile(
-            name=name, mime_path=attachment.mime_path,
+            name=file_name_of(attachment), mime_path=attachment.mime_path,
             content_type=attachment.content_type or "application/octet-stream",
             size=len(data), md5=hashlib.md5(data).hexdigest(),
             sha1=hashlib.sha1(data).hexdigest(), sha256=hashlib.sha256(data).hexdigest(),
-            matches=tuple(lines)), data))
+            matches=lines), data))
     if not out:
         raise Refused(f"{record.id}: no matched file to report")
     return out
@@ -308,7 +297,7 @@ def _submit_locked(service: QuarantineService, entry: StoredEntry, actor: str,
     settings, store = service.settings, service.store
     record = entry.record
     check_reportable(entry, settings)
-    incident = incident_of(record)
+    incident = incident_of(record, settings)
     found = matched_files(record, entry.message_path.read_bytes(), settings)
     try:
         report = build_report(incident, tuple(f for f, _ in found), settings)

@@ -436,7 +436,8 @@ class QuarantineService:
         if fmt == "json":
             return report_json(report_document(entry.record, now))
         try:
-            data = cybertip_xml(entry.record, self.settings, now)
+            data = cybertip_xml(entry.record, self.settings, now,
+                                local_hostname(self.settings.smtp.hostname))
         except ValueError as exc:
             self.store.audit(actor, "report", entry.id, f"refused: {exc}", format=fmt)
             raise Refused(f"{entry.id}: {exc}") from exc

@@ -302,10 +302,13 @@ def report_element(report: Report) -> ET.Element:
     return root
 
 
-def file_details_element(details: FileDetails) -> ET.Element:
+def file_details_element(details: FileDetails, *, with_ids: bool = True) -> ET.Element:
+    """`with_ids` false: without reportId and fileId (a draft, before NCMEC assigned
+    them)."""
     root = ET.Element("fileDetails")
-    _add(root, "reportId", details.report_id)
-    _add(root, "fileId", details.file_id)
+    if with_ids:
+        _add(root, "reportId", details.report_id)
+        _add(root, "fileId", details.file_id)
     _add(root, "fileName", details.file_name)
     _add(root, "originalFileName", details.original_file_name)
     _add(root, "uploadedToEspTimestamp", details.uploaded_to_esp_timestamp)

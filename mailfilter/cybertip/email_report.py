@@ -66,15 +66,16 @@ def split_name(name: str) -> tuple[str | None, str | None]:
     return (first, last) if first else (None, last)
 
 
-def reporter(settings: Settings) -> Reporter:
-    """The reporting person and company texts. ValueError without a reporter email:
-    NCMEC needs someone to contact about the report."""
+def reporter(settings: Settings, *, required: bool = True) -> Reporter:
+    """The reporting person and company texts. ValueError without a reporter email when
+    `required` (NCMEC needs someone to contact about the report; a draft may leave it
+    empty)."""
     address = settings.cybertip.reporter_email or settings.report.reporter_email
-    if not address:
+    if not address and required:
         raise ValueError("no reporter email: set [report] reporter_email (or [cybertip] "
                          "reporter_email)")
     first, last = split_name(settings.report.reporter_name)
-    return Reporter(Person(first, last, emails=(Email(address),)),
+    return Reporter(Person(first, last, emails=(Email(address),) if address else ()),
                     company_template=settings.cybertip.company_template or None,
                     terms_of_service=settings.cybertip.terms_of_service or None)
 
@@ -87,7 +88,7 @@ def _capture(incident: MailIncident) -> tuple[IpCaptureEvent, ...]:
 
 
 def build_report(incident: MailIncident, files: tuple[MatchedFile, ...],
-                 settings: Settings) -> Report:
+                 settings: Settings, *, require_reporter: bool = True) -> Report:
     sender = incident.sender
     addresses = tuple(Email(a) for a in (sender, *incident.recipients) if a)
     envelope = (f"Envelope sender (MAIL FROM): {sender or '<>'}. Envelope recipients "
@@ -99,7 +100,7 @@ def build_report(incident: MailIncident, files: tuple[MatchedFile, ...],
     found = " ".join(f"{f.name}: {'; '.join(f.matches) or 'matched'}." for f in files)
     return Report(
         IncidentSummary(settings.cybertip.incident_type, incident.received),
-        reporter(settings),
+        reporter(settings, required=require_reporter),
         (EmailIncident(addresses, additional_info=envelope),),
         UserReported(Person(emails=(Email(sender),)) if sender else None,
                      ip_capture_events=_capture(incident), additional_info=client),
@@ -113,7 +114,7 @@ def build_report(incident: MailIncident, files: tuple[MatchedFile, ...],
 def build_file_details(incident: MailIncident, file: MatchedFile, settings: Settings
                        ) -> FileDetails:
     """The file's details; report_id and file_id are NCMEC's, filled in when known."""
-    hashes = [FileHash(file.md5, "MD5")]
+    hashes = [FileHash(file.md5, "MD5")] if file.md5 else []
     if file.sha1:
         hashes.append(FileHash(file.sha1, "SHA1"))
     if file.sha256:

@@ -200,6 +200,37 @@ def test_an_incident_without_a_time_of_receipt_is_refused() -> None:
     from mailfilter.actions.records import QuarantineRecord
 
     timed = QuarantineRecord.from_json({"id": "A", "received": "2025-03-14T15:09:26Z"})
-    assert incident_of(timed).received.year == 2025
+    assert incident_of(timed, Settings()).received.year == 2025
     with pytest.raises(Refused, match="no time of receipt"):
-        incident_of(QuarantineRecord.from_json({"id": "B"}))
+        incident_of(QuarantineRecord.from_json({"id": "B"}), Settings())
+
+
+def test_the_draft_names_every_match_and_the_frame_of_a_video() -> None:
+    """The draft (`quarantine report --format cybertip-xml`) holds every match of the
+    entry, a video's with the time of the frame that matched; submit's lines are the same
+    ones, on the lists `[cybertip] lists` allows."""
+    from mailfilter.actions.records import QuarantineRecord
+    from mailfilter.actions.report.cybertip import cybertip_xml, match_lines
+
+    record = QuarantineRecord.from_json({
+        "id": "2Q47XF2X1NL0K8Y2F", "received": "2025-03-14T14:50:02Z", "host": "mx1",
+        "envelope": {"mail_from": "alice@example.org", "rcpt_tos": ["bob@example.net"]},
+        "attachments": [
+            {"mime_path": "2", "filename": "clip.mp4", "content_type": "video/mp4",
+             "size": 5, "md5": "0" * 32},
+            {"mime_path": "3", "content_type": "image/png", "size": 7, "md5": "1" * 32}],
+        "matches": [
+            {"mime_path": "2", "list": "ncmec", "algorithm": "pdq", "distance": 3,
+             "value": "0" * 64, "at": 12.0},
+            {"mime_path": "3", "list": "own", "algorithm": "md5", "distance": 0,
+             "value": "1" * 32}]})
+    assert match_lines(record, "2") == ("list ncmec by pdq, distance 3, the frame at 12 s",)
+    assert match_lines(record, "3", ["ncmec"]) == ()
+    root = ET.fromstring(cybertip_xml(record, Settings(), 0.0, "here"))
+    files = root.findall("fileDetails")
+    assert [f.findtext("originalFileName") for f in files] == ["clip.mp4", "part-3"]
+    assert files[0].findtext("additionalInfo") == (
+        "MIME part 2 (video/mp4, 5 bytes). list ncmec by pdq, distance 3, the frame at 12 s.")
+    assert root.find("fileDetails/reportId") is None and root.get("host") == "mx1"
+    # No reporter set: the draft is still written (submit is refused for it).
+    assert root.find("report/reporter/reportingPerson/email") is None

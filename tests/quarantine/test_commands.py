@@ -401,7 +401,8 @@ def test_report_command_writes_json_and_cybertip_xml_and_sends_nothing(
     report = root.find("report")
     assert report is not None
     assert [c.tag for c in report] == ["incidentSummary", "internetDetails", "reporter",
-                                       "personOrUserReported", "additionalInfo"]
+                                       "personOrUserReported", "intendedRecipient",
+                                       "additionalInfo"]
     assert report.findtext("incidentSummary/incidentType") == INCIDENT_TYPE
     store = QuarantineStore(QuarantineSettings(path=tmp_path / "quarantine"))
     entry = store.find(entry_id)

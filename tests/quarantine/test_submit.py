@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import xml.etree.ElementTree as ET
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -85,6 +86,11 @@ def quarantined(p: RunningProxy) -> str:
                                                "RCPT TO:<carol@example.net>"))
 
 
+def canonical(element: ET.Element) -> str:
+    """An XML element as canonical XML without the indentation between elements."""
+    return ET.canonicalize(ET.tostring(element, encoding="unicode"), strip_text=True)
+
+
 def store_of(tmp_path: Path) -> QuarantineStore:
     return QuarantineStore(QuarantineSettings(path=tmp_path / "quarantine"))
 
@@ -134,6 +140,27 @@ def test_submit_files_one_report_and_records_the_ids(
         assert f.details.findtext("fileViewedByEsp") == "false"
         assert f.details.findtext("originalFileHash[@hashType='MD5']") == f.md5
         assert f.details.findtext("ipCaptureEvent/ipAddress") == "192.0.2.7"
+
+    # The draft a compliance officer reviews is what was filed: its <report> is the body
+    # of /submit, each <fileDetails> that of /fileinfo without the ids NCMEC assigned.
+    draft = mf("quarantine", "report", entry_id, "--format", "cybertip-xml", "--config",
+               str(config))
+    assert draft.returncode == 0, draft.stderr
+    draft_root = ET.fromstring(draft.stdout)
+    draft_report = draft_root.find("report")
+    assert draft_report is not None
+    draft_report.attrib.clear()  # (the draft names the schema)
+    (submitted,) = ncmec.posts("submit")
+    assert canonical(draft_report) == canonical(ET.fromstring(submitted.body))
+    filed = []
+    for post in ncmec.posts("fileinfo"):
+        details = ET.fromstring(post.body)
+        for tag in ("reportId", "fileId"):
+            element = details.find(tag)
+            assert element is not None
+            details.remove(element)
+        filed.append(canonical(details))
+    assert sorted(canonical(d) for d in draft_root.findall("fileDetails")) == sorted(filed)
 
     # The ids are in the entry; show and show --json carry the report id.
     assert report_id_of(entry.record) == report.report_id
