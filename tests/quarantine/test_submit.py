@@ -372,6 +372,54 @@ def test_purge_says_what_it_kept_for_the_cybertipline(
     assert store.find(entry_id) is not None
 
 
+def test_auto_submit_with_nothing_to_file_does_not_say_reported_to_the_cybertipline(
+        reporting_proxy: Any, recording_sink: RecordingSink, ncmec: NcmecServer,
+        tmp_path: Path) -> None:
+    """An entry whose matches are on no list `[cybertip] lists` allows: the outbox's
+    cybertip step files nothing, and the record's "reported" event names only the report
+    directory, not the CyberTipline."""
+    secret = tmp_path / "cybertip.password"
+    secret.write_text(ncmec.password + "\n")
+    secret.chmod(0o600)
+    rp: ReportingProxy = reporting_proxy(
+        recording_sink.address,
+        report={"reporter_name": "Casey Compliance", "reporter_email": "abuse@example.org",
+                "dir": str(tmp_path / "reports")},
+        cybertip={"url": ncmec.url, "username": ncmec.username,
+                  "password_file": str(secret), "timeout": "2s", "auto_submit": True,
+                  "lists": ["some-other-list"]})
+    quarantined(rp.proxy)
+    (entry,) = rp.wait_reported(1, timeout=30)
+    assert ncmec.received == []
+    reported = entry.record.last_event("reported")
+    assert reported is not None and "cybertip" not in reported.detail
+    assert reported.detail["dir"] == str(tmp_path / "reports")
+
+
+def test_auto_submit_with_an_unknown_outcome_leaves_it_to_the_operator(
+        reporting_proxy: Any, recording_sink: RecordingSink, ncmec: NcmecServer,
+        tmp_path: Path) -> None:
+    """/submit done but its answer lost: the outbox's step ends (nothing is sent again),
+    the history says `cybertip-unknown` and the "reported" event says the outcome is
+    unknown."""
+    secret = tmp_path / "cybertip.password"
+    secret.write_text(ncmec.password + "\n")
+    secret.chmod(0o600)
+    ncmec.fail("submit", "drop")
+    rp: ReportingProxy = reporting_proxy(
+        recording_sink.address,
+        report={"reporter_name": "Casey Compliance", "reporter_email": "abuse@example.org"},
+        cybertip={"url": ncmec.url, "username": ncmec.username,
+                  "password_file": str(secret), "timeout": "2s", "auto_submit": True})
+    quarantined(rp.proxy)
+    (entry,) = rp.wait_reported(1, timeout=30)
+    assert len(ncmec.posts("submit")) == 1 and ncmec.posts("upload") == []
+    assert entry.record.last_event("cybertip-unknown") is not None
+    reported = entry.record.last_event("reported")
+    assert reported is not None
+    assert reported.detail == {"cybertip": ncmec.url, "cybertip_outcome": "unknown"}
+
+
 def test_auto_submit_from_the_outbox_resumes_and_shares_the_journal(
         reporting_proxy: Any, recording_sink: RecordingSink, ncmec: NcmecServer,
         tmp_path: Path) -> None:

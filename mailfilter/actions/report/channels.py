@@ -107,8 +107,9 @@ class StepContext:
 
 class ReportStep(Protocol):
     """One step of an outbox job, made once per sender (`cls()`): it may keep a
-    connection, closed by `close`. `wanted` and `reported_as` look at settings only, so
-    `report_steps` can ask them before there is a sender."""
+    connection, closed by `close`. `wanted` looks at settings only, so `report_steps` can
+    ask it before there is a sender; `reported_as` at the settings and what the step
+    left in its state."""
 
     name: ClassVar[str]
     error_kind: ClassVar[str | None]  # counted in metrics.error when the step fails
@@ -119,8 +120,9 @@ class ReportStep(Protocol):
         ...
 
     @classmethod
-    def reported_as(cls, settings: Settings) -> JsonObject:
-        """What the record's "reported" event says about this step ({}: nothing)."""
+    def reported_as(cls, settings: Settings, state: JsonObject) -> JsonObject:
+        """What the record's "reported" event says about this step, done with this state
+        ({}: nothing: it reported nothing)."""
         ...
 
     async def run(self, ctx: StepContext) -> None:
@@ -140,7 +142,7 @@ class _Step:
         raise NotImplementedError
 
     @classmethod
-    def reported_as(cls, settings: Settings) -> JsonObject:
+    def reported_as(cls, settings: Settings, state: JsonObject) -> JsonObject:
         return {}
 
     async def run(self, ctx: StepContext) -> None:
@@ -164,7 +166,7 @@ class MailChannel(_Step):
         return bool(settings.report.to)
 
     @classmethod
-    def reported_as(cls, settings: Settings) -> JsonObject:
+    def reported_as(cls, settings: Settings, state: JsonObject) -> JsonObject:
         return {"mail_to": list(settings.report.to)}
 
     async def run(self, ctx: StepContext) -> None:
@@ -192,7 +194,7 @@ class DirectoryChannel(_Step):
         return bool(settings.report.dir)
 
     @classmethod
-    def reported_as(cls, settings: Settings) -> JsonObject:
+    def reported_as(cls, settings: Settings, state: JsonObject) -> JsonObject:
         return {"dir": settings.report.dir}
 
     async def run(self, ctx: StepContext) -> None:
@@ -212,7 +214,7 @@ class WebhookChannel(_Step):
         return bool(settings.report.webhook_url)
 
     @classmethod
-    def reported_as(cls, settings: Settings) -> JsonObject:
+    def reported_as(cls, settings: Settings, state: JsonObject) -> JsonObject:
         url = settings.report.webhook_url
         return {"webhook": url_without_credentials(url)} if url else {}
 
@@ -242,8 +244,14 @@ class CybertipChannel(_Step):
         return settings.cybertip.auto_submit
 
     @classmethod
-    def reported_as(cls, settings: Settings) -> JsonObject:
-        return {"cybertip": settings.cybertip.url}
+    def reported_as(cls, settings: Settings, state: JsonObject) -> JsonObject:
+        # (a job of an earlier version has no outcome: it said the CyberTipline then)
+        outcome = state.get("outcome", "finished")
+        if outcome in ("finished", "already-finished"):
+            return {"cybertip": settings.cybertip.url}
+        if outcome == "unknown":  # a report may exist: the operator decides
+            return {"cybertip": settings.cybertip.url, "cybertip_outcome": "unknown"}
+        return {}  # nothing filed: the entry was gone, or on no list [cybertip] allows
 
     async def run(self, ctx: StepContext) -> None:
         await asyncio.to_thread(self._submit, ctx)
@@ -254,9 +262,14 @@ class CybertipChannel(_Step):
         from mailfilter.actions.quarantine_service import QuarantineService, Refused
         from mailfilter.cybertip.credentials import CredentialsError, client_of
 
+        state = ctx.state(self.name)
         entry = ctx.store.find(ctx.job.entry_id)
-        if entry is None or not eligible_lists(entry.record, ctx.settings):
-            return  # purged meanwhile, or nothing this instance may report
+        if entry is None:
+            state["outcome"] = "gone"  # purged meanwhile
+            return
+        if not eligible_lists(entry.record, ctx.settings):
+            state["outcome"] = "not-eligible"  # nothing this instance may report
+            return
         service = QuarantineService(ctx.settings, log.warning)
         try:
             done = submit_entry(service, entry, SERVICE_ACTOR, client_of(ctx.settings))
@@ -264,6 +277,7 @@ class CybertipChannel(_Step):
             raise DeliveryFailed(f"cybertip: {exc}") from exc
         if done.result == "failed":
             raise DeliveryFailed(f"cybertip: {done.message}")
+        state["outcome"] = done.result
         if done.result == "unknown":
             log.warning("quarantine %s: %s", entry.id, done.message)
 
@@ -292,7 +306,9 @@ class StatusStep(_Step):
         detail: dict[str, Any] = {}
         for channel in CHANNELS:
             if channel.name in ctx.job.steps:
-                detail.update(channel.reported_as(ctx.settings))
+                detail.update(channel.reported_as(ctx.settings, ctx.state(channel.name)))
+        if not detail:
+            return  # no channel reported anything (auto-submit alone, with nothing to file)
 
         def change(record: QuarantineRecord) -> QuarantineRecord:
             event = HistoryEvent.now("reported", time.time(), SERVICE_ACTOR, **detail)
