@@ -62,6 +62,7 @@ from mailfilter.workers import RemoteError, WorkerPool
 
 __all__ = [
     "Busy",
+    "CannotReport",
     "Submission",
     "already",
     "check_reportable",
@@ -76,6 +77,13 @@ __all__ = [
 Decision = Literal["no-report", "abandon"] | int  # an int: NCMEC holds that report
 
 
+class CannotReport(Refused):
+    """The entry itself cannot be reported, and no setting or later try changes that: it
+    has no matches, its message was deleted, its record has no time of receipt or
+    describes no attachment where it matched. Auto-submit ends its step on it (the
+    history says `cybertip-refused`) rather than trying again for ever."""
+
+
 def eligible_lists(record: QuarantineRecord, settings: Settings) -> list[str]:
     """The lists of the entry's matches that `[cybertip] lists` allows (empty: all)."""
     allowed = settings.cybertip.lists
@@ -87,12 +95,13 @@ def check_reportable(entry: StoredEntry, settings: Settings) -> None:
     lists` allows, or its message (with the files) deleted."""
     record = entry.record
     if not record.matches:
-        raise Refused(f"{entry.id}: it has no matches to report")
+        raise CannotReport(f"{entry.id}: it has no matches to report")
     if not eligible_lists(record, settings):
         raise Refused(f"{entry.id}: its matches (lists {', '.join(record.lists())}) are on "
                       f"no list in [cybertip] lists ({', '.join(settings.cybertip.lists)})")
     if not entry.has_message:
-        raise Refused(f"{entry.id}: the message was deleted; its files cannot be reported")
+        raise CannotReport(f"{entry.id}: the message was deleted; its files cannot be "
+                           "reported")
 
 
 def incident_of(record: QuarantineRecord, settings: Settings) -> MailIncident:
@@ -101,7 +110,7 @@ def incident_of(record: QuarantineRecord, settings: Settings) -> MailIncident:
     try:
         return mail_incident(record, local_hostname(settings.smtp.hostname))
     except ValueError as exc:
-        raise Refused(f"{record.id}: {exc}") from exc
+        raise CannotReport(f"{record.id}: {exc}") from exc
 
 
 def matched_files(record: QuarantineRecord, raw: bytes, settings: Settings
@@ -118,8 +127,9 @@ def matched_files(record: QuarantineRecord, raw: bytes, settings: Settings
     missing = sorted({m.mime_path for m in record.matches
                       if m.list_name in allowed and m.mime_path not in described})
     if missing:
-        raise Refused(f"{record.id}: the record matches at {', '.join(missing)} but describes "
-                      "no attachment there; file the report by hand from `quarantine export`")
+        raise CannotReport(f"{record.id}: the record matches at {', '.join(missing)} but "
+                           "describes no attachment there; file the report by hand from "
+                           "`quarantine export`")
     # Files that are not images travel as hashes only; their bytes are asked for by SHA-256.
     found = extract_in_worker(raw, settings, record.id,
                               frozenset(a.sha256 for a in record.attachments if a.sha256))
@@ -143,7 +153,7 @@ def matched_files(record: QuarantineRecord, raw: bytes, settings: Settings
             sha1=hashlib.sha1(data).hexdigest(), sha256=hashlib.sha256(data).hexdigest(),
             matches=lines), data))
     if not out:
-        raise Refused(f"{record.id}: no matched file to report")
+        raise CannotReport(f"{record.id}: no matched file to report")
     return out
 
 
@@ -280,7 +290,7 @@ def submit_entry(service: QuarantineService, entry: StoredEntry, actor: str,
             # Read again under the lock: the journal is the one the last submitter left.
             fresh = service.store.find(entry.id)
             if fresh is None:
-                raise Refused(f"{entry.id} disappeared (purged meanwhile?)")
+                raise CannotReport(f"{entry.id} disappeared (purged meanwhile?)")
             ended = already(fresh)
             if ended is not None:
                 return ended

@@ -40,7 +40,7 @@ from mailfilter.actions.quarantine_service import QuarantineService
 from mailfilter.matching.index import HashIndex, IndexEntry
 from mailfilter.settings import QuarantineSettings, load_settings
 from mailfilter.workers import WorkerPool
-from quarantine.quarantine_harness import REPO, ReportingProxy, mf
+from quarantine.quarantine_harness import REPO, ReportingProxy, mf, wait_until
 from quarantine.test_commands import audit, config_for, quarantine_via_proxy
 
 Factory = Callable[..., RunningProxy]
@@ -418,6 +418,42 @@ def test_auto_submit_with_an_unknown_outcome_leaves_it_to_the_operator(
     reported = entry.record.last_event("reported")
     assert reported is not None
     assert reported.detail == {"cybertip": ncmec.url, "cybertip_outcome": "unknown"}
+
+
+def test_auto_submit_ends_when_the_entry_cannot_be_reported_any_more(
+        reporting_proxy: Any, recording_sink: RecordingSink, ncmec: NcmecServer,
+        tmp_path: Path) -> None:
+    """NCMEC answers 500 and the operator deletes the message meanwhile: the next try
+    finds nothing it could report, and the outbox's step ends (`cybertip-refused` in the
+    history) instead of trying every hour for ever, which kept the entry past its
+    retention."""
+    secret = tmp_path / "cybertip.password"
+    secret.write_text(ncmec.password + "\n")
+    secret.chmod(0o600)
+    for _ in range(50):
+        ncmec.fail("submit", "500")
+    rp: ReportingProxy = reporting_proxy(
+        recording_sink.address,
+        report={"reporter_name": "Casey Compliance", "reporter_email": "abuse@example.org",
+                "retry_min": "0.3s", "retry_max": "0.5s"},
+        cybertip={"url": ncmec.url, "username": ncmec.username,
+                  "password_file": str(secret), "timeout": "2s", "auto_submit": True})
+    entry_id = quarantined(rp.proxy)
+    store = rp.store
+    first_failure = wait_until(lambda: (e := store.find(entry_id)) is not None
+                               and e.record.last_event("cybertip-failed"), 30)
+    assert first_failure
+    entry = store.find(entry_id)
+    assert entry is not None
+    service = QuarantineService(rp.settings, lambda _: None)
+    assert service.delete(entry, "tester", lambda _: None)
+    (entry,) = rp.wait_reported(1, timeout=30)
+    refused = entry.record.last_event("cybertip-refused")
+    assert refused is not None and "message was deleted" in refused.detail["reason"]
+    assert entry.record.last_event("reported") is None  # (nothing was reported anywhere)
+    tries = len(ncmec.posts("submit"))
+    time.sleep(1.5)  # three retry periods: nothing more is sent
+    assert len(ncmec.posts("submit")) == tries < 50
 
 
 def test_auto_submit_from_the_outbox_resumes_and_shares_the_journal(

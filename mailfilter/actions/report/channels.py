@@ -233,8 +233,10 @@ class CybertipChannel(_Step):
     journal in the record, so the command and this step resume each other's report and
     never file a second one. Not done (retried with backoff) while a step fails or the
     settings are wrong; done when the report is finished, when the entry's matches are on
-    no list in `[cybertip] lists`, and when the outcome of /submit is unknown (the
-    operator decides: `quarantine submit ID --decide …`; the record's history says so)."""
+    no list in `[cybertip] lists`, when the entry itself cannot be reported (CannotReport:
+    its message deleted, ...; the history says `cybertip-refused`), and when the outcome
+    of /submit is unknown (the operator decides: `quarantine submit ID --decide …`; the
+    record's history says so)."""
 
     name: ClassVar[str] = "cybertip"
     error_kind: ClassVar[str | None] = "cybertip"
@@ -258,7 +260,11 @@ class CybertipChannel(_Step):
 
     def _submit(self, ctx: StepContext) -> None:
         # (imported here: the service imports this package)
-        from mailfilter.actions.cybertip_submit import eligible_lists, submit_entry
+        from mailfilter.actions.cybertip_submit import (
+            CannotReport,
+            eligible_lists,
+            submit_entry,
+        )
         from mailfilter.actions.quarantine_service import QuarantineService, Refused
         from mailfilter.cybertip.credentials import CredentialsError, client_of
 
@@ -273,6 +279,16 @@ class CybertipChannel(_Step):
         service = QuarantineService(ctx.settings, log.warning)
         try:
             done = submit_entry(service, entry, SERVICE_ACTOR, client_of(ctx.settings))
+        except CannotReport as exc:
+            # Final for this entry (its message deleted, say): trying again every hour
+            # would keep the job, and with it the entry past its retention, for ever.
+            state["outcome"] = "refused"
+            log.warning("quarantine %s: not reported to the CyberTipline: %s", entry.id, exc)
+            refused = HistoryEvent.now("cybertip-refused", time.time(), SERVICE_ACTOR,
+                                       reason=str(exc)[:300])
+            with contextlib.suppress(KeyError):  # (purged meanwhile)
+                ctx.store.update(entry.id, lambda rec: rec.with_repeated_event(refused))
+            return
         except (Refused, CredentialsError) as exc:
             raise DeliveryFailed(f"cybertip: {exc}") from exc
         if done.result == "failed":
