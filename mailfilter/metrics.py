@@ -106,7 +106,8 @@ class _StateCollector(Collector):
         yield GaugeMetricFamily("mailfilter_index_stale",
                                 "1 when the store is unreachable and older lists are served",
                                 value=float(s.index_stale()))
-        yield GaugeMetricFamily("mailfilter_smtp_connections", "Open client connections",
+        yield GaugeMetricFamily("mailfilter_smtp_connections",
+                                "Open client connections served (past the max_connections check)",
                                 value=s.connections())
         if s.milter_connections is not None:
             yield GaugeMetricFamily("mailfilter_milter_connections",

@@ -270,10 +270,10 @@ def _submitting(store: QuarantineStore) -> Iterator[None]:
     # and purge wait for it: quarantine.py.)
     with contextlib.ExitStack() as held:
         try:
-            held.enter_context(store.cybertip_lock(wait=False))
+            held.enter_context(store.cybertip_lock())
         except BlockingIOError:
-            raise Busy("another CyberTipline submission is in progress on this instance; "
-                       "try again in a moment") from None
+            raise Busy("the quarantine's CyberTipline lock is held (another submission, or "
+                       "a delete or purge); try again in a moment") from None
         yield
 
 
@@ -355,7 +355,10 @@ def _submit_locked(service: QuarantineService, entry: StoredEntry, actor: str,
             result = "unknown"
         store.audit(actor, "submit", entry.id, f"{result}: {exc}")
         failed = HistoryEvent.now(f"cybertip-{result}", clock(), actor, error=str(exc)[:300])
-        service.change(entry, lambda rec: rec.with_repeated_event(failed))
+        # A failure again is one line (repeated=N); each unknown outcome is its own line:
+        # each may be a report at NCMEC.
+        service.change(entry, lambda rec: rec.with_repeated_event(failed)
+                       if result == "failed" else rec.with_event(failed))
         return Submission(entry.id, result, progress(journal).report_id, (), message,
                           tuple(e.to_dict() for e in journal.events))
     done = _ending(entry.id, action, journal)

@@ -435,16 +435,25 @@ class QuarantineStore:
             os.close(fd)  # (closing releases the lock)
 
     @contextlib.contextmanager
-    def cybertip_lock(self, *, wait: bool) -> Iterator[None]:
+    def cybertip_lock(self, *, wait: float = 0.0) -> Iterator[None]:
         """The quarantine's CyberTipline lock, held by a submission for its whole run
         (`quarantine submit` and auto-submit: one /submit per journal) and by delete and
         purge while they judge and remove, so that no entry is removed under a report being
         filed (its journal would have no record to go to, its evidence no file).
-        BlockingIOError when `wait` is false and another process holds it."""
+        BlockingIOError when another process (or another open of it) holds it for `wait`
+        seconds more (0: at once): never an unbounded wait behind a stopped command."""
         self._ensure_dir(self.root)
         fd = os.open(self.root / CYBERTIP_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            deadline = time.monotonic() + wait
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise
+                    time.sleep(0.1)
             yield
         finally:
             os.close(fd)  # (closing releases the lock)

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 from mailfilter.actions.deliver import Delivery, deliver, release_params, released_message
 from mailfilter.actions.preservation import preserved_until, report_id_of, submission_time
@@ -45,6 +46,12 @@ LEFTOVER_AGE = 3600.0  # unfinished writes older than this are removed by purge
 
 class NotHere(Exception):
     """No such entry on this instance (the message says where it is, if known)."""
+
+
+CYBERTIP_LOCK_WAIT: Final = 600.0
+"""Seconds delete and purge wait for a CyberTipline submission in progress: a submission
+takes seconds to minutes (its requests have `[cybertip] timeout`); one that holds the lock
+longer is stopped or hanging, and purge must not hang with it."""
 
 
 class Refused(Exception):
@@ -321,13 +328,21 @@ class QuarantineService:
     @contextlib.contextmanager
     def _cybertip_locked(self) -> Iterator[None]:
         """The store's CyberTipline lock, waited for (with a word to the operator) while a
-        submission holds it."""
+        submission (or another delete or purge) holds it, up to CYBERTIP_LOCK_WAIT; then
+        Refused."""
         with contextlib.ExitStack() as held:
             try:
-                held.enter_context(self.store.cybertip_lock(wait=False))
+                held.enter_context(self.store.cybertip_lock())
             except BlockingIOError:
-                self.warn("waiting for the CyberTipline submission in progress to end")
-                held.enter_context(self.store.cybertip_lock(wait=True))
+                self.warn("waiting for the quarantine's CyberTipline lock (a submission, "
+                          "delete or purge in progress)")
+                try:
+                    held.enter_context(self.store.cybertip_lock(wait=CYBERTIP_LOCK_WAIT))
+                except BlockingIOError:
+                    raise Refused(
+                        f"the quarantine's CyberTipline lock was held for more than "
+                        f"{CYBERTIP_LOCK_WAIT:g} s (a submission that is stopped or "
+                        f"hanging?); try again later") from None
             yield
 
     def _check_deletable(self, entry: StoredEntry, actor: str) -> None:

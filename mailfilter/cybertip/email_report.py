@@ -52,7 +52,7 @@ class MatchedFile:
     name: str  # the attachment's file name, else its MIME path
     mime_path: str
     content_type: str
-    size: int
+    size: int | None  # bytes (None: not known, in a draft from an old record)
     md5: str
     sha1: str | None = None
     sha256: str | None = None
@@ -104,7 +104,7 @@ def build_report(incident: MailIncident, files: tuple[MatchedFile, ...],
         (EmailIncident(addresses, additional_info=envelope),),
         UserReported(Person(emails=(Email(sender),)) if sender else None,
                      ip_capture_events=_capture(incident), additional_info=client),
-        tuple(IntendedRecipient(Person(emails=(Email(r),))) for r in incident.recipients),
+        tuple(IntendedRecipient(Person(emails=(Email(r),))) for r in incident.recipients if r),
         "Detected automatically by hash matching (mailfilter"
         + (f", quarantine id {incident.quarantine_id}" if incident.quarantine_id else "")
         + f" on {incident.host}). {found} The message and its attachments are preserved.",
@@ -129,6 +129,7 @@ def build_file_details(incident: MailIncident, file: MatchedFile, settings: Sett
         file_relevance="Reported",
         original_file_hashes=tuple(hashes),
         ip_capture_event=captures[0] if captures else None,
-        additional_info=(f"MIME part {file.mime_path} ({file.content_type}, {file.size} "
-                         f"bytes). " + " ".join(f"{m}." for m in file.matches),),
+        additional_info=(f"MIME part {file.mime_path} ({file.content_type}, "
+                         + ("size unknown" if file.size is None else f"{file.size} bytes")
+                         + "). " + " ".join(f"{m}." for m in file.matches),),
     )

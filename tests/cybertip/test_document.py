@@ -223,7 +223,9 @@ def test_the_draft_names_every_match_and_the_frame_of_a_video() -> None:
             {"mime_path": "2", "list": "ncmec", "algorithm": "pdq", "distance": 3,
              "value": "0" * 64, "at": 12.0},
             {"mime_path": "3", "list": "own", "algorithm": "md5", "distance": 0,
-             "value": "1" * 32}]})
+             "value": "1" * 32, "labels": ["A1"]},
+            {"mime_path": "4", "list": "own", "algorithm": "md5", "distance": 0,
+             "value": "2" * 32}]})
     assert match_lines(record, "2") == ("list ncmec by pdq, distance 3, the frame at 12 s",)
     assert match_lines(record, "3", ["ncmec"]) == ()
     root = ET.fromstring(cybertip_xml(record, Settings(), 0.0, "here"))
@@ -234,3 +236,16 @@ def test_the_draft_names_every_match_and_the_frame_of_a_video() -> None:
     assert root.find("fileDetails/reportId") is None and root.get("host") == "mx1"
     # No reporter set: the draft is still written (submit is refused for it).
     assert root.find("report/reporter/reportingPerson/email") is None
+    # Beside what is filed, the reviewer's notes: every match with its labels, one that
+    # is in no <fileDetails> said so, the message's facts; none of it in <report>.
+    notes = [n.text or "" for n in root.iterfind("reviewNotes/note")]
+    assert notes[0] == ("Match at MIME part 2: list ncmec by pdq, distance 3, the frame at "
+                        "12 s, labels none.")
+    assert notes[1] == "Match at MIME part 3: list own by md5, distance 0, labels A1."
+    assert notes[2].startswith("Match at MIME part 4: list own by md5, distance 0, labels "
+                               "none; the record describes no attachment there")
+    assert notes[3].startswith("Message: ") and "MTA queue id unknown" in notes[3]
+    assert notes[-1] == ("The files were matched by hash; no person at the provider viewed "
+                         "them.")
+    report = root.find("report")
+    assert report is not None and "labels" not in ET.tostring(report, encoding="unicode")

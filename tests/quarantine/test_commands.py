@@ -273,7 +273,7 @@ def test_purge_and_delete_wait_for_a_submission_in_progress(tmp_path: Path,
         except Refused as exc:
             outcome.append(exc)
 
-    with service.store.cybertip_lock(wait=True):  # a submission in progress
+    with service.store.cybertip_lock():  # a submission in progress
         other = threading.Thread(target=run)
         other.start()
         assert waiting.wait(30), f"{command} did not wait for the submission"
@@ -295,6 +295,27 @@ def test_purge_and_delete_wait_for_a_submission_in_progress(tmp_path: Path,
         assert [k["id"] for k in summary["kept_reported"]] == [entry_id]
     else:
         assert isinstance(result, Refused) and "reported to the CyberTipline" in str(result)
+
+
+def test_purge_waits_for_the_cybertipline_lock_for_a_bounded_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A submission that holds the lock for ever (a stopped command) does not hang purge:
+    it is refused after CYBERTIP_LOCK_WAIT, having removed nothing."""
+    from mailfilter.actions import quarantine_service
+    from mailfilter.actions.quarantine_service import QuarantineService, Refused
+    from mailfilter.settings import Settings
+
+    monkeypatch.setattr(quarantine_service, "CYBERTIP_LOCK_WAIT", 0.3)
+    settings = Settings(quarantine=QuarantineSettings(path=tmp_path / "quarantine",
+                                                      retention_days=30))
+    said: list[str] = []
+    service = QuarantineService(settings, said.append)
+    entry_id = _old_entry(service.store, 400)
+    with service.store.cybertip_lock(), pytest.raises(Refused, match="held for more than"):
+        service.purge("tester", dry_run=False)
+    assert said == ["waiting for the quarantine's CyberTipline lock (a submission, delete or "
+                    "purge in progress)"]
+    assert service.store.find(entry_id) is not None
 
 
 @pytest.mark.slow  # a dozen quarantine commands as processes: about 16 s

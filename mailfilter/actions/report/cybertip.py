@@ -17,7 +17,7 @@ from typing import Final
 
 from mailfilter import __version__
 from mailfilter.actions.records import AttachmentRecord, QuarantineRecord, iso_time
-from mailfilter.cybertip.document import file_details_element, report_element
+from mailfilter.cybertip.document import file_details_element, report_element, xml_text
 from mailfilter.cybertip.email_report import (
     MailIncident,
     MatchedFile,
@@ -26,7 +26,8 @@ from mailfilter.cybertip.email_report import (
 )
 from mailfilter.settings import CybertipSettings, Settings
 
-__all__ = ["INCIDENT_TYPE", "cybertip_xml", "file_name_of", "mail_incident", "match_lines"]
+__all__ = ["INCIDENT_TYPE", "cybertip_xml", "file_name_of", "mail_incident", "match_lines",
+           "review_notes"]
 
 INCIDENT_TYPE: Final = CybertipSettings().incident_type  # (the default of [cybertip])
 XSI: Final = "http://www.w3.org/2001/XMLSchema-instance"
@@ -69,6 +70,42 @@ def file_name_of(attachment: AttachmentRecord) -> str:
     return attachment.filename or f"part-{attachment.mime_path.replace('/', '_')}"
 
 
+def review_notes(record: QuarantineRecord, settings: Settings) -> list[str]:
+    """What a reviewer needs beside the documents, which carry only what is filed: every
+    match with its labels (one at a path the record describes no attachment for is in no
+    <fileDetails> and must be filed by hand), the message's size and queue id, each
+    matched picture's size and PDQ, who looked at the files, and which lists submit
+    files."""
+    described = {a.mime_path: a for a in record.attachments}
+    notes = [
+        f"Match at MIME part {m.mime_path}: list {m.list_name} by {m.algorithm}, distance "
+        f"{m.distance:g}" + (f", the frame at {m.at:g} s" if m.at is not None else "")
+        + f", labels {', '.join(m.labels) or 'none'}"
+        + ("" if m.mime_path in described else
+           "; the record describes no attachment there, so it is in no <fileDetails>: "
+           "file it by hand from `quarantine export`")
+        + "." for m in record.matches]
+    notes.append(f"Message: {record.size} bytes, Message-ID {record.message_id or 'none'}, "
+                 f"MTA queue id {record.queue_id or 'unknown'}, received "
+                 f"{record.received_at}.")
+    for path in dict.fromkeys(m.mime_path for m in record.matches):
+        a = described.get(path)
+        if a is not None and (a.width or a.pdq):
+            notes.append(f"MIME part {path}: "
+                         + (f"{a.width}x{a.height} {a.format or ''}".rstrip()
+                            if a.width else "no dimensions")
+                         + (f", PDQ {a.pdq} (quality {a.pdq_quality})" if a.pdq else "")
+                         + ".")
+    notes.append("The files were matched by hash; no person at the provider viewed them."
+                 if not settings.cybertip.file_viewed_by_esp else
+                 "[cybertip] file_viewed_by_esp says a person at the provider viewed the "
+                 "files: make sure one did.")
+    if settings.cybertip.lists:
+        notes.append("quarantine submit files only the matches on [cybertip] lists: "
+                     f"{', '.join(settings.cybertip.lists)}.")
+    return notes
+
+
 def cybertip_xml(record: QuarantineRecord, settings: Settings, generated: float,
                  host: str) -> bytes:
     """The draft of an entry's CyberTipline report: the `<report>` and one `<fileDetails>`
@@ -83,17 +120,21 @@ def cybertip_xml(record: QuarantineRecord, settings: Settings, generated: float,
     files = tuple(
         MatchedFile(name=file_name_of(a), mime_path=a.mime_path,
                     content_type=a.content_type or "application/octet-stream",
-                    size=a.size or 0, md5=a.md5 or "", sha1=a.sha1, sha256=a.sha256,
+                    size=a.size, md5=a.md5 or "", sha1=a.sha1, sha256=a.sha256,
                     matches=lines)
         for a in record.attachments if (lines := match_lines(record, a.mime_path)))
     root = ET.Element("cybertiplineDraft", {
         "generator": f"mailfilter {__version__}", "generated": iso_time(generated),
-        "quarantineId": record.id, "host": incident.host,
+        "quarantineId": record.id, "host": xml_text(incident.host),
     })
     root.append(ET.Comment(
         " A DRAFT prepared by mailfilter from a quarantine entry. Nothing has been sent. "
         "Review it, then submit <report> through the CyberTipline reporting API, upload "
-        "the files, and send each <fileDetails> with the reportId and fileId it returns. "))
+        "the files, and send each <fileDetails> with the reportId and fileId it returns. "
+        "<reviewNotes> is for the reviewer only: it is not part of what is filed. "))
+    notes = ET.SubElement(root, "reviewNotes")
+    for note in review_notes(record, settings):
+        ET.SubElement(notes, "note").text = xml_text(note)
     report = report_element(build_report(incident, files, settings, require_reporter=False))
     report.set(f"{{{XSI}}}noNamespaceSchemaLocation", XSD_LOCATION)
     root.append(report)
