@@ -11,6 +11,7 @@ import io
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -454,6 +455,44 @@ def test_auto_submit_ends_when_the_entry_cannot_be_reported_any_more(
     tries = len(ncmec.posts("submit"))
     time.sleep(1.5)  # three retry periods: nothing more is sent
     assert len(ncmec.posts("submit")) == tries < 50
+
+
+def test_auto_submit_waits_for_the_lock_without_counting_a_failure(
+        reporting_proxy: Any, recording_sink: RecordingSink, ncmec: NcmecServer,
+        tmp_path: Path) -> None:
+    """While another process holds the quarantine's CyberTipline lock (a submission by
+    hand, a purge), the outbox's step is deferred: no failed attempt, no error, no
+    growing backoff; it files the report once the lock is free."""
+    secret = tmp_path / "cybertip.password"
+    secret.write_text(ncmec.password + "\n")
+    secret.chmod(0o600)
+    rp: ReportingProxy = reporting_proxy(
+        recording_sink.address,
+        report={"reporter_name": "Casey Compliance", "reporter_email": "abuse@example.org",
+                "retry_min": "0.2s", "retry_max": "1h"},
+        cybertip={"url": ncmec.url, "username": ncmec.username,
+                  "password_file": str(secret), "timeout": "2s", "auto_submit": True})
+    store = rp.store
+    with store.cybertip_lock():
+        quarantined(rp.proxy)
+        metrics = rp.proxy.metrics
+        assert metrics is not None
+
+        def deferred() -> float:
+            m = re.search(r'^mailfilter_report_deliveries_total\{result="deferred",'
+                          r'step="cybertip"\} (\S+)$', metrics.render().decode(), re.M)
+            return float(m.group(1)) if m else 0.0
+
+        assert wait_until(lambda: deferred() >= 3, 30)
+        (job,) = store.jobs()
+        assert job.attempts == 0 and not job.last_error
+        assert ncmec.received == []
+    (entry,) = rp.wait_reported(1, timeout=30)
+    (report,) = ncmec.reports.values()
+    assert report.finished and report_id_of(entry.record) == report.report_id
+    counted = [line for line in metrics.render().decode().splitlines()
+               if line.startswith("mailfilter_report_deliveries_total")]
+    assert counted and not any('result="failed"' in line for line in counted)
 
 
 def test_auto_submit_from_the_outbox_resumes_and_shares_the_journal(

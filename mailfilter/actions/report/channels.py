@@ -71,6 +71,7 @@ __all__ = [
     "ReportStep",
     "StatusStep",
     "StepContext",
+    "StepDeferred",
     "WebhookChannel",
     "report_steps",
     "verify_webhook",
@@ -86,6 +87,12 @@ WEBHOOK_TOLERANCE: Final = 300.0  # seconds a receiver should accept a signed re
 
 class DeliveryFailed(Exception):
     """A report step that did not work this time (it is retried)."""
+
+
+class StepDeferred(Exception):
+    """A report step that could not start yet, through no failure (another process holds
+    what it needs): tried again after `retry_min`, not counted as a failed attempt or an
+    error."""
 
 
 @dataclass
@@ -261,6 +268,7 @@ class CybertipChannel(_Step):
     def _submit(self, ctx: StepContext) -> None:
         # (imported here: the service imports this package)
         from mailfilter.actions.cybertip_submit import (
+            Busy,
             CannotReport,
             eligible_lists,
             submit_entry,
@@ -279,6 +287,10 @@ class CybertipChannel(_Step):
         service = QuarantineService(ctx.settings, log.warning)
         try:
             done = submit_entry(service, entry, SERVICE_ACTOR, client_of(ctx.settings))
+        except Busy as exc:
+            # A submission by hand, or a delete or purge, holds the quarantine's
+            # CyberTipline lock for a moment: no failure, no growing backoff, no alert.
+            raise StepDeferred(f"cybertip: {exc}") from exc
         except CannotReport as exc:
             # Final for this entry (its message deleted, say): trying again every hour
             # would keep the job, and with it the entry past its retention, for ever.

@@ -26,7 +26,7 @@ from prometheus_client import Counter, Gauge
 from mailfilter.actions.quarantine import OutboxJob, QuarantineStore, StoredEntry
 from mailfilter.actions.records import ReportDocument
 from mailfilter.actions.relay import RelayPool, local_hostname
-from mailfilter.actions.report.channels import STEPS, ReportStep, StepContext
+from mailfilter.actions.report.channels import STEPS, ReportStep, StepContext, StepDeferred
 from mailfilter.actions.report.document import report_document
 from mailfilter.settings import Settings
 
@@ -196,6 +196,14 @@ class ReportSender:
         for step in job.remaining:
             try:
                 await self._step(step, job, entry, doc)
+            except StepDeferred as exc:
+                job.next_attempt = time.time() + self.settings.report.retry_min
+                self._count(step, "deferred")
+                await asyncio.to_thread(self.store.save_job, job)
+                log.info("report step deferred", extra={"fields": {
+                    "id": job.entry_id, "step": step, "reason": str(exc)[:300],
+                    "retry_in_s": self.settings.report.retry_min}})
+                return
             except Exception as exc:
                 job.attempts += 1
                 delay = self._backoff(job.attempts)
