@@ -334,7 +334,8 @@ class StatusStep(_Step):
         detail: dict[str, Any] = {}
         for channel in CHANNELS:
             if channel.name in ctx.job.steps:
-                detail.update(channel.reported_as(ctx.settings, ctx.state(channel.name)))
+                detail.update(channel.reported_as(ctx.settings,
+                                                  ctx.job.progress.get(channel.name, {})))
         if not detail:
             return  # no channel reported anything (auto-submit alone, with nothing to file)
 

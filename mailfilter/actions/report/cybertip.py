@@ -16,7 +16,8 @@ from datetime import UTC, datetime
 from typing import Final
 
 from mailfilter import __version__
-from mailfilter.actions.records import AttachmentRecord, QuarantineRecord, iso_time
+from mailfilter.actions.records import AttachmentRecord, MatchRecord, QuarantineRecord, iso_time
+from mailfilter.actions.report.text import distance_text, size_text
 from mailfilter.cybertip.document import file_details_element, report_element, xml_text
 from mailfilter.cybertip.email_report import (
     MailIncident,
@@ -53,16 +54,18 @@ def mail_incident(record: QuarantineRecord, host: str) -> MailIncident:
         message_id=record.message_id, subject=record.subject, quarantine_id=record.id)
 
 
+def _match_text(m: MatchRecord) -> str:
+    return (f"list {m.list_name} by {m.algorithm}, distance {distance_text(m.distance)}"
+            + (f", the frame at {m.at:g} s" if m.at is not None else ""))
+
+
 def match_lines(record: QuarantineRecord, mime_path: str,
                 lists: Collection[str] | None = None) -> tuple[str, ...]:
     """How the attachment at `mime_path` matched, a line per match on `lists` (None: any
     list): the list, the algorithm, the distance and, for a video, the time of the frame
     that matched."""
-    return tuple(
-        f"list {m.list_name} by {m.algorithm}, distance {m.distance:g}"
-        + (f", the frame at {m.at:g} s" if m.at is not None else "")
-        for m in record.matches
-        if m.mime_path == mime_path and (lists is None or m.list_name in lists))
+    return tuple(_match_text(m) for m in record.matches
+                 if m.mime_path == mime_path and (lists is None or m.list_name in lists))
 
 
 def file_name_of(attachment: AttachmentRecord) -> str:
@@ -78,14 +81,13 @@ def review_notes(record: QuarantineRecord, settings: Settings) -> list[str]:
     files."""
     described = {a.mime_path: a for a in record.attachments}
     notes = [
-        f"Match at MIME part {m.mime_path}: list {m.list_name} by {m.algorithm}, distance "
-        f"{m.distance:g}" + (f", the frame at {m.at:g} s" if m.at is not None else "")
-        + f", labels {', '.join(m.labels) or 'none'}"
+        f"Match at MIME part {m.mime_path}: {_match_text(m)}, labels "
+        f"{', '.join(m.labels) or 'none'}"
         + ("" if m.mime_path in described else
            "; the record describes no attachment there, so it is in no <fileDetails>: "
            "file it by hand from `quarantine export`")
         + "." for m in record.matches]
-    notes.append(f"Message: {record.size} bytes, Message-ID {record.message_id or 'none'}, "
+    notes.append(f"Message: {size_text(record.size)}, Message-ID {record.message_id or 'none'}, "
                  f"MTA queue id {record.queue_id or 'unknown'}, received "
                  f"{record.received_at}.")
     for path in dict.fromkeys(m.mime_path for m in record.matches):
