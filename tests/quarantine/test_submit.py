@@ -61,11 +61,31 @@ def known_as_png() -> bytes:
     return out.getvalue()
 
 
-def cybertip_config(tmp_path: Path, sink: RecordingSink, server: NcmecServer,
-                    extra: str = "") -> Path:
+def password_file(tmp_path: Path, server: NcmecServer) -> Path:
     secret = tmp_path / "cybertip.password"
     secret.write_text(server.password + "\n")
     secret.chmod(0o600)
+    return secret
+
+
+def auto_submitting(reporting_proxy: Any, sink: RecordingSink, server: NcmecServer,
+                    tmp_path: Path, *, report: dict[str, Any] | None = None,
+                    cybertip: dict[str, Any] | None = None) -> ReportingProxy:
+    """A proxy whose report sender files CyberTipline reports with `server`
+    (`[cybertip] auto_submit`); `report` and `cybertip` add settings to those sections."""
+    proxy: ReportingProxy = reporting_proxy(
+        sink.address,
+        report={"reporter_name": "Casey Compliance", "reporter_email": "abuse@example.org",
+                **(report or {})},
+        cybertip={"url": server.url, "username": server.username,
+                  "password_file": str(password_file(tmp_path, server)), "timeout": "2s",
+                  "auto_submit": True, **(cybertip or {})})
+    return proxy
+
+
+def cybertip_config(tmp_path: Path, sink: RecordingSink, server: NcmecServer,
+                    extra: str = "") -> Path:
+    secret = password_file(tmp_path, server)
     return config_for(tmp_path, sink.address, f"""
 [report]
 reporter_name = "Casey Compliance"
@@ -379,16 +399,9 @@ def test_auto_submit_with_nothing_to_file_does_not_say_reported_to_the_cybertipl
     """An entry whose matches are on no list `[cybertip] lists` allows: the outbox's
     cybertip step files nothing, and the record's "reported" event names only the report
     directory, not the CyberTipline."""
-    secret = tmp_path / "cybertip.password"
-    secret.write_text(ncmec.password + "\n")
-    secret.chmod(0o600)
-    rp: ReportingProxy = reporting_proxy(
-        recording_sink.address,
-        report={"reporter_name": "Casey Compliance", "reporter_email": "abuse@example.org",
-                "dir": str(tmp_path / "reports")},
-        cybertip={"url": ncmec.url, "username": ncmec.username,
-                  "password_file": str(secret), "timeout": "2s", "auto_submit": True,
-                  "lists": ["some-other-list"]})
+    rp = auto_submitting(reporting_proxy, recording_sink, ncmec, tmp_path,
+                         report={"dir": str(tmp_path / "reports")},
+                         cybertip={"lists": ["some-other-list"]})
     quarantined(rp.proxy)
     (entry,) = rp.wait_reported(1, timeout=30)
     assert ncmec.received == []
@@ -403,15 +416,8 @@ def test_auto_submit_with_an_unknown_outcome_leaves_it_to_the_operator(
     """/submit done but its answer lost: the outbox's step ends (nothing is sent again),
     the history says `cybertip-unknown` and the "reported" event says the outcome is
     unknown."""
-    secret = tmp_path / "cybertip.password"
-    secret.write_text(ncmec.password + "\n")
-    secret.chmod(0o600)
     ncmec.fail("submit", "drop")
-    rp: ReportingProxy = reporting_proxy(
-        recording_sink.address,
-        report={"reporter_name": "Casey Compliance", "reporter_email": "abuse@example.org"},
-        cybertip={"url": ncmec.url, "username": ncmec.username,
-                  "password_file": str(secret), "timeout": "2s", "auto_submit": True})
+    rp = auto_submitting(reporting_proxy, recording_sink, ncmec, tmp_path)
     quarantined(rp.proxy)
     (entry,) = rp.wait_reported(1, timeout=30)
     assert len(ncmec.posts("submit")) == 1 and ncmec.posts("upload") == []
@@ -428,17 +434,10 @@ def test_auto_submit_ends_when_the_entry_cannot_be_reported_any_more(
     finds nothing it could report, and the outbox's step ends (`cybertip-refused` in the
     history) instead of trying every hour for ever, which kept the entry past its
     retention."""
-    secret = tmp_path / "cybertip.password"
-    secret.write_text(ncmec.password + "\n")
-    secret.chmod(0o600)
     for _ in range(50):
         ncmec.fail("submit", "500")
-    rp: ReportingProxy = reporting_proxy(
-        recording_sink.address,
-        report={"reporter_name": "Casey Compliance", "reporter_email": "abuse@example.org",
-                "retry_min": "0.3s", "retry_max": "0.5s"},
-        cybertip={"url": ncmec.url, "username": ncmec.username,
-                  "password_file": str(secret), "timeout": "2s", "auto_submit": True})
+    rp = auto_submitting(reporting_proxy, recording_sink, ncmec, tmp_path,
+                         report={"retry_min": "0.3s", "retry_max": "0.5s"})
     entry_id = quarantined(rp.proxy)
     store = rp.store
     first_failure = wait_until(lambda: (e := store.find(entry_id)) is not None
@@ -463,15 +462,8 @@ def test_auto_submit_waits_for_the_lock_without_counting_a_failure(
     """While another process holds the quarantine's CyberTipline lock (a submission by
     hand, a purge), the outbox's step is deferred: no failed attempt, no error, no
     growing backoff; it files the report once the lock is free."""
-    secret = tmp_path / "cybertip.password"
-    secret.write_text(ncmec.password + "\n")
-    secret.chmod(0o600)
-    rp: ReportingProxy = reporting_proxy(
-        recording_sink.address,
-        report={"reporter_name": "Casey Compliance", "reporter_email": "abuse@example.org",
-                "retry_min": "0.2s", "retry_max": "1h"},
-        cybertip={"url": ncmec.url, "username": ncmec.username,
-                  "password_file": str(secret), "timeout": "2s", "auto_submit": True})
+    rp = auto_submitting(reporting_proxy, recording_sink, ncmec, tmp_path,
+                         report={"retry_min": "0.2s", "retry_max": "1h"})
     store = rp.store
     with store.cybertip_lock():
         quarantined(rp.proxy)
@@ -501,17 +493,11 @@ def test_auto_submit_from_the_outbox_resumes_and_shares_the_journal(
     """`[cybertip] auto_submit`: the outbox's cybertip step files the report; a 500 on
     upload, three times, is retried with backoff, on the same report, and is one line of
     the history; `quarantine submit` afterwards finds it finished."""
-    secret = tmp_path / "cybertip.password"
-    secret.write_text(ncmec.password + "\n")
-    secret.chmod(0o600)
     for _ in range(3):
         ncmec.fail("upload", "500")
-    rp: ReportingProxy = reporting_proxy(
-        recording_sink.address,
-        report={"reporter_name": "Casey Compliance", "reporter_email": "abuse@example.org",
-                "dir": str(tmp_path / "reports"), "retry_min": "0.3s", "retry_max": "0.5s"},
-        cybertip={"url": ncmec.url, "username": ncmec.username,
-                  "password_file": str(secret), "timeout": "2s", "auto_submit": True})
+    rp = auto_submitting(reporting_proxy, recording_sink, ncmec, tmp_path,
+                         report={"dir": str(tmp_path / "reports"), "retry_min": "0.3s",
+                                 "retry_max": "0.5s"})
     entry_id = quarantined(rp.proxy)
     (entry,) = rp.wait_reported(1, timeout=30)
     (report,) = ncmec.reports.values()
